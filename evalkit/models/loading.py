@@ -1,0 +1,236 @@
+"""Resolving ``--model`` to a checkpoint and loading it safely.
+
+Accepted: a local Hugging Face folder (config.json + safetensors + tokenizer), a ``.gguf`` file
+or a folder holding one (de-quantized by transformers), an embedded alias (``smollm2-135m``),
+and a hub id when the hub is reachable. Safe by default: safetensors only; pickle weights and
+custom modelling code are refused unless the user passes ``--allow-pickle`` /
+``--trust-remote-code``. Every refusal is a one-line ``ModelLoadError`` with the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalkit.errors import ConfigError, ModelLoadError
+from evalkit.models import fetch
+from evalkit.paths import cache_dir
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "hf" | "gguf" | "hub"
+    location: str  # folder, or hub id
+    gguf_file: str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+    content_hash: str
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.source.name,
+            "kind": self.source.kind,
+            "location": self.source.location,
+            "gguf_file": self.source.gguf_file,
+            "content_hash": self.content_hash,
+            "architecture": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "max_position_embeddings": self.max_positions,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def resolve(spec: str, log=print) -> ModelSource:
+    if spec in fetch.EMBEDDED:
+        folder = fetch.fetch(spec, log=log)
+        return ModelSource("hf", str(folder), name=spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{spec} is a file but not a .gguf model", "pass a model folder (config.json + safetensors) or a .gguf file")
+        return ModelSource("gguf", str(path.parent), gguf_file=path.name, name=path.stem)
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return ModelSource("hf", str(path), name=path.resolve().name)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource("gguf", str(path), gguf_file=ggufs[0].name, name=ggufs[0].stem)
+        if len(ggufs) > 1:
+            raise ModelLoadError(f"folder {spec} holds several .gguf files", "pass the file itself: --model " + str(ggufs[0]))
+        raise ModelLoadError(f"folder {spec} is not a model (no config.json and no .gguf file)", "point --model at a Hugging Face model folder or a .gguf file")
+    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/")
+    if looks_like_hub_id and not _hub_offline():
+        return ModelSource("hub", spec, name=spec)
+    aliases = ", ".join(fetch.EMBEDDED)
+    raise ModelLoadError(f"model {spec!r} not found: no such path", f"pass a local checkpoint folder or .gguf file, or an alias ({aliases})")
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} asked for, but no CUDA device is visible", "use --device cpu or auto")
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"bad device {device!r}", "use auto, cpu, cuda or cuda:N") from None
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible", "pick an index below that")
+        return parsed
+    raise ConfigError(f"bad device {device!r}", "use auto, cpu, cuda or cuda:N")
+
+
+def pick_dtype(dtype: str, device):
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise ConfigError(f"bad dtype {dtype!r}", "use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def _check_hf_folder(folder: Path, options: LoadOptions) -> dict:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelLoadError(f"{folder}/config.json is not valid JSON (corrupt checkpoint?)", "re-save or re-download the checkpoint") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelLoadError(f"{folder}/config.json has no model_type", "this is not a transformers model folder")
+    if config.get("auto_map") and not options.trust_remote_code:
+        raise ModelLoadError(f"{folder} needs its own Python modelling code (auto_map in config.json)",
+                             "read that code, then pass --trust-remote-code to run it")
+    safetensors_files = sorted(folder.glob("*.safetensors"))
+    pickle_files = sorted(p for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if not safetensors_files:
+        if pickle_files and not options.allow_pickle:
+            raise ModelLoadError(f"{folder} has only pickle weights ({pickle_files[0].name}), which can run arbitrary code when loaded",
+                                 "convert it to safetensors, or pass --allow-pickle if you trust its source")
+        if not pickle_files:
+            raise ModelLoadError(f"{folder} has no weight files (*.safetensors)", "point --model at a complete checkpoint folder")
+    from safetensors import safe_open
+
+    for file in safetensors_files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:
+            raise ModelLoadError(f"corrupt safetensors file {file} ({str(exc)[:120]})", "re-save or re-download the checkpoint") from None
+    return config
+
+
+def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> LoadedModel:
+    source = resolve(spec, log=log)
+    device = pick_device(options.device)
+    dtype = pick_dtype(options.dtype, device)
+    if source.kind == "hf":
+        _check_hf_folder(Path(source.location), options)
+    model, tokenizer = _from_pretrained(source, dtype, options)
+    model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source))
+
+
+def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # evalkit draws its own progress; keep logs clean
+
+    common: dict[str, Any] = {"trust_remote_code": options.trust_remote_code}
+    if source.gguf_file:
+        common["gguf_file"] = source.gguf_file
+    try:
+        config = AutoConfig.from_pretrained(source.location, **common)
+        for key, value in options.config_overrides.items():
+            setattr(config, key, value)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location, config=config, dtype=dtype, attn_implementation="sdpa",
+            use_safetensors=None if (options.allow_pickle or source.gguf_file) else True, **common,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, EnvironmentError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        what = "GGUF file" if source.gguf_file else "checkpoint"
+        raise ModelLoadError(f"cannot load {what} {source.location}{'/' + source.gguf_file if source.gguf_file else ''}: {first}",
+                             "check the files are complete and of a supported architecture") from None
+    if source.gguf_file:
+        _drop_gguf_markers(model)
+    return model, tokenizer
+
+
+def _drop_gguf_markers(model) -> None:
+    # transformers keeps a GGUF "quantizer" on de-quantized models, which blocks save_pretrained
+    # and marks the weights as quantized although they are plain tensors now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.architectures = [type(model).__name__]
+
+
+def load_gguf_for_export(gguf_path: Path):
+    import torch
+
+    source = ModelSource("gguf", str(gguf_path.parent), gguf_file=gguf_path.name, name=gguf_path.stem)
+    return _from_pretrained(source, torch.float32, LoadOptions())
+
+
+def content_hash(source: ModelSource) -> str:
+    """sha256 over the weight files (cached by path, size and mtime: hashing 500 MB takes seconds)."""
+    if source.kind == "hub":
+        return f"hub:{source.location}"
+    folder = Path(source.location)
+    files = [folder / source.gguf_file] if source.gguf_file else sorted(
+        p for p in folder.iterdir() if p.suffix == ".safetensors" or p.suffix in _PICKLE_SUFFIXES)
+    stamp = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    memo = cache_dir("hashes") / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".txt")
+    if memo.exists():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    value = "sha256:" + digest.hexdigest()[:16]
+    memo.write_text(value)
+    return value

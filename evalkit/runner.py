@@ -1,0 +1,108 @@
+"""The runner: turns a task's samples into batched model calls, with progress and resume.
+
+Samples are bucketed by request length; a batch holds as many sequences of one length as fit
+the token budget. On an out-of-memory error the batch is halved and retried. Each finished
+sample's rows go straight to the run store, so an interrupt loses at most one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+from evalkit.errors import EvalkitError
+from evalkit.results import RunStore
+from evalkit.task import Sample, Task
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An attention variant as the runner sees it: a label for rows, and how to switch to it."""
+
+    label: str
+    activate: Callable[[object], None]  # called with the model before its samples run
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def default_batch_tokens(loaded) -> int:
+    """A first guess at the token budget of one batch; OOM backoff corrects it if too high."""
+    import torch
+
+    config = loaded.model.config
+    if loaded.device.type != "cuda":
+        return 8192  # batching buys little on CPU; keep memory modest
+    free, _total = torch.cuda.mem_get_info(loaded.device)
+    width = getattr(config, "hidden_size", 2048)
+    inner = getattr(config, "intermediate_size", 4 * width)
+    per_token = (6 * width + 3 * inner) * torch.finfo(loaded.dtype).bits // 8 * 2  # peak layer, x2 margin
+    return max(1024, int(free * 0.6 // per_token))
+
+
+class Runner:
+    def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None):
+        self.adapter = adapter
+        self.store = store
+        self.batch_tokens = batch_tokens
+        self.progress = progress  # a ProgressReporter, or None
+
+    def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
+        pending = {v.label: [s for s in samples if not self.store.is_done(v.label, s.id)] for v in variants}
+        total = sum(len(p) for p in pending.values())
+        total_tokens = sum(s.request.length for p in pending.values() for s in p)
+        if self.progress:
+            self.progress.start(total, total_tokens, skipped=len(samples) * len(variants) - total)
+        for variant in variants:
+            if not pending[variant.label]:
+                continue
+            variant.activate(self.adapter.model)
+            for length, bucket in self._buckets(pending[variant.label]):
+                self._run_bucket(task, variant, length, bucket)
+
+    @staticmethod
+    def _buckets(samples: list[Sample]):
+        by_length: dict[int, list[Sample]] = defaultdict(list)
+        for sample in samples:
+            by_length[sample.request.length].append(sample)
+        # Longest first: an out-of-memory problem shows at once, not at the end of a long run.
+        return sorted(by_length.items(), key=lambda item: -item[0])
+
+    def _run_bucket(self, task: Task, variant: Variant, length: int, bucket: list[Sample]) -> None:
+        batch_size = max(1, self.batch_tokens // length)
+        index = 0
+        while index < len(bucket):
+            batch = bucket[index : index + batch_size]
+            started = time.perf_counter()
+            try:
+                answers = self.adapter.answer([s.request for s in batch])
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                self._free_memory()
+                if batch_size == 1:
+                    raise EvalkitError(
+                        f"one sequence of {length} tokens does not fit in {self.adapter.device} memory",
+                        "use shorter --lengths, --dtype bfloat16, or a larger device") from None
+                batch_size //= 2
+                continue
+            for sample, answer in zip(batch, answers):
+                self.store.append(variant.label, sample.id, task.rows(sample, answer))
+            if self.progress:
+                self.progress.advance(len(batch), len(batch) * length, time.perf_counter() - started,
+                                      f"{variant.label} L={length}")
+            index += len(batch)
+
+    def _free_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

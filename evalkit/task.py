@@ -1,0 +1,61 @@
+"""What a task plugin is.
+
+A task is small: the samples of its grid, the request each sample needs from the model, how an
+answer becomes tidy rows, and how rows become a summary and plots. It never touches torch and
+never batches: the runner does that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str  # stable across runs with the same options: the unit of resume
+    request: Any  # a typed request from evalkit.models.requests
+    keys: dict[str, Any]  # task key columns shared by all its rows (context_length, ...)
+    meta: dict[str, Any] = field(default_factory=dict)  # recorded, not keys (source, offset, ...)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task may know about the model: its tokenizer and limits, not the model itself."""
+
+    tokenizer: Any
+    max_positions: int | None
+    allow_extrapolation: bool
+    seed: int
+
+
+def option(default, help: str, **extra):
+    """A task option: a dataclass field whose help text the CLI shows."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+class Task:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type]  # a frozen dataclass of the task's options (fields made with option())
+    key_columns: ClassVar[tuple[str, ...]]  # row key columns besides the common ones
+
+    def __init__(self, options, context: TaskContext):
+        self.options = options
+        self.context = context
+
+    def samples(self) -> list[Sample]:
+        raise NotImplementedError
+
+    def rows(self, sample: Sample, answer) -> list[dict[str, Any]]:
+        """Rows for one sample: each a dict of key columns plus ``metric`` and ``value``."""
+        raise NotImplementedError
+
+    def summarize(self, frame):
+        """The headline numbers per (attention, context_length), from the rows DataFrame."""
+        raise NotImplementedError
+
+    def plot(self, frame, title: str, plots_dir: Path) -> list[Path]:
+        return []

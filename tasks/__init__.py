@@ -1,0 +1,1 @@
+"""evalkit's own task plugins (registered in pyproject.toml under ``evalkit.tasks``)."""
