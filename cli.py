@@ -14,6 +14,7 @@ import shlex
 import sys
 import typing
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -27,7 +28,9 @@ models_app = typer.Typer(help="The embedded default model and the model cache.",
 bench_app = typer.Typer(help="Speed benchmarks (tokens/s, model-FLOP utilization).", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(models_app, name="models")
+attention_app = typer.Typer(help="Attention variants: list them, check the fused path on a model.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(attention_app, name="attention")
 
 
 def _console(stderr: bool = False):
@@ -73,6 +76,14 @@ class DType(str, Enum):
 COMMON_RUN_OPTIONS = [
     ("model", Annotated[str, typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id.")], "smollm2-135m"),
     ("attention", Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = the checkpoint's own.")], "auto"),
+    ("ssmax_s", Annotated[Optional[float], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")], None),
+    ("ssmax_b", Annotated[Optional[float], typer.Option(help="SSMax bias b for every head (ssmax-bias).")], None),
+    ("attention_params", Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables: a .json or .safetensors file.")], None),
+    ("train_length", Annotated[Optional[str], typer.Option(help="Training context length L for logn (default: max_position_embeddings).")], None),
+    ("ssmax_n", Annotated[Optional[str], typer.Option(help="n convention: position (keys query i may see) or length (whole row) [default: the checkpoint's, else position].")], None),
+    ("rope_theta", Annotated[Optional[float], typer.Option(help="Override the RoPE base theta at evaluation time.")], None),
+    ("rope_scaling", Annotated[Optional[str], typer.Option(help="RoPE scaling: linear, dynamic, yarn or none (needs --rope-factor).")], None),
+    ("rope_factor", Annotated[Optional[float], typer.Option(help="RoPE scaling factor.")], None),
     ("out", Annotated[Optional[str], typer.Option(help="Run folder (default results/<task>-<model>-<time>).")], None),
     ("resume", Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")], False),
     ("device", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")], "auto"),
@@ -115,13 +126,32 @@ def _make_run_command(task_name: str, task_cls) -> None:
     run_app.command(name=task_name)(command)
 
 
-def _run(task_name: str, task_options: dict, *, model, attention, out, resume, device, dtype, batch_tokens, seed,
+def _attention_params(ssmax_s, ssmax_b, attention_params, train_length, ssmax_n) -> dict:
+    from evalkit.errors import ConfigError
+    from evalkit.grid import parse_length
+
+    if ssmax_n is not None and ssmax_n not in ("position", "length"):
+        raise ConfigError(f"bad --ssmax-n {ssmax_n!r}", "use position or length")
+    if attention_params is not None and not Path(attention_params).is_file():
+        raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
+    values = {"s": ssmax_s, "b": ssmax_b, "params_file": attention_params,
+              "train_length": parse_length(train_length) if train_length else None, "n_mode": ssmax_n}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
+         ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, dtype, batch_tokens, seed,
          allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
+    from evalkit.errors import ConfigError
     from evalkit.evaluate import RunConfig, evaluate
 
+    names = tuple(a.strip() for a in attention.split(","))
+    if not all(names):
+        raise ConfigError(f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax")
     config = RunConfig(
-        task=task_name, model=model, task_options=task_options,
-        attention=tuple(a.strip() for a in attention.split(",") if a.strip()), out=out, resume=resume,
+        task=task_name, model=model, task_options=task_options, attention=names,
+        attention_params=_attention_params(ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
+        rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=out, resume=resume,
         device=device, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed, allow_extrapolation=allow_extrapolation,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
     )
@@ -185,6 +215,55 @@ def models_list() -> None:
     from evalkit.models.fetch import list_cached
 
     _print_frame(_console(), pd.DataFrame(list_cached()), "embedded models")
+
+
+@attention_app.command("list")
+def attention_list() -> None:
+    """The attention variants, their formulas and parameters."""
+    import pandas as pd
+
+    from evalkit.attention.variants import describe_variants
+
+    frame = pd.DataFrame(describe_variants())
+    frame["parameters"] = frame["parameters"].map(lambda p: " ".join(p) or "-")
+    _print_frame(_console(), frame[["name", "formula", "parameters", "description"]], "attention variants")
+    typer.echo("n_i = number of keys query i may attend to (--ssmax-n position), or the whole row (--ssmax-n length).")
+
+
+@attention_app.command("check")
+@user_errors
+def attention_check(
+    model: Annotated[str, typer.Option(help="Model (path or alias).")] = "smollm2-135m",
+    attention: Annotated[str, typer.Option(help="Variants to check, comma-separated (auto = the checkpoint's).")] = "auto",
+    ssmax_s: Annotated[Optional[float], typer.Option(help="SSMax scale s for every head.")] = None,
+    ssmax_b: Annotated[Optional[float], typer.Option(help="SSMax bias b for every head.")] = None,
+    attention_params: Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables file.")] = None,
+    train_length: Annotated[Optional[str], typer.Option(help="Training length L for logn.")] = None,
+    ssmax_n: Annotated[Optional[str], typer.Option(help="n convention: position or length.")] = None,
+    length: Annotated[str, typer.Option(help="Tokens of built-in corpus text to run.")] = "256",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[DType, typer.Option(help="Model dtype for the fused path.")] = DType.float32,
+) -> None:
+    """Max deviation of evalkit's fused attention from a float64 reference, on your model."""
+    import pandas as pd
+    import torch
+
+    from evalkit.attention import check_model
+    from evalkit.data.corpus import load_corpus, token_stream
+    from evalkit.grid import parse_length
+    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.variants import AttentionOptions, resolve_variants
+
+    loaded = load_model(model, LoadOptions(device=device, dtype=dtype.value), log=typer.echo)
+    names = tuple(a.strip() for a in attention.split(","))
+    variants = resolve_variants(loaded, names, AttentionOptions(**_attention_params(ssmax_s, ssmax_b, attention_params, train_length, ssmax_n)))
+    tokens = token_stream(load_corpus(), loaded.tokenizer).tokens[: parse_length(length)]
+    ids = torch.from_numpy(tokens)[None].to(loaded.device)
+    rows = []
+    for variant in variants:
+        variant.activate(loaded.model)
+        rows.append(check_model(loaded.model, ids))
+    _print_frame(_console(), pd.DataFrame(rows), f"fused vs float64 reference, {len(tokens)} tokens")
 
 
 @bench_app.command("perplexity")

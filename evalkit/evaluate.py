@@ -24,7 +24,8 @@ class RunConfig:
     model: str
     task_options: dict[str, Any] = field(default_factory=dict)
     attention: tuple[str, ...] = ("auto",)
-    attention_params: dict[str, Any] = field(default_factory=dict)
+    attention_params: dict[str, Any] = field(default_factory=dict)  # AttentionOptions fields
+    rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
     out: str | None = None
     resume: bool = False
     device: str = "auto"
@@ -41,7 +42,7 @@ class RunConfig:
         task_cls = get_task(self.task)
         grid = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("grid")}
         return {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed,
-                "attention_params": self.attention_params,
+                "attention_params": self.attention_params, "rope": {k: v for k, v in self.rope.items() if v is not None},
                 "task_options": {k: v for k, v in sorted(self.task_options.items()) if k not in grid}}
 
 
@@ -83,7 +84,7 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
     from evalkit.results import RunStore
     from evalkit.runner import Runner, default_batch_tokens
     from evalkit.task import TaskContext
-    from evalkit.variants import resolve_variants
+    from evalkit.variants import AttentionOptions, resolve_variants
 
     console = console or Console(stderr=True)
     log = (lambda *a: None) if config.quiet else console.print
@@ -97,13 +98,14 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
     store = RunStore(folder, config.identity(), config.resume)  # checks --out before the slow model load
 
     load_started = time.perf_counter()
-    loaded = load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code), log=log)
+    loaded = load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code,
+                                                  rope=config.rope), log=log)
     load_seconds = time.perf_counter() - load_started
     stored_hash = store.stored_model_hash()
     if config.resume and stored_hash and stored_hash != loaded.content_hash:
         raise ConfigError(f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
                           "resume with the same checkpoint, or choose another --out")
-    variants = resolve_variants(loaded, config.attention, config.attention_params)
+    variants = resolve_variants(loaded, config.attention, AttentionOptions(**config.attention_params))
 
     task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed))
     samples = task.samples()

@@ -98,7 +98,9 @@ class PerplexityTask(Task):
         import pandas as pd
 
         groups = []
-        for (attention, length), part in frame.groupby(["attention", "context_length"], sort=True):
+        order = {name: k for k, name in enumerate(pd.unique(frame["attention"]))}  # variants in run order
+        for (attention, length), part in sorted(frame.groupby(["attention", "context_length"]),
+                                                key=lambda item: (order[item[0][0]], item[0][1])):
             means = part[part.metric == "mean_nll"]
             if self.options.stride:
                 counts = part[part.metric == "scored_tokens"].set_index("sample")["value"]

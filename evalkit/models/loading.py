@@ -37,7 +37,7 @@ class LoadOptions:
     dtype: str = "auto"
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    config_overrides: dict[str, Any] = field(default_factory=dict)
+    rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
 
 
 @dataclass
@@ -48,6 +48,7 @@ class LoadedModel:
     device: Any  # torch.device
     dtype: Any  # torch.dtype
     content_hash: str
+    config_changes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_positions(self) -> int | None:
@@ -65,6 +66,7 @@ class LoadedModel:
             "max_position_embeddings": self.max_positions,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "config_changes": self.config_changes,
         }
 
 
@@ -163,10 +165,14 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
     dtype = pick_dtype(options.dtype, device)
     if source.kind == "hf":
         _check_hf_folder(Path(source.location), options)
-    model, tokenizer = _from_pretrained(source, dtype, options)
+    model, tokenizer, changes = _from_pretrained(source, dtype, options)
     model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source))
+    if source.kind == "hf" and getattr(model.config, "evalkit_attention", None):
+        from evalkit.attention import load_attention_from_checkpoint
+
+        load_attention_from_checkpoint(model, source.location)  # a model trained with SSMax keeps it
+    return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes)
 
 
 def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
@@ -180,8 +186,11 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
         common["gguf_file"] = source.gguf_file
     try:
         config = AutoConfig.from_pretrained(source.location, **common)
-        for key, value in options.config_overrides.items():
-            setattr(config, key, value)
+        changes = {}
+        if any(v is not None for v in options.rope.values()):
+            from evalkit.attention.rope import override_rope
+
+            changes = override_rope(config, **options.rope)  # before the rotary embedding is built
         model = AutoModelForCausalLM.from_pretrained(
             source.location, config=config, dtype=dtype, attn_implementation="sdpa",
             use_safetensors=None if (options.allow_pickle or source.gguf_file) else True, **common,
@@ -196,7 +205,7 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
                              "check the files are complete and of a supported architecture") from None
     if source.gguf_file:
         _drop_gguf_markers(model)
-    return model, tokenizer
+    return model, tokenizer, changes
 
 
 def _drop_gguf_markers(model) -> None:
@@ -212,7 +221,8 @@ def load_gguf_for_export(gguf_path: Path):
     import torch
 
     source = ModelSource("gguf", str(gguf_path.parent), gguf_file=gguf_path.name, name=gguf_path.stem)
-    return _from_pretrained(source, torch.float32, LoadOptions())
+    model, tokenizer, _ = _from_pretrained(source, torch.float32, LoadOptions())
+    return model, tokenizer
 
 
 def content_hash(source: ModelSource) -> str:

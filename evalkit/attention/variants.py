@@ -1,0 +1,153 @@
+"""The registry of attention variants.
+
+Every variant evalkit supports is a per-query, per-head factor on q (design.md, "The math"):
+``weights_i = softmax(factor_{h,i} * q_i . K / sqrt(d))``. Expressing a variant this way lets one
+fused kernel (torch SDPA) serve them all; no variant ever builds an n x n tensor.
+
+A variant is a frozen ``Variant`` record: its name, the formula as text (for ``evalkit attention
+list`` and manifests), the parameters it needs, and a function from n (the number of keys each
+query may see) to the factor. Adding a variant is one ``register_variant(Variant(...))`` call.
+
+This module does not import torch at module level: the factor functions only call methods on
+the tensors they are given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from evalkit.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# The parameters a variant may need. "s" and "b" are per-head tensors of shape (H,), float32;
+# "train_length" is an int (L in the formulas).
+PARAMETER_FLAGS = {"s": "--ssmax-s", "b": "--ssmax-b", "train_length": "--train-length"}
+
+FactorFn = Callable[["torch.Tensor", int, Mapping[str, Any]], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One attention variant: a name, its formula, its parameters, and its factor on q.
+
+    ``factor(n, num_heads, params)`` takes n as a float32 tensor of shape (B or 1, 1, T_q, 1)
+    (already clamped to >= 1) and returns the factor, float32, of shape (B or 1, H, T_q, 1).
+    ``factor is None`` means the identity (plain softmax): callers skip the multiplication so
+    the result is bit-identical to stock attention.
+    """
+
+    name: str
+    formula: str  # the weights, as the design table writes them
+    scale: str  # the factor on q_i, as text
+    parameters: tuple[str, ...]
+    description: str
+    factor: FactorFn | None
+
+
+def _per_head(t: "torch.Tensor") -> "torch.Tensor":
+    """(H,) -> (1, H, 1, 1), float32, so it broadcasts against n of shape (B, 1, T_q, 1)."""
+    return t.float().view(1, -1, 1, 1)
+
+
+def _ssmax(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+    return _per_head(params["s"]) * n.log()  # (B, H, T_q, 1)
+
+
+def _ssmax_bias(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+    return _per_head(params["s"]) * n.log() + _per_head(params["b"])  # (B, H, T_q, 1)
+
+
+def _logn(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+    # Identity inside the training length, log-length scaling beyond it: training-free.
+    factor = (n.log() / math.log(params["train_length"])).clamp(min=1.0)  # (B, 1, T_q, 1)
+    return factor.expand(-1, num_heads, -1, -1)  # (B, H, T_q, 1), a view: no copy
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Add a variant to the registry; a second variant under the same name is an error."""
+    if variant.name in VARIANTS:
+        raise ValueError(f"attention variant {variant.name!r} is already registered")
+    unknown = set(variant.parameters) - set(PARAMETER_FLAGS)
+    if unknown:
+        raise ValueError(f"variant {variant.name!r} names unknown parameters {sorted(unknown)}")
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+register_variant(
+    Variant(
+        name="softmax",
+        formula="softmax(z)",
+        scale="1",
+        parameters=(),
+        description="Standard attention; identical to transformers' sdpa.",
+        factor=None,
+    )
+)
+register_variant(
+    Variant(
+        name="ssmax",
+        formula="softmax(s_h * log(n_i) * z)",
+        scale="s_h * log(n_i)",
+        parameters=("s",),
+        description="Scalable-Softmax with a per-head scale s_h (learned or given).",
+        factor=_ssmax,
+    )
+)
+register_variant(
+    Variant(
+        name="ssmax-bias",
+        formula="softmax((s_h * log(n_i) + b_h) * z)",
+        scale="s_h * log(n_i) + b_h",
+        parameters=("s", "b"),
+        description="Scalable-Softmax with a per-head bias b_h.",
+        factor=_ssmax_bias,
+    )
+)
+register_variant(
+    Variant(
+        name="logn",
+        formula="softmax(max(1, log(n_i) / log(L)) * z)",
+        scale="max(1, log(n_i) / log(L))",
+        parameters=("train_length",),
+        description="Training-free log-n scaling: identity within the training length L.",
+        factor=_logn,
+    )
+)
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant called ``name``; ConfigError with a suggestion otherwise."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        pass
+    close = difflib.get_close_matches(str(name), list(VARIANTS), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(
+        f"unknown attention variant {name!r}",
+        f"{hint}choose one of {', '.join(VARIANTS)} (see `evalkit attention list`)",
+    )
+
+
+def describe_variants() -> list[dict[str, Any]]:
+    """One dict per variant (name, formula, scale, parameters as CLI flags, description)."""
+    return [
+        {
+            "name": v.name,
+            "formula": v.formula,
+            "scale": v.scale,
+            "parameters": [PARAMETER_FLAGS[p] for p in v.parameters],
+            "description": v.description,
+        }
+        for v in VARIANTS.values()
+    ]

@@ -1,0 +1,112 @@
+"""``evalkit bench perplexity``: tokens/s and model-FLOP utilization of the token-loss path.
+
+Speed is reported as ratios (against a plain transformers ``labels=`` loop on the same windows,
+and against the device's peak FLOP/s), never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Dense peak TFLOP/s by device name fragment and dtype (vendor data sheets, SXM parts).
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0},
+    "H100": {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0},
+    "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 19.5},
+    "L40S": {"bfloat16": 362.0, "float16": 362.0, "float32": 91.6},
+    "L4": {"bfloat16": 121.0, "float16": 121.0, "float32": 30.3},
+}
+
+
+def forward_flops_per_token(config, context_length: int) -> float:
+    """Matmul FLOPs of one causal forward, per token, averaged over a window of ``context_length``."""
+    width = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or width // heads
+    kv_heads = getattr(config, "num_key_value_heads", heads)
+    inner = config.intermediate_size
+    layers = config.num_hidden_layers
+    projections = width * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v
+    mlp = 3 * width * inner  # gate, up, down (SwiGLU)
+    attention = 2 * heads * head_dim * (context_length + 1) / 2  # scores + weighted values, causal mean keys
+    head = width * config.vocab_size
+    return 2.0 * (layers * (projections + mlp + attention) + head)
+
+
+def peak_tflops(device_name: str, dtype: str) -> float | None:
+    for fragment, table in PEAK_TFLOPS.items():
+        if fragment in device_name:
+            return table.get(dtype)
+    return None
+
+
+def _timed(fn, device, min_seconds: float) -> tuple[int, float]:
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up: kernels, allocator, caches
+    sync()
+    calls, started = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        sync()
+        elapsed = time.perf_counter() - started
+        if elapsed >= min_seconds and calls >= 2:
+            return calls, elapsed
+
+
+def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_tokens: int | None,
+                     seconds: float, peak: float | None, out: str | None):
+    import pandas as pd
+    import torch
+
+    from evalkit.data.corpus import load_corpus, token_stream
+    from evalkit.data.windows import random_offsets
+    from evalkit.grid import parse_lengths
+    from evalkit.manifest import device_description
+    from evalkit.models.adapter import ModelAdapter
+    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.models.requests import TokenLossRequest
+    from evalkit.runner import default_batch_tokens
+
+    loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
+    adapter = ModelAdapter(loaded)
+    stream = token_stream(load_corpus(), loaded.tokenizer)
+    budget = batch_tokens or default_batch_tokens(loaded)
+    dtype_name = str(loaded.dtype).removeprefix("torch.")
+    device_name = device_description(loaded.device)
+    peak = peak or peak_tflops(device_name, dtype_name)
+    rows = []
+    for length in parse_lengths(lengths):
+        batch = max(1, budget // length)
+        windows = [stream.tokens[o : o + length] for o in random_offsets(stream, length, batch, seed=0)]
+        requests = [TokenLossRequest(w) for w in windows]
+        calls, elapsed = _timed(lambda: adapter.token_losses(requests), loaded.device, seconds)
+        tps = calls * batch * length / elapsed
+
+        ids = torch.from_numpy(np.stack(windows[:1])).to(loaded.device)
+
+        def plain():
+            with torch.inference_mode():
+                loaded.model(input_ids=ids, labels=ids).loss.item()
+
+        plain_calls, plain_elapsed = _timed(plain, loaded.device, seconds)
+        plain_tps = plain_calls * length / plain_elapsed
+        flops = forward_flops_per_token(loaded.model.config, length)
+        achieved = tps * flops / 1e12
+        rows.append({"context_length": length, "batch": batch, "tokens_per_s": round(tps, 1),
+                     "plain_hf_tokens_per_s": round(plain_tps, 1), "speedup_vs_plain_hf": round(tps / plain_tps, 2),
+                     "model_tflops": round(achieved, 3), "mfu": round(achieved / peak, 4) if peak else None,
+                     "device": device_name, "dtype": dtype_name})
+    frame = pd.DataFrame(rows)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(Path(out) / "bench.csv", index=False)
+    return frame
