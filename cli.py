@@ -277,11 +277,17 @@ def bench_perplexity(
     seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length.")] = 5.0,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (known GPUs are looked up).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench.csv into.")] = None,
+    attention: Annotated[str, typer.Option(help="Variants to time, comma-separated; ratios are against the first.")] = "softmax",
+    ssmax_s: Annotated[Optional[float], typer.Option(help="SSMax scale s for every head.")] = None,
+    train_length: Annotated[Optional[str], typer.Option(help="Training length L for logn.")] = None,
 ) -> None:
-    """Tokens/s and model-FLOP utilization of evalkit's batched token losses."""
+    """Tokens/s and model-FLOP utilization of evalkit's batched token losses, per attention variant."""
     from evalkit.bench import bench_perplexity as run_bench
+    from evalkit.variants import AttentionOptions
 
-    frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out)
+    options = AttentionOptions(**_attention_params(ssmax_s, None, None, train_length, None))
+    frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out,
+                      tuple(a.strip() for a in attention.split(",")), options)
     _print_frame(_console(), frame, "evalkit bench perplexity")
 
 

@@ -21,6 +21,9 @@ PEAK_TFLOPS = {
 }
 
 
+ROUNDS = 3
+
+
 def forward_flops_per_token(config, context_length: int) -> float:
     """Matmul FLOPs of one causal forward, per token, averaged over a window of ``context_length``."""
     width = config.hidden_size
@@ -63,7 +66,8 @@ def _timed(fn, device, min_seconds: float) -> tuple[int, float]:
 
 
 def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_tokens: int | None,
-                     seconds: float, peak: float | None, out: str | None):
+                     seconds: float, peak: float | None, out: str | None, attention: tuple[str, ...] = ("softmax",),
+                     attention_options=None):
     import pandas as pd
     import torch
 
@@ -75,8 +79,10 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.requests import TokenLossRequest
     from evalkit.runner import default_batch_tokens
+    from evalkit.variants import AttentionOptions, resolve_variants
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
+    variants = resolve_variants(loaded, attention, attention_options or AttentionOptions())
     adapter = ModelAdapter(loaded)
     stream = token_stream(load_corpus(), loaded.tokenizer)
     budget = batch_tokens or default_batch_tokens(loaded)
@@ -88,9 +94,24 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
         batch = max(1, budget // length)
         windows = [stream.tokens[o : o + length] for o in random_offsets(stream, length, batch, seed=0)]
         requests = [TokenLossRequest(w) for w in windows]
-        calls, elapsed = _timed(lambda: adapter.token_losses(requests), loaded.device, seconds)
-        tps = calls * batch * length / elapsed
-
+        flops = forward_flops_per_token(loaded.model.config, length)
+        # Variants take turns over several rounds and the median counts: load on a shared
+        # machine drifts over seconds, and a fixed order would hand that drift to one variant.
+        rounds = {v.label: [] for v in variants}
+        for _ in range(ROUNDS):
+            for variant in variants:
+                variant.activate(loaded.model)
+                calls, elapsed = _timed(lambda: adapter.token_losses(requests), loaded.device, seconds / ROUNDS)
+                rounds[variant.label].append(calls * batch * length / elapsed)
+        first_tps = None
+        for variant in variants:
+            tps = float(np.median(rounds[variant.label]))
+            first_tps = first_tps or tps
+            achieved = tps * flops / 1e12
+            rows.append({"attention": variant.label, "context_length": length, "batch": batch, "tokens_per_s": round(tps, 1),
+                         f"vs_{variants[0].label}": round(tps / first_tps, 3),
+                         "model_tflops": round(achieved, 3), "mfu": round(achieved / peak, 4) if peak else None})
+        variants[0].activate(loaded.model)
         ids = torch.from_numpy(np.stack(windows[:1])).to(loaded.device)
 
         def plain():
@@ -99,13 +120,10 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
 
         plain_calls, plain_elapsed = _timed(plain, loaded.device, seconds)
         plain_tps = plain_calls * length / plain_elapsed
-        flops = forward_flops_per_token(loaded.model.config, length)
-        achieved = tps * flops / 1e12
-        rows.append({"context_length": length, "batch": batch, "tokens_per_s": round(tps, 1),
-                     "plain_hf_tokens_per_s": round(plain_tps, 1), "speedup_vs_plain_hf": round(tps / plain_tps, 2),
-                     "model_tflops": round(achieved, 3), "mfu": round(achieved / peak, 4) if peak else None,
-                     "device": device_name, "dtype": dtype_name})
+        rows.append({"attention": f"plain transformers ({variants[0].label}, labels=, batch 1)", "context_length": length,
+                     "batch": 1, "tokens_per_s": round(plain_tps, 1), f"vs_{variants[0].label}": round(plain_tps / first_tps, 3)})
     frame = pd.DataFrame(rows)
+    frame["device"], frame["dtype"] = device_name, dtype_name
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         frame.to_csv(Path(out) / "bench.csv", index=False)

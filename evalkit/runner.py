@@ -65,16 +65,16 @@ class Runner:
             if not pending[variant.label]:
                 continue
             variant.activate(self.adapter.model)
-            for length, bucket in self._buckets(pending[variant.label]):
-                self._run_bucket(task, variant, length, bucket)
+            for bucket in self._buckets(pending[variant.label]):
+                self._run_bucket(task, variant, bucket[0].request.length, bucket)
 
     @staticmethod
-    def _buckets(samples: list[Sample]):
-        by_length: dict[int, list[Sample]] = defaultdict(list)
+    def _buckets(samples: list[Sample]) -> list[list[Sample]]:
+        by_shape: dict[tuple, list[Sample]] = defaultdict(list)
         for sample in samples:
-            by_length[sample.request.length].append(sample)
+            by_shape[(type(sample.request).__name__, *sample.request.shape)].append(sample)
         # Longest first: an out-of-memory problem shows at once, not at the end of a long run.
-        return sorted(by_length.items(), key=lambda item: -item[0])
+        return sorted(by_shape.values(), key=lambda bucket: -bucket[0].request.length)
 
     def _run_bucket(self, task: Task, variant: Variant, length: int, bucket: list[Sample]) -> None:
         batch_size = max(1, self.batch_tokens // length)

@@ -39,9 +39,9 @@ def make_llama(vocab_size: int, seed: int = 0, max_positions: int = 512, **overr
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-                         eos_token_id=0, pad_token_id=0, bos_token_id=0, tie_word_embeddings=False, **overrides)
+    settings = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, eos_token_id=0, pad_token_id=0, bos_token_id=0, tie_word_embeddings=False)
+    config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max_positions, **{**settings, **overrides})
     return LlamaForCausalLM(config).eval()
 
 

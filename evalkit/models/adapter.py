@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from evalkit.models.loading import LoadedModel
-from evalkit.models.requests import TokenLossRequest
+from evalkit.models.requests import AnswerScore, AnswerScoreRequest, GenerateRequest, ProbeRequest, TokenLossRequest
 
 # Bytes of float32 logits materialized at once; the LM head and loss run in chunks of
 # rows so that a 64k-token sequence never holds a (64k x vocab) logits tensor.
@@ -28,8 +28,10 @@ class ModelAdapter:
     # -- dispatch -------------------------------------------------------------------------
     def answer(self, requests: list) -> list:
         kinds = {type(r) for r in requests}
-        if kinds == {TokenLossRequest}:
-            return self.token_losses(requests)
+        handlers = {TokenLossRequest: self.token_losses, AnswerScoreRequest: self.score_answers,
+                    GenerateRequest: self.generate, ProbeRequest: self.probe}
+        if len(kinds) == 1 and next(iter(kinds)) in handlers:
+            return handlers[next(iter(kinds))](requests)
         raise TypeError(f"unsupported request mix: {sorted(k.__name__ for k in kinds)}")
 
     # -- token losses ---------------------------------------------------------------------
@@ -39,14 +41,74 @@ class ModelAdapter:
 
         lengths = {r.length for r in requests}
         assert len(lengths) == 1, "the runner batches requests of one length only"
-        ids = torch.from_numpy(np.stack([r.tokens for r in requests]))  # (B, T)
-        if self.device.type == "cuda":
-            ids = ids.pin_memory()
-        ids = ids.to(self.device, non_blocking=True)
+        ids = self._batch([r.tokens for r in requests])  # (B, T)
         with torch.inference_mode():
             nll = self.sequence_nll(ids)  # (B, T-1)
         out = nll.float().cpu().numpy()  # the only host-device sync of the batch
         return [row for row in out]
+
+    def _batch(self, rows: list[np.ndarray]):
+        import torch
+
+        ids = torch.from_numpy(np.stack(rows))  # (B, T)
+        if self.device.type == "cuda":
+            ids = ids.pin_memory()
+        return ids.to(self.device, non_blocking=True)
+
+    # -- answer scoring -------------------------------------------------------------------
+    def score_answers(self, requests: list[AnswerScoreRequest]) -> list[AnswerScore]:
+        """Log-probs of each gold answer given its prompt; the LM head runs on answer positions only."""
+        import torch
+
+        prompt_len = {len(r.prompt) for r in requests}
+        answer_len = {len(r.answer) for r in requests}
+        assert len(prompt_len) == 1 and len(answer_len) == 1, "the runner batches equal lengths only"
+        p, a = prompt_len.pop(), answer_len.pop()
+        ids = self._batch([np.concatenate([r.prompt, r.answer]) for r in requests])  # (B, P+A)
+        with torch.inference_mode():
+            hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A, D)
+            logits = self.logits(hidden[:, p - 1 : p + a - 1])  # (B, A, V): predictions of the answer tokens
+            gold = ids[:, p : p + a]  # (B, A)
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, gold[..., None]).squeeze(-1)  # (B, A)
+            gold_logit = logits.gather(-1, gold[..., None])  # (B, A, 1)
+            greedy = (logits.argmax(-1) == gold).all(-1)  # (B,)
+            # strictly greater logits count against the gold token: ties do not lower its rank
+            rank = (logits[:, 0] > gold_logit[:, 0]).sum(-1) + 1  # (B,)
+        logprobs, greedy, rank = logprobs.cpu().numpy(), greedy.cpu().numpy(), rank.cpu().numpy()
+        return [AnswerScore(logprobs[i], bool(greedy[i]), int(rank[i])) for i in range(len(requests))]
+
+    # -- attention probes -----------------------------------------------------------------
+    def probe(self, requests: list[ProbeRequest]):
+        from evalkit.models.probe import run_probes
+
+        return run_probes(self.model, self._batch([r.tokens for r in requests]), requests)
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, requests: list[GenerateRequest]) -> list[np.ndarray]:
+        """Greedy continuation of equal-length prompts (no padding needed), KV cache on."""
+        import torch
+
+        ids = self._batch([r.prompt for r in requests])  # (B, P)
+        eos_ids = self.eos_ids()
+        pad = self.model.generation_config.pad_token_id
+        pad = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=max(r.max_new_tokens for r in requests), pad_token_id=pad,
+                                      temperature=None, top_p=None, top_k=None)
+        new = out[:, ids.shape[1] :].cpu().numpy()  # (B, N)
+        results = []
+        for row in new:
+            stop = np.flatnonzero(np.isin(row, list(eos_ids)))
+            results.append(row[: stop[0]] if len(stop) else row)
+        return results
+
+    def eos_ids(self) -> set[int]:
+        """End-of-sequence ids: the generation config's (may be a list), else the tokenizer's."""
+        eos = self.model.generation_config.eos_token_id
+        if eos is None and self.loaded.tokenizer is not None:
+            eos = self.loaded.tokenizer.eos_token_id
+        return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
 
     def sequence_nll(self, ids):
         """NLL of ids[:, 1:] given the prefix; the LM head runs in row chunks."""

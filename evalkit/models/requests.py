@@ -21,3 +21,86 @@ class TokenLossRequest:
     @property
     def length(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def shape(self) -> tuple:
+        """Requests of equal shape batch together without padding."""
+        return (self.length,)
+
+
+@dataclass(frozen=True)
+class AnswerScoreRequest:
+    """Teacher-forced scoring of a gold answer after a prompt, in one forward pass."""
+
+    prompt: np.ndarray  # (P,) int64
+    answer: np.ndarray  # (A,) int64
+
+    @property
+    def length(self) -> int:
+        return int(self.prompt.shape[0] + self.answer.shape[0])
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.prompt), len(self.answer))
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    token_logprobs: np.ndarray  # (A,) log p(answer_t | prompt, answer_<t)
+    greedy_correct: bool  # every answer token is the argmax given the gold prefix = greedy decoding yields it
+    first_token_rank: int  # 1 = the first answer token is the model's top choice
+
+    @property
+    def logprob(self) -> float:
+        return float(self.token_logprobs.sum())
+
+    @property
+    def mean_logprob(self) -> float:
+        return float(self.token_logprobs.mean())
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Greedy generation with the KV cache after a prompt."""
+
+    prompt: np.ndarray  # (P,) int64
+    max_new_tokens: int
+
+    @property
+    def length(self) -> int:
+        return int(self.prompt.shape[0])
+
+    @property
+    def shape(self) -> tuple:
+        return (self.length, self.max_new_tokens)
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """Exact attention statistics of chosen query rows, for every layer and head.
+
+    The model runs on ``tokens``; for each row in ``rows`` the weights over all keys are formed
+    (rows x n per head, never n x n) and reduced against the key span ``needle``.
+    """
+
+    tokens: np.ndarray  # (T,) int64
+    rows: tuple[int, ...]  # query positions to probe
+    needle: tuple[int, int]  # [start, end) key span whose attention mass is measured
+
+    @property
+    def length(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def shape(self) -> tuple:
+        return (self.length, self.rows)
+
+
+PROBE_METRICS = ("needle_mass", "max_weight", "entropy", "entropy_norm", "needle_rank", "top1_in_needle")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Each metric as a (layers, heads) array, averaged over the probed rows."""
+
+    metrics: dict  # name -> np.ndarray (layers, heads)
