@@ -94,8 +94,21 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
     if config.batch_tokens is not None and config.batch_tokens < 1:
         raise ConfigError(f"bad --batch-tokens {config.batch_tokens}", "give a positive number of tokens")
 
-    folder = Path(config.out) if config.out else default_out(config.task, config.model)
+    model_free = getattr(task_cls, "model_free", None)
+    model_free = bool(model_free and model_free(options))
+    folder = Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model)
     store = RunStore(folder, config.identity(), config.resume)  # checks --out before the slow model load
+    manifest = {"run_id": store.run_id, "command": sys.argv, "config": dataclasses.asdict(config),
+                "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
+                "git_revision": git_revision(), "started_at": started_at.isoformat()}
+    if model_free:
+        task = task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
+        for label, sample_id, rows in task.model_free_rows(config.attention_params):
+            if not store.is_done(label, sample_id):
+                store.append(label, sample_id, rows)
+        store.close()
+        return _finish(store, task, manifest, {"run_id": store.run_id, "task": task.name, "model": "none (analytic)"},
+                       "analytic", interrupted=False, tokens_per_second=0.0, timings={})
 
     load_started = time.perf_counter()
     loaded = load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code,
@@ -114,13 +127,8 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
     progress = ProgressReporter(console, quiet=config.quiet)
-    manifest = {
-        "run_id": store.run_id, "command": sys.argv, "config": dataclasses.asdict(config),
-        "task_options": dataclasses.asdict(options), "model": loaded.describe(),
-        "attention": [v.describe for v in variants], "versions": library_versions(),
-        "device": device_description(loaded.device), "batch_tokens": batch_tokens, "seed": config.seed,
-        "git_revision": git_revision(), "started_at": started_at.isoformat(), "samples": len(samples),
-    }
+    manifest.update({"model": loaded.describe(), "attention": [v.describe for v in variants],
+                     "device": device_description(loaded.device), "batch_tokens": batch_tokens, "samples": len(samples)})
     store.write_manifest(manifest)
 
     interrupted = False
@@ -134,21 +142,22 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
         store.close()
 
     common = {"run_id": store.run_id, "task": task.name, "model": loaded.source.name}
+    title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
+    timings = {"load_seconds": round(load_seconds, 2), "run_seconds": round(time.perf_counter() - run_started, 2),
+               "tokens_per_second": round(progress.tokens_per_second, 1)}
+    return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings)
+
+
+def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings) -> RunOutcome:
+    """Tables, plots and the final manifest, from whatever the journal holds."""
     frame = store.frame(common, task.key_columns)
     summary = task.summarize(frame) if len(frame) else None
     store.write_tables(frame, summary)
-    plots = []
-    if len(frame) and not interrupted:
-        title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
-        plots = task.plot(frame, title, folder / "plots")
-    manifest.update({
-        "finished_at": datetime.now(timezone.utc).isoformat(), "interrupted": interrupted,
-        "timings": {"load_seconds": round(load_seconds, 2), "run_seconds": round(time.perf_counter() - run_started, 2),
-                    "tokens_per_second": round(progress.tokens_per_second, 1)},
-        "rows": len(frame), "finished_samples": store.finished,
-    })
+    plots = task.plot(frame, title, store.folder / "plots") if len(frame) and not interrupted else []
+    manifest.update({"finished_at": datetime.now(timezone.utc).isoformat(), "interrupted": interrupted,
+                     "timings": timings, "rows": len(frame), "finished_samples": store.finished})
     store.write_manifest(manifest)
-    return RunOutcome(folder, frame, summary, plots, interrupted, progress.tokens_per_second)
+    return RunOutcome(store.folder, frame, summary, plots, interrupted, tokens_per_second)
 
 
 def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool) -> None:

@@ -11,29 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from evalkit.data.options import CorpusOptions
-from evalkit.errors import ConfigError
-from evalkit.grid import parse_lengths, parse_percentages
+from evalkit.data.options import NeedleGridOptions, needle_samples
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.task import Sample, Task, option
 
 
 @dataclass(frozen=True)
-class NeedleOptions(CorpusOptions):
-    lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True)
-    depths: str = option("0:100:25", "Needle depths in percent: START:STOP:STEP or a list.", grid=True)
-    trials: int = option(2, "Samples per (length, depth), each with its own needle and haystack offset.", grid=True)
-    needle: str = option("passkey", "Needle kind.", choices=("passkey", "kv", "abcdigits"))
-    haystack: str = option("corpus", "Haystack: corpus text, RULER noise sentences, or one passage repeated.", choices=("corpus", "noise", "repeat"))
-    distractors: int = option(0, "Other needles of the same form that are not asked (multi-key).")
-    values: int = option(1, "Values for the one key, all asked (multi-value; kv needles).")
-    queries: int = option(1, "Keys asked at once (multi-query; kv needles).")
-    digits: int = option(5, "Digits of the numbers to retrieve.")
-    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one), on, off.", choices=("auto", "on", "off"))
+class NeedleOptions(NeedleGridOptions):
     scoring: str = option("logprob", "logprob: one teacher-forced pass; generate: greedy generation, answer parsed.", choices=("logprob", "generate"))
-    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle.")
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
 
 
@@ -45,33 +30,11 @@ class NeedleTask(Task):
 
     def __init__(self, options: NeedleOptions, context):
         super().__init__(options, context)
-        for name in ("trials", "values", "queries", "digits"):
-            if getattr(options, name) < 1:
-                raise ConfigError(f"bad --{name} {getattr(options, name)}", "give at least 1")
-        if options.distractors < 0:
-            raise ConfigError(f"bad --distractors {options.distractors}", "give 0 or more")
-        self.lengths = parse_lengths(options.lengths)
-        self.depths = parse_percentages(options.depths)
-
-    def _needle_samples(self):
-        from evalkit.data import haystack
-
-        o = self.options
-        if o.samples_file:
-            return haystack.load_samples_file(o.samples_file, self.context.tokenizer, chat=o.chat)
-        stream = None
-        if o.haystack == "corpus" and o.needle != "abcdigits":
-            from evalkit.data.corpus import load_corpus, token_stream
-
-            stream = token_stream(load_corpus(o.dataset, o.text_field, o.split), self.context.tokenizer)
-        settings = haystack.HaystackOptions(haystack=o.haystack, needle=o.needle, distractors=o.distractors,
-                                            values=o.values, queries=o.queries, digits=o.digits, chat=o.chat)
-        return haystack.build_samples(self.context.tokenizer, settings, self.lengths, self.depths, o.trials,
-                                      self.context.seed, stream=stream)
+        self.lengths, self.depths = options.validate()
 
     def samples(self) -> list[Sample]:
         out = []
-        for k, s in enumerate(self._needle_samples()):
+        for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths)):
             sample_id = f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}"
             if self.options.scoring == "generate":
                 request = GenerateRequest(s.prompt_ids, self.options.max_new_tokens or len(s.answer_ids) + 8)

@@ -27,7 +27,7 @@ def heatmaps(acc, title, train, path):
     lengths = sorted(acc.context_length.unique())
     depths = sorted(acc.depth.unique())
     fig, axes = plt.subplots(1, len(variants), figsize=(1.2 + 1.1 * len(lengths) * len(variants) + 1.2, 0.45 * len(depths) + 2.2),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     image = None
     for ax, variant in zip(axes[0], variants):
         grid = acc[acc.attention == variant].pivot_table(index="depth", columns="context_length", values="value", aggfunc="mean")
@@ -43,7 +43,7 @@ def heatmaps(acc, title, train, path):
         _mark_training_length(ax, lengths, train, as_columns=True)
     axes[0][0].set_ylabel("needle depth")
     fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", fraction=0.04)
-    fig.suptitle(f"Needle retrieval — {title}", y=1.04)
+    fig.suptitle(f"Needle retrieval — {title}")
     return _save_untight(fig, path)
 
 

@@ -69,3 +69,17 @@ def test_needle_bad_input(tiny_checkpoint, tmp_path):
     assert result.exit_code == 2 and "16" in result.output, result.output
     result = run_needle(tiny_checkpoint, tmp_path / "o3", "--depths", "0:150:50")
     assert result.exit_code == 2 and "0..100" in result.output
+
+
+def test_greedy_correct_equals_generation_outcome(tiny_checkpoint, tmp_path, tokenizer):
+    """For every sample of a small grid, the one-pass verdict equals what greedy generation does."""
+    score, gen = tmp_path / "score", tmp_path / "gen"
+    common = ["--lengths", "192", "--depths", "0:100:50", "--trials", "2", "--needle", "kv", "--digits", "2"]
+    assert run_needle(tiny_checkpoint, score, *common).exit_code == 0
+    assert run_needle(tiny_checkpoint, gen, *common, "--scoring", "generate", "--max-new-tokens", "6").exit_code == 0
+    a = pd.read_parquet(score / "results.parquet")
+    b = pd.read_parquet(gen / "results.parquet")
+    a = a[a.metric == "greedy_correct"].set_index(["depth", "trial"]).sort_index()
+    b = b[b.metric == "contains"].set_index(["depth", "trial"]).sort_index()
+    starts = [g.lstrip().startswith(ans) for g, ans in zip(b.generated, a.answer)]
+    assert list(a.value.astype(bool)) == starts

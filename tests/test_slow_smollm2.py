@@ -46,3 +46,18 @@ def test_gguf_nll_matches_naive_transformers_forward(gguf_path):
     assert np.isfinite(ours) and 0.5 < ours < 6
     assert abs(ours - naive) / naive < 0.05
     print(f"SmolLM2 mean NLL at 512: evalkit {ours:.4f}, naive {naive:.4f}")
+
+
+def test_smollm2_retrieves_a_passkey_at_1k_and_2k(gguf_path, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(cli.register_tasks(), ["run", "needle", "--model", "smollm2-135m", "--lengths", "1k,2k",
+                                                       "--depths", "50", "--trials", "1", "--device", "cpu", "--quiet",
+                                                       "--out", str(tmp_path / "needle")])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(tmp_path / "needle" / "results.parquet")
+    correct = frame[frame.metric == "greedy_correct"].set_index("context_length").value
+    assert correct.loc[1024] == 1.0 and correct.loc[2048] == 1.0

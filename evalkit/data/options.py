@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from evalkit.errors import ConfigError
+from evalkit.grid import parse_lengths, parse_percentages
 from evalkit.task import option
 
 
@@ -12,3 +14,45 @@ class CorpusOptions:
     dataset: str | None = option(None, "Text source: a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: the built-in corpus (Python's own documentation topics).")
     text_field: str = option("text", "Field/column holding the text in .jsonl, .parquet and datasets.")
     split: str = option("train", "Dataset split, for Hugging Face datasets.")
+
+
+@dataclass(frozen=True)
+class NeedleGridOptions(CorpusOptions):
+    """The needle sample grid, shared by the needle and focus tasks (same samples, same flags)."""
+
+    lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True)
+    depths: str = option("0:100:25", "Needle depths in percent: START:STOP:STEP or a list.", grid=True)
+    trials: int = option(2, "Samples per (length, depth), each with its own needle and haystack offset.", grid=True)
+    needle: str = option("passkey", "Needle kind.", choices=("passkey", "kv", "abcdigits"))
+    haystack: str = option("corpus", "Haystack: corpus text, RULER noise sentences, or one passage repeated.", choices=("corpus", "noise", "repeat"))
+    distractors: int = option(0, "Other needles of the same form that are not asked (multi-key).")
+    values: int = option(1, "Values for the one key, all asked (multi-value; kv needles).")
+    queries: int = option(1, "Keys asked at once (multi-query; kv needles).")
+    digits: int = option(5, "Digits of the numbers to retrieve.")
+    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one), on, off.", choices=("auto", "on", "off"))
+    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle.")
+
+    def validate(self) -> tuple[list[int], list[float]]:
+        for name in ("trials", "values", "queries", "digits"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"bad --{name} {getattr(self, name)}", "give at least 1")
+        if self.distractors < 0:
+            raise ConfigError(f"bad --distractors {self.distractors}", "give 0 or more")
+        return parse_lengths(self.lengths), parse_percentages(self.depths)
+
+
+def needle_samples(options: NeedleGridOptions, context, lengths, depths):
+    """The grid's ``NeedleSample``s, deterministic from the run's seed."""
+    from evalkit.data import haystack
+
+    if options.samples_file:
+        return haystack.load_samples_file(options.samples_file, context.tokenizer, chat=options.chat)
+    stream = None
+    if options.haystack in ("corpus", "repeat") and options.needle != "abcdigits":
+        from evalkit.data.corpus import load_corpus, token_stream
+
+        stream = token_stream(load_corpus(options.dataset, options.text_field, options.split), context.tokenizer)
+    settings = haystack.HaystackOptions(haystack=options.haystack, needle=options.needle, distractors=options.distractors,
+                                        values=options.values, queries=options.queries, digits=options.digits,
+                                        chat=options.chat)
+    return haystack.build_samples(context.tokenizer, settings, lengths, depths, options.trials, context.seed, stream=stream)

@@ -67,6 +67,9 @@ def run_probes(model, ids, requests: list[ProbeRequest]) -> list[ProbeResult]:
     from evalkit.attention import attention_modules
 
     modules = [m for _, m in attention_modules(model)]
+    wanted = requests[0].layers
+    if wanted is not None:
+        modules = [m for k, m in enumerate(modules) if getattr(m, "layer_idx", k) in wanted]
     rows = torch.tensor(requests[0].rows, device=ids.device)  # (R,) equal within a batch
     starts = torch.tensor([r.needle[0] for r in requests], device=ids.device)  # (B,)
     ends = torch.tensor([r.needle[1] for r in requests], device=ids.device)  # (B,)
@@ -84,7 +87,7 @@ def run_probes(model, ids, requests: list[ProbeRequest]) -> list[ProbeResult]:
     results = []
     for b in range(len(requests)):
         metrics = {name: np.stack([per_layer[l][name][b].float().cpu().numpy() for l in layers]) for name in PROBE_METRICS}
-        results.append(ProbeResult(metrics))  # each (layers, heads)
+        results.append(ProbeResult(tuple(layers), metrics))  # each (layers, heads)
     return results
 
 

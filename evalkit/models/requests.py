@@ -86,6 +86,7 @@ class ProbeRequest:
     tokens: np.ndarray  # (T,) int64
     rows: tuple[int, ...]  # query positions to probe
     needle: tuple[int, int]  # [start, end) key span whose attention mass is measured
+    layers: tuple[int, ...] | None = None  # None: every layer
 
     @property
     def length(self) -> int:
@@ -93,7 +94,7 @@ class ProbeRequest:
 
     @property
     def shape(self) -> tuple:
-        return (self.length, self.rows)
+        return (self.length, self.rows, self.layers)
 
 
 PROBE_METRICS = ("needle_mass", "max_weight", "entropy", "entropy_norm", "needle_rank", "top1_in_needle")
@@ -103,4 +104,5 @@ PROBE_METRICS = ("needle_mass", "max_weight", "entropy", "entropy_norm", "needle
 class ProbeResult:
     """Each metric as a (layers, heads) array, averaged over the probed rows."""
 
+    layers: tuple[int, ...]  # the layer index of each first-axis entry
     metrics: dict  # name -> np.ndarray (layers, heads)

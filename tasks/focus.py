@@ -1,0 +1,143 @@
+"""Attention focus: where attention mass goes as the context grows, for every layer and head.
+
+On needle samples (the needle task's builder and flags), the probe measures for chosen query
+rows how much attention lands on the needle, how peaked the rows are, and whether the top key
+is a needle token: the SSMax paper's central evidence that Softmax attention fades with length.
+``--analytic`` needs no model: the top weight of Softmax and SSMax for controlled logits as n
+grows (the paper's Figure 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from evalkit.data.options import NeedleGridOptions, needle_samples
+from evalkit.errors import ConfigError
+from evalkit.grid import parse_lengths
+from evalkit.models.requests import PROBE_METRICS, ProbeRequest
+from evalkit.task import Sample, Task, option
+
+TOP_HEADS = 5
+
+
+@dataclass(frozen=True)
+class FocusOptions(NeedleGridOptions):
+    layers: str = option("all", "Layers to probe: all, or indices like 0,6,11.")
+    query: str = option("last", "Query rows: last (the last prompt token) or answer (each gold answer position).", choices=("last", "answer"))
+    analytic: bool = option(False, "Model-free: top attention weight of Softmax vs SSMax as n grows (the paper's Figure 1).")
+    n: str = option("16..1m", "Analytic mode: numbers of keys, e.g. 16..1m (doubling).")
+    logits: str = option("onehot", "Analytic mode: one logit GAP above n-1 zeros (onehot), or n i.i.d. normal logits with std GAP (normal).", choices=("onehot", "normal"))
+    gap: float = option(2.0, "Analytic mode: the large logit's margin (onehot) or the logits' std (normal).")
+
+
+class FocusTask(Task):
+    name = "focus"
+    description = "Attention mass on the needle, peak weight and entropy per layer and head, vs context length."
+    Options = FocusOptions
+    key_columns = ("depth", "trial", "layer", "head")
+
+    @staticmethod
+    def model_free(options: FocusOptions) -> bool:
+        return options.analytic
+
+    def __init__(self, options: FocusOptions, context):
+        super().__init__(options, context)
+        if options.analytic:
+            self.n_values = parse_lengths(options.n)
+            return
+        self.lengths, self.depths = options.validate()
+        self.layers = None
+        if options.layers != "all":
+            try:
+                self.layers = tuple(sorted({int(x) for x in options.layers.split(",")}))
+            except ValueError:
+                raise ConfigError(f"bad --layers {options.layers!r}", "write all, or indices like 0,6,11") from None
+
+    def samples(self) -> list[Sample]:
+        out = []
+        for s in needle_samples(self.options, self.context, self.lengths, self.depths):
+            if not s.needle_spans:
+                raise ConfigError("a sample has no needle span to measure attention on", "give needle text in the samples file")
+            prompt = len(s.prompt_ids)
+            if self.options.query == "answer":
+                tokens = np.concatenate([s.prompt_ids, s.answer_ids])
+                rows = tuple(range(prompt - 1, prompt + len(s.answer_ids) - 1))  # positions predicting each answer token
+            else:
+                tokens, rows = s.prompt_ids, (prompt - 1,)
+            start, end = s.needle_spans[0]
+            out.append(Sample(f"L{s.context_length}-d{s.depth:g}-t{s.trial}", ProbeRequest(tokens, rows, (start, end), self.layers),
+                              {"context_length": s.context_length, "depth": s.depth, "trial": s.trial},
+                              {"needle_start": int(start), "needle_end": int(end), "actual_depth": round(s.actual_depth, 2)}))
+        return out
+
+    def rows(self, sample: Sample, answer) -> list[dict]:
+        rows = []
+        for metric in PROBE_METRICS:
+            values = answer.metrics[metric]  # (layers, heads)
+            for (i, head), value in np.ndenumerate(values):
+                rows.append({**sample.keys, "layer": answer.layers[i], "head": head, "metric": metric, "value": float(value)})
+        return rows
+
+    # -- model-free mode ------------------------------------------------------------------
+    def model_free_rows(self, attention: dict) -> list[tuple[str, str, list[dict]]]:
+        from evalkit.models.probe import analytic_max_weight, analytic_random_max_weight
+
+        s = attention.get("s", 0.43)
+        o = self.options
+        out = []
+        for label, scale in (("softmax", None), (f"ssmax", s)):
+            if o.logits == "onehot":
+                weights = analytic_max_weight(np.array(self.n_values), o.gap, scale)
+            else:
+                weights = analytic_random_max_weight(self.n_values, scale, samples=64, seed=self.context.seed, scale=o.gap)
+            rows = [{"context_length": int(n), "metric": "max_weight", "value": float(w), "logits": o.logits, "gap": o.gap,
+                     "s": scale} for n, w in zip(self.n_values, weights)]
+            out.append((label, f"analytic-{o.logits}", rows))
+        return out
+
+    # -- tables and figures ---------------------------------------------------------------
+    @staticmethod
+    def in_heads(frame, heads) -> np.ndarray:
+        """Which rows of ``frame`` belong to the (layer, head) pairs listed in ``heads``."""
+        import pandas as pd
+
+        wanted = pd.MultiIndex.from_arrays([heads["layer"], heads["head"]])
+        return pd.MultiIndex.from_arrays([frame["layer"], frame["head"]]).isin(wanted)
+
+    def top_heads(self, frame):
+        """Per variant, the heads with the highest mean needle mass over all samples."""
+        mass = frame[frame.metric == "needle_mass"]
+        means = mass.groupby(["attention", "layer", "head"], sort=False)["value"].mean().reset_index()
+        return {a: part.nlargest(TOP_HEADS, "value") for a, part in means.groupby("attention", sort=False)}
+
+    def summarize(self, frame):
+        import pandas as pd
+
+        if self.options.analytic:
+            return frame.pivot_table(index="context_length", columns="attention", values="value").reset_index()
+        top = self.top_heads(frame)
+        rows = []
+        for (attention, length), part in frame.groupby(["attention", "context_length"], sort=False):
+            mean = part.groupby("metric")["value"].mean()
+            heads = top[attention]
+            in_top = self.in_heads(part, heads)
+            rows.append({"attention": attention, "context_length": int(length),
+                         "needle_mass": mean["needle_mass"],
+                         "needle_mass_top_heads": part[in_top & (part.metric == "needle_mass")].value.mean(),
+                         "entropy": mean["entropy"], "entropy_norm": mean["entropy_norm"],
+                         "top1_in_needle": mean["top1_in_needle"],
+                         "top_heads": " ".join(f"L{l}H{h}" for l, h in zip(heads["layer"], heads["head"]))})
+        order = {a: k for k, a in enumerate(pd.unique(frame.attention))}
+        return pd.DataFrame(rows).sort_values(["attention", "context_length"], key=lambda c: c.map(order) if c.name == "attention" else c)
+
+    def plot(self, frame, title, plots_dir):
+        from tasks import focus_plots
+
+        if self.options.analytic:
+            return [focus_plots.analytic(frame, self.options, plots_dir / "analytic_max_weight.png")]
+        train = self.context.max_positions
+        return [focus_plots.mass_vs_length(frame, self.top_heads(frame), self.in_heads, title, train, plots_dir / "needle_mass_vs_length.png"),
+                focus_plots.layer_head_heatmap(frame, title, plots_dir / "needle_mass_layer_head.png"),
+                focus_plots.entropy_vs_length(frame, title, train, plots_dir / "entropy_norm_vs_length.png")]
