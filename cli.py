@@ -126,31 +126,33 @@ def _make_run_command(task_name: str, task_cls) -> None:
     run_app.command(name=task_name)(command)
 
 
-def _attention_params(ssmax_s, ssmax_b, attention_params, train_length, ssmax_n) -> dict:
+def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None,
+                        ssmax_n=None) -> tuple[dict, ...]:
+    """``--attention a,b`` and the shared attention flags as one request per variant."""
     from evalkit.errors import ConfigError
     from evalkit.grid import parse_length
 
+    names = [a.strip() for a in attention.split(",")]
+    if not all(names):
+        raise ConfigError(f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax")
     if ssmax_n is not None and ssmax_n not in ("position", "length"):
         raise ConfigError(f"bad --ssmax-n {ssmax_n!r}", "use position or length")
     if attention_params is not None and not Path(attention_params).is_file():
         raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
     values = {"s": ssmax_s, "b": ssmax_b, "params_file": attention_params,
               "train_length": parse_length(train_length) if train_length else None, "n_mode": ssmax_n}
-    return {k: v for k, v in values.items() if v is not None}
+    shared = {k: v for k, v in values.items() if v is not None}
+    return tuple({"name": name, **shared} for name in names)
 
 
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
          ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, dtype, batch_tokens, seed,
          allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
-    from evalkit.errors import ConfigError
     from evalkit.evaluate import RunConfig, evaluate
 
-    names = tuple(a.strip() for a in attention.split(","))
-    if not all(names):
-        raise ConfigError(f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax")
     config = RunConfig(
-        task=task_name, model=model, task_options=task_options, attention=names,
-        attention_params=_attention_params(ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
+        task=task_name, model=model, task_options=task_options,
+        attention=_attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
         rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=out, resume=resume,
         device=device, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed, allow_extrapolation=allow_extrapolation,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
@@ -217,6 +219,47 @@ def models_list() -> None:
     _print_frame(_console(), pd.DataFrame(list_cached()), "embedded models")
 
 
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    config: Annotated[str, typer.Option(help="Study TOML: [[model]], [[attention]], [[task]] tables, seeds, out.")],
+    resume: Annotated[bool, typer.Option(help="Skip finished cells and samples; continue interrupted ones.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the grid and its size, run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run models x attention variants x tasks x seeds into one folder per (model, task)."""
+    import pandas as pd
+
+    from evalkit.sweep import load_study, run_study
+
+    study = load_study(config)
+    variants = ", ".join(a.get("label") or a["name"] for a in study.attention)
+    grid = pd.DataFrame([{"model": c.model["path"], "task": c.task["name"], "seed": c.seed, "variants": variants,
+                          "lengths": c.task.get("lengths", "default"), "folder": str(c.folder)} for c in study.cells])
+    _print_frame(_console(), grid, f"sweep: {len(study.cells)} runs x {len(study.attention)} attention variants")
+    if dry_run:
+        return
+    outcomes = run_study(study, resume, quiet, console=_console(stderr=True), log=typer.echo)
+    if outcomes and outcomes[-1].interrupted:
+        typer.echo(f"interrupted; continue with: evalkit sweep --config {config} --resume", err=True)
+        raise typer.Exit(130)
+    for outcome in outcomes:
+        typer.echo(f"results: {outcome.folder}")
+
+
+@app.command("plot")
+@user_errors
+def plot_command(
+    runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
+    out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
+) -> None:
+    """Length-generalization figures across runs: one line per (model, attention variant)."""
+    from evalkit.figures import plot_runs
+
+    for path in plot_runs(runs, out):
+        typer.echo(str(path))
+
+
 @attention_app.command("list")
 def attention_list() -> None:
     """The attention variants, their formulas and parameters."""
@@ -252,11 +295,11 @@ def attention_check(
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.grid import parse_length
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.variants import AttentionOptions, resolve_variants
+    from evalkit.variants import VariantRequest, resolve_variants
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype.value), log=typer.echo)
-    names = tuple(a.strip() for a in attention.split(","))
-    variants = resolve_variants(loaded, names, AttentionOptions(**_attention_params(ssmax_s, ssmax_b, attention_params, train_length, ssmax_n)))
+    requests = _attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n)
+    variants = resolve_variants(loaded, [VariantRequest.from_dict(r) for r in requests])
     tokens = token_stream(load_corpus(), loaded.tokenizer).tokens[: parse_length(length)]
     ids = torch.from_numpy(tokens)[None].to(loaded.device)
     rows = []
@@ -283,11 +326,10 @@ def bench_perplexity(
 ) -> None:
     """Tokens/s and model-FLOP utilization of evalkit's batched token losses, per attention variant."""
     from evalkit.bench import bench_perplexity as run_bench
-    from evalkit.variants import AttentionOptions
+    from evalkit.variants import VariantRequest
 
-    options = AttentionOptions(**_attention_params(ssmax_s, None, None, train_length, None))
-    frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out,
-                      tuple(a.strip() for a in attention.split(",")), options)
+    requests = [VariantRequest.from_dict(r) for r in _attention_requests(attention, ssmax_s, train_length=train_length)]
+    frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out, requests)
     _print_frame(_console(), frame, "evalkit bench perplexity")
 
 

@@ -66,8 +66,7 @@ def _timed(fn, device, min_seconds: float) -> tuple[int, float]:
 
 
 def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_tokens: int | None,
-                     seconds: float, peak: float | None, out: str | None, attention: tuple[str, ...] = ("softmax",),
-                     attention_options=None):
+                     seconds: float, peak: float | None, out: str | None, attention=None):
     import pandas as pd
     import torch
 
@@ -79,10 +78,10 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.requests import TokenLossRequest
     from evalkit.runner import default_batch_tokens
-    from evalkit.variants import AttentionOptions, resolve_variants
+    from evalkit.variants import VariantRequest, resolve_variants
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
-    variants = resolve_variants(loaded, attention, attention_options or AttentionOptions())
+    variants = resolve_variants(loaded, attention or [VariantRequest("softmax")])
     adapter = ModelAdapter(loaded)
     stream = token_stream(load_corpus(), loaded.tokenizer)
     budget = batch_tokens or default_batch_tokens(loaded)

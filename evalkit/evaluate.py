@@ -6,6 +6,7 @@ The CLI is a thin layer over ``evaluate(RunConfig)``; tests and notebooks call i
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 import time
@@ -23,8 +24,7 @@ class RunConfig:
     task: str
     model: str
     task_options: dict[str, Any] = field(default_factory=dict)
-    attention: tuple[str, ...] = ("auto",)
-    attention_params: dict[str, Any] = field(default_factory=dict)  # AttentionOptions fields
+    attention: tuple[dict[str, Any], ...] = ({"name": "auto"},)  # VariantRequest dicts: name, label, s, b, ...
     rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
     out: str | None = None
     resume: bool = False
@@ -42,7 +42,9 @@ class RunConfig:
         task_cls = get_task(self.task)
         grid = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("grid")}
         return {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed,
-                "attention_params": self.attention_params, "rope": {k: v for k, v in self.rope.items() if v is not None},
+                # the variants' settings, not their list: adding a variant on --resume is allowed
+                "attention": sorted({json.dumps({k: v for k, v in a.items() if k not in ("name", "label")}, sort_keys=True)
+                                     for a in self.attention}), "rope": {k: v for k, v in self.rope.items() if v is not None},
                 "task_options": {k: v for k, v in sorted(self.task_options.items()) if k not in grid}}
 
 
@@ -74,17 +76,24 @@ def default_out(task: str, model: str) -> Path:
     return Path("results") / f"{task}-{slug}-{stamp}"
 
 
-def evaluate(config: RunConfig, console=None) -> RunOutcome:
+def load_for(config: RunConfig, log=print):
+    """The model a run config asks for, loaded once (a sweep reuses it across tasks)."""
+    from evalkit.models.loading import LoadOptions, load_model
+
+    return load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code,
+                                                rope=config.rope), log=log)
+
+
+def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     from rich.console import Console
 
     from evalkit.manifest import device_description, git_revision, library_versions
     from evalkit.models.adapter import ModelAdapter
-    from evalkit.models.loading import LoadOptions, load_model
     from evalkit.progress import ProgressReporter
     from evalkit.results import RunStore
     from evalkit.runner import Runner, default_batch_tokens
     from evalkit.task import TaskContext
-    from evalkit.variants import AttentionOptions, resolve_variants
+    from evalkit.variants import VariantRequest, resolve_variants
 
     console = console or Console(stderr=True)
     log = (lambda *a: None) if config.quiet else console.print
@@ -103,7 +112,7 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
                 "git_revision": git_revision(), "started_at": started_at.isoformat()}
     if model_free:
         task = task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
-        for label, sample_id, rows in task.model_free_rows(config.attention_params):
+        for label, sample_id, rows in task.model_free_rows(next(iter(config.attention), {})):
             if not store.is_done(label, sample_id):
                 store.append(label, sample_id, rows)
         store.close()
@@ -111,14 +120,13 @@ def evaluate(config: RunConfig, console=None) -> RunOutcome:
                        "analytic", interrupted=False, tokens_per_second=0.0, timings={})
 
     load_started = time.perf_counter()
-    loaded = load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code,
-                                                  rope=config.rope), log=log)
+    loaded = loaded or load_for(config, log)
     load_seconds = time.perf_counter() - load_started
     stored_hash = store.stored_model_hash()
     if config.resume and stored_hash and stored_hash != loaded.content_hash:
         raise ConfigError(f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
                           "resume with the same checkpoint, or choose another --out")
-    variants = resolve_variants(loaded, config.attention, AttentionOptions(**config.attention_params))
+    variants = resolve_variants(loaded, [VariantRequest.from_dict(a) for a in config.attention])
 
     task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed))
     samples = task.samples()

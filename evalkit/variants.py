@@ -32,8 +32,10 @@ class ResolvedVariant(Variant):
     describe: dict = field(default_factory=dict)
 
 
-def _head_tables(model) -> dict:
+def head_tables(model) -> dict:
     """The (layers, heads) s and b tables the model currently holds, if any."""
+    import torch
+
     from evalkit.attention import attention_modules
 
     tables = {}
@@ -41,20 +43,41 @@ def _head_tables(model) -> dict:
     for param, attr in (("s", "ssmax_s"), ("b", "ssmax_b")):
         rows = [getattr(m, attr, None) for m in modules]
         if modules and all(r is not None for r in rows):
-            import torch
-
             tables[param] = torch.stack([r.detach().float().cpu() for r in rows])  # (L, H)
     return tables
 
 
-def resolve_variants(loaded, names, options: AttentionOptions) -> list[ResolvedVariant]:
-    from evalkit.attention import AttentionSpec, apply_attention, spec_from_model
+@dataclass(frozen=True)
+class VariantRequest:
+    """One entry of ``--attention`` (or a sweep's [[attention]]): a name, its flags, a row label."""
+
+    name: str
+    options: AttentionOptions = AttentionOptions()
+    label: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VariantRequest":
+        data = dict(data)
+        name, label = data.pop("name"), data.pop("label", None)
+        unknown = set(data) - set(AttentionOptions.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown attention setting(s) {sorted(unknown)} for {name!r}",
+                              f"allowed: name, label, {', '.join(AttentionOptions.__dataclass_fields__)}")
+        return cls(name, AttentionOptions(**data), label)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **({"label": self.label} if self.label else {}), **self.options.to_dict()}
+
+
+def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVariant]:
+    """Specs for each request; ``auto`` and missing per-head values come from the checkpoint as loaded."""
+    from evalkit.attention import AttentionSpec, apply_attention
 
     model = loaded.model
-    stored = spec_from_model(model)
-    snapshot = _head_tables(model)
+    stored, snapshot = loaded.native_attention
     variants: list[ResolvedVariant] = []
-    for name in names:
+    for request in requests:
+        name, options = request.name, request.options
         base = stored if name == "auto" else AttentionSpec(variant=name)
         if base.variant == "softmax":
             spec = AttentionSpec()
@@ -71,18 +94,19 @@ def resolve_variants(loaded, names, options: AttentionOptions) -> list[ResolvedV
                 n_mode=options.n_mode or stored.n_mode or "position",
                 params_file=options.params_file,
             )
-        if any(v.label == spec.variant for v in variants):
-            raise ConfigError(f"attention variant {spec.variant!r} appears twice in --attention {','.join(names)}",
-                              "list each variant once (auto is the checkpoint's own)")
+        label = request.label or spec.variant
+        if any(v.label == label for v in variants):
+            raise ConfigError(f"attention variant {label!r} appears twice in --attention {','.join(r.name for r in requests)}",
+                              "list each variant once (auto is the checkpoint's own), or give each its own label")
         tables = None if spec.params_file else {k: v for k, v in snapshot.items() if k in _needs(spec.variant)}
 
         def activate(m, spec=spec, tables=tables):
             apply_attention(m, spec, params=tables or None)
 
-        described = {**spec.to_dict(), "from_checkpoint": name == "auto" and stored.variant != "softmax"}
+        described = {**spec.to_dict(), "label": label, "from_checkpoint": name == "auto" and stored.variant != "softmax"}
         if snapshot and spec.variant != "softmax" and not spec.params_file and spec.s is None:
             described["per_head_tensors"] = sorted(tables)
-        variants.append(ResolvedVariant(spec.variant, activate, described))
+        variants.append(ResolvedVariant(label, activate, described))
     for variant in variants:  # fail on a missing or malformed parameter now, not after an hour
         variant.activate(model)
     return variants

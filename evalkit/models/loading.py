@@ -49,6 +49,8 @@ class LoadedModel:
     dtype: Any  # torch.dtype
     content_hash: str
     config_changes: dict[str, Any] = field(default_factory=dict)
+    # The checkpoint's own attention (spec, per-head tables) as loaded, before any switching.
+    native_attention: tuple[Any, dict] = None
 
     @property
     def max_positions(self) -> int | None:
@@ -172,7 +174,11 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
         from evalkit.attention import load_attention_from_checkpoint
 
         load_attention_from_checkpoint(model, source.location)  # a model trained with SSMax keeps it
-    return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes)
+    from evalkit.attention import spec_from_model
+    from evalkit.variants import head_tables
+
+    return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes,
+                       native_attention=(spec_from_model(model), head_tables(model)))
 
 
 def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
