@@ -159,6 +159,8 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
     )
     console = _console()
     outcome = evaluate(config, console=_console(stderr=True))
+    if outcome.frame is None:  # a data-parallel worker: rank 0 reports
+        return
     if outcome.interrupted:
         again = shlex.join(["evalkit", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]) +
                            ([] if "--out" in sys.argv else ["--out", str(outcome.folder)]))
@@ -217,6 +219,60 @@ def models_list() -> None:
     from evalkit.models.fetch import list_cached
 
     _print_frame(_console(), pd.DataFrame(list_cached()), "embedded models")
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def _report(module, result, fmt: ReportFormat, junit: Optional[str]) -> None:
+    """Print a comparison or gate report, write JUnit XML if asked, exit with its code."""
+    if fmt is ReportFormat.table:
+        _console().print(module.to_rich_table(result))
+    else:
+        typer.echo(getattr(module, f"to_{fmt.value}")(result))
+    if junit:
+        Path(junit).write_text(module.to_junit(result))
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    baseline: Annotated[str, typer.Argument(help="Baseline run folder.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate run folder.")],
+    tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative).")] = None,
+    relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
+    level: Annotated[str, typer.Option(help="summary (means per length and variant) or rows (every joined row).")] = "summary",
+    format: Annotated[ReportFormat, typer.Option(help="table, markdown (for a pull-request comment) or json.")] = ReportFormat.table,
+    junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
+) -> None:
+    """Compare two runs; exit 0 without regression, 1 with one, 2 on bad input."""
+    from evalkit import compare
+    from evalkit.errors import ConfigError
+
+    if level not in ("summary", "rows"):
+        raise ConfigError(f"bad --level {level!r}", "use summary or rows")
+    result = compare.compare_runs(baseline, candidate, tolerance=tolerance, relative=relative, level=level)
+    _report(compare, result, format, junit)
+
+
+@app.command("gate")
+@user_errors
+def gate_command(
+    candidate: Annotated[str, typer.Argument(help="Run folder to check.")],
+    config: Annotated[str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold.")],
+    baseline: Annotated[Optional[str], typer.Option(help="Baseline run for relative gates (overrides the file's).")] = None,
+    format: Annotated[ReportFormat, typer.Option(help="table, markdown or json.")] = ReportFormat.table,
+    junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
+) -> None:
+    """Check a run against thresholds from a file; exit 1 when any gate fails."""
+    from evalkit import gate
+
+    result = gate.check_gates(candidate, gate.load_gates(config), baseline_dir=baseline)
+    _report(gate, result, format, junit)
 
 
 @app.command("sweep")

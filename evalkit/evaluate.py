@@ -89,6 +89,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
 
     from evalkit.manifest import device_description, git_revision, library_versions
     from evalkit.models.adapter import ModelAdapter
+    from evalkit.distributed import current_world
     from evalkit.progress import ProgressReporter
     from evalkit.results import RunStore
     from evalkit.runner import Runner, default_batch_tokens
@@ -105,8 +106,15 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
 
     model_free = getattr(task_cls, "model_free", None)
     model_free = bool(model_free and model_free(options))
-    folder = Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model)
-    store = RunStore(folder, config.identity(), config.resume)  # checks --out before the slow model load
+    world = current_world()
+    if not world.is_main:
+        config = dataclasses.replace(config, quiet=True, device=world.device(config.device))
+    elif world.size > 1:
+        config = dataclasses.replace(config, device=world.device(config.device))
+    folder = world.broadcast(Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model))
+    store = RunStore(folder, config.identity(), config.resume) if world.is_main else None  # checks --out first
+    world.barrier()
+    store = store or RunStore(folder, config.identity(), config.resume, rank=world.rank)
     manifest = {"run_id": store.run_id, "command": sys.argv, "config": dataclasses.asdict(config),
                 "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
                 "git_revision": git_revision(), "started_at": started_at.isoformat()}
@@ -130,6 +138,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
 
     task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed))
     samples = task.samples()
+    mine = world.shard(samples)
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
 
     adapter = ModelAdapter(loaded)
@@ -137,12 +146,13 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     progress = ProgressReporter(console, quiet=config.quiet)
     manifest.update({"model": loaded.describe(), "attention": [v.describe for v in variants],
                      "device": device_description(loaded.device), "batch_tokens": batch_tokens, "samples": len(samples)})
-    store.write_manifest(manifest)
+    if world.is_main:
+        store.write_manifest(manifest)
 
     interrupted = False
     run_started = time.perf_counter()
     try:
-        Runner(adapter, store, batch_tokens, progress).run(task, samples, variants)
+        Runner(adapter, store, batch_tokens, progress).run(task, mine, variants)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -153,11 +163,17 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
     timings = {"load_seconds": round(load_seconds, 2), "run_seconds": round(time.perf_counter() - run_started, 2),
                "tokens_per_second": round(progress.tokens_per_second, 1)}
+    world.barrier()  # every rank's journal is complete before rank 0 merges them
+    if not world.is_main:
+        return RunOutcome(folder, None, None, [], interrupted, progress.tokens_per_second)
+    if world.size > 1:
+        store.read_journals()
+        manifest["world_size"] = world.size
     return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings)
 
 
 def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings) -> RunOutcome:
-    """Tables, plots and the final manifest, from whatever the journal holds."""
+    """Tables, plots and the final manifest, from whatever the journals hold."""
     frame = store.frame(common, task.key_columns)
     summary = task.summarize(frame) if len(frame) else None
     store.write_tables(frame, summary)

@@ -53,17 +53,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RunStore:
-    def __init__(self, folder: Path, identity: dict[str, Any], resume: bool):
+    def __init__(self, folder: Path, identity: dict[str, Any], resume: bool, rank: int = 0):
         self.folder = Path(folder)
         self.run_id = self.folder.name
         self.identity = identity
-        self._check_folder(resume)
+        self.journal_path = self.folder / (JOURNAL if rank == 0 else f"journal.rank{rank}.jsonl")
+        if rank == 0:  # other ranks join the folder rank 0 has checked
+            self._check_folder(resume)
         with _disk_errors(self.folder):
             (self.folder / "plots").mkdir(parents=True, exist_ok=True)
         self._done: set[tuple[str, str]] = set()
         self._entries: list[dict] = []
-        if resume:
-            self._read_journal()
+        if resume or rank != 0:
+            self.read_journals()
         self._journal = None
 
     def _check_folder(self, resume: bool) -> None:
@@ -83,20 +85,25 @@ class RunStore:
             raise ResultsError(f"--out {self.folder} holds a different run (differs in: {', '.join(differing)})",
                                "resume with the same task, model and options, or choose another --out")
 
-    def _read_journal(self) -> None:
-        path = self.folder / JOURNAL
-        if not path.exists():
-            return
-        with path.open() as handle:
-            for line in handle:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut off by a crash: that sample runs again
-                self._entries.append(entry)
-                self._done.add((entry["attention"], entry["sample_id"]))
-        # Rewrite without a torn tail so later appends start on a clean line.
-        atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in self._entries))
+    def read_journals(self) -> None:
+        """Every journal in the folder (one per data-parallel rank that ever ran)."""
+        self._entries, self._done = [], set()
+        for path in sorted(self.folder.glob("journal*.jsonl")):
+            kept = []
+            with path.open() as handle:
+                for line in handle:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # a line cut off by a crash: that sample runs again
+                    kept.append(entry)
+            if path == self.journal_path and self._journal is None:
+                # Rewrite without a torn tail so later appends start on a clean line.
+                atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
+            for entry in kept:
+                if (entry["attention"], entry["sample_id"]) not in self._done:
+                    self._entries.append(entry)
+                    self._done.add((entry["attention"], entry["sample_id"]))
 
     def is_done(self, attention: str, sample_id: str) -> bool:
         return (attention, sample_id) in self._done
@@ -107,7 +114,7 @@ class RunStore:
 
     def append(self, attention: str, sample_id: str, rows: list[dict]) -> None:
         entry = {"attention": attention, "sample_id": sample_id, "rows": rows}
-        path = self.folder / JOURNAL
+        path = self.journal_path
         with _disk_errors(path):
             if self._journal is None:
                 self._journal = path.open("a")
