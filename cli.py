@@ -87,6 +87,7 @@ COMMON_RUN_OPTIONS = [
     ("out", Annotated[Optional[str], typer.Option(help="Run folder (default results/<task>-<model>-<time>).")], None),
     ("resume", Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")], False),
     ("device", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")], "auto"),
+    ("device_map", Annotated[Optional[str], typer.Option(help="auto: spread one large model over the visible GPUs (accelerate).")], None),
     ("dtype", Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")], DType.auto),
     ("batch_tokens", Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory); halves on out-of-memory.")], None),
     ("seed", Annotated[int, typer.Option(help="Seed for sample selection.")], 1234),
@@ -146,7 +147,7 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
 
 
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
-         ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, dtype, batch_tokens, seed,
+         ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, seed,
          allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
     from evalkit.evaluate import RunConfig, evaluate
 
@@ -154,7 +155,7 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
         task=task_name, model=model, task_options=task_options,
         attention=_attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
         rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=out, resume=resume,
-        device=device, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed, allow_extrapolation=allow_extrapolation,
+        device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed, allow_extrapolation=allow_extrapolation,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
     )
     console = _console()

@@ -26,6 +26,7 @@ class RunConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     attention: tuple[dict[str, Any], ...] = ({"name": "auto"},)  # VariantRequest dicts: name, label, s, b, ...
     rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
+    device_map: str | None = None
     out: str | None = None
     resume: bool = False
     device: str = "auto"
@@ -81,7 +82,7 @@ def load_for(config: RunConfig, log=print):
     from evalkit.models.loading import LoadOptions, load_model
 
     return load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code,
-                                                rope=config.rope), log=log)
+                                                rope=config.rope, device_map=config.device_map), log=log)
 
 
 def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:

@@ -38,6 +38,7 @@ class LoadOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
+    device_map: str | None = None  # "auto": spread one large model over the visible GPUs (accelerate)
 
 
 @dataclass
@@ -168,7 +169,10 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
     if source.kind == "hf":
         _check_hf_folder(Path(source.location), options)
     model, tokenizer, changes = _from_pretrained(source, dtype, options)
-    model.to(device)
+    if options.device_map:
+        device = model.get_input_embeddings().weight.device  # inputs go where the first layer lives
+    else:
+        model.to(device)
     model.eval()
     if source.kind == "hf" and getattr(model.config, "evalkit_attention", None):
         from evalkit.attention import load_attention_from_checkpoint
@@ -197,8 +201,9 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
             from evalkit.attention.rope import override_rope
 
             changes = override_rope(config, **options.rope)  # before the rotary embedding is built
+        placement = {"device_map": options.device_map} if options.device_map else {}
         model = AutoModelForCausalLM.from_pretrained(
-            source.location, config=config, dtype=dtype, attn_implementation="sdpa",
+            source.location, config=config, dtype=dtype, attn_implementation="sdpa", **placement,
             use_safetensors=None if (options.allow_pickle or source.gguf_file) else True, **common,
         )
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
