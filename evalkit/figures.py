@@ -74,13 +74,7 @@ def plot_runs(folders: list[str], out: str) -> list[Path]:
                 ax.axvline(train, color="gray", linestyle=MODEL_STYLES[k % len(MODEL_STYLES)], linewidth=1)
                 ax.annotate(f"train {format_length(train)}" + (f" ({model})" if len(models) > 1 else ""), (train, 0.98),
                             xycoords=("data", "axes fraction"), xytext=(3, -10 - 10 * k), textcoords="offset points", fontsize=7)
-        lengths = sorted(curve.context_length.unique())
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [format_length(n) for n in lengths])
-        ax.minorticks_off()
-        if ylim:
-            ax.set_ylim(*ylim)
-        ax.set_xlabel("context length (tokens)")
+        plots.length_axis(ax, curve.context_length.unique(), ylim)
         ax.set_ylabel(label)
         ax.set_title(f"{task}: length generalization")
         ax.legend(fontsize=8)

@@ -50,6 +50,19 @@ def lines_by_group(ax, frame, x: str, y: str, group: str, style_by: str | None =
                     markersize=3, label=label)
 
 
+def length_axis(ax, lengths, ylim=None) -> None:
+    """A log2 context-length x axis labelled 512, 1k, 2k, ... at the measured lengths."""
+    from evalkit.grid import format_length
+
+    lengths = sorted(int(n) for n in lengths)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [format_length(n) for n in lengths])
+    ax.minorticks_off()
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel("context length (tokens)")
+
+
 def figure(width=7.0, height=4.2):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(width, height))

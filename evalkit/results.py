@@ -64,9 +64,9 @@ class RunStore:
             (self.folder / "plots").mkdir(parents=True, exist_ok=True)
         self._done: set[tuple[str, str]] = set()
         self._entries: list[dict] = []
+        self._journal = None
         if resume or rank != 0:
             self.read_journals()
-        self._journal = None
 
     def _check_folder(self, resume: bool) -> None:
         manifest_path = self.folder / MANIFEST

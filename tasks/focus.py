@@ -87,7 +87,7 @@ class FocusTask(Task):
         s = attention.get("s", 0.43)
         o = self.options
         out = []
-        for label, scale in (("softmax", None), (f"ssmax", s)):
+        for label, scale in (("softmax", None), ("ssmax", s)):
             if o.logits == "onehot":
                 weights = analytic_max_weight(np.array(self.n_values), o.gap, scale)
             else:

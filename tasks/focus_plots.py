@@ -21,12 +21,8 @@ def mass_vs_length(frame, top_heads, in_heads, title, train, path):
         ax.plot(top.index, top.values, "--", color=colour, marker="s", markersize=4,
                 label=f"{attention}: top {len(top_heads[attention])} heads")
     lengths = sorted(mass.context_length.unique())
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [format_length(n) for n in lengths])
-    ax.minorticks_off()
-    ax.set_ylim(-0.02, 1.02)
+    plots.length_axis(ax, lengths, (-0.02, 1.02))
     _mark_training_length(ax, lengths, train, as_columns=False)
-    ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("attention mass on the needle")
     ax.set_title(f"Needle attention mass vs length — {title}", fontsize=10)
     ax.legend(fontsize=8)

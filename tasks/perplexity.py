@@ -144,10 +144,7 @@ class PerplexityTask(Task):
             for k, (attention, part) in enumerate(summary.groupby("attention")):
                 part = part.sort_values("context_length")
                 ax.plot(part.context_length, part.perplexity, plots.VARIANT_STYLES[k % 4], marker="o", label=attention)
-            ax.set_xscale("log", base=2)
-            lengths = sorted(summary.context_length.unique())
-            ax.set_xticks(lengths, [format_length(n) for n in lengths])
-            ax.set_xlabel("context length (tokens)")
+            plots.length_axis(ax, summary.context_length.unique())
             ax.set_ylabel("perplexity" + (" (sliding window)" if self.options.stride else ""))
             ax.set_title(f"Perplexity vs context length — {title}")
             ax.legend(title="attention", fontsize=8)

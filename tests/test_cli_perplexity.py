@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 import cli
@@ -113,8 +112,6 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
 
 
 def test_stride_mode_scores_every_token_once(tiny_checkpoint, tmp_path, tokenizer):
-    from evalkit.data.corpus import load_corpus, token_stream
-
     out = tmp_path / "stride"
     result = run_cli("run", "perplexity", "--model", tiny_checkpoint, "--lengths", "128", "--stride", "64",
                      "--samples", "5", "--out", out, "--device", "cpu", "--quiet")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evalkit.attention import apply_attention
-from evalkit.models.probe import analytic_max_weight, row_statistics, run_probes
+from evalkit.models.probe import analytic_max_weight, run_probes
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
 from tests.conftest import make_llama
 
