@@ -390,6 +390,25 @@ def bench_perplexity(
     _print_frame(_console(), frame, "evalkit bench perplexity")
 
 
+@bench_app.command("needle")
+@user_errors
+def bench_needle_command(
+    model: Annotated[str, typer.Option(help="Model to benchmark (path or alias).")] = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,2k",
+    depths: Annotated[str, typer.Option(help="Needle depths in percent.")] = "0:100:50",
+    trials: Annotated[int, typer.Option(help="Samples per (length, depth).")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")] = DType.auto,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_needle.csv into.")] = None,
+) -> None:
+    """Needle samples/s: evalkit's one-pass batched scoring vs a plain greedy generate loop."""
+    from evalkit.bench import bench_needle
+
+    frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out)
+    _print_frame(_console(), frame, "evalkit bench needle")
+
+
 def main() -> None:
     register_tasks()()
 

@@ -65,6 +65,24 @@ def _timed(fn, device, min_seconds: float) -> tuple[int, float]:
             return calls, elapsed
 
 
+def lm_eval_tokens_per_second(loaded, windows, length: int, dtype: str, seconds: float) -> float | None:
+    """The peer users know: lm-eval's HF backend scoring the same windows (decoded to text)."""
+    try:
+        from lm_eval.api.instance import Instance
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        return None
+    if loaded.source.kind != "hf":
+        return None
+    lm = HFLM(pretrained=loaded.source.location, device=str(loaded.device), dtype=dtype, batch_size=1, max_length=length)
+    texts = [loaded.tokenizer.decode(w) for w in windows]
+    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(texts)]
+    tokens = sum(len(lm.tok_encode(t)) for t in texts)
+    calls, elapsed = _timed(lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True), loaded.device, seconds)
+    del lm
+    return calls * tokens / elapsed
+
+
 def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_tokens: int | None,
                      seconds: float, peak: float | None, out: str | None, attention=None):
     import pandas as pd
@@ -121,9 +139,88 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
         plain_tps = plain_calls * length / plain_elapsed
         rows.append({"attention": f"plain transformers ({variants[0].label}, labels=, batch 1)", "context_length": length,
                      "batch": 1, "tokens_per_s": round(plain_tps, 1), f"vs_{variants[0].label}": round(plain_tps / first_tps, 3)})
+        peer = lm_eval_tokens_per_second(loaded, windows, length, dtype_name, seconds)
+        if peer is not None:
+            rows.append({"attention": "lm-eval 0.4 HFLM loglikelihood_rolling (batch 1)", "context_length": length, "batch": 1,
+                         "tokens_per_s": round(peer, 1), f"vs_{variants[0].label}": round(peer / first_tps, 3)})
     frame = pd.DataFrame(rows)
     frame["device"], frame["dtype"] = device_name, dtype_name
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         frame.to_csv(Path(out) / "bench.csv", index=False)
     return frame
+
+
+def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str, dtype: str,
+                 batch_tokens: int | None, out: str | None):
+    """Needle samples/s: evalkit's batched one-pass scoring vs a plain greedy ``generate`` loop.
+
+    Both score the same samples with the same model; the table also reports how often the two
+    verdicts agree (they must: greedy_correct is defined as what greedy decoding produces).
+    """
+    import pandas as pd
+    import torch
+
+    from evalkit.models.adapter import ModelAdapter
+    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.runner import default_batch_tokens
+    from evalkit.task import TaskContext
+    from tasks.needle import NeedleOptions, NeedleTask
+
+    loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
+    adapter = ModelAdapter(loaded)
+    budget = batch_tokens or default_batch_tokens(loaded)
+    task = NeedleTask(NeedleOptions(lengths=lengths, depths=depths, trials=trials),
+                      TaskContext(loaded.tokenizer, loaded.max_positions, True, 1234))
+    rows = []
+    for length in task.lengths:
+        samples = [s for s in task.samples() if s.keys["context_length"] == length]
+        requests = [s.request for s in samples]
+
+        def one_pass():
+            verdicts = []
+            by_shape: dict = {}
+            for r in requests:
+                by_shape.setdefault(r.shape, []).append(r)
+            for group in by_shape.values():
+                size = max(1, budget // group[0].length)
+                for i in range(0, len(group), size):
+                    verdicts += [a.greedy_correct for a in adapter.score_answers(group[i : i + size])]
+            return verdicts
+
+        def plain_loop():
+            verdicts = []
+            for r in requests:
+                ids = torch.from_numpy(r.prompt)[None].to(loaded.device)
+                with torch.inference_mode():
+                    out_ids = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                    max_new_tokens=len(r.answer), pad_token_id=min(adapter.eos_ids() or {0}))
+                new = out_ids[0, ids.shape[1] :].cpu().numpy()
+                verdicts.append(len(new) == len(r.answer) and bool((new == r.answer).all()))
+            return verdicts
+
+        one_pass()  # warm-up
+        started = time.perf_counter()
+        fast = one_pass()
+        fast_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        slow = plain_loop()
+        slow_seconds = time.perf_counter() - started
+        rows.append({"context_length": length, "samples": len(requests),
+                     "evalkit_samples_per_s": round(len(requests) / fast_seconds, 3),
+                     "plain_generate_samples_per_s": round(len(requests) / slow_seconds, 3),
+                     "speedup": round(slow_seconds / fast_seconds, 2),
+                     "verdicts_agree": f"{sum(a == b for a, b in zip(fast, slow))}/{len(fast)}",
+                     "accuracy": round(sum(fast) / len(fast), 3)})
+    frame = pd.DataFrame(rows)
+    frame["device"] = _device_name(loaded)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(Path(out) / "bench_needle.csv", index=False)
+    return frame
+
+
+def _device_name(loaded) -> str:
+    from evalkit.manifest import device_description
+
+    return f"{device_description(loaded.device)}, {str(loaded.dtype).removeprefix('torch.')}"
