@@ -133,6 +133,9 @@ class PerplexityTask(Task):
             plots.lines_by_group(ax, curve, "position", "value", "context_length", style_by="attention",
                                  label_fmt=lambda n: f"L = {format_length(n)}")
             ax.set_xscale("log", base=2)
+            from matplotlib.ticker import FuncFormatter
+
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_length(int(round(x)))))
             ax.set_xlabel("token position in the window (log scale)")
             ax.set_ylabel("mean NLL (nats / token)")
             ax.set_title(f"Loss vs position — {title}")
