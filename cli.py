@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import shlex
 import sys
 import typing
@@ -74,7 +75,7 @@ class DType(str, Enum):
 
 # Options every ``run`` command shares, as (name, annotation, default).
 COMMON_RUN_OPTIONS = [
-    ("model", Annotated[str, typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id.")], "smollm2-135m"),
+    ("model", Annotated[list[str], typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id; repeat for several models (one run folder each, under --out).")], ["smollm2-135m"]),
     ("attention", Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = the checkpoint's own.")], "auto"),
     ("ssmax_s", Annotated[Optional[float], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")], None),
     ("ssmax_b", Annotated[Optional[float], typer.Option(help="SSMax bias b for every head (ssmax-bias).")], None),
@@ -149,28 +150,30 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
          ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, seed,
          allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
-    from evalkit.evaluate import RunConfig, evaluate
+    from evalkit.evaluate import RunConfig, evaluate, model_slug
 
-    config = RunConfig(
-        task=task_name, model=model, task_options=task_options,
-        attention=_attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
-        rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=out, resume=resume,
-        device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed, allow_extrapolation=allow_extrapolation,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
-    )
     console = _console()
-    outcome = evaluate(config, console=_console(stderr=True))
-    if outcome.frame is None:  # a data-parallel worker: rank 0 reports
-        return
-    if outcome.interrupted:
-        again = shlex.join(["evalkit", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]) +
-                           ([] if "--out" in sys.argv else ["--out", str(outcome.folder)]))
-        _console(stderr=True).print(f"interrupted: {len(outcome.frame)} rows kept in {outcome.folder}; continue with:\n  {again}",
-                                    highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
-    if not quiet and outcome.summary is not None:
-        _print_frame(console, outcome.summary, f"{task_name} summary")
-    console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
+    for spec in model:
+        folder = out if len(model) == 1 or out is None else str(Path(out) / model_slug(spec))
+        config = RunConfig(
+            task=task_name, model=spec, task_options=task_options,
+            attention=_attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
+            rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=folder, resume=resume,
+            device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed,
+            allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
+        )
+        outcome = evaluate(config, console=_console(stderr=True))
+        if outcome.frame is None:  # a data-parallel worker: rank 0 reports
+            continue
+        if outcome.interrupted:
+            again = shlex.join(["evalkit", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]) +
+                               ([] if "--out" in sys.argv or len(model) > 1 else ["--out", str(outcome.folder)]))
+            _console(stderr=True).print(f"interrupted: {len(outcome.frame)} rows kept in {outcome.folder}; continue with:\n  {again}",
+                                        highlight=False, soft_wrap=True)
+            raise typer.Exit(130)
+        if not quiet and outcome.summary is not None:
+            _print_frame(console, outcome.summary, f"{task_name} summary: {spec}")
+        console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
 
 
 def _print_frame(console, frame, title: str) -> None:
@@ -304,6 +307,26 @@ def sweep_command(
         typer.echo(f"results: {outcome.folder}")
 
 
+reference_app = typer.Typer(help="The reference Softmax/SSMax model pair, trained from scratch in minutes.", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("train")
+@user_errors
+def reference_train(
+    out: Annotated[str, typer.Option(help="Folder for the pair: OUT/softmax and OUT/ssmax.")] = "ckpt/ref",
+    recipe: Annotated[str, typer.Option(help="cpu (small, under 15 min on 2 cores) or gpu (the H100 recipe).")] = "cpu",
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the recipe's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialization and data.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Train two tiny Llama models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits."""
+    from evalkit.reference import train_reference_pair
+
+    summary = train_reference_pair(Path(out), recipe=recipe, steps=steps, seed=seed, device=device, log=typer.echo)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
 @app.command("plot")
 @user_errors
 def plot_command(
@@ -407,6 +430,22 @@ def bench_needle_command(
 
     frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out)
     _print_frame(_console(), frame, "evalkit bench needle")
+
+
+@bench_app.command("focus")
+@user_errors
+def bench_focus_command(
+    model: Annotated[str, typer.Option(help="Model to benchmark (path or alias).")] = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,4k",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")] = DType.auto,
+    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length and path.")] = 6.0,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_focus.csv into.")] = None,
+) -> None:
+    """Overhead of the attention probe over a plain forward pass."""
+    from evalkit.bench import bench_focus
+
+    _print_frame(_console(), bench_focus(model, lengths, device, dtype.value, seconds, out), "evalkit bench focus")
 
 
 def main() -> None:

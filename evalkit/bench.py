@@ -79,7 +79,6 @@ def lm_eval_tokens_per_second(loaded, windows, length: int, dtype: str, seconds:
     requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(texts)]
     tokens = sum(len(lm.tok_encode(t)) for t in texts)
     calls, elapsed = _timed(lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True), loaded.device, seconds)
-    del lm
     return calls * tokens / elapsed
 
 
@@ -224,3 +223,45 @@ def _device_name(loaded) -> str:
     from evalkit.manifest import device_description
 
     return f"{device_description(loaded.device)}, {str(loaded.dtype).removeprefix('torch.')}"
+
+
+def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: float, out: str | None):
+    """Overhead of the attention probe (every layer, last row) over a plain forward, per length."""
+    import pandas as pd
+    import torch
+
+    from evalkit.data.corpus import load_corpus, token_stream
+    from evalkit.grid import parse_lengths
+    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.models.probe import run_probes
+    from evalkit.models.requests import ProbeRequest
+
+    loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
+    stream = token_stream(load_corpus(), loaded.tokenizer)
+    rows = []
+    for length in parse_lengths(lengths):
+        tokens = stream.tokens[:length]
+        ids = torch.from_numpy(tokens)[None].to(loaded.device)
+        request = ProbeRequest(tokens, (length - 1,), (length // 2, length // 2 + 16))
+
+        def plain():
+            with torch.inference_mode():
+                loaded.model.get_decoder()(input_ids=ids, use_cache=False)
+
+        def probed():
+            run_probes(loaded.model, ids, [request])
+
+        timings = {"plain": [], "probe": []}
+        for _ in range(ROUNDS):  # alternate, so drifting load on a shared machine hits both alike
+            for name, fn in (("plain", plain), ("probe", probed)):
+                calls, elapsed = _timed(fn, loaded.device, seconds / ROUNDS)
+                timings[name].append(elapsed / calls)
+        plain_s, probe_s = float(np.median(timings["plain"])), float(np.median(timings["probe"]))
+        rows.append({"context_length": length, "plain_forward_s": round(plain_s, 4), "probed_forward_s": round(probe_s, 4),
+                     "overhead": f"{100 * (probe_s / plain_s - 1):+.1f}%"})
+    frame = pd.DataFrame(rows)
+    frame["device"] = _device_name(loaded)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(Path(out) / "bench_focus.csv", index=False)
+    return frame

@@ -71,10 +71,14 @@ def build_options(task_cls, values: dict[str, Any]):
     return task_cls.Options(**values)
 
 
+def model_slug(model: str) -> str:
+    """A folder-safe short name for a model spec: ckpt/ref/ssmax/ -> ssmax."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model).strip("-")[:40]
+
+
 def default_out(task: str, model: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model).strip("-")[:40]
-    return Path("results") / f"{task}-{slug}-{stamp}"
+    return Path("results") / f"{task}-{model_slug(model)}-{stamp}"
 
 
 def load_for(config: RunConfig, log=print):
@@ -137,7 +141,8 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
                           "resume with the same checkpoint, or choose another --out")
     variants = resolve_variants(loaded, [VariantRequest.from_dict(a) for a in config.attention])
 
-    task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed))
+    task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed,
+                                         loaded.training_length))
     samples = task.samples()
     mine = world.shard(samples)
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)

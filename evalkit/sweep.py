@@ -23,7 +23,6 @@ a comparison reads one folder. A model is loaded once for all its variants and t
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +68,7 @@ def load_study(path: str | Path) -> Study:
     for entry in tasks:
         if "name" not in entry:
             raise ConfigError(f"a [[task]] in {path} has no name", "add name = \"perplexity\" (or needle, focus)")
-    from evalkit.evaluate import build_options
+    from evalkit.evaluate import build_options, model_slug
     from evalkit.registry import get_task
 
     for entry in tasks:  # a typo in any task's options fails now, not after the first cells ran
@@ -81,7 +80,7 @@ def load_study(path: str | Path) -> Study:
     out = Path(data.get("out", "results/sweep"))
     cells = []
     for model in models:
-        model_name = model.get("name") or re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model["path"].rstrip("/")).name)
+        model_name = model.get("name") or model_slug(model["path"])
         for task in tasks:
             for seed in seeds:
                 suffix = f"-seed{seed}" if len(seeds) > 1 else ""

@@ -29,6 +29,12 @@ class TaskContext:
     max_positions: int | None
     allow_extrapolation: bool
     seed: int
+    training_length: int | None = None  # when the checkpoint records it; plots mark it
+
+    @property
+    def marked_length(self) -> int | None:
+        """The length figures mark as 'training length': recorded, else the position limit."""
+        return self.training_length or self.max_positions
 
 
 def option(default, help: str, **extra):

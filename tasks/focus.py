@@ -137,7 +137,7 @@ class FocusTask(Task):
 
         if self.options.analytic:
             return [focus_plots.analytic(frame, self.options, plots_dir / "analytic_max_weight.png")]
-        train = self.context.max_positions
+        train = self.context.marked_length
         return [focus_plots.mass_vs_length(frame, self.top_heads(frame), self.in_heads, title, train, plots_dir / "needle_mass_vs_length.png"),
                 focus_plots.layer_head_heatmap(frame, title, plots_dir / "needle_mass_layer_head.png"),
                 focus_plots.entropy_vs_length(frame, title, train, plots_dir / "entropy_norm_vs_length.png")]

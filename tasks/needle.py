@@ -84,7 +84,7 @@ class NeedleTask(Task):
     def plot(self, frame, title, plots_dir):
         from tasks.needle_plots import accuracy_vs_length, heatmaps, metric_vs_length
 
-        train = self.context.max_positions
+        train = self.context.marked_length
         acc = frame[frame.metric == self.accuracy_metric]
         written = [heatmaps(acc, title, train, plots_dir / "needle_heatmap.png"),
                    accuracy_vs_length(acc, title, train, plots_dir / "accuracy_vs_length.png")]

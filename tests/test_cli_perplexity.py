@@ -132,3 +132,17 @@ def test_strided_windows_cover_the_stream_once():
     for begin, first in strided_windows(stream, 128, 50):
         scored.extend(range(begin + first, begin + 128))
     assert scored == list(range(1, 1000))
+
+
+def test_several_models_one_folder_each(tiny_checkpoint, tmp_path):
+    import shutil
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_checkpoint, other)
+    out = tmp_path / "runs"
+    result = run_cli("run", "perplexity", "--model", tiny_checkpoint, "--model", other, "--lengths", "64", "--samples", "1",
+                     "--out", out, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted([tiny_checkpoint.name, "other-model"])
+    models = {pd.read_parquet(p / "results.parquet").model.iloc[0] for p in out.iterdir()}
+    assert models == {tiny_checkpoint.name, "other-model"}

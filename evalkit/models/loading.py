@@ -57,6 +57,15 @@ class LoadedModel:
     def max_positions(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)
 
+    @property
+    def training_length(self) -> int | None:
+        """The context length the model was trained at, when its config records one."""
+        for key in ("evalkit_reference", "evalkit_attention"):
+            record = getattr(self.model.config, key, None) or {}
+            if record.get("train_length"):
+                return int(record["train_length"])
+        return None
+
     def describe(self) -> dict:
         return {
             "name": self.source.name,
@@ -67,6 +76,7 @@ class LoadedModel:
             "architecture": type(self.model).__name__,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "max_position_embeddings": self.max_positions,
+            "training_length": self.training_length,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "config_changes": self.config_changes,
@@ -190,6 +200,9 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # evalkit draws its own progress; keep logs clean
+    # evalkit's own per-head tensors (ssmax_s) are "unexpected" to a stock model class and
+    # re-attached by load_attention_from_checkpoint: transformers' load report is noise here.
+    hf_logging.set_verbosity_error()
 
     common: dict[str, Any] = {"trust_remote_code": options.trust_remote_code}
     if source.gguf_file:
