@@ -84,7 +84,6 @@ def lm_eval_tokens_per_second(loaded, windows, length: int, dtype: str, seconds:
 
 def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_tokens: int | None,
                      seconds: float, peak: float | None, out: str | None, attention=None):
-    import pandas as pd
     import torch
 
     from evalkit.data.corpus import load_corpus, token_stream
@@ -142,12 +141,7 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
         if peer is not None:
             rows.append({"attention": "lm-eval 0.4 HFLM loglikelihood_rolling (batch 1)", "context_length": length, "batch": 1,
                          "tokens_per_s": round(peer, 1), f"vs_{variants[0].label}": round(peer / first_tps, 3)})
-    frame = pd.DataFrame(rows)
-    frame["device"], frame["dtype"] = device_name, dtype_name
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        frame.to_csv(Path(out) / "bench.csv", index=False)
-    return frame
+    return _table(rows, loaded, out, "bench.csv")
 
 
 def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str, dtype: str,
@@ -157,7 +151,6 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
     Both score the same samples with the same model; the table also reports how often the two
     verdicts agree (they must: greedy_correct is defined as what greedy decoding produces).
     """
-    import pandas as pd
     import torch
 
     from evalkit.models.adapter import ModelAdapter
@@ -211,23 +204,25 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
                      "speedup": round(slow_seconds / fast_seconds, 2),
                      "verdicts_agree": f"{sum(a == b for a, b in zip(fast, slow))}/{len(fast)}",
                      "accuracy": round(sum(fast) / len(fast), 3)})
-    frame = pd.DataFrame(rows)
-    frame["device"] = _device_name(loaded)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        frame.to_csv(Path(out) / "bench_needle.csv", index=False)
-    return frame
+    return _table(rows, loaded, out, "bench_needle.csv")
 
 
-def _device_name(loaded) -> str:
+def _table(rows: list[dict], loaded, out: str | None, filename: str):
+    """The bench's rows as a DataFrame naming the device and dtype, also written to OUT/filename."""
+    import pandas as pd
+
     from evalkit.manifest import device_description
 
-    return f"{device_description(loaded.device)}, {str(loaded.dtype).removeprefix('torch.')}"
+    frame = pd.DataFrame(rows)
+    frame["device"] = f"{device_description(loaded.device)}, {str(loaded.dtype).removeprefix('torch.')}"
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(Path(out) / filename, index=False)
+    return frame
 
 
 def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: float, out: str | None):
     """Overhead of the attention probe (every layer, last row) over a plain forward, per length."""
-    import pandas as pd
     import torch
 
     from evalkit.data.corpus import load_corpus, token_stream
@@ -259,9 +254,4 @@ def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: floa
         plain_s, probe_s = float(np.median(timings["plain"])), float(np.median(timings["probe"]))
         rows.append({"context_length": length, "plain_forward_s": round(plain_s, 4), "probed_forward_s": round(probe_s, 4),
                      "overhead": f"{100 * (probe_s / plain_s - 1):+.1f}%"})
-    frame = pd.DataFrame(rows)
-    frame["device"] = _device_name(loaded)
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        frame.to_csv(Path(out) / "bench_focus.csv", index=False)
-    return frame
+    return _table(rows, loaded, out, "bench_focus.csv")
