@@ -73,6 +73,11 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+# Option types several commands share: one help text each.
+ModelOption = Annotated[str, typer.Option(help="Model (path, .gguf or alias).")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DTypeOption = Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")]
+
 # Options every ``run`` command shares, as (name, annotation, default).
 COMMON_RUN_OPTIONS = [
     ("model", Annotated[list[str], typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id; repeat for several models (one run folder each, under --out).")], ["smollm2-135m"]),
@@ -87,9 +92,9 @@ COMMON_RUN_OPTIONS = [
     ("rope_factor", Annotated[Optional[float], typer.Option(help="RoPE scaling factor.")], None),
     ("out", Annotated[Optional[str], typer.Option(help="Run folder (default results/<task>-<model>-<time>).")], None),
     ("resume", Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")], False),
-    ("device", Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")], "auto"),
+    ("device", DeviceOption, "auto"),
     ("device_map", Annotated[Optional[str], typer.Option(help="auto: spread one large model over the visible GPUs (accelerate).")], None),
-    ("dtype", Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")], DType.auto),
+    ("dtype", DTypeOption, DType.auto),
     ("batch_tokens", Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory); halves on out-of-memory.")], None),
     ("seed", Annotated[int, typer.Option(help="Seed for sample selection.")], 1234),
     ("allow_extrapolation", Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")], False),
@@ -318,7 +323,7 @@ def reference_train(
     recipe: Annotated[str, typer.Option(help="cpu (small, under 15 min on 2 cores) or gpu (the H100 recipe).")] = "cpu",
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the recipe's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialization and data.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Train two tiny Llama models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits."""
     from evalkit.reference import train_reference_pair
@@ -356,7 +361,7 @@ def attention_list() -> None:
 @attention_app.command("check")
 @user_errors
 def attention_check(
-    model: Annotated[str, typer.Option(help="Model (path or alias).")] = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     attention: Annotated[str, typer.Option(help="Variants to check, comma-separated (auto = the checkpoint's).")] = "auto",
     ssmax_s: Annotated[Optional[float], typer.Option(help="SSMax scale s for every head.")] = None,
     ssmax_b: Annotated[Optional[float], typer.Option(help="SSMax bias b for every head.")] = None,
@@ -364,7 +369,7 @@ def attention_check(
     train_length: Annotated[Optional[str], typer.Option(help="Training length L for logn.")] = None,
     ssmax_n: Annotated[Optional[str], typer.Option(help="n convention: position or length.")] = None,
     length: Annotated[str, typer.Option(help="Tokens of built-in corpus text to run.")] = "256",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOption = "cpu",
     dtype: Annotated[DType, typer.Option(help="Model dtype for the fused path.")] = DType.float32,
 ) -> None:
     """Max deviation of evalkit's fused attention from a float64 reference, on your model."""
@@ -392,10 +397,10 @@ def attention_check(
 @bench_app.command("perplexity")
 @user_errors
 def bench_perplexity(
-    model: Annotated[str, typer.Option(help="Model to benchmark (path or alias).")] = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     lengths: Annotated[str, typer.Option(help="Context lengths, e.g. 512,2k,8k.")] = "512,2k",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")] = DType.auto,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
     seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length.")] = 5.0,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (known GPUs are looked up).")] = None,
@@ -416,12 +421,12 @@ def bench_perplexity(
 @bench_app.command("needle")
 @user_errors
 def bench_needle_command(
-    model: Annotated[str, typer.Option(help="Model to benchmark (path or alias).")] = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,2k",
     depths: Annotated[str, typer.Option(help="Needle depths in percent.")] = "0:100:50",
     trials: Annotated[int, typer.Option(help="Samples per (length, depth).")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")] = DType.auto,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench_needle.csv into.")] = None,
 ) -> None:
@@ -435,10 +440,10 @@ def bench_needle_command(
 @bench_app.command("focus")
 @user_errors
 def bench_focus_command(
-    model: Annotated[str, typer.Option(help="Model to benchmark (path or alias).")] = "smollm2-135m",
+    model: ModelOption = "smollm2-135m",
     lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,4k",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float32 on CPU.")] = DType.auto,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
     seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length and path.")] = 6.0,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench_focus.csv into.")] = None,
 ) -> None:
