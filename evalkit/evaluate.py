@@ -112,14 +112,13 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     model_free = getattr(task_cls, "model_free", None)
     model_free = bool(model_free and model_free(options))
     world = current_world()
-    if not world.is_main:
-        config = dataclasses.replace(config, quiet=True, device=world.device(config.device))
-    elif world.size > 1:
-        config = dataclasses.replace(config, device=world.device(config.device))
+    if world.size > 1:  # one GPU per process; rank 0 alone reports progress
+        config = dataclasses.replace(config, device=world.device(config.device), quiet=config.quiet or not world.is_main)
     folder = world.broadcast(Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model))
-    store = RunStore(folder, config.identity(), config.resume) if world.is_main else None  # checks --out first
+    identity = config.identity()
+    store = RunStore(folder, identity, config.resume) if world.is_main else None  # checks --out first
     world.barrier()
-    store = store or RunStore(folder, config.identity(), config.resume, rank=world.rank)
+    store = store or RunStore(folder, identity, config.resume, rank=world.rank)
     manifest = {"run_id": store.run_id, "command": sys.argv, "config": dataclasses.asdict(config),
                 "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
                 "git_revision": git_revision(), "started_at": started_at.isoformat()}

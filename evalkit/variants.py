@@ -32,21 +32,6 @@ class ResolvedVariant(Variant):
     describe: dict = field(default_factory=dict)
 
 
-def head_tables(model) -> dict:
-    """The (layers, heads) s and b tables the model currently holds, if any."""
-    import torch
-
-    from evalkit.attention import attention_modules
-
-    tables = {}
-    modules = [m for _, m in attention_modules(model)]
-    for param, attr in (("s", "ssmax_s"), ("b", "ssmax_b")):
-        rows = [getattr(m, attr, None) for m in modules]
-        if modules and all(r is not None for r in rows):
-            tables[param] = torch.stack([r.detach().float().cpu() for r in rows])  # (L, H)
-    return tables
-
-
 @dataclass(frozen=True)
 class VariantRequest:
     """One entry of ``--attention`` (or a sweep's [[attention]]): a name, its flags, a row label."""

@@ -247,6 +247,13 @@ def _current_table(modules: list[tuple[str, nn.Module]], attr: str) -> torch.Ten
     return torch.stack([row.detach().float().cpu() for row in rows])
 
 
+def head_tables(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The per-head tables the model holds now, as {"s": (layers, heads), "b": ...} on the CPU."""
+    modules = attention_modules(model)
+    tables = {p: _current_table(modules, attr) for p, attr in TENSOR_NAMES.items()} if modules else {}
+    return {p: t for p, t in tables.items() if t is not None}
+
+
 def _scalar(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -188,8 +188,7 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
         from evalkit.attention import load_attention_from_checkpoint
 
         load_attention_from_checkpoint(model, source.location)  # a model trained with SSMax keeps it
-    from evalkit.attention import spec_from_model
-    from evalkit.variants import head_tables
+    from evalkit.attention import head_tables, spec_from_model
 
     return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes,
                        native_attention=(spec_from_model(model), head_tables(model)))

@@ -382,7 +382,6 @@ def train_reference_pair(
     Returns the summary (also written to ``out/summary.json``).
     """
     import pandas as pd
-    import torch
 
     from evalkit.models.loading import pick_device
 
@@ -439,7 +438,9 @@ def train_reference_pair(
 
     tail = max(1, recipe.steps // 20)  # final numbers: the mean over the last 5% of steps
     last = frame[frame.step >= recipe.steps - tail]
-    scales = torch.stack([m.ssmax_s.detach().float() for m in _attention_modules(models["ssmax"])])  # (layers, heads)
+    from evalkit.attention import head_tables
+
+    scales = head_tables(models["ssmax"])["s"]  # (layers, heads)
     summary = {
         "recipe": recipe.name,
         "recipe_fields": asdict(recipe),
@@ -473,12 +474,6 @@ def train_reference_pair(
     return summary
 
 
-def _attention_modules(model) -> list:
-    from evalkit.attention import attention_modules
-
-    return [module for _, module in attention_modules(model)]
-
-
 def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, variant: str) -> None:
     """save_pretrained keeps ``config.evalkit_attention`` and the ``ssmax_s`` tensors (SSMax).
 
@@ -486,9 +481,9 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
     no longer names the initial scalar s: the tensors are the values.
     """
     if variant == "ssmax":
-        from evalkit.attention import apply_attention
+        from evalkit.attention import apply_attention, head_tables
 
-        trained = [module.ssmax_s.detach().clone() for module in _attention_modules(model)]
+        trained = head_tables(model)["s"]  # (layers, heads)
         apply_attention(model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length)
     model.config.evalkit_reference = {"variant": variant, "recipe": recipe.name, "seed": seed,
                                       "train_length": recipe.train_length, "digits": recipe.digits}
