@@ -96,6 +96,7 @@ COMMON_RUN_OPTIONS = [
     ("device_map", Annotated[Optional[str], typer.Option(help="auto: spread one large model over the visible GPUs (accelerate).")], None),
     ("dtype", DTypeOption, DType.auto),
     ("batch_tokens", Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory); halves on out-of-memory.")], None),
+    ("prefix_cache", Annotated[bool, typer.Option(help="Compute a prompt prefix that several samples share once, on one KV cache (needle depths of a trial).")], True),
     ("seed", Annotated[int, typer.Option(help="Seed for sample selection.")], 1234),
     ("allow_extrapolation", Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")], False),
     ("allow_pickle", Annotated[bool, typer.Option(help="Allow pickle (.bin) checkpoints, which can run code when loaded.")], False),
@@ -153,8 +154,8 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
 
 
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
-         ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, seed,
-         allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
+         ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
+         seed, allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
     from evalkit.evaluate import RunConfig, evaluate, model_slug
 
     console = _console()
@@ -164,8 +165,8 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
             task=task_name, model=spec, task_options=task_options,
             attention=_attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
             rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=folder, resume=resume,
-            device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, seed=seed,
-            allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
+            device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, prefix_cache=prefix_cache,
+            seed=seed, allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
         )
         outcome = evaluate(config, console=_console(stderr=True))
         if outcome.frame is None:  # a data-parallel worker: rank 0 reports
@@ -423,14 +424,14 @@ def bench_perplexity(
 def bench_needle_command(
     model: ModelOption = "smollm2-135m",
     lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,2k",
-    depths: Annotated[str, typer.Option(help="Needle depths in percent.")] = "0:100:50",
+    depths: Annotated[str, typer.Option(help="Needle depths in percent.")] = "0:100:25",
     trials: Annotated[int, typer.Option(help="Samples per (length, depth).")] = 2,
     device: DeviceOption = "auto",
     dtype: DTypeOption = DType.auto,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench_needle.csv into.")] = None,
 ) -> None:
-    """Needle samples/s: evalkit's one-pass batched scoring vs a plain greedy generate loop."""
+    """Needle samples/s: evalkit with and without the shared prefix cache vs a plain greedy generate loop."""
     from evalkit.bench import bench_needle
 
     frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out)

@@ -146,16 +146,20 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
 
 def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str, dtype: str,
                  batch_tokens: int | None, out: str | None):
-    """Needle samples/s: evalkit's batched one-pass scoring vs a plain greedy ``generate`` loop.
+    """Needle samples/s: evalkit's runner with and without the shared prefix cache vs a plain greedy
+    ``generate`` loop, per length and over the whole grid (a trial's prompts share a prefix across
+    lengths too).
 
-    Both score the same samples with the same model; the table also reports how often the two
-    verdicts agree (they must: greedy_correct is defined as what greedy decoding produces).
+    All three score the same samples with the same model; the table also reports how often the
+    verdicts agree (they must: greedy_correct is defined as what greedy decoding produces) and the
+    fraction of prompt tokens the shared cache still has to compute.
     """
     import torch
 
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.runner import default_batch_tokens
+    from evalkit.models.prefix import tokens_to_compute
+    from evalkit.runner import Runner, Variant, default_batch_tokens
     from evalkit.task import TaskContext
     from tasks.needle import NeedleOptions, NeedleTask
 
@@ -164,47 +168,60 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
     budget = batch_tokens or default_batch_tokens(loaded)
     task = NeedleTask(NeedleOptions(lengths=lengths, depths=depths, trials=trials),
                       TaskContext(loaded.tokenizer, loaded.max_positions, True, 1234))
-    rows = []
-    for length in task.lengths:
-        samples = [s for s in task.samples() if s.keys["context_length"] == length]
-        requests = [s.request for s in samples]
+    variant = Variant("softmax", lambda m: None)
 
-        def one_pass():
-            verdicts = []
-            by_shape: dict = {}
-            for r in requests:
-                by_shape.setdefault(r.shape, []).append(r)
-            for group in by_shape.values():
-                size = max(1, budget // group[0].length)
-                for i in range(0, len(group), size):
-                    verdicts += [a.greedy_correct for a in adapter.score_answers(group[i : i + size])]
-            return verdicts
-
-        def plain_loop():
-            verdicts = []
-            for r in requests:
-                ids = torch.from_numpy(r.prompt)[None].to(loaded.device)
-                with torch.inference_mode():
-                    out_ids = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                                    max_new_tokens=len(r.answer), pad_token_id=min(adapter.eos_ids() or {0}))
-                new = out_ids[0, ids.shape[1] :].cpu().numpy()
-                verdicts.append(len(new) == len(r.answer) and bool((new == r.answer).all()))
-            return verdicts
-
-        one_pass()  # warm-up
+    def runner_verdicts(samples, share: bool) -> tuple[list[bool], float]:
+        store = _VerdictStore()
         started = time.perf_counter()
-        fast = one_pass()
-        fast_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        slow = plain_loop()
-        slow_seconds = time.perf_counter() - started
-        rows.append({"context_length": length, "samples": len(requests),
-                     "evalkit_samples_per_s": round(len(requests) / fast_seconds, 3),
-                     "plain_generate_samples_per_s": round(len(requests) / slow_seconds, 3),
-                     "speedup": round(slow_seconds / fast_seconds, 2),
-                     "verdicts_agree": f"{sum(a == b for a, b in zip(fast, slow))}/{len(fast)}",
-                     "accuracy": round(sum(fast) / len(fast), 3)})
+        Runner(adapter, store, budget, None, share_prefixes=share).run(task, samples, [variant])
+        return [store.verdicts[s.id] for s in samples], time.perf_counter() - started
+
+    def generate_verdicts(samples) -> tuple[list[bool], float]:
+        verdicts, started = [], time.perf_counter()
+        for r in (s.request for s in samples):
+            ids = torch.from_numpy(r.prompt)[None].to(loaded.device)
+            with torch.inference_mode():
+                out_ids = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                max_new_tokens=len(r.answer), pad_token_id=min(adapter.eos_ids() or {0}))
+            new = out_ids[0, ids.shape[1] :].cpu().numpy()
+            verdicts.append(len(new) == len(r.answer) and bool((new == r.answer).all()))
+        return verdicts, time.perf_counter() - started
+
+    everything = task.samples()
+    runner_verdicts(everything[:2], share=False)  # warm-up: kernels, allocator, caches
+    rows, generate_total = [], 0.0
+    for length in [*task.lengths, "all"]:
+        group = everything if length == "all" else [s for s in everything if s.keys["context_length"] == length]
+        shared, shared_s = runner_verdicts(group, share=True)
+        batched, batched_s = runner_verdicts(group, share=False)
+        if length == "all":  # the loop gains nothing from a grid: its time is the sum over lengths
+            plain, generate_s = None, generate_total
+        else:
+            plain, generate_s = generate_verdicts(group)
+            generate_total += generate_s
+        computed, total = tokens_to_compute([np.concatenate([s.request.prompt, s.request.answer]) for s in group])
+        agree = sum(a == b and (plain is None or a == c) for a, b, c in zip(shared, batched, plain or shared))
+        rows.append({"context_length": length, "samples": len(group), "tokens_computed_shared": round(computed / total, 3),
+                     "shared_samples_per_s": round(len(group) / shared_s, 3),
+                     "batched_samples_per_s": round(len(group) / batched_s, 3),
+                     "generate_samples_per_s": round(len(group) / generate_s, 3),
+                     "shared_vs_batched": round(batched_s / shared_s, 2), "shared_vs_generate": round(generate_s / shared_s, 2),
+                     "batched_vs_generate": round(generate_s / batched_s, 2),
+                     "verdicts_agree": f"{agree}/{len(group)}", "accuracy": round(sum(shared) / len(shared), 3)})
     return _table(rows, loaded, out, "bench_needle.csv")
+
+
+class _VerdictStore:
+    """What the runner needs of a RunStore, keeping only each sample's greedy verdict."""
+
+    def __init__(self):
+        self.verdicts: dict[str, bool] = {}
+
+    def is_done(self, variant: str, sample_id: str) -> bool:
+        return False
+
+    def append(self, variant: str, sample_id: str, rows: list[dict]) -> None:
+        self.verdicts[sample_id] = next(r["value"] == 1.0 for r in rows if r["metric"] == "greedy_correct")
 
 
 def _table(rows: list[dict], loaded, out: str | None, filename: str):

@@ -32,6 +32,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int | None = None
+    prefix_cache: bool = True  # score needle prompts that share a prefix on one KV cache
     seed: int = 1234
     allow_extrapolation: bool = False
     allow_pickle: bool = False
@@ -157,7 +158,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     interrupted = False
     run_started = time.perf_counter()
     try:
-        Runner(adapter, store, batch_tokens, progress).run(task, mine, variants)
+        Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache).run(task, mine, variants)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -1,8 +1,10 @@
 """The runner: turns a task's samples into batched model calls, with progress and resume.
 
 Samples are bucketed by request length; a batch holds as many sequences of one length as fit
-the token budget. On an out-of-memory error the batch is halved and retried. Each finished
-sample's rows go straight to the run store, so an interrupt loses at most one batch.
+the token budget. On an out-of-memory error the batch is halved and retried. Answer requests
+whose prompts share long prefixes (needle depths of one trial) are instead walked one by one on a
+shared KV cache (``evalkit.models.prefix``). Each finished sample's rows go straight to the run
+store, so an interrupt loses at most one batch.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from evalkit.errors import EvalkitError
+from evalkit.models.requests import AnswerScoreRequest
 from evalkit.results import RunStore
 from evalkit.task import Sample, Task
 
@@ -49,11 +54,12 @@ def default_batch_tokens(loaded) -> int:
 
 
 class Runner:
-    def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None):
+    def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None, share_prefixes: bool = True):
         self.adapter = adapter
         self.store = store
         self.batch_tokens = batch_tokens
         self.progress = progress  # a ProgressReporter, or None
+        self.share_prefixes = share_prefixes
 
     def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
         pending = {v.label: [s for s in samples if not self.store.is_done(v.label, s.id)] for v in variants}
@@ -65,8 +71,39 @@ class Runner:
             if not pending[variant.label]:
                 continue
             variant.activate(self.adapter.model)
-            for bucket in self._buckets(pending[variant.label]):
+            runs, alone = self._shared_runs(pending[variant.label])
+            for run in runs:
+                self._run_shared(task, variant, run)
+            for bucket in self._buckets(alone):
                 self._run_bucket(task, variant, bucket[0].request.length, bucket)
+
+    def _shared_runs(self, samples: list[Sample]) -> tuple[list[list[Sample]], list[Sample]]:
+        """(runs scored on one cache each, the rest); only answer requests share prefixes."""
+        from evalkit.models.prefix import shared_runs
+
+        scored = [s for s in samples if isinstance(s.request, AnswerScoreRequest)]
+        if not self.share_prefixes or len(scored) < 2 or not self.adapter.can_share_prefixes():
+            return [], samples
+        runs, alone = shared_runs([np.concatenate([s.request.prompt, s.request.answer]) for s in scored])
+        in_runs = {id(scored[i]) for run in runs for i in run}
+        return [[scored[i] for i in run] for run in runs], [s for s in samples if id(s) not in in_runs]
+
+    def _run_shared(self, task: Task, variant: Variant, run: list[Sample]) -> None:
+        started = time.perf_counter()
+        scores = self.adapter.score_shared([s.request for s in run])
+        for sample in run:
+            try:
+                answer = next(scores)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                raise self._does_not_fit(sample.request.length) from None
+            self.store.append(variant.label, sample.id, task.rows(sample, answer))
+            if self.progress:
+                now = time.perf_counter()
+                self.progress.advance(1, sample.request.length, now - started,
+                                      f"{variant.label} L={sample.request.length} (shared prefix)")
+                started = now
 
     @staticmethod
     def _buckets(samples: list[Sample]) -> list[list[Sample]]:
@@ -89,9 +126,7 @@ class Runner:
                     raise
                 self._free_memory()
                 if batch_size == 1:
-                    raise EvalkitError(
-                        f"one sequence of {length} tokens does not fit in {self.adapter.device} memory",
-                        "use shorter --lengths, --dtype bfloat16, or a larger device") from None
+                    raise self._does_not_fit(length) from None
                 batch_size //= 2
                 continue
             for sample, answer in zip(batch, answers):
@@ -100,6 +135,10 @@ class Runner:
                 self.progress.advance(len(batch), len(batch) * length, time.perf_counter() - started,
                                       f"{variant.label} L={length}")
             index += len(batch)
+
+    def _does_not_fit(self, length: int) -> EvalkitError:
+        return EvalkitError(f"one sequence of {length} tokens does not fit in {self.adapter.device} memory",
+                            "use shorter --lengths, --dtype bfloat16, or a larger device")
 
     def _free_memory(self) -> None:
         import torch

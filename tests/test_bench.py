@@ -27,7 +27,8 @@ def test_bench_needle_table(tiny_checkpoint, tmp_path):
                                  "--trials", "2", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "bench_needle.csv")
-    assert table.verdicts_agree.iloc[0] == "2/2" and table.speedup.iloc[0] > 0
+    assert list(table.context_length) == ["192", "all"] and list(table.verdicts_agree) == ["2/2", "2/2"]
+    assert (table.shared_vs_generate > 0).all() and 0 < table.tokens_computed_shared.iloc[0] <= 1
 
 
 def test_flops_per_token_counts_matmuls():

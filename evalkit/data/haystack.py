@@ -4,8 +4,15 @@ A prompt is ``head | haystack with needles | suffix | moved whitespace``: the he
 template's part before the user message (or the BOS token), the suffix is the question, the
 template's part after the message and the answer prefix. Every fixed part is tokenized on its
 own and the haystack gets exactly the tokens left over, so the count never depends on how text
-would re-tokenize. Needles go in at sentence boundaries; every sample is drawn from its own
-generator seeded by (seed, length, depth, trial), so adding a length or depth changes nothing else.
+would re-tokenize. Needles go in at sentence boundaries.
+
+Draws are seeded so that adding a length or depth changes nothing else. With ``draw="trial"``
+(the default, Kamradt's layout) the needle and haystack come from a generator seeded by
+(seed, trial): every depth and length of a trial reads the same text from the same start, so
+cells differ only in where the needle sits and prompts share their prefix up to the needle,
+which the runner computes once (``evalkit.models.prefix``). With ``draw="sample"`` each
+(length, depth, trial) draws its own needle and haystack. Corpus haystacks start at a random
+offset of the token stream read as a ring, so the start never depends on the length.
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ class HaystackOptions:
     queries: int = 1  # several keys asked (multi-query), kv only
     digits: int = 5  # length of numeric values / passkeys
     chat: str = "auto"  # "auto" | "on" | "off"
+    draw: str = "trial"  # "trial": one needle and haystack per trial | "sample": one per (length, depth, trial)
 
     def __post_init__(self):  # every problem at once, as one error
-        choices = {"haystack": ("corpus", "noise", "repeat"), "needle": ("passkey", "kv", "abcdigits"), "chat": ("auto", "on", "off")}
+        choices = {"haystack": ("corpus", "noise", "repeat"), "needle": ("passkey", "kv", "abcdigits"), "chat": ("auto", "on", "off"),
+                   "draw": ("trial", "sample")}
         problems = [f"{k} {getattr(self, k)!r} is not one of {', '.join(v)}" for k, v in choices.items() if getattr(self, k) not in v]
         problems += ["distractors must be >= 0, values and queries >= 1"] * (self.distractors < 0 or self.values < 1 or self.queries < 1)
         problems += ["values and queries above 1 need the kv needle"] * ((self.values > 1 or self.queries > 1) and self.needle != "kv")
@@ -228,8 +237,8 @@ class _Builder:
             if len(tokens) < n:
                 raise DataError(f"corpus {self.stream.corpus} has {len(tokens)} tokens, fewer than the {n} a haystack needs",
                                 "give a larger dataset or shorter lengths")
-            offset = int(rng.integers(len(tokens) - n + 1))
-            return tokens[offset:offset + n].copy(), {"haystack_offset": offset}
+            offset = int(rng.integers(len(tokens)))
+            return np.take(tokens, np.arange(offset, offset + n), mode="wrap"), {"haystack_offset": offset}
         starts = self.stream.doc_starts
         sizes = np.diff(np.append(starts, len(tokens))) - 1  # each document without its separator
         usable = np.flatnonzero(sizes >= 32)
@@ -262,7 +271,8 @@ class _Builder:
     def sample(self, length: int, depth: float, trial: int, seed: int) -> NeedleSample:
         o, tok = self.options, self.tok
         rng = np.random.default_rng([seed % 2**63, length, int(round(depth * 100)), trial])
-        needles = _make_needles(o, rng)
+        drawn = rng if o.draw == "sample" else np.random.default_rng([seed % 2**63, trial])  # needle and haystack
+        needles = _make_needles(o, drawn)
         if o.needle == "abcdigits":
             suffix, sep = needles.prefix, ""  # the query line itself; the digits follow "=" directly
         else:
@@ -276,7 +286,7 @@ class _Builder:
         if length < minimum:
             raise ConfigError(f"context length {length} is too short for this {o.needle} prompt",
                               f"use at least {minimum} tokens (a few more where random keys or values tokenize longer)")
-        hay, hay_info = self.haystack(n, rng, needles)
+        hay, hay_info = self.haystack(n, drawn, needles)
         where = _place(self.boundaries.positions(hay), n, depth, len(needles.targets), len(needles.distractors), rng)
         pieces, spans, last, cursor = [np.asarray(self.head_ids, np.int64)], {}, 0, len(self.head_ids)
         for i in sorted(range(len(needle_ids)), key=lambda i: where[i]):

@@ -22,7 +22,8 @@ class NeedleGridOptions(CorpusOptions):
 
     lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True)
     depths: str = option("0:100:25", "Needle depths in percent: START:STOP:STEP or a list.", grid=True)
-    trials: int = option(2, "Samples per (length, depth), each with its own needle and haystack offset.", grid=True)
+    trials: int = option(2, "Samples per (length, depth); each trial draws its own needle and haystack.", grid=True)
+    draw: str = option("trial", "trial: one needle and haystack per trial, shared by every depth and length (Kamradt's layout; the common prompt prefix is computed once); sample: a fresh draw for every (length, depth, trial).", choices=("trial", "sample"))
     needle: str = option("passkey", "Needle kind.", choices=("passkey", "kv", "abcdigits"))
     haystack: str = option("corpus", "Haystack: corpus text, RULER noise sentences, or one passage repeated.", choices=("corpus", "noise", "repeat"))
     distractors: int = option(0, "Other needles of the same form that are not asked (multi-key).")
@@ -54,5 +55,5 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths):
         stream = token_stream(load_corpus(options.dataset, options.text_field, options.split), context.tokenizer)
     settings = haystack.HaystackOptions(haystack=options.haystack, needle=options.needle, distractors=options.distractors,
                                         values=options.values, queries=options.queries, digits=options.digits,
-                                        chat=options.chat)
+                                        chat=options.chat, draw=options.draw)
     return haystack.build_samples(context.tokenizer, settings, lengths, depths, options.trials, context.seed, stream=stream)

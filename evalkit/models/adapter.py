@@ -67,15 +67,63 @@ class ModelAdapter:
         ids = self._batch([np.concatenate([r.prompt, r.answer]) for r in requests])  # (B, P+A)
         with torch.inference_mode():
             hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A, D)
-            logits = self.logits(hidden[:, p - 1 : p + a - 1])  # (B, A, V): predictions of the answer tokens
-            gold = ids[:, p : p + a]  # (B, A)
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, gold[..., None]).squeeze(-1)  # (B, A)
-            gold_logit = logits.gather(-1, gold[..., None])  # (B, A, 1)
-            greedy = (logits.argmax(-1) == gold).all(-1)  # (B,)
-            # strictly greater logits count against the gold token: ties do not lower its rank
-            rank = (logits[:, 0] > gold_logit[:, 0]).sum(-1) + 1  # (B,)
+            return self._answer_scores(hidden[:, p - 1 : p + a - 1], ids[:, p : p + a])
+
+    def score_shared(self, requests: list[AnswerScoreRequest]):
+        """Like ``score_answers``, one request at a time on a KV cache kept across requests.
+
+        ``requests`` come in lexicographic order of prompt + answer (``evalkit.models.prefix``):
+        the cache is cut back to what the next request shares with the one before, so common
+        prefixes are computed once. Yields one AnswerScore per request, in order.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        from evalkit.models.prefix import common_prefix
+
+        body = self.model.get_decoder()
+        cache, previous = DynamicCache(config=self.model.config), None
+        with torch.inference_mode():
+            for request in requests:
+                p, a = len(request.prompt), len(request.answer)
+                sequence = np.concatenate([request.prompt, request.answer])
+                cached = cache.get_seq_length()
+                # at least the last prompt token runs, as its hidden state predicts the first answer token
+                keep = 0 if previous is None else min(common_prefix(previous, sequence), p - 1, cached)
+                if keep < cached:
+                    cache.crop(keep - cached)  # negative: tokens to drop, in every transformers 5 release
+                # the whole answer runs, as in score_answers, so "length" n conventions see the same row
+                ids = torch.from_numpy(sequence[keep:]).to(self.device)[None]  # (1, P+A-keep)
+                hidden = body(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+                gold = torch.from_numpy(request.answer).to(self.device)[None]  # (1, A)
+                yield self._answer_scores(hidden[:, p - 1 - keep : p + a - 1 - keep], gold)[0]
+                previous = sequence
+
+    def can_share_prefixes(self) -> bool:
+        """Whether ``score_shared`` gives what independent passes give.
+
+        Not with sliding-window caches (they cannot be cut back), nor with the "length" n
+        convention, where every query's factor, and so the cached prefix, depends on the row length.
+        """
+        from transformers import DynamicCache
+
+        if any(getattr(m, "evalkit_n_mode", "position") == "length" for m in self.model.modules()):
+            return False
+        layers = getattr(DynamicCache(config=self.model.config), "layers", [])
+        return bool(layers) and not any(getattr(layer, "is_sliding", False) for layer in layers)
+
+    def _answer_scores(self, hidden, gold) -> list[AnswerScore]:
+        """Scores from the hidden states that predict each answer token: hidden (B, A, D), gold (B, A)."""
+        import torch
+
+        logits = self.logits(hidden)  # (B, A, V)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, gold[..., None]).squeeze(-1)  # (B, A)
+        gold_logit = logits.gather(-1, gold[..., None])  # (B, A, 1)
+        greedy = (logits.argmax(-1) == gold).all(-1)  # (B,)
+        # strictly greater logits count against the gold token: ties do not lower its rank
+        rank = (logits[:, 0] > gold_logit[:, 0]).sum(-1) + 1  # (B,)
         logprobs, greedy, rank = logprobs.cpu().numpy(), greedy.cpu().numpy(), rank.cpu().numpy()
-        return [AnswerScore(logprobs[i], bool(greedy[i]), int(rank[i])) for i in range(len(requests))]
+        return [AnswerScore(logprobs[i], bool(greedy[i]), int(rank[i])) for i in range(len(gold))]
 
     # -- attention probes -----------------------------------------------------------------
     def probe(self, requests: list[ProbeRequest]):
