@@ -221,6 +221,22 @@ def models_fetch(alias: Annotated[str, typer.Argument(help="Alias of the embedde
     typer.echo(str(fetch(alias, log=typer.echo)))
 
 
+@models_app.command("random")
+@user_errors
+def models_random(
+    out: Annotated[str, typer.Option(help="New folder for the checkpoint.")],
+    shape: Annotated[str, typer.Option(help="Architecture shape: llama-1b, llama-8b or smollm2-135m.")] = "llama-1b",
+    tokenizer: Annotated[str, typer.Option(help="Model whose tokenizer to save with it (folder, .gguf or alias).")] = "smollm2-135m",
+    layers: Annotated[Optional[int], typer.Option(help="Fewer layers than the shape has (same width), for a quick run.")] = None,
+    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a random-weight checkpoint of a known shape, to measure speed (bench) where the real weights are not at hand."""
+    from evalkit.models.shapes import write_random_checkpoint
+
+    write_random_checkpoint(shape, tokenizer, out, layers=layers, dtype=dtype, seed=seed, log=_console().print)
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Show the embedded models and whether they are cached."""

@@ -231,6 +231,18 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
     return model, tokenizer, changes
 
 
+def load_tokenizer_only(spec: str, log=print):
+    """The tokenizer of a model spec (folder, .gguf, alias), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    source = resolve(spec, log=log)
+    try:
+        return AutoTokenizer.from_pretrained(source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise ModelLoadError(f"cannot load the tokenizer of {spec}: {first}", "point at a model folder that has tokenizer files") from None
+
+
 def _drop_gguf_markers(model) -> None:
     # transformers keeps a GGUF "quantizer" on de-quantized models, which blocks save_pretrained
     # and marks the weights as quantized although they are plain tensors now.
