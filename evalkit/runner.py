@@ -1,9 +1,9 @@
 """The runner: turns a task's samples into batched model calls, with progress and resume.
 
 Samples are bucketed by request length; a batch holds as many sequences of one length as fit
-the token budget. On an out-of-memory error the batch is halved and retried. Answer requests
-whose prompts share long prefixes (needle depths of one trial) are instead walked one by one on a
-shared KV cache (``evalkit.models.prefix``). Each finished sample's rows go straight to the run
+the token budget. On an out-of-memory error the batch is halved and retried. Answer and generate
+requests whose prompts share long prefixes (needle depths of one trial) are instead walked one by
+one on a shared KV cache (``evalkit.models.prefix``). Each finished sample's rows go straight to the run
 store, so an interrupt loses at most one batch.
 """
 
@@ -14,10 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from evalkit.errors import EvalkitError
-from evalkit.models.requests import AnswerScoreRequest
 from evalkit.results import RunStore
 from evalkit.task import Sample, Task
 
@@ -78,22 +75,28 @@ class Runner:
                 self._run_bucket(task, variant, bucket[0].request.length, bucket)
 
     def _shared_runs(self, samples: list[Sample]) -> tuple[list[list[Sample]], list[Sample]]:
-        """(runs scored on one cache each, the rest); only answer requests share prefixes."""
-        from evalkit.models.prefix import shared_runs
+        """(runs answered on one cache each, the rest); answer scoring and generation share prefixes."""
+        from evalkit.models.prefix import shared_runs, shared_sequence
 
-        scored = [s for s in samples if isinstance(s.request, AnswerScoreRequest)]
-        if not self.share_prefixes or len(scored) < 2 or not self.adapter.can_share_prefixes():
+        by_kind: dict[type, list[Sample]] = defaultdict(list)
+        for sample in samples:
+            if shared_sequence(sample.request) is not None:
+                by_kind[type(sample.request)].append(sample)
+        if not self.share_prefixes or not by_kind or not self.adapter.can_share_prefixes():
             return [], samples
-        runs, alone = shared_runs([np.concatenate([s.request.prompt, s.request.answer]) for s in scored])
-        in_runs = {id(scored[i]) for run in runs for i in run}
-        return [[scored[i] for i in run] for run in runs], [s for s in samples if id(s) not in in_runs]
+        runs = []
+        for kind_samples in by_kind.values():
+            kind_runs, _ = shared_runs([shared_sequence(s.request) for s in kind_samples])
+            runs += [[kind_samples[i] for i in run] for run in kind_runs]
+        in_runs = {id(s) for run in runs for s in run}
+        return runs, [s for s in samples if id(s) not in in_runs]
 
     def _run_shared(self, task: Task, variant: Variant, run: list[Sample]) -> None:
         started = time.perf_counter()
-        scores = self.adapter.score_shared([s.request for s in run])
+        answers = self.adapter.answer_shared([s.request for s in run])
         for sample in run:
             try:
-                answer = next(scores)
+                answer = next(answers)
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise

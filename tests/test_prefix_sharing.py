@@ -15,7 +15,7 @@ from evalkit.data.haystack import HaystackOptions, build_samples
 from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.prefix import common_prefix, lexicographic_order, shared_runs, tokens_to_compute
-from evalkit.models.requests import AnswerScoreRequest
+from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from tests.conftest import make_llama
 
 
@@ -72,7 +72,7 @@ def test_shared_cache_scores_equal_independent_passes(tokenizer, samples, varian
     assert len(alone) <= 4  # only a needle at depth 0 may share too little
     seen = []
     hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
-    shared = {i: score for run in runs for i, score in zip(run, adapter.score_shared([requests[i] for i in run]))}
+    shared = {i: score for run in runs for i, score in zip(run, adapter.answer_shared([requests[i] for i in run]))}
     hook.remove()
     assert sum(seen) < 0.75 * sum(requests[i].length for run in runs for i in run)  # the common prefixes ran once
     for i in shared:
@@ -81,6 +81,19 @@ def test_shared_cache_scores_equal_independent_passes(tokenizer, samples, varian
         np.testing.assert_allclose(shared[i].token_logprobs, alone_score.token_logprobs, rtol=0, atol=1e-9)
         assert (shared[i].greedy_correct, shared[i].first_token_rank) == (alone_score.greedy_correct,
                                                                           alone_score.first_token_rank)
+
+
+def test_generation_on_the_shared_cache_equals_plain_generation(tokenizer, samples):
+    model = make_llama(len(tokenizer), seed=2, max_positions=1024).double()
+    apply_attention(model, "ssmax", s=0.4)
+    adapter = ModelAdapter(LoadedModel(model, tokenizer, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"),
+                                       torch.float64, "none"))
+    requests = [GenerateRequest(s.prompt_ids, 8) for s in samples[::2]]
+    runs, _ = shared_runs([r.prompt for r in requests])
+    assert runs and max(map(len, runs)) >= 3
+    for run in runs:
+        for i, tokens in zip(run, adapter.answer_shared([requests[i] for i in run])):
+            np.testing.assert_array_equal(tokens, adapter.generate([requests[i]])[0])
 
 
 def test_no_sharing_where_the_prefix_depends_on_the_row_length(tokenizer):
@@ -102,8 +115,8 @@ def test_no_sharing_where_the_prefix_depends_on_the_row_length(tokenizer):
 def test_cli_rows_do_not_depend_on_the_prefix_cache(tiny_checkpoint, tmp_path, monkeypatch):
     app = cli.register_tasks()
     frames, walked = [], []
-    original = ModelAdapter.score_shared
-    monkeypatch.setattr(ModelAdapter, "score_shared", lambda self, requests: (walked.append(len(requests)),
+    original = ModelAdapter.answer_shared
+    monkeypatch.setattr(ModelAdapter, "answer_shared", lambda self, requests: (walked.append(len(requests)),
                                                                                original(self, requests))[1])
     for flag in ("--prefix-cache", "--no-prefix-cache"):
         out = tmp_path / flag.strip("-")

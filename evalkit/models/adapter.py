@@ -69,35 +69,48 @@ class ModelAdapter:
             hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A, D)
             return self._answer_scores(hidden[:, p - 1 : p + a - 1], ids[:, p : p + a])
 
-    def score_shared(self, requests: list[AnswerScoreRequest]):
-        """Like ``score_answers``, one request at a time on a KV cache kept across requests.
+    def answer_shared(self, requests: list):
+        """Answers to requests of one kind, one at a time on a KV cache kept across requests.
 
-        ``requests`` come in lexicographic order of prompt + answer (``evalkit.models.prefix``):
-        the cache is cut back to what the next request shares with the one before, so common
-        prefixes are computed once. Yields one AnswerScore per request, in order.
+        ``requests`` come in lexicographic order of ``prefix.shared_sequence`` (see
+        ``evalkit.models.prefix``): the cache is cut back to what each request shares with the one
+        before, so common prefixes are computed once. Yields what ``answer`` would, in order.
         """
         import torch
         from transformers import DynamicCache
 
-        from evalkit.models.prefix import common_prefix
+        from evalkit.models.prefix import common_prefix, shared_sequence
 
-        body = self.model.get_decoder()
+        step = self._score_on_cache if isinstance(requests[0], AnswerScoreRequest) else self._generate_on_cache
         cache, previous = DynamicCache(config=self.model.config), None
         with torch.inference_mode():
             for request in requests:
-                p, a = len(request.prompt), len(request.answer)
-                sequence = np.concatenate([request.prompt, request.answer])
+                sequence = shared_sequence(request)
                 cached = cache.get_seq_length()
-                # at least the last prompt token runs, as its hidden state predicts the first answer token
-                keep = 0 if previous is None else min(common_prefix(previous, sequence), p - 1, cached)
+                # at least the last prompt token runs, as its hidden state predicts what follows
+                keep = 0 if previous is None else min(common_prefix(previous, sequence), len(request.prompt) - 1, cached)
                 if keep < cached:
                     cache.crop(keep - cached)  # negative: tokens to drop, in every transformers 5 release
-                # the whole answer runs, as in score_answers, so "length" n conventions see the same row
-                ids = torch.from_numpy(sequence[keep:]).to(self.device)[None]  # (1, P+A-keep)
-                hidden = body(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
-                gold = torch.from_numpy(request.answer).to(self.device)[None]  # (1, A)
-                yield self._answer_scores(hidden[:, p - 1 - keep : p + a - 1 - keep], gold)[0]
+                yield step(request, cache, keep)
                 previous = sequence
+
+    def _score_on_cache(self, request: AnswerScoreRequest, cache, keep: int) -> AnswerScore:
+        import torch
+
+        p, a = len(request.prompt), len(request.answer)
+        # the whole answer runs, as in score_answers, so "length" n conventions see the same row
+        ids = torch.from_numpy(np.concatenate([request.prompt, request.answer])[keep:]).to(self.device)[None]
+        hidden = self.model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+        gold = torch.from_numpy(request.answer).to(self.device)[None]  # (1, A)
+        return self._answer_scores(hidden[:, p - 1 - keep : p + a - 1 - keep], gold)[0]
+
+    def _generate_on_cache(self, request: GenerateRequest, cache, keep: int) -> np.ndarray:
+        import torch
+
+        ids = torch.from_numpy(request.prompt).to(self.device)[None]  # (1, P); generate runs only ids[:, keep:]
+        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                                  max_new_tokens=request.max_new_tokens, **self._greedy())
+        return self._until_eos(out[0, ids.shape[1] :].cpu().numpy())
 
     def can_share_prefixes(self) -> bool:
         """Whether ``score_shared`` gives what independent passes give.
@@ -137,19 +150,20 @@ class ModelAdapter:
         import torch
 
         ids = self._batch([r.prompt for r in requests])  # (B, P)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                      max_new_tokens=max(r.max_new_tokens for r in requests), **self._greedy())
+        return [self._until_eos(row) for row in out[:, ids.shape[1] :].cpu().numpy()]  # (B, N) new tokens
+
+    def _greedy(self) -> dict:
         eos_ids = self.eos_ids()
         pad = self.model.generation_config.pad_token_id
         pad = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=max(r.max_new_tokens for r in requests), pad_token_id=pad,
-                                      temperature=None, top_p=None, top_k=None)
-        new = out[:, ids.shape[1] :].cpu().numpy()  # (B, N)
-        results = []
-        for row in new:
-            stop = np.flatnonzero(np.isin(row, list(eos_ids)))
-            results.append(row[: stop[0]] if len(stop) else row)
-        return results
+        return {"do_sample": False, "pad_token_id": pad, "temperature": None, "top_p": None, "top_k": None}
+
+    def _until_eos(self, new: np.ndarray) -> np.ndarray:
+        stop = np.flatnonzero(np.isin(new, list(self.eos_ids())))
+        return new[: stop[0]] if len(stop) else new
 
     def eos_ids(self) -> set[int]:
         """End-of-sequence ids: the generation config's (may be a list), else the tokenizer's."""

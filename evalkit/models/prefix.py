@@ -7,17 +7,29 @@ shared by b. So one cache walked along the sorted order, cut back to the prefix 
 sequence has in common with the current one and extended from there, computes every distinct
 prefix exactly once: the work is the size of the token trie of the requests, not their sum.
 
-This module only plans (numpy, no torch); ``ModelAdapter.score_shared`` runs the plan.
+Answer scoring shares prompt + answer; greedy generation shares the prompt, and decodes on the
+cache too. This module only plans (numpy, no torch); ``ModelAdapter.answer_shared`` runs the plan.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+
 # A run of requests is scored on a shared cache when consecutive ones have this much in common;
 # below it the batched path wins (equal-length batches, no cache copies). A guess, not measured on GPU.
 MIN_SHARED_TOKENS = 64
 MIN_SHARED_FRACTION = 0.25
+
+
+def shared_sequence(request) -> np.ndarray | None:
+    """The tokens a request could share with others, or None for kinds that share nothing."""
+    if isinstance(request, AnswerScoreRequest):
+        return np.concatenate([request.prompt, request.answer])
+    if isinstance(request, GenerateRequest):
+        return request.prompt
+    return None
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
