@@ -14,7 +14,7 @@ from evalkit.reference import RECIPES, abc_batch, build_pair, get_recipe, make_c
 from evalkit.reference.data import KEYS
 
 TINY = RECIPES["cpu"].replace(name="tiny", layers=1, width=32, heads=2, train_length=32, batch=8, steps=8,
-                              warmup=2, lr=3e-3, eval_sequences=16, threads=1)
+                              warmup=2, lr=3e-3, eval_sequences=16, threads=1, digits=5, weight_decay=0.1, ssmax_s=None)
 
 
 @pytest.fixture(scope="module")
