@@ -83,16 +83,18 @@ class ModelAdapter:
 
         step = self._score_on_cache if isinstance(requests[0], AnswerScoreRequest) else self._generate_on_cache
         cache, previous = DynamicCache(config=self.model.config), None
-        with torch.inference_mode():
-            for request in requests:
-                sequence = shared_sequence(request)
-                cached = cache.get_seq_length()
-                # at least the last prompt token runs, as its hidden state predicts what follows
-                keep = 0 if previous is None else min(common_prefix(previous, sequence), len(request.prompt) - 1, cached)
+        for request in requests:
+            sequence = shared_sequence(request)
+            cached = cache.get_seq_length()
+            # at least the last prompt token runs, as its hidden state predicts what follows
+            keep = 0 if previous is None else min(common_prefix(previous, sequence), len(request.prompt) - 1, cached)
+            # inference mode per step, not around the yield: the caller's code between steps keeps its own mode
+            with torch.inference_mode():
                 if keep < cached:
                     cache.crop(keep - cached)  # negative: tokens to drop, in every transformers 5 release
-                yield step(request, cache, keep)
-                previous = sequence
+                answer = step(request, cache, keep)
+            yield answer
+            previous = sequence
 
     def _score_on_cache(self, request: AnswerScoreRequest, cache, keep: int) -> AnswerScore:
         import torch
@@ -113,7 +115,7 @@ class ModelAdapter:
         return self._until_eos(out[0, ids.shape[1] :].cpu().numpy())
 
     def can_share_prefixes(self) -> bool:
-        """Whether ``score_shared`` gives what independent passes give.
+        """Whether ``answer_shared`` gives what independent passes give.
 
         Not with sliding-window caches (they cannot be cut back), nor with the "length" n
         convention, where every query's factor, and so the cached prefix, depends on the row length.
