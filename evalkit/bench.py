@@ -188,12 +188,20 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
         return verdicts, time.perf_counter() - started
 
     everything = task.samples()
-    runner_verdicts(everything[:2], share=False)  # warm-up: kernels, allocator, caches
+    for share in (True, False):  # warm-up: kernels, allocator, caches
+        runner_verdicts(everything[:3], share=share)
     rows, generate_total = [], 0.0
     for length in [*task.lengths, "all"]:
         group = everything if length == "all" else [s for s in everything if s.keys["context_length"] == length]
-        shared, shared_s = runner_verdicts(group, share=True)
-        batched, batched_s = runner_verdicts(group, share=False)
+        # the two runner modes take turns and the median counts, as in bench perplexity
+        timings: dict[bool, list[float]] = {True: [], False: []}
+        verdicts: dict[bool, list[bool]] = {}
+        for _ in range(ROUNDS):
+            for share in (True, False):
+                verdicts[share], seconds = runner_verdicts(group, share=share)
+                timings[share].append(seconds)
+        shared, batched = verdicts[True], verdicts[False]
+        shared_s, batched_s = float(np.median(timings[True])), float(np.median(timings[False]))
         if length == "all":  # the loop gains nothing from a grid: its time is the sum over lengths
             plain, generate_s = None, generate_total
         else:
