@@ -93,6 +93,7 @@ def test_training_moves_ssmax_scales_and_lowers_loss(trained):
     assert scales.shape == (1, 2) and not np.allclose(scales, TINY.initial_s)
     assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert summary["recipe"] == "tiny" and set(summary["variants"]) == {"softmax", "ssmax"}
+    assert summary["variants"]["softmax"]["learned_lookup"] is False  # 8 steps teach no lookup, and the summary says so
 
 
 def test_saved_pair_reloads_with_its_variants(trained):
