@@ -354,11 +354,12 @@ def reference_train(
 def plot_command(
     runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
     out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
+    metric: Annotated[Optional[str], typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline.")] = None,
 ) -> None:
     """Length-generalization figures across runs: one line per (model, attention variant)."""
     from evalkit.figures import plot_runs
 
-    for path in plot_runs(runs, out):
+    for path in plot_runs(runs, out, metric):
         typer.echo(str(path))
 
 

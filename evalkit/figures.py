@@ -44,7 +44,8 @@ def training_length(manifest: dict) -> int | None:
     return own[0] if own else model.get("training_length") or model.get("max_position_embeddings")
 
 
-def plot_runs(folders: list[str], out: str) -> list[Path]:
+def plot_runs(folders: list[str], out: str, metric: str | None = None) -> list[Path]:
+    """Figures of each task's headline metric, or of ``metric`` for the tasks whose rows have it."""
     frames, trains = [], {}
     for folder in map(Path, folders):
         frame, manifest = _load(folder)
@@ -53,12 +54,18 @@ def plot_runs(folders: list[str], out: str) -> list[Path]:
         frames.append(frame)
         trains[str(frame.model.iloc[0]) if len(frame) else folder.name] = training_length(manifest)
     data = pd.concat(frames, ignore_index=True)
+    if metric is not None and metric not in set(data.metric):
+        raise ResultsError(f"no run has the metric {metric!r}",
+                           f"use one of: {', '.join(sorted(set(data.metric)))}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task, part in data.groupby("task", sort=False):
-        metric, label, ylim = HEADLINE.get(task, (part.metric.iloc[0], part.metric.iloc[0], None))
-        curve = part[part.metric == metric].groupby(["model", "attention", "context_length"], as_index=False, sort=False)["value"].mean()
+        if metric is None:
+            name, label, ylim = HEADLINE.get(task, (part.metric.iloc[0], part.metric.iloc[0], None))
+        else:
+            name, label, ylim = metric, metric.replace("_", " "), None
+        curve = part[part.metric == name].groupby(["model", "attention", "context_length"], as_index=False, sort=False)["value"].mean()
         if curve.empty:
             continue
         fig, ax = plots.figure(7.5, 4.5)
@@ -80,7 +87,7 @@ def plot_runs(folders: list[str], out: str) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         for suffix in ("png", "svg"):
-            path = out_dir / f"{task}_{metric}_vs_length.{suffix}"
+            path = out_dir / f"{task}_{name}_vs_length.{suffix}"
             fig.savefig(path, dpi=130)
             written.append(path)
         plots._pyplot().close(fig)

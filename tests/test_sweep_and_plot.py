@@ -87,6 +87,11 @@ def test_sweep_grid_resume_and_plot(two_checkpoints, tmp_path, monkeypatch):
     for name in ["perplexity_perplexity_vs_length.png", "perplexity_perplexity_vs_length.svg",
                  "needle_greedy_correct_vs_length.png"]:
         assert (fig / name).stat().st_size > 5_000
+    runs = [str(full / "m0" / "needle"), str(full / "m1" / "needle")]
+    result = runner.invoke(APP, ["plot", *runs, "--out", str(fig), "--metric", "answer_logprob"])
+    assert result.exit_code == 0 and (fig / "needle_answer_logprob_vs_length.png").stat().st_size > 5_000
+    result = runner.invoke(APP, ["plot", *runs, "--out", str(fig), "--metric", "entropy"])
+    assert result.exit_code == 2 and "answer_logprob" in result.output  # names the metrics there are
 
 
 def test_sweep_dry_run_and_bad_config(two_checkpoints, tmp_path):
