@@ -7,6 +7,8 @@ exits with code 2; nothing else in evalkit decides exit codes for user errors.
 
 from __future__ import annotations
 
+import difflib
+
 
 class EvalkitError(Exception):
     """A problem with the user's input, with a hint on how to fix it."""
@@ -36,3 +38,9 @@ class DataError(EvalkitError):
 
 class ResultsError(EvalkitError):
     """An output folder cannot be used (holds another run, disk full, ...)."""
+
+
+def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
+    """"did you mean 'x'? " for the choice closest to a mistyped name, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=cutoff)
+    return f"did you mean {close[0]!r}? " if close else ""

@@ -6,10 +6,9 @@ would, so there is one way to add a task. A plugin that fails to import raises i
 
 from __future__ import annotations
 
-import difflib
 from importlib.metadata import entry_points
 
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, did_you_mean
 
 GROUP = "evalkit.tasks"
 
@@ -25,7 +24,6 @@ def task_names() -> list[str]:
 def get_task(name: str):
     eps = _entry_points()
     if name not in eps:
-        close = difflib.get_close_matches(name, eps, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known tasks: {', '.join(sorted(eps)) or 'none (is evalkit installed? pip install -e .)'}"
+        hint = did_you_mean(name, eps).strip() or f"known tasks: {', '.join(sorted(eps)) or 'none (is evalkit installed? pip install -e .)'}"
         raise ConfigError(f"unknown task {name!r}", hint)
     return eps[name].load()

@@ -14,13 +14,12 @@ the tensors they are given.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -131,8 +130,7 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         pass
-    close = difflib.get_close_matches(str(name), list(VARIANTS), n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(name, VARIANTS, cutoff=0.5)
     raise ConfigError(
         f"unknown attention variant {name!r}",
         f"{hint}choose one of {', '.join(VARIANTS)} (see `evalkit attention list`)",

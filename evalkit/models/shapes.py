@@ -8,10 +8,9 @@ included, and lm-eval through it) loads like any checkpoint. Quality numbers fro
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, did_you_mean
 
 # Published configs (config.json of each model), as Llama-architecture settings.
 SHAPES = {
@@ -42,9 +41,7 @@ def write_random_checkpoint(shape: str, tokenizer_spec: str, out: str | Path, *,
     hf_logging.disable_progress_bar()
 
     if shape not in SHAPES:
-        close = difflib.get_close_matches(shape, list(SHAPES), n=1)
-        raise ConfigError(f"unknown shape {shape!r}", f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}"
-                                                      f"use one of {', '.join(SHAPES)}")
+        raise ConfigError(f"unknown shape {shape!r}", f"{did_you_mean(shape, SHAPES)}use one of {', '.join(SHAPES)}")
     if layers is not None and layers < 1:
         raise ConfigError(f"bad --layers {layers}", "give at least 1")
     if dtype not in ("bfloat16", "float16", "float32"):

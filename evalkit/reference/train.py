@@ -49,7 +49,6 @@ README):
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 import os
@@ -62,7 +61,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, did_you_mean
 from evalkit.reference.data import AbcBatch, abc_batch
 from evalkit.reference.tokenizer import EOT_ID, VOCAB, make_char_tokenizer
 
@@ -165,9 +164,7 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
     if isinstance(recipe, Recipe):
         return recipe
     if recipe not in RECIPES:
-        close = difflib.get_close_matches(str(recipe), list(RECIPES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown reference recipe {recipe!r}", f"{hint}use one of {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown reference recipe {recipe!r}", f"{did_you_mean(recipe, RECIPES)}use one of {', '.join(RECIPES)}")
     return RECIPES[recipe]
 
 
