@@ -222,7 +222,7 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, EnvironmentError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        first = _first_line(exc)
         what = "GGUF file" if source.gguf_file else "checkpoint"
         raise ModelLoadError(f"cannot load {what} {source.location}{'/' + source.gguf_file if source.gguf_file else ''}: {first}",
                              "check the files are complete and of a supported architecture") from None
@@ -239,8 +239,12 @@ def load_tokenizer_only(spec: str, log=print):
     try:
         return AutoTokenizer.from_pretrained(source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
     except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
-        raise ModelLoadError(f"cannot load the tokenizer of {spec}: {first}", "point at a model folder that has tokenizer files") from None
+        raise ModelLoadError(f"cannot load the tokenizer of {spec}: {_first_line(exc)}", "point at a model folder that has tokenizer files") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of a library's error, for a one-line message."""
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
 
 
 def _drop_gguf_markers(model) -> None:
