@@ -158,7 +158,7 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
 
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.models.prefix import tokens_to_compute
+    from evalkit.models.prefix import shared_sequence, tokens_to_compute
     from evalkit.runner import Runner, Variant, default_batch_tokens
     from evalkit.task import TaskContext
     from tasks.needle import NeedleOptions, NeedleTask
@@ -207,7 +207,7 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
         else:
             plain, generate_s = generate_verdicts(group)
             generate_total += generate_s
-        computed, total = tokens_to_compute([np.concatenate([s.request.prompt, s.request.answer]) for s in group])
+        computed, total = tokens_to_compute([shared_sequence(s.request) for s in group])
         agree = sum(a == b and (plain is None or a == c) for a, b, c in zip(shared, batched, plain or shared))
         rows.append({"context_length": length, "samples": len(group), "tokens_computed_shared": round(computed / total, 3),
                      "shared_samples_per_s": round(len(group) / shared_s, 3),
