@@ -1,0 +1,1 @@
+"""Numbers people decide from: statistics, comparisons, gates and figures across runs."""

@@ -1,0 +1,310 @@
+"""The statistics every summary, plot, comparison and gate uses: one module, one way each.
+
+Conventions (design.md, "Numbers people decide from"):
+
+- The resampling unit is the independent unit, a *cluster*: a needle trial (its depths and
+  lengths share needle and haystack), a perplexity window (its positions share text), a focus
+  trial. Rows of one cluster are never treated as independent.
+- Proportions (``greedy_correct``, accuracy): Wilson score interval on the effective sample size
+  n / deff, where the design effect deff >= 1 comes from the between-cluster variance (Kish). With
+  one row per cluster, or when every cluster agrees with the rest, it is the plain Wilson interval.
+- Means of continuous metrics (NLL, log-probs, attention mass): a t interval on the cluster-robust
+  standard error (ratio estimator over clusters). A percentile bootstrap over 4 windows covers
+  only about 80% of the time; the t interval with k - 1 degrees of freedom is calibrated at
+  small k and equals the bootstrap at large k. ``cluster_bootstrap`` is kept for statistics
+  without a closed form (the effective context length's spread across resamples).
+- Perplexity's interval is exp of the NLL interval.
+- Paired comparisons (both sides scored on the same prompts): for a 0/1 metric with one pair per
+  cluster, the exact McNemar test on the discordant pairs and Newcombe's paired score interval
+  (method 10); with several pairs per cluster, a t interval on the per-cluster mean differences.
+  Continuous metrics: t interval on the per-cluster mean differences.
+- Unpaired comparisons: Newcombe's hybrid score interval for two proportions (method 10 of
+  Newcombe 1998, unpaired); Welch's t interval on cluster means otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+
+
+def _z(confidence: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + confidence / 2))
+
+
+def _t(confidence: float, df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A number with its interval: ``value`` in [ci_low, ci_high] at ``confidence``.
+
+    ``n`` counts rows, ``units`` the independent clusters behind them; ``method`` names the interval.
+    """
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    units: int
+    method: str
+    confidence: float = CONFIDENCE
+
+    def exp(self) -> "Estimate":
+        """Perplexity from mean NLL: exp is monotone, so the interval maps through it."""
+        return Estimate(math.exp(self.value), math.exp(self.ci_low), math.exp(self.ci_high), self.n, self.units,
+                        f"exp({self.method})", self.confidence)
+
+    def as_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}value" if prefix else "value": self.value, f"{prefix}ci_low": self.ci_low,
+                f"{prefix}ci_high": self.ci_high, f"{prefix}n": self.n, f"{prefix}units": self.units}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """candidate - baseline with its interval, and a two-sided p-value for "no difference"."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    pairs: int  # rows paired (or, unpaired, the smaller side's rows)
+    units: int  # independent clusters behind the interval
+    test: str  # which test and unit, for the report
+    confidence: float = CONFIDENCE
+
+    @property
+    def beyond_noise(self) -> bool:
+        return bool(self.p_value < 1 - self.confidence) if math.isfinite(self.p_value) else False
+
+
+def _as_arrays(values, clusters) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=float)
+    if clusters is None:
+        return values, np.arange(len(values))
+    _, codes = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    return values, codes
+
+
+def _cluster_sums(values: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k = int(codes.max()) + 1 if len(codes) else 0
+    return np.bincount(codes, values, minlength=k), np.bincount(codes, minlength=k).astype(float)
+
+
+def _ratio_se(sums: np.ndarray, counts: np.ndarray) -> float:
+    """Standard error of sum(sums) / sum(counts) with clusters as the sampling unit."""
+    k = len(sums)
+    if k < 2:
+        return math.nan
+    mean = sums.sum() / counts.sum()
+    resid = sums - mean * counts
+    return math.sqrt(k / (k - 1) * float((resid ** 2).sum())) / counts.sum()
+
+
+def wilson(k: float, n: float, confidence: float = CONFIDENCE, df: float | None = None) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (n may be an effective, non-integer size);
+    with ``df``, the t quantile replaces the normal one (few clusters behind n)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = _z(confidence) if df is None else _t(confidence, df)
+    p, denom = k / n, 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def is_binary(values) -> bool:
+    values = np.asarray(values, dtype=float)
+    return len(values) > 0 and bool(np.isin(values, (0.0, 1.0)).all())
+
+
+def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean of 0/1 values with a cluster-adjusted Wilson interval."""
+    values, codes = _as_arrays(values, clusters)
+    keep = ~np.isnan(values)
+    values, codes = values[keep], np.unique(codes[keep], return_inverse=True)[1]
+    n = len(values)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, 0, "wilson", confidence)
+    sums, counts = _cluster_sums(values, codes)
+    p = float(values.mean())
+    deff = 1.0
+    k = len(sums)
+    if 1 < k < n and 0 < p < 1:  # the same k / (k - 1) correction on both sides: no clustering, deff 1
+        deff = max(1.0, _ratio_se(sums, counts) ** 2 / (p * (1 - p) / n * k / (k - 1)))
+    # few clusters: their variance is itself uncertain, so the t quantile (k - 1 df) widens the interval
+    low, high = wilson(p * n / deff, n / deff, confidence, df=k - 1 if 1 < k < n else None)
+    method = "wilson" if deff == 1.0 else f"wilson, design effect {deff:.2f}"
+    return Estimate(p, float(low), float(high), n, k, method, confidence)
+
+
+def mean(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
+    """Mean with a cluster-robust t interval (k - 1 degrees of freedom over k clusters)."""
+    values, codes = _as_arrays(values, clusters)
+    keep = ~np.isnan(values)
+    values, codes = values[keep], np.unique(codes[keep], return_inverse=True)[1]
+    n = len(values)
+    if n == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0, 0, "t", confidence)
+    sums, counts = _cluster_sums(values, codes)
+    centre = float(values.mean())
+    se = _ratio_se(sums, counts)
+    if not math.isfinite(se):
+        return Estimate(centre, math.nan, math.nan, n, len(sums), "t", confidence)
+    half = _t(confidence, len(sums) - 1) * se
+    return Estimate(centre, float(centre - half), float(centre + half), n, len(sums), "t", confidence)
+
+
+def estimate(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
+    """The interval the metric's kind calls for: Wilson for 0/1 values, t for the rest."""
+    return (proportion if is_binary(values) else mean)(values, clusters, confidence)
+
+
+def cluster_bootstrap(values, clusters, statistic, resamples: int = RESAMPLES, seed: int = 0,
+                      confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Percentile interval of ``statistic(values, clusters)`` over resamples of whole clusters."""
+    values, codes = _as_arrays(values, clusters)
+    k = int(codes.max()) + 1 if len(codes) else 0
+    members = [np.flatnonzero(codes == c) for c in range(k)]
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(resamples):
+        picked = rng.integers(0, k, k)
+        index = np.concatenate([members[c] for c in picked])
+        labels = np.concatenate([np.full(len(members[c]), j) for j, c in enumerate(picked)])
+        stats.append(statistic(values[index], labels))
+    low, high = np.nanquantile(np.asarray(stats, dtype=float), [0.5 - confidence / 2, 0.5 + confidence / 2])
+    return float(low), float(high)
+
+
+# -- comparisons ---------------------------------------------------------------------------------
+
+def mcnemar_exact(base, cand) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of the discordant pairs at 1/2."""
+    from scipy.stats import binom
+
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    lost, gained = int(((base == 1) & (cand == 0)).sum()), int(((base == 0) & (cand == 1)).sum())
+    m = lost + gained
+    if m == 0:
+        return 1.0
+    return float(min(1.0, 2 * binom.cdf(min(lost, gained), m, 0.5)))
+
+
+def newcombe_paired(base, cand, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Newcombe's (1998) method 10 interval for p_cand - p_base on paired 0/1 outcomes."""
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    n = len(base)
+    e = float(((cand == 1) & (base == 1)).sum())
+    f = float(((cand == 1) & (base == 0)).sum())
+    g = float(((cand == 0) & (base == 1)).sum())
+    h = float(((cand == 0) & (base == 0)).sum())
+    p1, p2 = (e + f) / n, (e + g) / n
+    (l1, u1), (l2, u2) = wilson(e + f, n, confidence), wilson(e + g, n, confidence)
+    num = e * h - f * g
+    denom = (e + f) * (g + h) * (e + g) * (f + h)
+    phi = 0.0 if denom == 0 else (max(num - n / 2, 0.0) if num > 0 else num) / math.sqrt(denom)
+    d = p1 - p2
+    delta = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    eps = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return float(max(-1.0, d - delta)), float(min(1.0, d + eps))
+
+
+def newcombe_unpaired(base, cand, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for p_cand - p_base on independent samples."""
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    p1, p2 = cand.mean(), base.mean()
+    (l1, u1), (l2, u2) = wilson(cand.sum(), len(cand), confidence), wilson(base.sum(), len(base), confidence)
+    d = p1 - p2
+    return float(max(-1.0, d - math.hypot(p1 - l1, u2 - p2))), float(min(1.0, d + math.hypot(u1 - p1, p2 - l2)))
+
+
+def _t_test(centre: float, se: float, df: float, confidence: float) -> tuple[float, float, float]:
+    from scipy.stats import t
+
+    if not math.isfinite(se) or df < 1:
+        return math.nan, math.nan, math.nan
+    if se == 0:
+        return centre, centre, (1.0 if centre == 0 else 0.0)
+    half = _t(confidence, df) * se
+    return float(centre - half), float(centre + half), float(2 * t.sf(abs(centre) / se, df))
+
+
+def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE) -> Difference:
+    """candidate - baseline over rows scored on the same prompts (aligned arrays)."""
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    if len(base) != len(cand):
+        raise ValueError("paired arrays differ in length")
+    keep = ~(np.isnan(base) | np.isnan(cand))
+    base, cand = base[keep], cand[keep]
+    _, codes = _as_arrays(cand, None if clusters is None else np.asarray(clusters, dtype=object)[keep])
+    _, codes = np.unique(codes, return_inverse=True)
+    n = len(base)
+    if n == 0:
+        return Difference(math.nan, math.nan, math.nan, math.nan, 0, 0, "no pairs", confidence)
+    k = int(codes.max()) + 1
+    delta = float(cand.mean() - base.mean())
+    if is_binary(base) and is_binary(cand) and k == n:
+        low, high = newcombe_paired(base, cand, confidence)
+        return Difference(delta, low, high, mcnemar_exact(base, cand), n, k,
+                          f"exact McNemar, Newcombe paired interval; {n} pairs", confidence)
+    sums, counts = _cluster_sums(cand - base, codes)
+    low, high, p = _t_test(delta, _ratio_se(sums, counts), k - 1, confidence)
+    unit = "pairs" if k == n else f"clusters of {n} pairs"
+    return Difference(delta, low, high, p, n, k, f"paired t on per-cluster differences; {k} {unit}", confidence)
+
+
+def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
+                        confidence: float = CONFIDENCE) -> Difference:
+    """candidate - baseline over independent samples (different prompts)."""
+    from scipy.stats import norm
+
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    b, c = mean(base, base_clusters, confidence), mean(cand, cand_clusters, confidence)
+    delta = c.value - b.value
+    units = min(b.units, c.units)
+    if is_binary(base) and is_binary(cand) and base_clusters is None and cand_clusters is None:
+        low, high = newcombe_unpaired(base, cand, confidence)
+        pooled = (base.sum() + cand.sum()) / (len(base) + len(cand))
+        se = math.sqrt(pooled * (1 - pooled) * (1 / len(base) + 1 / len(cand)))
+        p = 1.0 if se == 0 else float(2 * norm.sf(abs(delta) / se))
+        return Difference(delta, low, high, p, min(b.n, c.n), units, "two-proportion z, Newcombe interval (unpaired)", confidence)
+    t_b, t_c = _t(confidence, max(b.units - 1, 1)), _t(confidence, max(c.units - 1, 1))
+    se_b, se_c = (b.value - b.ci_low) / t_b, (c.value - c.ci_low) / t_c
+    se = math.hypot(se_b, se_c)
+    # Welch-Satterthwaite degrees of freedom
+    df = se ** 4 / ((se_b ** 4 / max(b.units - 1, 1)) + (se_c ** 4 / max(c.units - 1, 1))) if se > 0 else 1.0
+    low, high, p = _t_test(delta, se, df, confidence)
+    return Difference(delta, low, high, p, min(b.n, c.n), units, "Welch t on cluster means (unpaired)", confidence)
+
+
+# -- effective context length --------------------------------------------------------------------
+
+RULER_THRESHOLD = 0.856  # RULER's: Llama-2-7B's mean accuracy at 4k
+
+
+def effective_length(lengths, scores, threshold: float) -> int | None:
+    """RULER's effective context length: the longest tested length such that the score stays at
+    or above the threshold at it and at every shorter tested length; None when even the shortest
+    falls below."""
+    best = None
+    for length, score in sorted(zip(lengths, scores)):
+        if not (score >= threshold):
+            break
+        best = int(length)
+    return best
+
+
+def effective_length_interval(lengths, ci_low, ci_high, threshold: float) -> tuple[int | None, int | None]:
+    """(pessimistic, optimistic) effective length from the accuracy intervals' ends."""
+    return effective_length(lengths, ci_low, threshold), effective_length(lengths, ci_high, threshold)

@@ -1,0 +1,118 @@
+"""evalkit.report.stats against independent references (scipy) and by calibration on synthetic data."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, ttest_1samp, ttest_rel
+
+from evalkit.report import stats
+
+
+def test_wilson_matches_scipy():
+    for k, n in [(0, 10), (7, 10), (10, 10), (33, 40), (1, 200)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        est = stats.proportion([1.0] * k + [0.0] * (n - k))
+        assert (est.ci_low, est.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-12)
+        assert est.n == n and est.units == n and est.method == "wilson"
+
+
+def test_mean_is_the_t_interval_and_clusters_are_units():
+    y = np.random.default_rng(1).normal(2.0, 1.0, 9)
+    ci = ttest_1samp(y, 0).confidence_interval(0.95)
+    est = stats.mean(y)
+    assert (est.ci_low, est.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    # equal-size clusters: the interval is the t interval of the cluster means, with k - 1 df
+    values = np.random.default_rng(2).normal(size=(6, 4))
+    clustered = stats.mean(values.ravel(), np.repeat(np.arange(6), 4))
+    ref = ttest_1samp(values.mean(axis=1), 0).confidence_interval(0.95)
+    assert (clustered.ci_low, clustered.ci_high) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    assert clustered.units == 6 and clustered.n == 24
+
+
+def test_perplexity_interval_is_exp_of_nll_interval():
+    nll = stats.mean([2.0, 2.2, 2.1, 2.5])
+    ppl = nll.exp()
+    assert (ppl.value, ppl.ci_low, ppl.ci_high) == pytest.approx((math.exp(nll.value), math.exp(nll.ci_low), math.exp(nll.ci_high)))
+
+
+def test_mcnemar_exact_matches_binomtest():
+    rng = np.random.default_rng(3)
+    base, cand = (rng.random(60) < 0.5).astype(float), (rng.random(60) < 0.7).astype(float)
+    lost, gained = int(((base == 1) & (cand == 0)).sum()), int(((base == 0) & (cand == 1)).sum())
+    diff = stats.paired_difference(base, cand)
+    assert diff.p_value == pytest.approx(binomtest(lost, lost + gained, 0.5).pvalue, abs=1e-12)
+    assert diff.delta == pytest.approx(cand.mean() - base.mean())
+    assert "McNemar" in diff.test and diff.pairs == 60
+
+
+def test_newcombe_paired_interval_covers_and_is_antisymmetric():
+    base = np.array([1] * 12 + [0] * 2 + [1] * 1 + [0] * 1, dtype=float)
+    cand = np.array([1] * 12 + [1] * 2 + [0] * 1 + [0] * 1, dtype=float)
+    low, high = stats.newcombe_paired(base, cand)
+    back = stats.newcombe_paired(cand, base)
+    assert (low, high) == pytest.approx((-back[1], -back[0]), abs=1e-12)  # swapping sides mirrors it
+    assert low < 1 / 16 < high
+    covered = 0
+    for seed in range(500):  # correlated pairs, true difference 0.1
+        rng = np.random.default_rng(seed)
+        u = rng.random(40)
+        b, c = (u < 0.6).astype(float), (u < 0.7).astype(float)
+        flip = rng.random(40) < 0.2
+        c[flip] = (rng.random(flip.sum()) < 0.7).astype(float)
+        lo, hi = stats.newcombe_paired(b, c)
+        covered += lo <= 0.1 <= hi
+    assert covered / 500 >= 0.92
+
+
+def test_paired_t_matches_scipy():
+    rng = np.random.default_rng(4)
+    b = rng.normal(size=15)
+    c = b + rng.normal(0.4, 1.0, 15)
+    diff = stats.paired_difference(b, c)
+    ref = ttest_rel(c, b)
+    assert diff.p_value == pytest.approx(ref.pvalue, abs=1e-12)
+    ci = ref.confidence_interval(0.95)
+    assert (diff.ci_low, diff.ci_high) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_cluster_bootstrap_matches_a_hand_rolled_one():
+    rng = np.random.default_rng(5)
+    values, clusters = rng.normal(size=30), np.repeat(np.arange(10), 3)
+    low, high = stats.cluster_bootstrap(values, clusters, lambda v, c: v.mean(), resamples=500, seed=7)
+    hand = np.random.default_rng(7)
+    means = []
+    for _ in range(500):
+        picked = hand.integers(0, 10, 10)
+        means.append(np.concatenate([values[clusters == k] for k in picked]).mean())
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
+
+
+def test_clustered_proportion_is_calibrated():
+    """Trials whose prompts share a needle: rows are correlated, the interval must cover anyway."""
+    k, m, covered = 10, 5, 0
+    clusters = np.repeat(np.arange(k), m)
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        p = rng.beta(2, 2, size=k)  # each trial has its own difficulty: strong within-trial correlation
+        values = (rng.random((k, m)) < p[:, None]).astype(float).ravel()
+        est = stats.proportion(values, clusters)
+        covered += est.ci_low <= 0.5 <= est.ci_high
+    assert 0.92 <= covered / 400 <= 0.995
+
+
+def test_paired_difference_false_alarm_rate_is_about_alpha():
+    alarms = 0
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        base = rng.normal(size=20)
+        cand = base + rng.normal(0, 0.5, 20)  # no shift: same distribution
+        alarms += stats.paired_difference(base, cand).beyond_noise
+    assert 0.02 <= alarms / 400 <= 0.09
+
+
+def test_effective_length_is_rulers_convention():
+    lengths = [1024, 2048, 4096, 8192]
+    assert stats.effective_length(lengths, [0.95, 0.9, 0.7, 0.9], 0.85) == 2048  # stops at the first drop
+    assert stats.effective_length(lengths, [0.5, 0.9, 0.9, 0.9], 0.85) is None
+    assert stats.effective_length_interval(lengths, [0.9, 0.8, 0.6, 0.5], [0.99, 0.95, 0.9, 0.8], 0.85) == (1024, 4096)
