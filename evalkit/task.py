@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 
+# Keys that index parts of one sample (a position bin, a head), never independent samples.
+WITHIN_SAMPLE_KEYS = frozenset({"position_bin", "layer", "head"})
+
+
 @dataclass(frozen=True)
 class Sample:
     id: str  # stable across runs with the same options: the unit of resume
@@ -51,6 +55,15 @@ class Task:
     def __init__(self, options, context: TaskContext):
         self.options = options
         self.context = context
+
+    @classmethod
+    def unit_columns(cls, options) -> tuple[str, ...]:
+        """Row columns that identify one independent unit: the resampling unit of every interval
+        and the pairing unit of comparisons (with ``seed`` on top when rows carry it).
+
+        By default a sample is a unit; tasks whose samples share text (needle trials) say so.
+        """
+        return ("context_length",) + tuple(k for k in cls.key_columns if k not in WITHIN_SAMPLE_KEYS)
 
     def samples(self) -> list[Sample]:
         raise NotImplementedError

@@ -38,6 +38,12 @@ class FocusTask(Task):
     Options = FocusOptions
     key_columns = ("depth", "trial", "layer", "head")
 
+    @classmethod
+    def unit_columns(cls, options) -> tuple[str, ...]:
+        from evalkit.data.options import needle_unit_columns
+
+        return needle_unit_columns(options)
+
     @staticmethod
     def model_free(options: FocusOptions) -> bool:
         return options.analytic

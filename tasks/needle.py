@@ -28,6 +28,12 @@ class NeedleTask(Task):
     Options = NeedleOptions
     key_columns = ("depth", "trial", "needle")
 
+    @classmethod
+    def unit_columns(cls, options) -> tuple[str, ...]:
+        from evalkit.data.options import needle_unit_columns
+
+        return needle_unit_columns(options)
+
     def __init__(self, options: NeedleOptions, context):
         super().__init__(options, context)
         self.lengths, self.depths = options.validate()

@@ -57,3 +57,11 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths):
                                         values=options.values, queries=options.queries, digits=options.digits,
                                         chat=options.chat, draw=options.draw)
     return haystack.build_samples(context.tokenizer, settings, lengths, depths, options.trials, context.seed, stream=stream)
+
+
+def needle_unit_columns(options: NeedleGridOptions) -> tuple[str, ...]:
+    """The independent unit of needle samples: with ``draw="trial"`` every depth and length of a
+    trial reads the same needle and haystack, so the trial is the unit; otherwise each sample."""
+    if options.draw == "trial" and not options.samples_file:
+        return ("trial",)
+    return ("context_length", "depth", "trial")
