@@ -197,12 +197,17 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
 def continue_command(out=None) -> str:
     """The command line that continues this command: what the user typed (as parsed, so shell
     quoting cannot drift) with --resume, and --out pinned to the folder the run went to."""
-    import click
+    try:  # typer >= 0.2x runs on its own vendored copy of click
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+        from click.core import ParameterSource
 
-    ctx = click.get_current_context()
+    ctx = get_current_context()
     words = ["evalkit", *ctx.command_path.split()[1:]]
     for param in ctx.command.params:
-        if param.name in ("resume", "out") or ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+        if param.name in ("resume", "out") or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
             continue
         value = ctx.params[param.name]
         if getattr(param, "is_flag", False) and param.secondary_opts:  # --x/--no-x

@@ -115,9 +115,7 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     for key in sorted(set(stored) | set(wanted)):
         old, new = stored.get(key), wanted.get(key)
         if key == "attention" and isinstance(old, dict) and isinstance(new, dict):
-            changed = sorted(k for k in old if old[k] != new.get(k))
-            if changed:
-                out.append(f"attention {', '.join(changed)}: {[old[k] for k in changed]} -> {[new.get(k) for k in changed]}")
+            out += [f"attention {k}: {old[k]} -> {new.get(k, 'not given')}" for k in sorted(old) if old[k] != new.get(k)]
         elif old != new:
             out.append(f"{key}: {old!r} -> {new!r}")
     return out
