@@ -160,7 +160,7 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
          ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
          seed, allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
-    from evalkit.evaluate import RunConfig, default_parent, evaluate, model_folders
+    from evalkit.evaluate import RunConfig, check_config, default_parent, evaluate, model_folders
 
     console, errors = _console(), _console(stderr=True)
     # several models: one folder each under one parent, named from the specs alone, so the
@@ -174,8 +174,8 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
         device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, prefix_cache=prefix_cache,
         seed=seed, allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
     ) for spec, folder in zip(model, folders)]
-    for config in configs:  # options every model shares fail now, not after the first model ran
-        config.identity()
+    for config in configs:  # a bad option or --out fails now, not after the first model ran
+        check_config(config)
     if parent:
         errors.print(f"{len(model)} models, one run folder each under {parent}", highlight=False, soft_wrap=True)
     for config in configs:
@@ -355,9 +355,10 @@ def sweep_command(
     """Run models x attention variants x tasks x seeds into one folder per (model, task)."""
     import pandas as pd
 
-    from evalkit.sweep import load_study, run_study
+    from evalkit.sweep import check_study, load_study, run_study
 
     study = load_study(config)
+    check_study(study, resume)
     variants = ", ".join(a.get("label") or a["name"] for a in study.attention)
     grid = pd.DataFrame([{"model": c.model["path"], "task": c.task["name"], "seed": c.seed, "variants": variants,
                           "lengths": c.task.get("lengths", "default"), "folder": str(c.folder)} for c in study.cells])

@@ -240,6 +240,21 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings)
 
 
+def check_config(config: RunConfig) -> None:
+    """Every check of a run config that needs no model and writes nothing: a sweep or several
+    models check all their runs this way before the first one loads anything."""
+    from evalkit.results import check_out_folder
+    from evalkit.variants import VariantRequest
+
+    task_cls = get_task(config.task)
+    options = build_options(task_cls, config.task_options)
+    for request in config.attention:
+        VariantRequest.from_dict(request)
+    check_inputs(task_cls, options, config)
+    if config.out:
+        check_out_folder(Path(config.out), config.identity(), config.resume)
+
+
 def check_inputs(task_cls, options, config: RunConfig) -> None:
     """Everything about the task's options that can be checked without the model: the grid (the
     task's constructor parses it) and the files it will read."""

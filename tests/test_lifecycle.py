@@ -390,3 +390,12 @@ def test_heartbeat_lines_in_a_log(tmp_path):
     progress.start(10, 10)
     progress.advance(10, 10, 1.0, "x")
     assert quiet.getvalue() == ""
+
+
+def test_sweep_checks_every_cell_before_the_first_load(tiny_checkpoint, tmp_path, no_load):
+    (tmp_path / "study.toml").write_text(
+        f'out = "{tmp_path / "runs"}"\ndevice = "cpu"\n[[model]]\npath = "{tiny_checkpoint}"\n'
+        '[[task]]\nname = "perplexity"\nlengths = "64"\n'
+        '[[task]]\nname = "needle"\nlengths = "128"\ndepths = "0:100:0"\n')
+    one_line_error(invoke("sweep", "--config", tmp_path / "study.toml", "--quiet"), "bad percentage list '0:100:0'")
+    assert not (tmp_path / "runs").exists()
