@@ -105,7 +105,7 @@ COMMON_RUN_OPTIONS = [
     ("allow_extrapolation", Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")], False),
     ("allow_pickle", Annotated[bool, typer.Option(help="Allow pickle (.bin) checkpoints, which can run code when loaded.")], False),
     ("trust_remote_code", Annotated[bool, typer.Option(help="Allow checkpoints that ship their own modelling code.")], False),
-    ("quiet", Annotated[bool, typer.Option(help="No progress bar or tables; for CI logs.")], False),
+    ("quiet", Annotated[bool, typer.Option(help="No progress bar, heartbeat lines or tables (a log without --quiet gets a progress line every 30 s).")], False),
 ]
 
 
