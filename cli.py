@@ -12,7 +12,6 @@ import functools
 import inspect
 import json
 import shlex
-import sys
 import typing
 from enum import Enum
 from pathlib import Path
@@ -22,22 +21,24 @@ import typer
 
 from evalkit.errors import EvalkitError
 
-app = typer.Typer(help="Long-context evaluation harness: Softmax vs Scalable-Softmax attention.",
+app = typer.Typer(rich_markup_mode=None, help="Long-context evaluation harness: Softmax vs Scalable-Softmax attention.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
-run_app = typer.Typer(help="Run a task on a model.", no_args_is_help=True)
-models_app = typer.Typer(help="The embedded default model and the model cache.", no_args_is_help=True)
-bench_app = typer.Typer(help="Speed benchmarks (tokens/s, model-FLOP utilization).", no_args_is_help=True)
+run_app = typer.Typer(rich_markup_mode=None, help="Run a task on a model.", no_args_is_help=True)
+models_app = typer.Typer(rich_markup_mode=None, help="The embedded default model and the model cache.", no_args_is_help=True)
+bench_app = typer.Typer(rich_markup_mode=None, help="Speed benchmarks (tokens/s, model-FLOP utilization).", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(models_app, name="models")
-attention_app = typer.Typer(help="Attention variants: list them, check the fused path on a model.", no_args_is_help=True)
+attention_app = typer.Typer(rich_markup_mode=None, help="Attention variants: list them, check the fused path on a model.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(attention_app, name="attention")
 
 
 def _console(stderr: bool = False):
+    """A rich console that prints text as text: paths, commands and option values such as
+    ``--depths 0:100:25`` must not turn into emoji (``:100:``) or lose ``[...]`` as markup."""
     from rich.console import Console
 
-    console = Console(stderr=stderr)
+    console = Console(stderr=stderr, markup=False, emoji=False)
     if not console.is_terminal:
         console.width = max(console.width, 140)  # logs and pipes: don't squeeze tables to 80 columns
     return console
@@ -51,7 +52,10 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except EvalkitError as exc:
-            _console(stderr=True).print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+            from rich.text import Text
+
+            line = Text.assemble(("error:", "bold red"), " ", exc.one_line())
+            _console(stderr=True).print(line, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _console(stderr=True).print("interrupted")
@@ -101,7 +105,7 @@ COMMON_RUN_OPTIONS = [
     ("allow_extrapolation", Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")], False),
     ("allow_pickle", Annotated[bool, typer.Option(help="Allow pickle (.bin) checkpoints, which can run code when loaded.")], False),
     ("trust_remote_code", Annotated[bool, typer.Option(help="Allow checkpoints that ship their own modelling code.")], False),
-    ("quiet", Annotated[bool, typer.Option(help="No progress bar or tables; for CI logs.")], False),
+    ("quiet", Annotated[bool, typer.Option(help="No progress bar, heartbeat lines or tables (a log without --quiet gets a progress line every 30 s).")], False),
 ]
 
 
@@ -156,30 +160,69 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
          ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
          seed, allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
-    from evalkit.evaluate import RunConfig, evaluate, model_slug
+    from evalkit.evaluate import RunConfig, check_config, default_parent, evaluate, model_folders
 
-    console = _console()
-    for spec in model:
-        folder = out if len(model) == 1 or out is None else str(Path(out) / model_slug(spec))
-        config = RunConfig(
-            task=task_name, model=spec, task_options=task_options,
-            attention=_attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n),
-            rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=folder, resume=resume,
-            device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, prefix_cache=prefix_cache,
-            seed=seed, allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
-        )
-        outcome = evaluate(config, console=_console(stderr=True))
+    console, errors = _console(), _console(stderr=True)
+    # several models: one folder each under one parent, named from the specs alone, so the
+    # continue command (which names the parent) finds the same folders again
+    parent = (Path(out) if out else default_parent(task_name)) if len(model) > 1 else None
+    folders = [str(parent / name) for name in model_folders(model)] if parent else [out]
+    attention_requests = _attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n)
+    configs = [RunConfig(
+        task=task_name, model=spec, task_options=task_options, attention=attention_requests,
+        rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=folder, resume=resume,
+        device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, prefix_cache=prefix_cache,
+        seed=seed, allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
+    ) for spec, folder in zip(model, folders)]
+    for config in configs:  # a bad option or --out fails now, not after the first model ran
+        check_config(config)
+    if parent:
+        errors.print(f"{len(model)} models, one run folder each under {parent}", highlight=False, soft_wrap=True)
+    for config in configs:
+        try:
+            outcome = evaluate(config, console=errors)
+        except KeyboardInterrupt:  # between samples (loading, writing tables): resuming loses nothing
+            _print_continue(errors, "interrupted", parent or config.out)
+            raise typer.Exit(130) from None
         if outcome.frame is None:  # a data-parallel worker: rank 0 reports
             continue
         if outcome.interrupted:
-            again = shlex.join(["evalkit", *sys.argv[1:]] + ([] if "--resume" in sys.argv else ["--resume"]) +
-                               ([] if "--out" in sys.argv or len(model) > 1 else ["--out", str(outcome.folder)]))
-            _console(stderr=True).print(f"interrupted: {len(outcome.frame)} rows kept in {outcome.folder}; continue with:\n  {again}",
-                                        highlight=False, soft_wrap=True)
+            _print_continue(errors, f"interrupted: {len(outcome.frame)} rows kept in {outcome.folder}", parent or outcome.folder)
             raise typer.Exit(130)
         if not quiet and outcome.summary is not None:
-            _print_frame(console, outcome.summary, f"{task_name} summary: {spec}")
+            _print_frame(console, outcome.summary, f"{task_name} summary: {config.model}")
         console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
+
+
+def continue_command(out=None) -> str:
+    """The command line that continues this command: what the user typed (as parsed, so shell
+    quoting cannot drift) with --resume, and --out pinned to the folder the run went to."""
+    try:  # typer >= 0.2x runs on its own vendored copy of click
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+        from click.core import ParameterSource
+
+    ctx = get_current_context()
+    words = ["evalkit", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        if param.name in ("resume", "out") or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False) and param.secondary_opts:  # --x/--no-x
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        elif getattr(param, "is_flag", False):
+            words += [param.opts[0]] if value else []
+        else:
+            for item in (value if getattr(param, "multiple", False) else [value]):
+                words += [param.opts[0], str(getattr(item, "value", item))]
+    out = out if out is not None else ctx.params.get("out")
+    return shlex.join(words + (["--out", str(out)] if out is not None else []) + ["--resume"])
+
+
+def _print_continue(console, what: str, out) -> None:
+    console.print(f"{what}; continue with:\n  {continue_command(out)}", highlight=False, soft_wrap=True)
 
 
 def _print_frame(console, frame, title: str) -> None:
@@ -312,24 +355,28 @@ def sweep_command(
     """Run models x attention variants x tasks x seeds into one folder per (model, task)."""
     import pandas as pd
 
-    from evalkit.sweep import load_study, run_study
+    from evalkit.sweep import check_study, load_study, run_study
 
     study = load_study(config)
+    check_study(study, resume)
     variants = ", ".join(a.get("label") or a["name"] for a in study.attention)
     grid = pd.DataFrame([{"model": c.model["path"], "task": c.task["name"], "seed": c.seed, "variants": variants,
                           "lengths": c.task.get("lengths", "default"), "folder": str(c.folder)} for c in study.cells])
     _print_frame(_console(), grid, f"sweep: {len(study.cells)} runs x {len(study.attention)} attention variants")
     if dry_run:
         return
-    outcomes = run_study(study, resume, quiet, console=_console(stderr=True), log=typer.echo)
-    if outcomes and outcomes[-1].interrupted:
-        typer.echo(f"interrupted; continue with: evalkit sweep --config {config} --resume", err=True)
+    try:
+        outcomes = run_study(study, resume, quiet, console=_console(stderr=True), log=typer.echo)
+    except KeyboardInterrupt:
+        outcomes = None
+    if outcomes is None or (outcomes and outcomes[-1].interrupted):
+        typer.echo(f"interrupted; continue with:\n  {continue_command()}", err=True)
         raise typer.Exit(130)
     for outcome in outcomes:
         typer.echo(f"results: {outcome.folder}")
 
 
-reference_app = typer.Typer(help="The reference Softmax/SSMax model pair, trained from scratch in minutes.", no_args_is_help=True)
+reference_app = typer.Typer(rich_markup_mode=None, help="The reference Softmax/SSMax model pair, trained from scratch in minutes.", no_args_is_help=True)
 app.add_typer(reference_app, name="reference")
 
 

@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, DataError
 from evalkit.registry import get_task
+from evalkit.task import TaskContext
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,16 @@ class RunConfig:
     quiet: bool = False
 
     def identity(self) -> dict[str, Any]:
-        """What must match for ``--resume`` to continue a run: everything but grid extents and speed knobs."""
+        """What must match for ``--resume`` to continue a run: every option that changes rows (the
+        grid and every task option, defaults filled in), the model, dtype, seed, RoPE and each
+        variant's settings. Speed knobs (device, batch tokens, prefix cache) may change. Variants may
+        be added (see ``results._differences``); the tokenizer is checked after the load."""
         task_cls = get_task(self.task)
-        grid = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("grid")}
-        return {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed,
-                # the variants' settings, not their list: adding a variant on --resume is allowed
-                "attention": sorted({json.dumps({k: v for k, v in a.items() if k not in ("name", "label")}, sort_keys=True)
-                                     for a in self.attention}), "rope": {k: v for k, v in self.rope.items() if v is not None},
-                "task_options": {k: v for k, v in sorted(self.task_options.items()) if k not in grid}}
+        options = dataclasses.asdict(build_options(task_cls, self.task_options))
+        attention = {a.get("label") or a["name"]: {k: v for k, v in a.items() if k != "label"} for a in self.attention}
+        fixed = {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed, "attention": attention,
+                 "rope": {k: v for k, v in self.rope.items() if v is not None}}
+        return {**fixed, **{(f"task.{k}" if k in fixed else k): v for k, v in options.items()}}
 
 
 @dataclass
@@ -77,6 +80,26 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model).strip("-")[:40]
 
 
+def model_folders(models: list[str]) -> list[str]:
+    """One distinct folder name per model spec: the basename, widened to parent folders where two
+    basenames collide (a/ckpt, b/ckpt -> a-ckpt, b-ckpt). Depends only on the specs, so a resume
+    with the same --model list finds the same folders."""
+    if len(set(models)) < len(models):
+        twice = next(m for m in models if models.count(m) > 1)
+        raise ConfigError(f"--model {twice} is given twice", "give each model once")
+    parts = [[p for p in Path(m.rstrip("/")).parts if p not in ("/", ".", "..")] or [m] for m in models]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = [model_slug("-".join(p[-depth:])) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{model_slug(m)}-{k}" for k, m in enumerate(models)]  # specs that differ only in punctuation
+
+
+def default_parent(task: str) -> Path:
+    """Where several models' run folders go when --out is not given."""
+    return Path("results") / f"{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
 def default_out(task: str, model: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("results") / f"{task}-{model_slug(model)}-{stamp}"
@@ -91,24 +114,23 @@ def load_for(config: RunConfig, log=print):
 
 
 def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
+    """Validate, then touch disk, then load: every check that needs no model runs before the run
+    folder is created or the model loaded, and the folder is created only once the run can start."""
     from rich.console import Console
 
-    from evalkit.manifest import device_description, git_revision, library_versions
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.distributed import current_world
-    from evalkit.progress import ProgressReporter
-    from evalkit.results import RunStore
-    from evalkit.runner import Runner, default_batch_tokens
-    from evalkit.task import TaskContext
+    from evalkit.manifest import device_description, git_revision, library_versions
+    from evalkit.results import check_out_folder, read_manifest
     from evalkit.variants import VariantRequest, resolve_variants
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, markup=False, emoji=False)
     log = (lambda *a: None) if config.quiet else console.print
     started_at = datetime.now(timezone.utc)
     task_cls = get_task(config.task)
     options = build_options(task_cls, config.task_options)
     if config.batch_tokens is not None and config.batch_tokens < 1:
         raise ConfigError(f"bad --batch-tokens {config.batch_tokens}", "give a positive number of tokens")
+    requests = [VariantRequest.from_dict(a) for a in config.attention]
 
     model_free = getattr(task_cls, "model_free", None)
     model_free = bool(model_free and model_free(options))
@@ -117,65 +139,149 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
         config = dataclasses.replace(config, device=world.device(config.device), quiet=config.quiet or not world.is_main)
     folder = world.broadcast(Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model))
     identity = config.identity()
-    store = RunStore(folder, identity, config.resume) if world.is_main else None  # checks --out first
-    world.barrier()
-    store = store or RunStore(folder, identity, config.resume, rank=world.rank)
-    manifest = {"run_id": store.run_id, "command": sys.argv, "config": dataclasses.asdict(config),
+    check_inputs(task_cls, options, config)
+    if world.is_main:
+        check_out_folder(folder, identity, config.resume)
+    manifest = {"run_id": folder.name, "command": sys.argv, "config": dataclasses.asdict(config),
                 "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
                 "git_revision": git_revision(), "started_at": started_at.isoformat()}
     if model_free:
         task = task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
-        for label, sample_id, rows in task.model_free_rows(next(iter(config.attention), {})):
-            if not store.is_done(label, sample_id):
-                store.append(label, sample_id, rows)
-        store.close()
-        return _finish(store, task, manifest, {"run_id": store.run_id, "task": task.name, "model": "none (analytic)"},
-                       "analytic", interrupted=False, tokens_per_second=0.0, timings={})
+        store = _open_store(world, folder, identity, config.resume)
+        try:
+            for label, sample_id, rows in task.model_free_rows(next(iter(config.attention), {})):
+                if not store.is_done(label, sample_id):
+                    store.append(label, sample_id, rows)
+            store.close_journal()
+            return _finish(store, task, manifest, {"run_id": store.run_id, "task": task.name, "model": "none (analytic)"},
+                           "analytic", interrupted=False, tokens_per_second=0.0, timings={})
+        finally:
+            store.close()
 
     load_started = time.perf_counter()
     loaded = loaded or load_for(config, log)
     load_seconds = time.perf_counter() - load_started
-    stored_hash = store.stored_model_hash()
-    if config.resume and stored_hash and stored_hash != loaded.content_hash:
+    stored = read_manifest(folder) if config.resume and world.is_main else {}
+    stored_hash = stored.get("model", {}).get("content_hash")
+    if stored_hash and stored_hash != loaded.content_hash:
         raise ConfigError(f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
                           "resume with the same checkpoint, or choose another --out")
-    variants = resolve_variants(loaded, [VariantRequest.from_dict(a) for a in config.attention])
+    tokenizer_hash = tokenizer_fingerprint(loaded.tokenizer)
+    if stored.get("tokenizer_hash") and stored["tokenizer_hash"] != tokenizer_hash:
+        raise ConfigError(f"the tokenizer of {config.model} changed since the run in {folder} started",
+                          "resume with the same tokenizer files, or choose another --out")
+    variants = resolve_variants(loaded, requests)
 
     task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed,
                                          loaded.training_length))
     samples = task.samples()
-    mine = world.shard(samples)
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
+    created = not folder.exists()
+    store = _open_store(world, folder, identity, config.resume)
+    try:
+        return _run(config, store, loaded, variants, task, samples, manifest, console, world,
+                    {"load_seconds": round(load_seconds, 2)}, tokenizer_hash)
+    except Exception:
+        if created and world.is_main and store.finished == 0:  # nothing to keep: leave no folder a retry trips on
+            import shutil
+
+            store.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        store.close()
+
+
+def _open_store(world, folder: Path, identity: dict, resume: bool):
+    """Create and lock the run folder (rank 0), then let the other ranks join it."""
+    from evalkit.results import RunStore
+
+    store = RunStore(folder, identity, resume) if world.is_main else None
+    world.barrier()
+    return store or RunStore(folder, identity, resume, rank=world.rank)
+
+
+def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings, tokenizer_hash) -> RunOutcome:
+    from evalkit.manifest import device_description
+    from evalkit.models.adapter import ModelAdapter
+    from evalkit.progress import ProgressReporter, quiet_library_warnings
+    from evalkit.runner import Runner, default_batch_tokens
 
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
     progress = ProgressReporter(console, quiet=config.quiet)
-    manifest.update({"model": loaded.describe(), "attention": [v.describe for v in variants],
-                     "device": device_description(loaded.device), "batch_tokens": batch_tokens, "samples": len(samples)})
+    manifest.update({"run_id": store.run_id, "model": loaded.describe(), "tokenizer_hash": tokenizer_hash,
+                     "attention": [v.describe for v in variants], "device": device_description(loaded.device),
+                     "batch_tokens": batch_tokens, "samples": len(samples)})
     if world.is_main:
         store.write_manifest(manifest)
 
     interrupted = False
     run_started = time.perf_counter()
     try:
-        Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache).run(task, mine, variants)
+        with quiet_library_warnings(console):  # printed once after the run, not through the progress bar
+            Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache).run(task, world.shard(samples), variants)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         progress.stop()
-        store.close()
+        store.close_journal()
 
     common = {"run_id": store.run_id, "task": task.name, "model": loaded.source.name}
     title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
-    timings = {"load_seconds": round(load_seconds, 2), "run_seconds": round(time.perf_counter() - run_started, 2),
+    timings = {**timings, "run_seconds": round(time.perf_counter() - run_started, 2),
                "tokens_per_second": round(progress.tokens_per_second, 1)}
     world.barrier()  # every rank's journal is complete before rank 0 merges them
     if not world.is_main:
-        return RunOutcome(folder, None, None, [], interrupted, progress.tokens_per_second)
+        return RunOutcome(store.folder, None, None, [], interrupted, progress.tokens_per_second)
     if world.size > 1:
         store.read_journals()
         manifest["world_size"] = world.size
     return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings)
+
+
+def check_config(config: RunConfig) -> None:
+    """Every check of a run config that needs no model and writes nothing: a sweep or several
+    models check all their runs this way before the first one loads anything."""
+    from evalkit.results import check_out_folder
+    from evalkit.variants import VariantRequest
+
+    task_cls = get_task(config.task)
+    options = build_options(task_cls, config.task_options)
+    for request in config.attention:
+        VariantRequest.from_dict(request)
+    check_inputs(task_cls, options, config)
+    if config.out:
+        check_out_folder(Path(config.out), config.identity(), config.resume)
+
+
+def check_inputs(task_cls, options, config: RunConfig) -> None:
+    """Everything about the task's options that can be checked without the model: the grid (the
+    task's constructor parses it) and the files it will read."""
+    from evalkit.data.corpus import load_corpus
+
+    task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
+    samples_file = getattr(options, "samples_file", None)
+    if samples_file:
+        path = Path(samples_file)
+        if not path.is_file():
+            raise DataError(f"samples file {samples_file} does not exist", "check the path given to --samples-file")
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise DataError(f"samples file {samples_file} is empty", "write one JSON object per line")
+    dataset = getattr(options, "dataset", None)
+    if dataset and Path(dataset).expanduser().exists():  # local text: read it now (dataset names load with the task)
+        load_corpus(dataset, options.text_field, options.split)
+
+
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """A hash of what turns text into ids: vocabulary, special tokens and chat template."""
+    import hashlib
+
+    if tokenizer is None:
+        return None
+    state = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
+             "chat_template": getattr(tokenizer, "chat_template", None), "class": type(tokenizer).__name__}
+    return "sha256:" + hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings) -> RunOutcome:

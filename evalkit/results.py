@@ -52,38 +52,128 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+LOCK = ".evalkit.lock"
+# What a start that failed before its manifest may leave (older releases made plots/ first): a retry accepts it.
+_LEFTOVERS = {LOCK, "plots"}
+
+
+class RunLock:
+    """One process per run folder: an exclusive ``flock`` on ``.evalkit.lock``, holding ``pid@host``.
+
+    The kernel drops the lock when its process dies, however it dies, so a crash never leaves a
+    stale lock behind: the file stays, but the next run takes the lock at once.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK
+        self._handle = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): run unlocked rather than not at all
+            return
+        with _disk_errors(self.path):
+            handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ResultsError(f"--out {self.path.parent} is in use by a running evalkit process ({holder})",
+                               "wait for it to finish, or choose another --out") from None
+        import socket
+
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now (a check that takes and drops it)."""
+        if not self.path.exists() or self._handle is not None:
+            return False
+        try:
+            self.acquire()
+        except ResultsError:
+            return True
+        self.release()
+        return False
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """'name: old -> new' for every identity entry that differs. Attention variants may be added on
+    resume (their samples all run), but a variant already in the folder must keep its settings."""
+    out = []
+    for key in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(key), wanted.get(key)
+        if key == "attention" and isinstance(old, dict) and isinstance(new, dict):
+            out += [f"attention {k}: {old[k]} -> {new.get(k, 'not given')}" for k in sorted(old) if old[k] != new.get(k)]
+        elif old != new:
+            out.append(f"{key}: {old!r} -> {new!r}")
+    return out
+
+
+def check_out_folder(folder: Path, identity: dict[str, Any], resume: bool, check_lock: bool = True) -> None:
+    """Whether a run may start in ``folder``, checked before anything is loaded or written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ResultsError(f"--out {folder} is a file", "give a folder path (new or holding an evalkit run)")
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ResultsError(f"--out {folder}: {existing} is a file", "give a folder path whose parents are folders")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ResultsError(f"cannot write --out {folder} ({existing} is not writable)", "choose a writable folder with --out")
+    if not folder.exists():
+        return
+    if check_lock and RunLock(folder).held_elsewhere():
+        RunLock(folder).acquire()  # raises the one-line "in use" error naming the holder
+    entries = [p for p in folder.iterdir() if not (p.name in _LEFTOVERS and (p.is_file() or not any(p.iterdir())))]
+    manifest_path = folder / MANIFEST
+    if not entries:
+        return
+    if not manifest_path.exists():
+        raise ResultsError(f"--out {folder} is not empty and is not an evalkit run folder", "choose an empty or new folder")
+    if not resume:
+        raise ResultsError(f"--out {folder} already holds a run", "pass --resume to continue it, or choose another --out")
+    try:
+        stored = json.loads(manifest_path.read_text()).get("identity", {})
+    except json.JSONDecodeError:
+        raise ResultsError(f"{manifest_path} is corrupt", "choose another --out") from None
+    differing = _differences(stored, identity)
+    if differing:
+        raise ResultsError(f"--out {folder} holds a different run (options differ: {'; '.join(differing)})",
+                           "resume with the options it was started with (see its manifest.json), or choose another --out")
+
+
 class RunStore:
+    """The open run folder: created, locked, and its journal read, once the run is ready to start."""
+
     def __init__(self, folder: Path, identity: dict[str, Any], resume: bool, rank: int = 0):
         self.folder = Path(folder)
         self.run_id = self.folder.name
         self.identity = identity
         self.journal_path = self.folder / (JOURNAL if rank == 0 else f"journal.rank{rank}.jsonl")
-        if rank == 0:  # other ranks join the folder rank 0 has checked
-            self._check_folder(resume)
+        self._lock = RunLock(self.folder)
+        if rank == 0:  # other ranks join the folder rank 0 has checked and locked
+            check_out_folder(self.folder, identity, resume)
         with _disk_errors(self.folder):
             (self.folder / "plots").mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            self._lock.acquire()
+            check_out_folder(self.folder, identity, resume, check_lock=False)  # again under the lock: another process may have started
         self._done: set[tuple[str, str]] = set()
         self._entries: list[dict] = []
         self._journal = None
         if resume or rank != 0:
             self.read_journals()
-
-    def _check_folder(self, resume: bool) -> None:
-        manifest_path = self.folder / MANIFEST
-        if not self.folder.exists() or not any(self.folder.iterdir()):
-            return
-        if not manifest_path.exists():
-            raise ResultsError(f"--out {self.folder} is not empty and is not an evalkit run folder", "choose an empty or new folder")
-        if not resume:
-            raise ResultsError(f"--out {self.folder} already holds a run", "pass --resume to continue it, or choose another --out")
-        try:
-            stored = json.loads(manifest_path.read_text()).get("identity", {})
-        except json.JSONDecodeError:
-            raise ResultsError(f"{manifest_path} is corrupt", "choose another --out") from None
-        differing = sorted(k for k in set(stored) | set(self.identity) if stored.get(k) != self.identity.get(k))
-        if differing:
-            raise ResultsError(f"--out {self.folder} holds a different run (differs in: {', '.join(differing)})",
-                               "resume with the same task, model and options, or choose another --out")
 
     def read_journals(self) -> None:
         """Every journal in the folder (one per data-parallel rank that ever ran)."""
@@ -124,10 +214,15 @@ class RunStore:
         self._entries.append(entry)
         self._done.add((attention, sample_id))
 
-    def close(self) -> None:
+    def close_journal(self) -> None:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+
+    def close(self) -> None:
+        """Close the journal and release the folder's lock."""
+        self.close_journal()
+        self._lock.release()
 
     def frame(self, common: dict[str, Any], key_columns: Iterable[str]):
         """All rows so far as a DataFrame with the documented column order."""
@@ -147,10 +242,7 @@ class RunStore:
         return frame[leading + rest]
 
     def stored_model_hash(self) -> str | None:
-        path = self.folder / MANIFEST
-        if not path.exists():
-            return None
-        return json.loads(path.read_text()).get("model", {}).get("content_hash")
+        return read_manifest(self.folder).get("model", {}).get("content_hash")
 
     def write_tables(self, frame, summary) -> None:
         atomic_write(self.folder / "results.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
@@ -161,6 +253,17 @@ class RunStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = {**manifest, "identity": self.identity}
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The folder's manifest, or {} where there is none yet."""
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError:
+        raise ResultsError(f"{path} is corrupt", "choose another --out") from None
 
 
 def load_rows(folder: str | Path):

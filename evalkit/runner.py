@@ -9,6 +9,7 @@ store, so an interrupt loses at most one batch.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -50,6 +51,42 @@ def default_batch_tokens(loaded) -> int:
     return max(1024, int(free * 0.6 // per_token))
 
 
+def attention_scale(adapter) -> float:
+    """C in the cost model below: the context length at which attention costs as much as the
+    rest of a layer. Per token per layer, the weights cost 2 P FLOPs (P = the layer's parameters)
+    and attention over i keys 4 i d (d = heads x head dim), so C = P / d; for SmolLM2-135M,
+    C = 6144 (measured on CPU from tokens/s at 2k and 8k: about 6700)."""
+    config = getattr(getattr(adapter, "model", None), "config", None)
+    width = getattr(config, "hidden_size", None)
+    if not width:
+        return math.inf  # cost = tokens
+    heads = getattr(config, "num_attention_heads", 1)
+    head_dim = getattr(config, "head_dim", None) or width // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    inner = getattr(config, "intermediate_size", 4 * width)
+    layer = width * head_dim * (2 * heads + 2 * kv_heads) + 3 * width * inner  # q, o, k, v; gated MLP
+    return layer / (heads * head_dim)
+
+
+def span_cost(start: int, end: int, scale: float) -> float:
+    """Cost in token-equivalents of running tokens start..end-1 after ``start`` cached ones:
+    each token costs 1 plus its attention over i keys, 2 i / C; summed, (end - start) + (end^2 - start^2) / C."""
+    return (end - start) + (end * end - start * start) / scale
+
+
+def shared_costs(run: list[Sample], scale: float) -> list[float]:
+    """Cost of each sample of a run walked on one KV cache: only what it does not share with the sample before."""
+    from evalkit.models.prefix import common_prefix, shared_sequence
+
+    costs, previous = [], None
+    for sample in run:
+        sequence = shared_sequence(sample.request)
+        keep = 0 if previous is None else min(common_prefix(previous, sequence), len(sample.request.prompt) - 1)
+        costs.append(span_cost(keep, len(sequence), scale))
+        previous = sequence
+    return costs
+
+
 class Runner:
     def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None, share_prefixes: bool = True):
         self.adapter = adapter
@@ -60,19 +97,26 @@ class Runner:
 
     def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
         pending = {v.label: [s for s in samples if not self.store.is_done(v.label, s.id)] for v in variants}
+        plans = {}
+        for variant in variants:  # planned under the variant itself: its n convention decides whether prefixes share
+            if pending[variant.label]:
+                variant.activate(self.adapter.model)
+                plans[variant.label] = self._shared_runs(pending[variant.label])
         total = sum(len(p) for p in pending.values())
-        total_tokens = sum(s.request.length for p in pending.values() for s in p)
+        scale = attention_scale(self.adapter)
+        total_cost = sum(sum(sum(shared_costs(run, scale)) for run in runs) + sum(span_cost(0, s.request.length, scale) for s in alone)
+                         for runs, alone in plans.values())
         if self.progress:
-            self.progress.start(total, total_tokens, skipped=len(samples) * len(variants) - total)
+            self.progress.start(total, total_cost, skipped=len(samples) * len(variants) - total)
         for variant in variants:
             if not pending[variant.label]:
                 continue
             variant.activate(self.adapter.model)
-            runs, alone = self._shared_runs(pending[variant.label])
+            runs, alone = plans[variant.label]
             for run in runs:
-                self._run_shared(task, variant, run)
+                self._run_shared(task, variant, run, scale)
             for bucket in self._buckets(alone):
-                self._run_bucket(task, variant, bucket[0].request.length, bucket)
+                self._run_bucket(task, variant, bucket[0].request.length, bucket, scale)
 
     def _shared_runs(self, samples: list[Sample]) -> tuple[list[list[Sample]], list[Sample]]:
         """(runs answered on one cache each, the rest); answer scoring and generation share prefixes."""
@@ -91,10 +135,10 @@ class Runner:
         in_runs = {id(s) for run in runs for s in run}
         return runs, [s for s in samples if id(s) not in in_runs]
 
-    def _run_shared(self, task: Task, variant: Variant, run: list[Sample]) -> None:
+    def _run_shared(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()
         answers = self.adapter.answer_shared([s.request for s in run])
-        for sample in run:
+        for sample, cost in zip(run, shared_costs(run, scale)):
             try:
                 answer = next(answers)
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
@@ -105,7 +149,7 @@ class Runner:
             if self.progress:
                 now = time.perf_counter()
                 self.progress.advance(1, sample.request.length, now - started,
-                                      f"{variant.label} L={sample.request.length} (shared prefix)")
+                                      f"{variant.label} L={sample.request.length} (shared prefix)", cost)
                 started = now
 
     @staticmethod
@@ -116,7 +160,7 @@ class Runner:
         # Longest first: an out-of-memory problem shows at once, not at the end of a long run.
         return sorted(by_shape.values(), key=lambda bucket: -bucket[0].request.length)
 
-    def _run_bucket(self, task: Task, variant: Variant, length: int, bucket: list[Sample]) -> None:
+    def _run_bucket(self, task: Task, variant: Variant, length: int, bucket: list[Sample], scale: float = math.inf) -> None:
         batch_size = max(1, self.batch_tokens // length)
         index = 0
         while index < len(bucket):
@@ -136,7 +180,7 @@ class Runner:
                 self.store.append(variant.label, sample.id, task.rows(sample, answer))
             if self.progress:
                 self.progress.advance(len(batch), len(batch) * length, time.perf_counter() - started,
-                                      f"{variant.label} L={length}")
+                                      f"{variant.label} L={length}", len(batch) * span_cost(0, length, scale))
             index += len(batch)
 
     def _does_not_fit(self, length: int) -> EvalkitError:

@@ -103,10 +103,19 @@ def run_configs(study: Study, resume: bool, quiet: bool):
             allow_pickle=s.get("allow_pickle", False), trust_remote_code=s.get("trust_remote_code", False), quiet=quiet)
 
 
+def check_study(study: Study, resume: bool) -> None:
+    """Every cell's grid, files and folder, before any model loads or any folder is written."""
+    from evalkit.evaluate import check_config
+
+    for _cell, config in run_configs(study, resume, quiet=True):
+        check_config(config)
+
+
 def run_study(study: Study, resume: bool, quiet: bool, console=None, log=print) -> list:
     """Run every cell; each model is loaded once and reused for all its tasks and variants."""
     from evalkit.evaluate import evaluate, load_for
 
+    check_study(study, resume)
     outcomes, loaded, loaded_key = [], None, None
     for cell, config in run_configs(study, resume, quiet):
         key = (config.model, config.device, config.dtype, tuple(sorted(config.rope.items())))

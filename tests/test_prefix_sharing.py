@@ -18,6 +18,9 @@ from evalkit.models.prefix import common_prefix, lexicographic_order, shared_run
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from tests.conftest import make_llama
 
+# transformers 5.24 deprecates past_key_values= (removed in 5.40): the shared-cache path must not use it
+pytestmark = pytest.mark.filterwarnings("error:.*past_key_values.*:FutureWarning")
+
 
 def test_work_is_the_number_of_distinct_prefixes():
     rng = np.random.default_rng(0)

@@ -39,6 +39,10 @@ class NeedleGridOptions(CorpusOptions):
                 raise ConfigError(f"bad --{name} {getattr(self, name)}", "give at least 1")
         if self.distractors < 0:
             raise ConfigError(f"bad --distractors {self.distractors}", "give 0 or more")
+        ignored_by = ("--samples-file" if self.samples_file else "--needle abcdigits" if self.needle == "abcdigits"
+                      else "--haystack noise" if self.haystack == "noise" else None)
+        if self.dataset and ignored_by:  # the haystack is not read from a corpus: say so rather than ignore it
+            raise ConfigError(f"--dataset is not read with {ignored_by}", f"drop --dataset, or drop {ignored_by}")
         return parse_lengths(self.lengths), parse_percentages(self.depths)
 
 

@@ -102,7 +102,8 @@ class ModelAdapter:
         p, a = len(request.prompt), len(request.answer)
         # the whole answer runs, as in score_answers, so "length" n conventions see the same row
         ids = torch.from_numpy(np.concatenate([request.prompt, request.answer])[keep:]).to(self.device)[None]
-        hidden = self.model.get_decoder()(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+        body = self.model.get_decoder()
+        hidden = body(input_ids=ids, use_cache=True, **{self._cache_kwarg(): cache}).last_hidden_state
         gold = torch.from_numpy(request.answer).to(self.device)[None]  # (1, A)
         return self._answer_scores(hidden[:, p - 1 - keep : p + a - 1 - keep], gold)[0]
 
@@ -110,9 +111,19 @@ class ModelAdapter:
         import torch
 
         ids = torch.from_numpy(request.prompt).to(self.device)[None]  # (1, P); generate runs only ids[:, keep:]
-        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **{self._cache_kwarg(): cache},
                                   max_new_tokens=request.max_new_tokens, **self._greedy())
         return self._until_eos(out[0, ids.shape[1] :].cpu().numpy())
+
+    def _cache_kwarg(self) -> str:
+        """The keyword a KV cache is passed under: ``cache`` since transformers 5.24, which deprecates
+        ``past_key_values`` (removed in 5.40); older 5.x releases know only ``past_key_values``."""
+        import inspect
+
+        if not hasattr(self, "_cache_name"):
+            forward = inspect.signature(self.model.get_decoder().forward).parameters  # follows the decorators' __wrapped__
+            self._cache_name = "cache" if "cache" in forward else "past_key_values"
+        return self._cache_name
 
     def can_share_prefixes(self) -> bool:
         """Whether ``answer_shared`` gives what independent passes give.
