@@ -329,6 +329,19 @@ def sweep_command(
         typer.echo(f"results: {outcome.folder}")
 
 
+@app.command("export")
+@user_errors
+def export_command(
+    run: Annotated[str, typer.Argument(help="Run folder written by evalkit run.")],
+    prompts: Annotated[str, typer.Option(help="JSONL file for the run's prompts: token ids and text, answers, keys and provenance, in the --samples-file format.")],
+) -> None:
+    """Write a run's exact prompts, rebuilt from its manifest, to recompute its rows outside evalkit."""
+    from evalkit.export import export_prompts
+
+    count = export_prompts(run, prompts, log=typer.echo)
+    typer.echo(f"{count} prompts written to {prompts}")
+
+
 reference_app = typer.Typer(help="The reference Softmax/SSMax model pair, trained from scratch in minutes.", no_args_is_help=True)
 app.add_typer(reference_app, name="reference")
 

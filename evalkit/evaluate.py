@@ -93,7 +93,7 @@ def load_for(config: RunConfig, log=print):
 def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     from rich.console import Console
 
-    from evalkit.manifest import device_description, git_revision, library_versions
+    from evalkit.manifest import dataset_hash, device_description, git_dirty, git_revision, library_versions
     from evalkit.models.adapter import ModelAdapter
     from evalkit.distributed import current_world
     from evalkit.progress import ProgressReporter
@@ -122,7 +122,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     store = store or RunStore(folder, identity, config.resume, rank=world.rank)
     manifest = {"run_id": store.run_id, "command": sys.argv, "config": dataclasses.asdict(config),
                 "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
-                "git_revision": git_revision(), "started_at": started_at.isoformat()}
+                "git_revision": git_revision(), "git_dirty": git_dirty(), "started_at": started_at.isoformat()}
     if model_free:
         task = task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
         for label, sample_id, rows in task.model_free_rows(next(iter(config.attention), {})):
@@ -150,7 +150,8 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
     progress = ProgressReporter(console, quiet=config.quiet)
-    manifest.update({"model": loaded.describe(), "attention": [v.describe for v in variants],
+    manifest.update({"model": loaded.describe(), "hashes": {**loaded.hashes, "dataset": dataset_hash(options)},
+                     "attention": [v.describe for v in variants],
                      "device": device_description(loaded.device), "batch_tokens": batch_tokens, "samples": len(samples)})
     if world.is_main:
         store.write_manifest(manifest)

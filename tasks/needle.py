@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evalkit.data.options import NeedleGridOptions, needle_samples
+from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.task import Sample, Task, option
 
@@ -32,20 +32,27 @@ class NeedleTask(Task):
         super().__init__(options, context)
         self.lengths, self.depths = options.validate()
 
+    def _numbered(self) -> list[tuple[str, object]]:
+        """(sample id, NeedleSample) for the grid, ids stable across runs with the same options."""
+        return [(f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
+                for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths))]
+
     def samples(self) -> list[Sample]:
         out = []
-        for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths)):
-            sample_id = f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}"
+        for sample_id, s in self._numbered():
             if self.options.scoring == "generate":
                 request = GenerateRequest(s.prompt_ids, self.options.max_new_tokens or len(s.answer_ids) + 8)
             else:
                 request = AnswerScoreRequest(s.prompt_ids, s.answer_ids)
-            start, end = s.needle_spans[0] if s.needle_spans else (-1, -1)
             out.append(Sample(sample_id, request,
                               {"context_length": s.context_length, "depth": s.depth, "trial": s.trial, "needle": s.needle_kind},
-                              {"actual_depth": round(s.actual_depth, 2), "answer": s.answer_text,
-                               "needle_start": int(start), "needle_end": int(end)}))
+                              {"answer": s.answer_text, **provenance(s, self.context.seed)}))
         return out
+
+    def export_records(self) -> list[dict]:
+        from evalkit.export import needle_records
+
+        return needle_records(self._numbered(), self.context.tokenizer, self.context.seed)
 
     def rows(self, sample: Sample, answer) -> list[dict]:
         base = {**sample.keys, **sample.meta}

@@ -57,3 +57,18 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths):
                                         values=options.values, queries=options.queries, digits=options.digits,
                                         chat=options.chat, draw=options.draw)
     return haystack.build_samples(context.tokenizer, settings, lengths, depths, options.trials, context.seed, stream=stream)
+
+
+def provenance(sample, seed: int) -> dict:
+    """Row columns that let a needle-grid row be recomputed without evalkit's builder.
+
+    The prompt is head | haystack[:at] needle haystack[at:] | question: the haystack is
+    ``haystack_tokens`` tokens of ``haystack_source`` from token ``haystack_offset`` (corpus:
+    the token stream read as a ring), or drawn from ``np.random.default_rng(draw_seed)``.
+    """
+    start, end = sample.needle_spans[0] if sample.needle_spans else (-1, -1)
+    info = sample.info
+    return {"needle_start": int(start), "needle_end": int(end), "actual_depth": round(sample.actual_depth, 2), "seed": seed,
+            "haystack": info.get("haystack", "file"), "haystack_source": info.get("haystack_source", info.get("source")),
+            "haystack_offset": info.get("haystack_offset"), "haystack_tokens": info.get("haystack_tokens"),
+            "draw_seed": ",".join(map(str, info["draw_seed"])) if "draw_seed" in info else None}
