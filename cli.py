@@ -73,6 +73,15 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class CheckDType(str, Enum):
+    """``attention check`` also runs in float64, to show the fused path's float64 deviations."""
+
+    float32 = "float32"
+    float64 = "float64"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 # Option types several commands share: one help text each.
 ModelOption = Annotated[str, typer.Option(help="Model (path, .gguf or alias).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -401,7 +410,7 @@ def attention_check(
     ssmax_n: Annotated[Optional[str], typer.Option(help="n convention: position or length.")] = None,
     length: Annotated[str, typer.Option(help="Tokens of built-in corpus text to run.")] = "256",
     device: DeviceOption = "cpu",
-    dtype: Annotated[DType, typer.Option(help="Model dtype for the fused path.")] = DType.float32,
+    dtype: Annotated[CheckDType, typer.Option(help="Model dtype for the fused path; float64 shows float64 deviations.")] = CheckDType.float32,
 ) -> None:
     """Max deviation of evalkit's fused attention from a float64 reference, on your model."""
     import pandas as pd

@@ -192,9 +192,18 @@ def _finish(store, task, manifest, common, title, interrupted, tokens_per_second
 
 
 def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool) -> None:
+    """Refuse positions beyond the model's limit, counting what the model runs on: a prompt of exactly the
+    limit passes with a one-token answer; each further answer token needs one more position."""
     if not samples or max_positions is None:
         return
-    longest = max(s.request.length for s in samples)
-    if longest > max_positions and not allow_extrapolation:
-        raise ConfigError(f"context length {longest} exceeds the model's max_position_embeddings ({max_positions})",
-                          "use shorter --lengths, or pass --allow-extrapolation to test length generalization")
+    widest = max((s.request for s in samples), key=lambda r: r.positions)
+    if widest.positions > max_positions and not allow_extrapolation:
+        prompt = getattr(widest, "prompt", None)
+        tokens = widest.length if prompt is None else len(prompt)
+        extra = widest.positions - tokens
+        if extra <= 0:
+            raise ConfigError(f"context length {tokens} exceeds the model's max_position_embeddings ({max_positions})",
+                              "use shorter --lengths, or pass --allow-extrapolation to test length generalization")
+        raise ConfigError(f"a {tokens}-token prompt needs {widest.positions} positions with its answer (+{extra}), beyond the "
+                          f"model's max_position_embeddings ({max_positions}): that is extrapolation",
+                          f"use prompts of at most {max_positions - extra} tokens, or pass --allow-extrapolation")

@@ -22,6 +22,13 @@ class NeedleOptions(NeedleGridOptions):
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
 
 
+def parse_answer(text: str, gold: str) -> str:
+    """The answer as a reader takes it from a continuation: its first line, as many words as the gold
+    answer has, trailing punctuation dropped ("48213. Remember it." -> "48213")."""
+    line = (text.strip().splitlines() or [""])[0]
+    return " ".join(line.split()[: len(gold.split())]).rstrip(".,;:!?")
+
+
 class NeedleTask(Task):
     name = "needle"
     description = "Needle-in-a-haystack retrieval accuracy over context length x depth (passkey, kv, ABCDigits)."
@@ -58,9 +65,8 @@ class NeedleTask(Task):
         base = {**sample.keys, **sample.meta}
         if isinstance(sample.request, GenerateRequest):
             text = self.context.tokenizer.decode(answer, skip_special_tokens=True)
-            gold = sample.meta["answer"].strip()
-            said = text.strip().rstrip(".").strip()
-            return [{**base, "metric": "exact_match", "value": float(said == gold), "generated": text},
+            gold = " ".join(sample.meta["answer"].split())
+            return [{**base, "metric": "exact_match", "value": float(parse_answer(text, gold) == gold), "generated": text},
                     {**base, "metric": "contains", "value": float(gold in text), "generated": text}]
         return [{**base, "metric": "greedy_correct", "value": float(answer.greedy_correct)},
                 {**base, "metric": "answer_logprob", "value": answer.logprob},

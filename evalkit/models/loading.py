@@ -137,11 +137,11 @@ def pick_device(device: str):
 def pick_dtype(dtype: str, device):
     import torch
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in table:
-        raise ConfigError(f"bad dtype {dtype!r}", "use auto, float32, bfloat16 or float16")
+        raise ConfigError(f"bad dtype {dtype!r}", "use auto, float32, bfloat16, float16 or float64")
     return table[dtype]
 
 
