@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,23 @@ def test_samples_file_hash_and_export_errors(tiny_checkpoint, tmp_path):
     assert manifest["hashes"]["dataset"] == "sha256:" + hashlib.sha256(samples.read_bytes()).hexdigest()[:16]
     result = runner.invoke(APP, ["export", str(tmp_path), "--prompts", str(tmp_path / "x.jsonl")])
     assert result.exit_code == 2 and "no manifest.json" in result.output
+
+
+def test_token_id_records_are_checked(tokenizer, tmp_path):
+    from evalkit.data.haystack import load_samples_file
+    from evalkit.errors import DataError
+
+    path = tmp_path / "ids.jsonl"
+    good = {"prompt": "x", "answer": "7", "prompt_ids": [5, 6, 7], "answer_ids": [8], "needle_start": 1, "needle_end": 2,
+            "depth": 50, "actual_depth": 33.3, "trial": 4}
+    path.write_text(json.dumps(good) + "\n")
+    sample, = load_samples_file(path, tokenizer)
+    assert sample.prompt_ids.tolist() == [5, 6, 7] and sample.answer_ids.tolist() == [8] and sample.needle_spans == ((1, 2),)
+    assert (sample.depth, sample.actual_depth, sample.trial, sample.context_length) == (50, 33.3, 4, 3)
+    with pytest.raises(DataError, match="used verbatim"):
+        load_samples_file(path, tokenizer, chat="on")
+    for bad, message in (({"prompt_ids": [5, 10**6]}, "line 1: 'prompt_ids' must be a non-empty list of token ids below 300"),
+                         ({"answer_ids": []}, "'answer_ids' must be"), ({"needle_end": 9}, "needle span [1, 9)")):
+        path.write_text(json.dumps({**good, **bad}) + "\n")
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_samples_file(path, tokenizer)

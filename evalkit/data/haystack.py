@@ -344,7 +344,7 @@ def load_samples_file(path, tokenizer, chat: str = "auto") -> list[NeedleSample]
     path = Path(path)
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist", "check the path given to --samples-file")
-    parts, samples = _chat_parts(tokenizer, "off" if chat == "auto" else chat), []
+    parts, samples = None, []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
@@ -360,7 +360,8 @@ def load_samples_file(path, tokenizer, chat: str = "auto") -> list[NeedleSample]
                                     "drop --chat on, or give the prompt as text only")
                 samples.append(_ids_sample(record, len(tokenizer), where, len(samples)))
             else:
-                samples.append(_file_sample(record, tokenizer, parts, where, len(samples)))
+                parts = parts or [_chat_parts(tokenizer, "off" if chat == "auto" else chat)]  # once, for text records only
+                samples.append(_file_sample(record, tokenizer, parts[0], where, len(samples)))
     if not samples:
         raise DataError(f"samples file {path} holds no samples", "write one JSON object per line")
     return samples

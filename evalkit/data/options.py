@@ -30,8 +30,8 @@ class NeedleGridOptions(CorpusOptions):
     values: int = option(1, "Values for the one key, all asked (multi-value; kv needles).")
     queries: int = option(1, "Keys asked at once (multi-query; kv needles).")
     digits: int = option(5, "Digits of the numbers to retrieve.")
-    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one), on, off.", choices=("auto", "on", "off"))
-    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle.")
+    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file prompts, used verbatim), on, off.", choices=("auto", "on", "off"))
+    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and answer_ids (evalkit export writes them).")
 
     def validate(self) -> tuple[list[int], list[float]]:
         for name in ("trials", "values", "queries", "digits"):
