@@ -77,6 +77,15 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class CheckDType(str, Enum):
+    """``attention check`` also runs in float64, to show the fused path's float64 deviations."""
+
+    float32 = "float32"
+    float64 = "float64"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 # Option types several commands share: one help text each.
 ModelOption = Annotated[str, typer.Option(help="Model (path, .gguf or alias).")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -376,6 +385,19 @@ def sweep_command(
         typer.echo(f"results: {outcome.folder}")
 
 
+@app.command("export")
+@user_errors
+def export_command(
+    run: Annotated[str, typer.Argument(help="Run folder written by evalkit run.")],
+    prompts: Annotated[str, typer.Option(help="JSONL file for the run's prompts: token ids and text, answers, keys and provenance, in the --samples-file format.")],
+) -> None:
+    """Write a run's exact prompts, rebuilt from its manifest, to recompute its rows outside evalkit."""
+    from evalkit.export import export_prompts
+
+    count = export_prompts(run, prompts, log=typer.echo)
+    typer.echo(f"{count} prompts written to {prompts}")
+
+
 reference_app = typer.Typer(rich_markup_mode=None, help="The reference Softmax/SSMax model pair, trained from scratch in minutes.", no_args_is_help=True)
 app.add_typer(reference_app, name="reference")
 
@@ -435,7 +457,7 @@ def attention_check(
     ssmax_n: Annotated[Optional[str], typer.Option(help="n convention: position or length.")] = None,
     length: Annotated[str, typer.Option(help="Tokens of built-in corpus text to run.")] = "256",
     device: DeviceOption = "cpu",
-    dtype: Annotated[DType, typer.Option(help="Model dtype for the fused path.")] = DType.float32,
+    dtype: Annotated[CheckDType, typer.Option(help="Model dtype for the fused path; float64 shows float64 deviations.")] = CheckDType.float32,
 ) -> None:
     """Max deviation of evalkit's fused attention from a float64 reference, on your model."""
     import pandas as pd

@@ -119,7 +119,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     from rich.console import Console
 
     from evalkit.distributed import current_world
-    from evalkit.manifest import device_description, git_revision, library_versions
+    from evalkit.manifest import git_dirty, git_revision, library_versions
     from evalkit.results import check_out_folder, read_manifest
     from evalkit.variants import VariantRequest, resolve_variants
 
@@ -144,7 +144,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
         check_out_folder(folder, identity, config.resume)
     manifest = {"run_id": folder.name, "command": sys.argv, "config": dataclasses.asdict(config),
                 "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
-                "git_revision": git_revision(), "started_at": started_at.isoformat()}
+                "git_revision": git_revision(), "git_dirty": git_dirty(), "started_at": started_at.isoformat()}
     if model_free:
         task = task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
         store = _open_store(world, folder, identity, config.resume)
@@ -202,7 +202,7 @@ def _open_store(world, folder: Path, identity: dict, resume: bool):
 
 
 def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings, tokenizer_hash) -> RunOutcome:
-    from evalkit.manifest import device_description
+    from evalkit.manifest import dataset_hash, device_description
     from evalkit.models.adapter import ModelAdapter
     from evalkit.progress import ProgressReporter, quiet_library_warnings
     from evalkit.runner import Runner, default_batch_tokens
@@ -211,6 +211,7 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
     progress = ProgressReporter(console, quiet=config.quiet)
     manifest.update({"run_id": store.run_id, "model": loaded.describe(), "tokenizer_hash": tokenizer_hash,
+                     "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
                      "attention": [v.describe for v in variants], "device": device_description(loaded.device),
                      "batch_tokens": batch_tokens, "samples": len(samples)})
     if world.is_main:
@@ -297,9 +298,18 @@ def _finish(store, task, manifest, common, title, interrupted, tokens_per_second
 
 
 def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool) -> None:
+    """Refuse positions beyond the model's limit, counting what the model runs on: a prompt of exactly the
+    limit passes with a one-token answer; each further answer token needs one more position."""
     if not samples or max_positions is None:
         return
-    longest = max(s.request.length for s in samples)
-    if longest > max_positions and not allow_extrapolation:
-        raise ConfigError(f"context length {longest} exceeds the model's max_position_embeddings ({max_positions})",
-                          "use shorter --lengths, or pass --allow-extrapolation to test length generalization")
+    widest = max((s.request for s in samples), key=lambda r: r.positions)
+    if widest.positions > max_positions and not allow_extrapolation:
+        prompt = getattr(widest, "prompt", None)
+        tokens = widest.length if prompt is None else len(prompt)
+        extra = widest.positions - tokens
+        if extra <= 0:
+            raise ConfigError(f"context length {tokens} exceeds the model's max_position_embeddings ({max_positions})",
+                              "use shorter --lengths, or pass --allow-extrapolation to test length generalization")
+        raise ConfigError(f"a {tokens}-token prompt needs {widest.positions} positions with its answer (+{extra}), beyond the "
+                          f"model's max_position_embeddings ({max_positions}): that is extrapolation",
+                          f"use prompts of at most {max_positions - extra} tokens, or pass --allow-extrapolation")

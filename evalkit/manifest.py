@@ -28,15 +28,51 @@ def device_description(device) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def git_revision() -> str | None:
-    """The evalkit checkout's revision, when evalkit runs from a git checkout."""
+def git_state() -> tuple[str | None, bool | None]:
+    """(revision, dirty) of the evalkit checkout; (None, None) when evalkit runs from no git checkout.
+
+    Dirty means tracked files differ from the revision: the code that ran is not the commit.
+    """
     here = Path(__file__).resolve().parent.parent
     try:
         done = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, None
     if done.returncode != 0:
+        return None, None
+    return done.stdout.strip(), bool(dirty.stdout.strip())
+
+
+def git_revision() -> str | None:
+    """The evalkit checkout's revision, "+dirty" appended when tracked files differ from it."""
+    revision, dirty = git_state()
+    return None if revision is None else revision + ("+dirty" if dirty else "")
+
+
+def git_dirty() -> bool | None:
+    return git_state()[1]
+
+
+def dataset_hash(options) -> str | None:
+    """sha256 of the files a task's --samples-file or --dataset reads (the built-in corpus: its text's hash).
+
+    A dataset by hub name is recorded by name: its files are the datasets library's to fingerprint.
+    """
+    from evalkit.models.loading import files_hash
+
+    samples_file, dataset = getattr(options, "samples_file", None), getattr(options, "dataset", None)
+    if samples_file and Path(samples_file).is_file():
+        return files_hash([Path(samples_file)])
+    if not hasattr(options, "dataset"):
         return None
-    return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    if dataset is None or dataset == "builtin":
+        from evalkit.data.corpus import load_corpus
+
+        return "builtin:" + load_corpus().fingerprint
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
+        return files_hash(files) if files else None
+    return files_hash([path]) if path.is_file() else f"dataset:{dataset}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.data.options import NeedleGridOptions, needle_samples
+from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.errors import ConfigError
 from evalkit.grid import parse_lengths
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
@@ -61,9 +61,14 @@ class FocusTask(Task):
             except ValueError:
                 raise ConfigError(f"bad --layers {options.layers!r}", "write all, or indices like 0,6,11") from None
 
+    def _numbered(self) -> list[tuple[str, object]]:
+        """(sample id, NeedleSample) for the grid."""
+        return [(f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
+                for s in needle_samples(self.options, self.context, self.lengths, self.depths)]
+
     def samples(self) -> list[Sample]:
         out = []
-        for s in needle_samples(self.options, self.context, self.lengths, self.depths):
+        for sample_id, s in self._numbered():
             if not s.needle_spans:
                 raise ConfigError("a sample has no needle span to measure attention on", "give needle text in the samples file")
             prompt = len(s.prompt_ids)
@@ -73,17 +78,23 @@ class FocusTask(Task):
             else:
                 tokens, rows = s.prompt_ids, (prompt - 1,)
             start, end = s.needle_spans[0]
-            out.append(Sample(f"L{s.context_length}-d{s.depth:g}-t{s.trial}", ProbeRequest(tokens, rows, (start, end), self.layers),
+            out.append(Sample(sample_id, ProbeRequest(tokens, rows, (start, end), self.layers),
                               {"context_length": s.context_length, "depth": s.depth, "trial": s.trial},
-                              {"needle_start": int(start), "needle_end": int(end), "actual_depth": round(s.actual_depth, 2)}))
+                              provenance(s, self.context.seed)))
         return out
+
+    def export_records(self) -> list[dict]:
+        from evalkit.export import needle_records
+
+        return needle_records(self._numbered(), self.context.tokenizer, self.context.seed)
 
     def rows(self, sample: Sample, answer) -> list[dict]:
         rows = []
         for metric in PROBE_METRICS:
             values = answer.metrics[metric]  # (layers, heads)
             for (i, head), value in np.ndenumerate(values):
-                rows.append({**sample.keys, "layer": answer.layers[i], "head": head, "metric": metric, "value": float(value)})
+                rows.append({**sample.keys, "layer": answer.layers[i], "head": head, "metric": metric, "value": float(value),
+                             **sample.meta})
         return rows
 
     # -- model-free mode ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evalkit.data.options import NeedleGridOptions, needle_samples
+from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.task import Sample, Task, option
 
@@ -20,6 +20,13 @@ from evalkit.task import Sample, Task, option
 class NeedleOptions(NeedleGridOptions):
     scoring: str = option("logprob", "logprob: one teacher-forced pass; generate: greedy generation, answer parsed.", choices=("logprob", "generate"))
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
+
+
+def parse_answer(text: str, gold: str) -> str:
+    """The answer as a reader takes it from a continuation: its first line, as many words as the gold
+    answer has, trailing punctuation dropped ("48213. Remember it." -> "48213")."""
+    line = (text.strip().splitlines() or [""])[0]
+    return " ".join(line.split()[: len(gold.split())]).rstrip(".,;:!?")
 
 
 class NeedleTask(Task):
@@ -38,28 +45,34 @@ class NeedleTask(Task):
         super().__init__(options, context)
         self.lengths, self.depths = options.validate()
 
+    def _numbered(self) -> list[tuple[str, object]]:
+        """(sample id, NeedleSample) for the grid, ids stable across runs with the same options."""
+        return [(f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
+                for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths))]
+
     def samples(self) -> list[Sample]:
         out = []
-        for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths)):
-            sample_id = f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}"
+        for sample_id, s in self._numbered():
             if self.options.scoring == "generate":
                 request = GenerateRequest(s.prompt_ids, self.options.max_new_tokens or len(s.answer_ids) + 8)
             else:
                 request = AnswerScoreRequest(s.prompt_ids, s.answer_ids)
-            start, end = s.needle_spans[0] if s.needle_spans else (-1, -1)
             out.append(Sample(sample_id, request,
                               {"context_length": s.context_length, "depth": s.depth, "trial": s.trial, "needle": s.needle_kind},
-                              {"actual_depth": round(s.actual_depth, 2), "answer": s.answer_text,
-                               "needle_start": int(start), "needle_end": int(end)}))
+                              {"answer": s.answer_text, **provenance(s, self.context.seed)}))
         return out
+
+    def export_records(self) -> list[dict]:
+        from evalkit.export import needle_records
+
+        return needle_records(self._numbered(), self.context.tokenizer, self.context.seed)
 
     def rows(self, sample: Sample, answer) -> list[dict]:
         base = {**sample.keys, **sample.meta}
         if isinstance(sample.request, GenerateRequest):
             text = self.context.tokenizer.decode(answer, skip_special_tokens=True)
-            gold = sample.meta["answer"].strip()
-            said = text.strip().rstrip(".").strip()
-            return [{**base, "metric": "exact_match", "value": float(said == gold), "generated": text},
+            gold = " ".join(sample.meta["answer"].split())
+            return [{**base, "metric": "exact_match", "value": float(parse_answer(text, gold) == gold), "generated": text},
                     {**base, "metric": "contains", "value": float(gold in text), "generated": text}]
         return [{**base, "metric": "greedy_correct", "value": float(answer.greedy_correct)},
                 {**base, "metric": "answer_logprob", "value": answer.logprob},

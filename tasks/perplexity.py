@@ -78,7 +78,7 @@ class PerplexityTask(Task):
         return out
 
     def rows(self, sample: Sample, answer: np.ndarray) -> list[dict]:
-        keys, meta = sample.keys, sample.meta
+        keys, meta = sample.keys, {**sample.meta, "seed": self.context.seed}
         if "scored_from" in meta:
             scored = answer[meta["scored_from"] - 1 :]  # answer[j] is the NLL of position j + 1
             mean = float(scored.mean())

@@ -193,8 +193,8 @@ def test_samples_file(tmp_path, tokenizer, chat_tokenizer):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps({"prompt": prompt, "answer": "31415", "needle": needle, "answer_prefix": " The pass key is"})
                     + "\n\n" + json.dumps({"prompt": prompt, "answer": "31415", "depth": 66}) + "\n")
-    for tok in (tokenizer, chat_tokenizer):
-        first, second = load_samples_file(path, tok)
+    for tok, chat in ((tokenizer, "auto"), (chat_tokenizer, "auto"), (chat_tokenizer, "on")):
+        first, second = load_samples_file(path, tok, chat=chat)
         assert len(first.prompt_ids) == first.context_length and first.needle_kind == "file"
         (a, b), = first.needle_spans
         assert text(tok, first.prompt_ids[a:b]).strip() == needle
@@ -202,7 +202,18 @@ def test_samples_file(tmp_path, tokenizer, chat_tokenizer):
         assert text(tok, first.answer_ids).strip() == "31415" and text(tok, first.answer_ids[:1]).strip()
         assert text(tok, first.prompt_ids).rstrip().endswith("The pass key is")
         assert second.depth == 66 and second.needle_spans == () and second.trial == 1
-        assert ("<|assistant|>" in text(tok, second.prompt_ids)) == (tok is chat_tokenizer)
+        assert ("<|assistant|>" in text(tok, second.prompt_ids)) == (chat == "on")
+
+
+def test_samples_file_prompts_are_verbatim_by_default(tmp_path, chat_tokenizer):
+    """A chat tokenizer's template is not wrapped around a file's prompts unless --chat on says so."""
+    prompt = "".join(f"{k}={v}\n" for k, v in zip("ABCDEFGHI", range(11111, 99999, 9876))) + "E="
+    path = tmp_path / "abc.jsonl"
+    path.write_text(json.dumps({"prompt": prompt, "answer": "51615"}) + "\n")
+    (auto,), (off,), (on,) = (load_samples_file(path, chat_tokenizer, chat=c) for c in ("auto", "off", "on"))
+    verbatim = chat_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert auto.prompt_ids.tolist() == off.prompt_ids.tolist() == verbatim
+    assert text(chat_tokenizer, on.prompt_ids).startswith("<|user|>\n" + prompt)
 
 
 @pytest.mark.parametrize("line, message", [

@@ -10,8 +10,8 @@ variant from attributes ``apply_attention`` sets on the attention module:
     module.ssmax_s, module.ssmax_b   (H,) tensors, buffers or nn.Parameters
     module.evalkit_probe          None, or a callable taking ``ProbeInputs``
 
-then multiplies q by the variant's per-query, per-head factor (computed in float32, cast to q's
-dtype) and hands everything to transformers' own ``sdpa_attention_forward``. Reusing that
+then multiplies q by the variant's per-query, per-head factor (computed in float32, or in float64
+when q is float64, then cast to q's dtype) and hands everything to transformers' own ``sdpa_attention_forward``. Reusing that
 function keeps GQA, ``is_causal`` dispatch and decoding fast paths exactly as stock sdpa, so
 ``softmax`` through evalkit is bit-identical to ``attn_implementation="sdpa"``.
 
@@ -169,7 +169,10 @@ def evalkit_attention_forward(
         )  # (B|1, 1, T_q, 1) float32
         if variant.factor is not None:
             params = module_parameters(module, variant.parameters)
-            factor = variant.factor(n, num_heads, params)  # (B|1, H, T_q, 1) float32
+            # float32 at least, as bf16 rounds the factor itself badly; float64 in a float64 model,
+            # where a float32 log n would be about 1e-7 off
+            wide = n.double() if query.dtype == torch.float64 else n
+            factor = variant.factor(wide, num_heads, params)  # (B|1, H, T_q, 1) float32 or float64
             query = query * factor.to(query.dtype)  # (B, H, T_q, D)
         if probe is not None:
             groups = num_heads // key.shape[1]

@@ -35,8 +35,9 @@ FactorFn = Callable[["torch.Tensor", int, Mapping[str, Any]], "torch.Tensor"]
 class Variant:
     """One attention variant: a name, its formula, its parameters, and its factor on q.
 
-    ``factor(n, num_heads, params)`` takes n as a float32 tensor of shape (B or 1, 1, T_q, 1)
-    (already clamped to >= 1) and returns the factor, float32, of shape (B or 1, H, T_q, 1).
+    ``factor(n, num_heads, params)`` takes n as a float32 tensor (float64 in a float64 model) of
+    shape (B or 1, 1, T_q, 1), already clamped to >= 1, and returns the factor in n's dtype, of
+    shape (B or 1, H, T_q, 1).
     ``factor is None`` means the identity (plain softmax): callers skip the multiplication so
     the result is bit-identical to stock attention.
     """
@@ -49,17 +50,17 @@ class Variant:
     factor: FactorFn | None
 
 
-def _per_head(t: "torch.Tensor") -> "torch.Tensor":
-    """(H,) -> (1, H, 1, 1), float32, so it broadcasts against n of shape (B, 1, T_q, 1)."""
-    return t.float().view(1, -1, 1, 1)
+def _per_head(t: "torch.Tensor", n: "torch.Tensor") -> "torch.Tensor":
+    """(H,) -> (1, H, 1, 1) in n's dtype, so it broadcasts against n of shape (B, 1, T_q, 1)."""
+    return t.to(n.dtype).view(1, -1, 1, 1)
 
 
 def _ssmax(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
-    return _per_head(params["s"]) * n.log()  # (B, H, T_q, 1)
+    return _per_head(params["s"], n) * n.log()  # (B, H, T_q, 1)
 
 
 def _ssmax_bias(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
-    return _per_head(params["s"]) * n.log() + _per_head(params["b"])  # (B, H, T_q, 1)
+    return _per_head(params["s"], n) * n.log() + _per_head(params["b"], n)  # (B, H, T_q, 1)
 
 
 def _logn(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":

@@ -227,18 +227,19 @@ class _Builder:
 
     def haystack(self, n: int, rng, needles: _Needles) -> tuple[np.ndarray, dict]:
         kind = "abcdigits" if self.options.needle == "abcdigits" else self.options.haystack
-        if kind == "abcdigits":
-            return self._abc_lines(n, rng, needles.info["mapping"], needles.info["keys"][0]), {}
+        if kind == "abcdigits":  # drawn from the sample's generator: its seed (``draw_seed``) regenerates it
+            return self._abc_lines(n, rng, needles.info["mapping"], needles.info["keys"][0]), {"haystack_source": "abcdigits"}
         if kind == "noise":
             unit = np.asarray(_encode(self.tok, " " + NOISE), np.int64)
-            return np.tile(unit, n // len(unit) + 1)[:n], {}
+            return np.tile(unit, n // len(unit) + 1)[:n], {"haystack_source": "noise"}
         tokens = self.tokens
         if kind == "corpus":
             if len(tokens) < n:
                 raise DataError(f"corpus {self.stream.corpus} has {len(tokens)} tokens, fewer than the {n} a haystack needs",
                                 "give a larger dataset or shorter lengths")
             offset = int(rng.integers(len(tokens)))
-            return np.take(tokens, np.arange(offset, offset + n), mode="wrap"), {"haystack_offset": offset}
+            return np.take(tokens, np.arange(offset, offset + n), mode="wrap"), {"haystack_source": self.stream.corpus,
+                                                                                 "haystack_offset": offset}
         starts = self.stream.doc_starts
         sizes = np.diff(np.append(starts, len(tokens))) - 1  # each document without its separator
         usable = np.flatnonzero(sizes >= 32)
@@ -249,7 +250,8 @@ class _Builder:
         cut = self.boundaries.positions(passage)
         cut = cut[(cut >= 32) & (cut < len(passage))]  # end the passage on a sentence, when one ends late enough
         unit = np.concatenate([passage[:cut[-1]] if len(cut) else passage, _encode(self.tok, "\n")]).astype(np.int64)
-        return np.tile(unit, n // len(unit) + 1)[:n], {"repeat_document": doc}
+        return np.tile(unit, n // len(unit) + 1)[:n], {"haystack_source": self.stream.corpus, "haystack_offset": int(starts[doc]),
+                                                          "repeat_document": doc}
 
     def _abc_lines(self, n: int, rng, mapping: dict, target: str) -> np.ndarray:
         """Lines KEY=DIGITS of the 25 other keys in random order; leftover tokens become leading blank lines."""
@@ -270,8 +272,10 @@ class _Builder:
 
     def sample(self, length: int, depth: float, trial: int, seed: int) -> NeedleSample:
         o, tok = self.options, self.tok
-        rng = np.random.default_rng([seed % 2**63, length, int(round(depth * 100)), trial])
-        drawn = rng if o.draw == "sample" else np.random.default_rng([seed % 2**63, trial])  # needle and haystack
+        sample_seed = [seed % 2**63, length, int(round(depth * 100)), trial]
+        rng = np.random.default_rng(sample_seed)
+        draw_seed = sample_seed if o.draw == "sample" else [seed % 2**63, trial]
+        drawn = rng if o.draw == "sample" else np.random.default_rng(draw_seed)  # needle and haystack
         needles = _make_needles(o, drawn)
         if o.needle == "abcdigits":
             suffix, sep = needles.prefix, ""  # the query line itself; the digits follow "=" directly
@@ -299,7 +303,8 @@ class _Builder:
         assert len(prompt) == length, (len(prompt), length)  # exact by construction
         k = len(needles.targets)
         info = {**needles.info, "question": needles.question, "answer_prefix": needles.prefix, "chat": self.chat is not None,
-                "haystack": "abcdigits" if o.needle == "abcdigits" else o.haystack, "haystack_tokens": int(n), **hay_info}
+                "haystack": "abcdigits" if o.needle == "abcdigits" else o.haystack, "haystack_tokens": int(n),
+                "draw_seed": draw_seed, **hay_info}
         return NeedleSample(prompt, np.asarray(answer_ids, np.int64), needles.answer,
                             tuple(spans[i] for i in range(k)), tuple(spans[i] for i in range(k, len(needle_ids))),
                             length, float(depth), 100.0 * min(where[:k]) / n if n else 0.0, trial, o.needle, info)
@@ -330,11 +335,16 @@ def build_samples(tokenizer, options: HaystackOptions, lengths: list[int], depth
 
 
 def load_samples_file(path, tokenizer, chat: str = "auto") -> list[NeedleSample]:
-    """Samples from JSONL: prompt, answer; optional depth, needle (text to locate), answer_prefix (appended verbatim)."""
+    """Samples from JSONL: prompt, answer; optional depth, needle (text to locate), answer_prefix (appended verbatim).
+
+    Prompts are used verbatim: ``chat="auto"`` applies no template here (``"on"`` does), as a
+    file's prompts are usually already what the model should see. A record with ``prompt_ids``
+    and ``answer_ids`` (``evalkit export`` writes them) is scored on exactly those tokens.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist", "check the path given to --samples-file")
-    parts, samples = _chat_parts(tokenizer, chat), []
+    parts, samples = None, []
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
@@ -344,7 +354,14 @@ def load_samples_file(path, tokenizer, chat: str = "auto") -> list[NeedleSample]
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise DataError(f"{where} is not valid JSON", "fix or remove that line") from None
-            samples.append(_file_sample(record, tokenizer, parts, where, len(samples)))
+            if isinstance(record, dict) and ("prompt_ids" in record or "answer_ids" in record):
+                if chat == "on":
+                    raise DataError(f"{where} gives token ids, which are used verbatim: --chat on cannot wrap them",
+                                    "drop --chat on, or give the prompt as text only")
+                samples.append(_ids_sample(record, len(tokenizer), where, len(samples)))
+            else:
+                parts = parts or [_chat_parts(tokenizer, "off" if chat == "auto" else chat)]  # once, for text records only
+                samples.append(_file_sample(record, tokenizer, parts[0], where, len(samples)))
     if not samples:
         raise DataError(f"samples file {path} holds no samples", "write one JSON object per line")
     return samples
@@ -387,3 +404,40 @@ def _file_sample(record, tokenizer, parts, where: str, index: int) -> NeedleSamp
     info = {"source": where, "needle_text": needle, "answer_prefix": record.get("answer_prefix", ""), "chat": parts is not None}
     return NeedleSample(prompt_ids, np.asarray(answer_ids, np.int64), answer, spans, (), len(prompt_ids),
                         depth, actual if needle else depth, index, "file", info)
+
+
+def _ids_sample(record: dict, vocab: int, where: str, index: int) -> NeedleSample:
+    """A record with exact token ids: no tokenizing, no template, no moved whitespace."""
+    ids = {}
+    for name in ("prompt_ids", "answer_ids"):
+        value = record.get(name)
+        if not isinstance(value, list) or not value or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
+                                                                 for i in value):
+            raise DataError(f"{where}: {name!r} must be a non-empty list of token ids below {vocab}",
+                            "give both prompt_ids and answer_ids, as evalkit export writes them")
+        ids[name] = np.asarray(value, np.int64)
+    if not isinstance(record.get("answer"), str) or not record["answer"].strip():
+        raise DataError(f"{where} has no text field 'answer'", "give the answer text beside answer_ids")
+    prompt = ids["prompt_ids"]
+    spans = ()
+    start, end = record.get("needle_start", -1), record.get("needle_end", -1)
+    if start is not None and start >= 0:
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(prompt)):
+            raise DataError(f"{where}: needle span [{start}, {end}) is not inside the {len(prompt)} prompt ids",
+                            "fix needle_start and needle_end, or drop them")
+        spans = ((start, end),)
+    numbers = {}
+    for name in ("depth", "actual_depth"):
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100):
+            raise DataError(f"{where}: {name} {value!r} is not a number in 0..100", f"fix or drop the {name} field")
+        numbers[name] = value
+    trial = record.get("trial", index)
+    if isinstance(trial, bool) or not isinstance(trial, int):
+        raise DataError(f"{where}: trial {trial!r} is not an integer", "fix or drop the trial field")
+    actual = numbers["actual_depth"] if numbers["actual_depth"] is not None else numbers["depth"]
+    depth = numbers["depth"] if numbers["depth"] is not None else actual
+    depth, actual = (float("nan") if v is None else float(v) for v in (depth, actual))
+    info = {"source": where, "chat": None, "ids": True}
+    return NeedleSample(prompt, ids["answer_ids"], record["answer"].strip(), spans, (), len(prompt), depth, actual, trial,
+                        "file", info)

@@ -30,8 +30,8 @@ class NeedleGridOptions(CorpusOptions):
     values: int = option(1, "Values for the one key, all asked (multi-value; kv needles).")
     queries: int = option(1, "Keys asked at once (multi-query; kv needles).")
     digits: int = option(5, "Digits of the numbers to retrieve.")
-    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one), on, off.", choices=("auto", "on", "off"))
-    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle.")
+    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file prompts, used verbatim), on, off.", choices=("auto", "on", "off"))
+    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and answer_ids (evalkit export writes them).")
 
     def validate(self) -> tuple[list[int], list[float]]:
         for name in ("trials", "values", "queries", "digits"):
@@ -69,3 +69,18 @@ def needle_unit_columns(options: NeedleGridOptions) -> tuple[str, ...]:
     if options.draw == "trial" and not options.samples_file:
         return ("trial",)
     return ("context_length", "depth", "trial")
+
+
+def provenance(sample, seed: int) -> dict:
+    """Row columns that let a needle-grid row be recomputed without evalkit's builder.
+
+    The prompt is head | haystack[:at] needle haystack[at:] | question: the haystack is
+    ``haystack_tokens`` tokens of ``haystack_source`` from token ``haystack_offset`` (corpus:
+    the token stream read as a ring), or drawn from ``np.random.default_rng(draw_seed)``.
+    """
+    start, end = sample.needle_spans[0] if sample.needle_spans else (-1, -1)
+    info = sample.info
+    return {"needle_start": int(start), "needle_end": int(end), "actual_depth": round(sample.actual_depth, 2), "seed": seed,
+            "haystack": info.get("haystack", "file"), "haystack_source": info.get("haystack_source", info.get("source")),
+            "haystack_offset": info.get("haystack_offset"), "haystack_tokens": info.get("haystack_tokens"),
+            "draw_seed": ",".join(map(str, info["draw_seed"])) if "draw_seed" in info else None}

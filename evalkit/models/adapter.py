@@ -64,10 +64,12 @@ class ModelAdapter:
         answer_len = {len(r.answer) for r in requests}
         assert len(prompt_len) == 1 and len(answer_len) == 1, "the runner batches equal lengths only"
         p, a = prompt_len.pop(), answer_len.pop()
-        ids = self._batch([np.concatenate([r.prompt, r.answer]) for r in requests])  # (B, P+A)
+        # the last answer token is only predicted: feeding it would use one position more than generation does
+        ids = self._batch([np.concatenate([r.prompt, r.answer[:-1]]) for r in requests])  # (B, P+A-1)
+        gold = self._batch([r.answer for r in requests])  # (B, A)
         with torch.inference_mode():
-            hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A, D)
-            return self._answer_scores(hidden[:, p - 1 : p + a - 1], ids[:, p : p + a])
+            hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A-1, D)
+            return self._answer_scores(hidden[:, p - 1 : p + a - 1], gold)
 
     def answer_shared(self, requests: list):
         """Answers to requests of one kind, one at a time on a KV cache kept across requests.
@@ -100,8 +102,8 @@ class ModelAdapter:
         import torch
 
         p, a = len(request.prompt), len(request.answer)
-        # the whole answer runs, as in score_answers, so "length" n conventions see the same row
-        ids = torch.from_numpy(np.concatenate([request.prompt, request.answer])[keep:]).to(self.device)[None]
+        # the answer but its last token runs, as in score_answers, so "length" n conventions see the same row
+        ids = torch.from_numpy(np.concatenate([request.prompt, request.answer[:-1]])[keep:]).to(self.device)[None]
         body = self.model.get_decoder()
         hidden = body(input_ids=ids, use_cache=True, **{self._cache_kwarg(): cache}).last_hidden_state
         gold = torch.from_numpy(request.answer).to(self.device)[None]  # (1, A)

@@ -52,6 +52,7 @@ class LoadedModel:
     config_changes: dict[str, Any] = field(default_factory=dict)
     # The checkpoint's own attention (spec, per-head tables) as loaded, before any switching.
     native_attention: tuple[Any, dict] = None
+    hashes: dict[str, str | None] = field(default_factory=dict)  # sha256 of weights, config, tokenizer files
 
     @property
     def max_positions(self) -> int | None:
@@ -73,6 +74,7 @@ class LoadedModel:
             "location": self.source.location,
             "gguf_file": self.source.gguf_file,
             "content_hash": self.content_hash,
+            "hashes": self.hashes,
             "architecture": type(self.model).__name__,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "max_position_embeddings": self.max_positions,
@@ -135,11 +137,11 @@ def pick_device(device: str):
 def pick_dtype(dtype: str, device):
     import torch
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in table:
-        raise ConfigError(f"bad dtype {dtype!r}", "use auto, float32, bfloat16 or float16")
+        raise ConfigError(f"bad dtype {dtype!r}", "use auto, float32, bfloat16, float16 or float64")
     return table[dtype]
 
 
@@ -191,7 +193,7 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
     from evalkit.attention import head_tables, spec_from_model
 
     return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes,
-                       native_attention=(spec_from_model(model), head_tables(model)))
+                       native_attention=(spec_from_model(model), head_tables(model)), hashes=part_hashes(source))
 
 
 def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
@@ -264,19 +266,44 @@ def load_gguf_for_export(gguf_path: Path):
     return model, tokenizer
 
 
+# What transformers reads to build a tokenizer, in any of its formats.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                   "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json")
+
+
 def content_hash(source: ModelSource) -> str:
     """sha256 over the weight files (cached by path, size and mtime: hashing 500 MB takes seconds)."""
     if source.kind == "hub":
         return f"hub:{source.location}"
     folder = Path(source.location)
-    files = [folder / source.gguf_file] if source.gguf_file else sorted(
-        p for p in folder.iterdir() if p.suffix == ".safetensors" or p.suffix in _PICKLE_SUFFIXES)
+    return files_hash([folder / source.gguf_file] if source.gguf_file else sorted(
+        p for p in folder.iterdir() if p.suffix == ".safetensors" or p.suffix in _PICKLE_SUFFIXES))
+
+
+def part_hashes(source: ModelSource) -> dict[str, str | None]:
+    """sha256 of each part a result depends on: weights, config.json, the tokenizer files.
+
+    A GGUF file holds all three, so each is the file's hash; a hub model has no local files.
+    """
+    weights = content_hash(source)
+    if source.kind == "hub" or source.gguf_file:
+        return {"weights": weights, "config": weights, "tokenizer": weights}
+    folder = Path(source.location)
+    tokenizer = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    return {"weights": weights, "config": files_hash([folder / "config.json"]),
+            "tokenizer": files_hash(tokenizer) if tokenizer else None}
+
+
+def files_hash(files: list[Path]) -> str:
+    """sha256 over the files' names and bytes, in the order given; memoized by path, size and mtime."""
     stamp = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
     memo = cache_dir("hashes") / (hashlib.sha256(stamp.encode()).hexdigest()[:24] + ".txt")
     if memo.exists():
         return memo.read_text().strip()
     digest = hashlib.sha256()
     for file in files:
+        if len(files) > 1:  # names too, so moving bytes from one file to another changes the hash
+            digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)

@@ -27,6 +27,11 @@ class TokenLossRequest:
         """Requests of equal shape batch together without padding."""
         return (self.length,)
 
+    @property
+    def positions(self) -> int:
+        """Positions the model runs on: checked against its position limit."""
+        return self.length
+
 
 @dataclass(frozen=True)
 class AnswerScoreRequest:
@@ -42,6 +47,11 @@ class AnswerScoreRequest:
     @property
     def shape(self) -> tuple:
         return (len(self.prompt), len(self.answer))
+
+    @property
+    def positions(self) -> int:
+        """prompt + answer - 1: the last answer token is predicted, never fed (as in generation)."""
+        return int(self.prompt.shape[0] + self.answer.shape[0] - 1)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,11 @@ class GenerateRequest:
     def shape(self) -> tuple:
         return (self.length, self.max_new_tokens)
 
+    @property
+    def positions(self) -> int:
+        """The last generated token is never fed back: prompt + max_new_tokens - 1."""
+        return self.length + self.max_new_tokens - 1
+
 
 @dataclass(frozen=True)
 class ProbeRequest:
@@ -95,6 +110,10 @@ class ProbeRequest:
     @property
     def shape(self) -> tuple:
         return (self.length, self.rows, self.layers)
+
+    @property
+    def positions(self) -> int:
+        return self.length
 
 
 PROBE_METRICS = ("needle_mass", "max_weight", "entropy", "entropy_norm", "needle_rank", "top1_in_needle")

@@ -1,0 +1,110 @@
+"""``evalkit export``: a run's exact inputs, rebuilt from its manifest, for use outside evalkit.
+
+Samples are deterministic from the task, its options, the seed and the tokenizer, all of which
+the manifest records, so the prompts are rebuilt rather than stored with every run. Needle and
+focus prompts are written in the ``--samples-file`` format with their token ids (``prompt_ids``,
+``answer_ids``), which that reader uses verbatim: the file fed back with ``--samples-file``
+scores the same tokens. Other tasks write each sample's tokens (perplexity: every window).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evalkit.errors import ConfigError, ResultsError
+
+
+def _text(tokenizer, ids) -> str:
+    return tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+
+
+def needle_records(numbered, tokenizer, seed: int) -> list[dict]:
+    """One samples-file record per (sample id, NeedleSample): ids and text, keys, span and provenance."""
+    from evalkit.data.options import provenance
+
+    records = []
+    for sample_id, s in numbered:
+        rows = provenance(s, seed)
+        start, end = rows["needle_start"], rows["needle_end"]
+        records.append({
+            "id": sample_id, "prompt": _text(tokenizer, s.prompt_ids), "answer": s.answer_text,
+            "prompt_ids": s.prompt_ids.tolist(), "answer_ids": s.answer_ids.tolist(),
+            "answer_ids_text": _text(tokenizer, s.answer_ids),
+            "context_length": s.context_length, "depth": s.depth, "trial": s.trial,
+            **({"needle": _text(tokenizer, s.prompt_ids[start:end])} if start >= 0 else {}),
+            **rows,
+        })
+    return records
+
+
+def token_records(task) -> list[dict]:
+    """Each sample's whole token sequence (perplexity windows), with its keys and provenance."""
+    from evalkit.models.requests import TokenLossRequest
+
+    records = []
+    for sample in task.samples():
+        if not isinstance(sample.request, TokenLossRequest):
+            raise ConfigError(f"task {task.name} cannot export its prompts", "export a needle, focus or perplexity run")
+        ids = sample.request.tokens
+        records.append({"id": sample.id, **sample.keys, **sample.meta, "seed": task.context.seed,
+                        "token_ids": ids.tolist(), "text": _text(task.context.tokenizer, ids)})
+    return records
+
+
+def read_manifest(run: str | Path) -> dict:
+    path = Path(run) / "manifest.json"
+    if not path.is_file():
+        raise ResultsError(f"{run} is not an evalkit run folder (no manifest.json)", "give a folder written by evalkit run")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ResultsError(f"{path} is corrupt", "export from another run folder") from None
+
+
+def model_spec(manifest: dict) -> str:
+    """The ``--model`` that loads the run's tokenizer: where the manifest says the model was."""
+    model = manifest.get("model") or {}
+    if model.get("gguf_file"):
+        return str(Path(model["location"]) / model["gguf_file"])
+    return model.get("location") or manifest["config"]["model"]
+
+
+def rebuild_task(manifest: dict, log=print):
+    """The run's task with the run's options, seed and tokenizer."""
+    from evalkit.evaluate import build_options
+    from evalkit.models.loading import load_tokenizer_only, part_hashes, resolve
+    from evalkit.registry import get_task
+    from evalkit.task import TaskContext
+
+    config = manifest["config"]
+    task_cls = get_task(config["task"])
+    options = build_options(task_cls, config.get("task_options", {}))
+    model_free = getattr(task_cls, "model_free", None)
+    if model_free and model_free(options):
+        raise ConfigError(f"run {manifest.get('run_id')} is model-free (analytic): it has no prompts", "export a run on a model")
+    spec = model_spec(manifest)
+    recorded = (manifest.get("hashes") or {}).get("tokenizer")
+    if recorded and part_hashes(resolve(spec, log=log))["tokenizer"] != recorded:
+        raise ResultsError(f"the tokenizer files of {spec} changed since the run", "export with the tokenizer the run used")
+    tokenizer = load_tokenizer_only(spec, log=log)
+    model = manifest.get("model") or {}
+    context = TaskContext(tokenizer, model.get("max_position_embeddings"), bool(config.get("allow_extrapolation")),
+                          int(manifest.get("seed", config.get("seed", 1234))), model.get("training_length"))
+    return task_cls(options, context)
+
+
+def export_prompts(run: str | Path, out: str | Path, log=print) -> int:
+    """Write the run's prompts to ``out`` (JSONL); returns the number of records."""
+    from evalkit.results import atomic_write_text
+
+    task = rebuild_task(read_manifest(run), log=log)
+    export = getattr(task, "export_records", None)
+    records = export() if export else token_records(task)
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--prompts {out} is a folder", "give a file name, e.g. prompts.jsonl")
+    if not out.parent.exists():
+        raise ConfigError(f"folder {out.parent} does not exist", "create it, or write --prompts elsewhere")
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    return len(records)
