@@ -307,7 +307,7 @@ def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool
         prompt = getattr(widest, "prompt", None)
         tokens = widest.length if prompt is None else len(prompt)
         extra = widest.positions - tokens
-        if extra <= 0:
+        if extra <= 0 or tokens > max_positions:
             raise ConfigError(f"context length {tokens} exceeds the model's max_position_embeddings ({max_positions})",
                               "use shorter --lengths, or pass --allow-extrapolation to test length generalization")
         raise ConfigError(f"a {tokens}-token prompt needs {widest.positions} positions with its answer (+{extra}), beyond the "
