@@ -57,6 +57,7 @@ def junit_xml(suite: str, cases: list[dict]) -> str:
 
 
 def rich_table(table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series, limit: int = 50, caption: str | None = None):
+    from rich.markup import escape
     from rich.table import Table
 
     omitted = f"{len(table) - limit} more rows omitted" if len(table) > limit else None
@@ -65,7 +66,7 @@ def rich_table(table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series,
     for column in table.columns:
         out.add_column(column, justify="left" if column in left else "right")
     for row, is_bad, is_good in list(zip(table.itertuples(index=False), bad, good))[:limit]:
-        out.add_row(*row, style="red" if is_bad else "green" if is_good else None)
+        out.add_row(*map(escape, row), style="red" if is_bad else "green" if is_good else None)
     return out
 
 
