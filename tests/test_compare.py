@@ -401,6 +401,23 @@ def test_effective_length(tmp_path):
     worse = ecl_run(tmp_path / "c", {32: 1.0, 64: 0.5, 128: 0.3, 256: 0.2, 512: 0.1})
     c = compare_runs(base, worse, allow_missing=True)
     assert c.exit_code == 1
-    assert_reason_everywhere(c, "effective length softmax", "dropped beyond noise")
+    assert_reason_everywhere(c, "effective length softmax", "dropped beyond noise", "baseline softmax 256")
     rel = compare_runs(base, base, threshold="rel:0.5").lengths.set_index("side")
     assert rel.loc["baseline", "threshold"] == 0.5 and rel.loc["baseline", "effective_length"] == 256
+
+
+def test_tokenizer_identity_is_by_content(tokenizer, tmp_path):
+    """Two checkpoint folders holding copies of one tokenizer agree; another vocabulary does not."""
+    from transformers import AutoTokenizer
+
+    from evalkit.models.loading import tokenizer_identity
+
+    tokenizer.save_pretrained(tmp_path / "a")
+    tokenizer.save_pretrained(tmp_path / "b")
+    a, b = (tokenizer_identity(AutoTokenizer.from_pretrained(tmp_path / x)) for x in ("a", "b"))
+    assert a["name_or_path"] != b["name_or_path"]
+    assert runs.tokenizer_of({"model": {"tokenizer": a}}) == runs.tokenizer_of({"model": {"tokenizer": b}})
+    assert a["vocab_size"] == len(tokenizer)
+    other = AutoTokenizer.from_pretrained(tmp_path / "a")  # a copy: the session's tokenizer stays as it is
+    other.add_tokens(["<extra_token>"])
+    assert tokenizer_identity(other)["content_hash"] != a["content_hash"]

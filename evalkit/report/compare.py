@@ -162,6 +162,7 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
     units = unit_columns(b_runs[0])
     headline = HEADLINE_METRICS.get(task)
     b, c = samples(b_frame, keys, units, headline), samples(c_frame, keys, units, headline)
+    b["variant"], c["variant"] = b.attention, c.attention  # each side's own, for its effective length
     if not by_attention:  # the two variants face each other in one cell
         b["attention"] = c["attention"] = f"{variants[0]} → {variants[1]}"
 
@@ -179,7 +180,8 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
         pairing = "unpaired: the runs differ (see the failed check)"
     else:
         checks.append(_check("same task options and tokenizer", None, "the runs' task options and tokenizers agree"))
-        pairing = ("paired prompt by prompt (same seed, task options and tokenizer)" if pairing_wanted else
+        pairing = (f"paired prompt by prompt (seed {', '.join(b_seeds)} on both sides, same task options and tokenizer)"
+                   if pairing_wanted else
                    f"unpaired: the seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)})")
 
     cells, prompt_problems, missing, extra = compare_cells(b, c, pairing_wanted, confidence)
@@ -303,14 +305,14 @@ def _effective_lengths(b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float
         return pd.DataFrame()
     out = []
     for side, frame in (("baseline", b), ("candidate", c)):
-        for attention, part in frame[frame.metric == metric].groupby("attention", sort=True):
+        for (attention, variant), part in frame[frame.metric == metric].groupby(["attention", "variant"], sort=True):
             lengths, est = [], []
             for length, cell in part.groupby("context_length", sort=True):
                 lengths.append(int(length))
                 est.append(stats.proportion(cell.value, cell.unit, confidence))
             thr = value if kind == "abs" else value * est[0].value
             low, high = stats.effective_length_interval(lengths, [e.ci_low for e in est], [e.ci_high for e in est], thr)
-            out.append({"side": side, "attention": attention, "metric": metric, "threshold": thr,
+            out.append({"side": side, "attention": attention, "variant": variant, "metric": metric, "threshold": thr,
                         "effective_length": stats.effective_length(lengths, [e.value for e in est], thr),
                         "pessimistic": low, "optimistic": high, "lengths": ",".join(map(str, lengths))})
     return pd.DataFrame(out)
@@ -328,7 +330,7 @@ def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
         num = lambda v: 0 if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)  # noqa: E731
         b_end, c_end = (num(base.effective_length), num(cand.effective_length)) if strict else \
             (num(base.pessimistic), num(cand.optimistic))
-        text = (f"{attention}: baseline {_ecl(base)}, candidate {_ecl(cand)}")
+        text = f"baseline {base.variant} {_ecl(base)}, candidate {cand.variant} {_ecl(cand)}"
         checks.append(_check(f"effective length {attention}", f"dropped beyond noise: {text}" if c_end < b_end else None, text))
     return checks
 
@@ -345,9 +347,9 @@ def _status(row) -> str:
 
 
 def _display(c: Comparison) -> pd.DataFrame:
-    """Cells as strings, regressions first, then improvements, then the rest."""
+    """Cells as strings: regressions first, then every other cell by variant, length and metric."""
     rows = c.rows
-    order = pd.concat([c.regressions, c.improvements, rows[~rows.regression & ~rows.improvement]])
+    order = pd.concat([c.regressions, rows[~rows.regression]])
     return pd.DataFrame({
         "": [_status(r) for r in order.itertuples()], "attention": order.attention, "length": order.context_length,
         "metric": order.metric, "baseline": order.baseline.map(lambda v: fmt(v, ".4g")),
@@ -361,7 +363,7 @@ def _display(c: Comparison) -> pd.DataFrame:
 
 def _lengths_display(c: Comparison) -> pd.DataFrame:
     ls = c.lengths
-    return pd.DataFrame({"side": ls.side, "attention": ls.attention, "effective length": ls.effective_length.map(
+    return pd.DataFrame({"side": ls.side, "attention": ls.variant, "effective length": ls.effective_length.map(
         lambda v: "none" if pd.isna(v) else str(int(v))), "interval": [_ecl(r).split(" ", 1)[1] for r in ls.itertuples()],
         "threshold": ls.threshold.map(lambda v: fmt(v, ".3g")), "lengths tested": ls.lengths}).astype(str)
 
