@@ -421,3 +421,24 @@ def test_tokenizer_identity_is_by_content(tokenizer, tmp_path):
     other = AutoTokenizer.from_pretrained(tmp_path / "a")  # a copy: the session's tokenizer stays as it is
     other.add_tokens(["<extra_token>"])
     assert tokenizer_identity(other)["content_hash"] != a["content_hash"]
+
+
+def test_focus_heads_are_averaged_within_samples(tmp_path):
+    """A prompt's heads are one sample; under --draw trial a trial's depths are one unit."""
+    def rows(shift):
+        return [{"attention": "softmax", "context_length": 1024, "depth": d, "trial": t, "layer": layer, "head": head,
+                 "metric": metric, "value": 0.1 * (t + 1) + 0.01 * head + 0.001 * d + shift * (t % 3)}
+                for t in range(4) for d in (0, 50) for layer in range(2) for head in range(3)
+                for metric in ("needle_mass", "entropy", "entropy_norm")]
+    keys = ["depth", "trial", "layer", "head"]
+    base = write_run(tmp_path / "b", rows(0.0), keys, "focus", options={"draw": "trial"})
+    cand = write_run(tmp_path / "c", rows(0.01), keys, "focus", options={"draw": "trial"})
+    c = compare_runs(base, cand)
+    assert set(c.rows.metric) == {"needle_mass", "entropy_norm"}  # the task's headline metrics
+    assert (c.rows.pairs == 8).all() and (c.rows.units == 4).all()  # 8 prompts (depth x trial) in 4 trials
+    mass = c.rows.set_index("metric").loc["needle_mass"]
+    from scipy.stats import ttest_1samp
+
+    per_trial = [0.01 * (t % 3) for t in range(4)]  # every head and depth of a trial moves by the same amount
+    assert mass.delta == pytest.approx(np.mean(per_trial))
+    assert mass.p_value == pytest.approx(ttest_1samp(per_trial, 0).pvalue, rel=1e-6)

@@ -165,7 +165,8 @@ def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], 
     grouped = frame.groupby(cell + sample_keys, dropna=False, sort=True)
     out = grouped["value"].mean().reset_index()
     out["sample"] = _joined(out, ["context_length"] + sample_keys)
-    out["unit"] = _joined(out, ["seed"] + [c for c in units if c in out.columns])
+    present = [c for c in units if c in out.columns]  # none (a model-free run): each sample is its own unit
+    out["unit"] = _joined(out, ["seed"] + present) if present else out["sample"]
     out["prov"] = _joined(grouped[prov].first().reset_index(), prov).to_numpy() if prov else ""
     return out
 
