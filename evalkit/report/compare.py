@@ -315,7 +315,10 @@ def _effective_lengths(b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float
             out.append({"side": side, "attention": attention, "variant": variant, "metric": metric, "threshold": thr,
                         "effective_length": stats.effective_length(lengths, [e.value for e in est], thr),
                         "pessimistic": low, "optimistic": high, "lengths": ",".join(map(str, lengths))})
-    return pd.DataFrame(out)
+    frame = pd.DataFrame(out)
+    for column in ("effective_length", "pessimistic", "optimistic"):  # lengths, or none when even the shortest fails
+        frame[column] = frame[column].astype("Int64")
+    return frame
 
 
 def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
@@ -327,7 +330,7 @@ def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
         if attention not in sides.get("candidate", pd.DataFrame()).index:
             continue
         cand = sides["candidate"].loc[attention]
-        num = lambda v: 0 if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)  # noqa: E731
+        num = lambda v: 0 if pd.isna(v) else int(v)  # noqa: E731
         b_end, c_end = (num(base.effective_length), num(cand.effective_length)) if strict else \
             (num(base.pessimistic), num(cand.optimistic))
         text = f"baseline {base.variant} {_ecl(base)}, candidate {cand.variant} {_ecl(cand)}"
@@ -336,7 +339,7 @@ def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
 
 
 def _ecl(row) -> str:
-    name = lambda v: "none" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v))  # noqa: E731
+    name = lambda v: "none" if pd.isna(v) else str(int(v))  # noqa: E731
     return f"{name(row.effective_length)} [{name(row.pessimistic)}, {name(row.optimistic)}]"
 
 
