@@ -319,21 +319,33 @@ def _report(module, result, fmt: ReportFormat, junit: Optional[str]) -> None:
 @app.command("compare")
 @user_errors
 def compare_command(
-    baseline: Annotated[str, typer.Argument(help="Baseline run folder.")],
-    candidate: Annotated[str, typer.Argument(help="Candidate run folder.")],
-    tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative).")] = None,
+    baseline: Annotated[str, typer.Argument(help="Baseline run folder (or a folder of runs, e.g. a sweep's out).")],
+    candidate: Annotated[Optional[str], typer.Argument(help="Candidate run folder; omit to take both sides from BASELINE with the selectors.")] = None,
+    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run or seed (repeatable; VALUE may be a comma list).")] = None,
+    cand_select: Annotated[Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|.")] = None,
     relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
-    level: Annotated[str, typer.Option(help="summary (means per length and variant) or rows (every joined row).")] = "summary",
+    confidence: Annotated[float, typer.Option(help="A regression must be beyond noise at this confidence (p < 1 - confidence).")] = 0.95,
+    strict: Annotated[bool, typer.Option(help="Fail on any worsening beyond the tolerance, noise or not.")] = False,
+    allow_missing: Annotated[bool, typer.Option(help="Pass although the candidate lacks cells the baseline has.")] = False,
+    unpaired: Annotated[bool, typer.Option(help="Treat the sides as independent samples; differing task options or tokenizers become notes, not failures.")] = False,
+    threshold: Annotated[str, typer.Option(help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the accuracy at the shortest length.")] = "0.856",
     format: Annotated[ReportFormat, typer.Option(help="table, markdown (for a pull-request comment) or json.")] = ReportFormat.table,
     junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
 ) -> None:
-    """Compare two runs; exit 0 without regression, 1 with one, 2 on bad input."""
-    from evalkit import compare
-    from evalkit.errors import ConfigError
+    """Compare a baseline with a candidate: two runs, or two selections (variants, checkpoints, seeds) of runs.
 
-    if level not in ("summary", "rows"):
-        raise ConfigError(f"bad --level {level!r}", "use summary or rows")
-    result = compare.compare_runs(baseline, candidate, tolerance=tolerance, relative=relative, level=level)
+    Paired prompt by prompt when both sides share prompts (exact McNemar for 0/1 metrics, paired t
+    per unit otherwise), else unpaired. Exit 0: pass. Exit 1: a regression (worse than the tolerance
+    AND beyond noise; --strict: beyond the tolerance), or an unsafe comparison: an interrupted or
+    incomplete run, cells the candidate lacks, differing task options, tokenizer or prompts, a drop
+    in effective context length beyond noise. Exit 2: bad input.
+    """
+    from evalkit.report import compare
+
+    result = compare.compare_runs(baseline, candidate, base_select=base_select, cand_select=cand_select,
+                                  tolerance=tolerance, relative=relative, confidence=confidence, strict=strict,
+                                  allow_missing=allow_missing, unpaired=unpaired, threshold=threshold)
     _report(compare, result, format, junit)
 
 
@@ -346,8 +358,12 @@ def gate_command(
     format: Annotated[ReportFormat, typer.Option(help="table, markdown or json.")] = ReportFormat.table,
     junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
 ) -> None:
-    """Check a run against thresholds from a file; exit 1 when any gate fails."""
-    from evalkit import gate
+    """Check a run against thresholds from a file; exit 1 when any gate fails or the run is interrupted or incomplete.
+
+    Each gate reports its value with n and a 95% interval. The point value decides, unless the
+    gate sets require = "ci": then the whole interval must be on the passing side.
+    """
+    from evalkit.report import gate
 
     result = gate.check_gates(candidate, gate.load_gates(config), baseline_dir=baseline)
     _report(gate, result, format, junit)

@@ -20,8 +20,9 @@ APP = cli.register_tasks()
 @pytest.fixture(scope="module")
 def needle_run(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("runs") / "base"
-    result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "192", "--depths", "0,100",
-                                 "--trials", "2", "--out", str(out), "--device", "cpu", "--quiet"])
+    result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96,192", "--depths", "0,100",
+                                 "--trials", "2", "--attention", "softmax,ssmax", "--ssmax-s", "0.43", "--out", str(out), "--device", "cpu",
+                                 "--quiet"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -43,12 +44,39 @@ def test_compare_exit_codes_and_reports(needle_run, tmp_path):
     result = runner.invoke(APP, ["compare", str(needle_run), str(worse), "--tolerance", "0.1", "--format", "markdown",
                                  "--junit", str(junit)])
     assert result.exit_code == 1, result.output
-    assert "answer_logprob" in result.output and "❌" in result.output
-    failures = ET.parse(junit).getroot().iter("failure")
-    assert len(list(failures)) == 1
+    assert "answer_logprob" in result.output and "❌" in result.output and "paired t" in result.output
+    failures = [f.get("message") for f in ET.parse(junit).getroot().iter("failure")]
+    assert len(failures) == 4 and all("answer_logprob" in f for f in failures)  # 2 variants x 2 lengths
     assert runner.invoke(APP, ["compare", str(needle_run), str(worse), "--tolerance", "0.6"]).exit_code == 0
     result = runner.invoke(APP, ["compare", str(needle_run), str(tmp_path / "missing")])
     assert result.exit_code == 2 and "missing" in result.output
+
+
+def test_compare_refuses_an_interrupted_candidate(needle_run, tmp_path):
+    import json
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(needle_run, cut)
+    manifest = json.loads((cut / "manifest.json").read_text())
+    manifest.update(interrupted=True, finished_samples=3)
+    (cut / "manifest.json").write_text(json.dumps(manifest))
+    junit = tmp_path / "report.xml"
+    for fmt in ("table", "markdown", "json"):
+        result = runner.invoke(APP, ["compare", str(needle_run), str(cut), "--format", fmt, "--junit", str(junit)],
+                               env={"COLUMNS": "300"})
+        assert result.exit_code == 1 and "interrupted" in result.output and "3 of 16" in result.output, result.output
+        assert any("interrupted" in f.get("message") for f in ET.parse(junit).getroot().iter("failure"))
+
+
+def test_compare_variants_of_one_run(needle_run):
+    result = runner.invoke(APP, ["compare", str(needle_run), "--baseline", "attention=softmax", "--candidate",
+                                 "attention=ssmax", "--format", "markdown"])
+    assert result.exit_code in (0, 1), result.output
+    assert "softmax → ssmax" in result.output and "Pairing: paired prompt by prompt" in result.output
+    assert "Effective context length" in result.output and "unit seed+trial" in result.output
+    result = runner.invoke(APP, ["compare", str(needle_run), "--baseline", "attention=softmax"])
+    assert result.exit_code == 2 and "--candidate" in result.output
 
 
 def test_gate_exit_codes(needle_run, tmp_path):
@@ -56,7 +84,8 @@ def test_gate_exit_codes(needle_run, tmp_path):
     gates.write_text('[[gate]]\ntask = "needle"\nmetric = "answer_rank"\nop = ">="\nvalue = 1\n')
     assert runner.invoke(APP, ["gate", str(needle_run), "--config", str(gates)]).exit_code == 0
     gates.write_text('[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = ">="\nvalue = 1.5\n')
-    assert runner.invoke(APP, ["gate", str(needle_run), "--config", str(gates), "--format", "json"]).exit_code == 1
+    result = runner.invoke(APP, ["gate", str(needle_run), "--config", str(gates), "--format", "json"])
+    assert result.exit_code == 1 and '"ci_low"' in result.output and '"n": 8' in result.output
     gates.write_text('[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = "=>"\nvalue = 1\n')
     assert runner.invoke(APP, ["gate", str(needle_run), "--config", str(gates)]).exit_code == 2
 

@@ -82,7 +82,20 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "config_changes": self.config_changes,
+            "tokenizer": tokenizer_identity(self.tokenizer),
         }
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """What compare checks before pairing two runs prompt by prompt: the vocabulary and chat template
+    by content (two checkpoint folders with copies of one tokenizer agree), the path for people."""
+    import hashlib
+    import json
+
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return {"class": type(tokenizer).__name__, "name_or_path": getattr(tokenizer, "name_or_path", None),
+            "vocab_size": len(tokenizer), "content_hash": hashlib.sha256((vocab + template).encode()).hexdigest()[:16]}
 
 
 def resolve(spec: str, log=print) -> ModelSource:

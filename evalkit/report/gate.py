@@ -13,6 +13,7 @@ A gate file (TOML) holds an optional default baseline and a list of ``[[gate]]``
     context_length = 8192           # optional: 8192, "8k", or omitted / "all" = mean over every length
     op = ">="                       # required: >=, <=, > or <
     value = 0.9                     # the threshold: exactly one of value, baseline_factor, baseline_delta
+    require = "ci"                  # optional: "value" (default) or "ci", see below
 
     [[gate]]
     task = "perplexity"
@@ -23,10 +24,24 @@ A gate file (TOML) holds an optional default baseline and a list of ``[[gate]]``
     # baseline_delta = 0.05         # threshold = the baseline's value + 0.05 (for log-probs, accuracy)
     # baseline = "results/other"    # this gate's own baseline run
 
-A gate reads the summary-level cells of ``evalkit compare`` (per attention variant and context
-length, the mean over samples) and takes the mean of the cells it selects. A gate that selects
-nothing fails and says what the run holds instead: a misspelt metric never passes silently.
-Unknown keys are rejected. The report exits 1 when any gate fails or no gate is for the run's task.
+A gate's value is the mean over the prompts it selects (heads and position bins of one prompt
+averaged first; over every length with "all", as summary.csv's "all" row), reported with n, the
+independent units behind it (a needle trial under --draw trial, a perplexity window) and its 95%
+interval from ``evalkit.report.stats`` (cluster-adjusted Wilson for 0/1 metrics, cluster t
+otherwise). ``perplexity`` is exp of the mean NLL with exp of its interval, as in summary.csv.
+
+The point value decides (``require = "value"``, the default): a threshold is a product decision and
+an interval straddling it says "too few trials to be sure", which the report shows beside the
+verdict. ``require = "ci"`` passes only when the whole interval is on the passing side (the lower
+end for >= and >, the upper end for <= and <), for gates that must hold with 95% confidence; a gate
+with one unit has no interval and then fails. A baseline-relative threshold uses the baseline's
+point value.
+
+A gate that selects nothing fails and says what the run holds instead: a misspelt metric never
+passes silently. An interrupted or incomplete run (its manifest says interrupted, has no end
+record, or finished fewer samples than it planned) fails with that reason, and so does an
+incomplete baseline. Unknown keys are rejected. The report exits 1 when any gate fails or no gate
+is for the run's task, 2 on a bad gate file or run folder.
 """
 
 from __future__ import annotations
@@ -39,12 +54,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.compare import junit_xml, load_run, markdown_table, records, rich_table, summary_units, dumps, fmt
 from evalkit.errors import ConfigError
+from evalkit.report import stats
+from evalkit.report.render import dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
+from evalkit.report.runs import Run, completeness, load_run, samples, unit_columns
 from evalkit.registry import task_names
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 THRESHOLDS = ("value", "baseline_factor", "baseline_delta")
+REQUIRE = ("value", "ci")
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class Gate:
     context_length: int | None = None  # None: the mean over every length
     baseline: str | None = None  # run folder for baseline_factor / baseline_delta
     name: str | None = None
+    require: str = "value"  # "value": the point value decides; "ci": the whole 95% interval must pass
 
     def label(self) -> str:
         if self.name:
@@ -93,6 +112,8 @@ def _parse_gate(raw, where: str, default_baseline: str | None, errors: list[str]
     for key in given:
         if not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool) or not math.isfinite(raw[key]):
             problems.append(f"{key} must be a number")
+    if raw.get("require", "value") not in REQUIRE:
+        problems.append(f"require {raw['require']!r} is not one of {', '.join(REQUIRE)}")
     for key in ("task", "metric", "attention", "baseline", "name"):
         if key in raw and not isinstance(raw[key], str):
             problems.append(f"{key} must be a string")
@@ -142,29 +163,44 @@ def load_gates(path: str | Path) -> list[Gate]:
     return [g if g.baseline is None else Gate(**{**g.__dict__, "baseline": resolve(g.baseline)}) for g in gates]
 
 
-def _cells(folder) -> tuple[str, pd.DataFrame]:
-    """Summary cells of a run: mean over samples per (attention, context_length, metric)."""
+def _samples(folder) -> tuple[Run, pd.DataFrame]:
+    """A run and its per-prompt values (heads and position bins averaged), with their units."""
     run = load_run(folder)
-    units, _ = summary_units(run, headline=False)
-    cells = units.groupby(["attention", "context_length", "metric"])["value"].agg(["mean", "size"]).reset_index()
-    return run.task, cells
+    return run, samples(run.frame, run.keys, unit_columns(run), None)
 
 
-def _select(cells: pd.DataFrame, gate: Gate, attention: str) -> tuple[float, int, str | None]:
-    """The gate's value on these cells, the samples behind it, and why it selects nothing."""
-    part = cells[(cells.metric == gate.metric) & (cells.attention == attention)]
+def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Estimate | None, str | None]:
+    """The gate's value with its interval on these prompts, or why it selects nothing."""
+    metric = "mean_nll" if gate.metric == "perplexity" else gate.metric  # perplexity = exp(mean NLL), as in summary.csv
+    part = table[(table.metric == metric) & (table.attention == attention)]
     if gate.context_length is not None:
         part = part[part.context_length == gate.context_length]
     if part.empty:
-        has = cells[cells.attention == attention]
+        has = table[table.attention == attention]
         where = f"{attention}@{gate.context_length or 'any length'}"
-        close = difflib.get_close_matches(gate.metric, list(has.metric.unique()), n=1)
+        names = sorted(set(has.metric) | ({"perplexity"} if "mean_nll" in set(has.metric) else set()))
+        close = difflib.get_close_matches(gate.metric, names, n=1)
         hint = f" (did you mean {close[0]}?)" if close and close[0] != gate.metric else ""
-        return math.nan, 0, (f"selects nothing: no {gate.metric} for {where}{hint}; the run has metrics "
-                             f"{', '.join(sorted(has.metric.unique())) or 'none'} at lengths "
-                             f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}")
-    value = float(part["mean"].mean())  # each length counts once, as in the summary's "all" row
-    return value, int(part["size"].sum()), None if math.isfinite(value) else f"{gate.metric} is {value}"
+        return None, (f"selects nothing: no {gate.metric} for {where}{hint}; the run has metrics "
+                      f"{', '.join(names) or 'none'} at lengths "
+                      f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}")
+    est = stats.estimate(part.value, part.unit)
+    est = est.exp() if gate.metric == "perplexity" else est
+    return est, None if math.isfinite(est.value) else f"{gate.metric} is {est.value}"
+
+
+def _decide(gate: Gate, est: stats.Estimate, threshold: float) -> tuple[bool, str]:
+    """By the point value, or (require = "ci") by the whole interval's side of the threshold."""
+    op = OPS[gate.op]
+    if gate.require == "value":
+        passed = op(est.value, threshold)
+        return passed, f"{fmt(est.value)} {gate.op} {fmt(threshold)}" + ("" if passed else " is false")
+    if not math.isfinite(est.ci_low):
+        return False, f"require = \"ci\" but {gate.metric} has no interval ({est.units} unit)"
+    end = est.ci_low if gate.op in (">=", ">") else est.ci_high  # the end nearest failing
+    passed = op(end, threshold)
+    return passed, (f"95% interval [{fmt(est.ci_low)}, {fmt(est.ci_high)}] {'is' if passed else 'is not'} wholly "
+                    f"{gate.op} {fmt(threshold)}")
 
 
 def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str | Path | None = None) -> GateReport:
@@ -172,42 +208,55 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
     if needs_baseline:
         raise ConfigError(f"gate(s) {', '.join(needs_baseline)} compare with a baseline but none is given",
                           "set baseline = \"results/...\" in the gate file, or pass --baseline")
-    task, cells = _cells(candidate_dir)
-    baselines: dict[str, pd.DataFrame] = {}
+    run, table = _samples(candidate_dir)
+    task = run.task
+    baselines: dict[str, tuple[Run, pd.DataFrame]] = {}
     rows = []
+    unsafe = completeness(run)  # an interrupted or incomplete run is never a pass, whatever its numbers
+    if unsafe:
+        rows.append({"gate": "(run complete)", "task": task, "metric": "", "op": "", "context_length": "all",
+                     "attention": "*", "status": "fail", "reason": unsafe})
     for gate in gates:
         row = {"gate": gate.label(), "task": gate.task, "metric": gate.metric, "op": gate.op,
-               "context_length": gate.context_length or "all"}
+               "context_length": gate.context_length or "all", "require": gate.require}
         if gate.task != task:
             rows.append({**row, "attention": gate.attention or "*", "status": "skipped",
                          "reason": f"gate is for task {gate.task}; this run is {task}"})
             continue
-        for attention in [gate.attention] if gate.attention else sorted(cells.attention.unique()):
-            value, n, why = _select(cells, gate, attention)
+        for attention in [gate.attention] if gate.attention else sorted(table.attention.unique()):
+            est, why = _select(table, gate, attention)
             base = math.nan
             if gate.value is not None:
                 threshold = float(gate.value)
             else:
                 folder = str(baseline_dir or gate.baseline)
                 if folder not in baselines:
-                    base_task, baselines[folder] = _cells(folder)
-                    if base_task != task:
-                        raise ConfigError(f"baseline {folder} is a {base_task} run; the candidate is {task}",
+                    baselines[folder] = _samples(folder)
+                    base_run = baselines[folder][0]
+                    if base_run.task != task:
+                        raise ConfigError(f"baseline {folder} is a {base_run.task} run; the candidate is {task}",
                                           "give a baseline of the same task")
-                base, _, base_why = _select(baselines[folder], gate, attention)
+                    if completeness(base_run):
+                        rows.append({"gate": "(baseline complete)", "task": task, "metric": "", "op": "",
+                                     "context_length": "all", "attention": "*", "status": "fail",
+                                     "reason": f"baseline: {completeness(base_run)}"})
+                base_est, base_why = _select(baselines[folder][1], gate, attention)
                 why = why or (base_why and f"baseline {folder}: {base_why}")
+                base = base_est.value if base_est else math.nan
                 threshold = base * gate.baseline_factor if gate.baseline_factor is not None else base + (gate.baseline_delta or 0.0)
-            passed = why is None and OPS[gate.op](value, threshold)
-            reason = why or f"{fmt(value)} {gate.op} {fmt(threshold)}" + ("" if passed else " is false")
-            rows.append({**row, "attention": attention, "value": value, "threshold": threshold, "baseline": base,
-                         "n": n, "status": "pass" if passed else "fail", "reason": reason})
-    if all(r["status"] == "skipped" for r in rows):  # nothing was checked: that is no pass
+            passed, reason = (False, why) if why else _decide(gate, est, threshold)
+            rows.append({**row, "attention": attention, "threshold": threshold, "baseline": base,
+                         **({"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n,
+                             "units": est.units} if est else {}),
+                         "status": "pass" if passed else "fail", "reason": reason})
+    if all(r["status"] == "skipped" or r["gate"].startswith("(") for r in rows):  # nothing was checked: no pass
         rows.append({"gate": "(no gate for this task)", "task": task, "metric": "", "op": "", "context_length": "all",
                      "attention": "*", "status": "fail", "reason": f"no gate in the file is for task {task}"})
-    columns = ["gate", "task", "metric", "attention", "context_length", "op", "threshold", "value", "baseline", "n",
-               "status", "reason"]
+    columns = ["gate", "task", "metric", "attention", "context_length", "op", "threshold", "value", "ci_low", "ci_high",
+               "n", "units", "baseline", "require", "status", "reason"]
     frame = pd.DataFrame(rows).reindex(columns=columns)
-    frame["n"] = frame["n"].astype("Int64")  # skipped rows have none
+    for column in ("n", "units"):
+        frame[column] = frame[column].astype("Int64")  # skipped and run-level rows have none
     frame["passed"] = frame.status == "pass"
     counts = frame.status.value_counts()
     exit_code = int(counts.get("fail", 0) > 0)
@@ -221,6 +270,8 @@ def _display(report: GateReport) -> pd.DataFrame:
     icon = {"fail": "❌ fail", "pass": "✅ pass", "skipped": "skipped"}
     return pd.DataFrame({"": order.status.map(icon), "gate": order.gate, "attention": order.attention,
                          "length": order.context_length, "value": order.value.map(fmt),
+                         "95% CI": [interval(lo, hi, ".4g") for lo, hi in zip(order.ci_low, order.ci_high)],
+                         "n": order.n.map(fmt), "units": order.units.map(fmt),
                          "threshold": order.threshold.map(fmt), "reason": order.reason}).astype(str)
 
 
@@ -239,8 +290,13 @@ def to_junit(report: GateReport) -> str:
     cases = []
     for row in records(report.rows):
         case = {"classname": f"evalkit.gate.{row['task']}.{row['attention']}", "name": f"{row['gate']}@{row['context_length']}"}
+        measured = "" if row["value"] is None else (
+            f" (value {fmt(row['value'])}, 95% CI {interval(row['ci_low'], row['ci_high'], '.4g')}, n {row['n']} in "
+            f"{row['units']} units)")
         if row["status"] != "pass":
-            case["failure" if row["status"] == "fail" else "skipped"] = row["reason"]
+            case["failure" if row["status"] == "fail" else "skipped"] = row["reason"] + measured
+        elif measured:
+            case["system_out"] = row["reason"] + measured
         cases.append(case)
     return junit_xml(f"evalkit gate {report.summary['task']}", cases)
 

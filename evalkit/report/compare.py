@@ -1,0 +1,446 @@
+"""Baseline vs candidate: the comparison and CI gate behind ``evalkit compare``.
+
+Sides. ``evalkit compare BASE CAND`` reads the run in each folder (or every run below it, as a
+sweep writes them). ``--baseline KEY=VALUE`` and ``--candidate KEY=VALUE`` (keys attention, model,
+run, seed; repeatable, comma lists allowed) select each side's rows; with one folder, both sides
+come from it. Cells are (attention, context_length, metric); when a selector names attention, the
+two sides' variants face each other (``softmax -> ssmax``) and attention leaves the key.
+
+Pairing. When both sides share prompts (same seed, the same task options outside the grid extents,
+the same tokenizer, and per prompt the same provenance: offset, answer, needle position), each cell
+is compared prompt by prompt with ``stats.paired_difference``: exact McNemar for 0/1 metrics with
+one prompt per unit, a paired t on per-unit mean differences otherwise. Else the sides are
+independent samples (``stats.unpaired_difference``). The unit is the task's (``Task.unit_columns``:
+a needle trial under ``--draw trial``, a perplexity window), with the seed on top; heads and
+position bins of one prompt are averaged first. Perplexity is judged on per-window mean NLL; its
+perplexity row is the same test seen through exp, so the two rows always agree.
+
+Verdict. A cell regresses when its change in the metric's bad direction is larger than the
+tolerance AND beyond noise (p < 1 - confidence); ``strict`` drops the noise condition. The
+tolerance always includes a floating-point floor (FLOAT_TOLERANCE). Besides cells, the comparison
+fails (exit 1) when a run is interrupted or incomplete, when the candidate lacks a cell the
+baseline has (unless ``allow_missing``), when the runs' task options or tokenizer differ or their
+prompts do not match although pairing applies (unless ``unpaired``), and when the candidate's
+effective context length is below the baseline's beyond noise (optimistic end below the
+baseline's pessimistic end; ``strict``: point below point).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evalkit.errors import ConfigError
+from evalkit.report import stats
+from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
+from evalkit.report.runs import (ACCURACY_METRICS, HEADLINE_METRICS, Run, completeness, describe_selector, find_runs,
+                                 option_differences, parse_selector, samples, select, unit_columns)
+
+METRIC_DIRECTIONS: dict[str, int] = {
+    **dict.fromkeys(["nll", "mean_nll", "perplexity", "entropy", "entropy_norm", "needle_rank", "answer_rank"], -1),
+    **dict.fromkeys(["greedy_correct", "accuracy", "answer_logprob", "answer_mean_logprob", "needle_mass",
+                     "max_weight", "top1_in_needle", "exact_match", "contains"], +1),
+}  # +1: higher is better, -1: lower is better; any other metric is reported, never a regression
+ROW_COLUMNS = ["attention", "context_length", "metric", "baseline", "candidate", "delta", "rel_delta", "direction",
+               "tolerance", "ci_low", "ci_high", "p_value", "beyond_noise", "regression", "improvement", "paired",
+               "pairs", "units", "test"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed worsening: ``absolute`` in metric units plus ``relative`` times |baseline| (numpy's atol + rtol)."""
+
+    absolute: float | None = None
+    relative: float | None = None
+
+    def allowed(self, baseline: float) -> float:
+        return (self.absolute or 0.0) + (self.relative or 0.0) * abs(baseline)
+
+
+# Always added to the user's tolerance. The same prompts scored on another device, batch size or
+# kernel differ in float32 by ~1e-7 relative (transformers' sdpa vs eager: 2e-7, design.md); a
+# mean over a few thousand such values keeps that order. 1e-6 relative is 5x above it and 1e-4 of
+# the smallest accuracy step of a 100-trial cell; 1e-9 absolute covers baselines at zero.
+FLOAT_TOLERANCE = Tolerance(absolute=1e-9, relative=1e-6)
+
+
+@dataclass
+class Comparison:
+    rows: pd.DataFrame  # one row per cell, ROW_COLUMNS
+    checks: list[dict]  # run-level checks: {"check", "passed", "reason"}
+    lengths: pd.DataFrame  # effective context length per side and variant (needle-type runs)
+    summary: dict
+    exit_code: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.rows[self.rows.regression]
+
+    @property
+    def improvements(self) -> pd.DataFrame:
+        return self.rows[self.rows.improvement]
+
+    @property
+    def failed_checks(self) -> list[dict]:
+        return [c for c in self.checks if not c["passed"]]
+
+
+def parse_threshold(text: str | float) -> tuple[str, float]:
+    """``0.856`` -> ("abs", 0.856); ``rel:0.9`` -> ("rel", 0.9): 0.9 x the side's accuracy at its shortest length."""
+    raw = str(text).strip()
+    kind, number = ("rel", raw[4:]) if raw.startswith("rel:") else ("abs", raw)
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if not (0 < value <= 1):
+        raise ConfigError(f"bad --threshold {raw!r}", "give an accuracy in (0, 1] like 0.856, or rel:F like rel:0.9")
+    return kind, value
+
+
+def _check(name: str, problem: str | None, ok: str) -> dict:
+    return {"check": name, "passed": problem is None, "reason": problem or ok}
+
+
+def _one(frame: pd.DataFrame, column: str, side: str) -> str:
+    values = sorted(frame[column].astype(str).unique())
+    if len(values) != 1:
+        raise ConfigError(f"the {side} holds {len(values)} {column} values ({', '.join(values)}): compare one against one",
+                          f"select one with --{side} {column}=NAME")
+    return values[0]
+
+
+def _short_test(test: str) -> str:
+    for start, name in (("exact McNemar", "McNemar"), ("paired t", "paired t"), ("two-proportion z", "z (unpaired)"),
+                        ("Welch", "Welch t (unpaired)")):
+        if test.startswith(start):
+            return name
+    return test
+
+
+def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, base_select: list[str] | None = None,
+                 cand_select: list[str] | None = None, tolerance: float | None = None, relative: bool = False,
+                 metric_tolerances: dict[str, Tolerance] | None = None, confidence: float = stats.CONFIDENCE,
+                 strict: bool = False, allow_missing: bool = False, unpaired: bool = False,
+                 threshold: str | float = stats.RULER_THRESHOLD) -> Comparison:
+    default = Tolerance(relative=tolerance or 0.0) if relative else Tolerance(absolute=tolerance or 0.0)
+    tolerances = dict(metric_tolerances or {})
+    for name, tol in [("default", default), *tolerances.items()]:
+        if any(v is not None and (v < 0 or not math.isfinite(v)) for v in (tol.absolute, tol.relative)):
+            raise ConfigError(f"tolerance for {name} must be a finite number >= 0", "e.g. --tolerance 0.01")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"bad --confidence {confidence}", "give a level in (0, 1), e.g. 0.95")
+    threshold_kind, threshold_value = parse_threshold(threshold)
+    b_sel, c_sel = parse_selector(base_select, "baseline"), parse_selector(cand_select, "candidate")
+    if candidate is None and not (b_sel and c_sel):
+        raise ConfigError("one run folder given: nothing says which rows are the baseline and which the candidate",
+                          "add --baseline attention=softmax --candidate attention=ssmax, or give two run folders")
+    b_runs = find_runs(baseline)
+    c_runs = b_runs if candidate is None else find_runs(candidate)
+    tasks = sorted({r.task for r in b_runs + c_runs})
+    if len(tasks) != 1:
+        raise ConfigError(f"the runs are of different tasks ({', '.join(tasks)})", "compare runs of the same task")
+    task, keys = tasks[0], b_runs[0].keys
+    if any(set(r.keys) != set(keys) for r in b_runs + c_runs):
+        raise ConfigError(f"the runs have different key columns ({sorted({r.keys for r in b_runs + c_runs})})",
+                          "compare runs made by the same evalkit version")
+    b_frame, c_frame = select(b_runs, b_sel, "baseline"), select(c_runs, c_sel, "candidate")
+    b_runs = [r for r in b_runs if r.name in set(b_frame.run)]
+    c_runs = [r for r in c_runs if r.name in set(c_frame.run)]
+    models = _one(b_frame, "model", "baseline"), _one(c_frame, "model", "candidate")
+    # Variants face each other when a selector names them, or when each side holds one and they differ
+    # (two checkpoints each run with its own variant); otherwise softmax is compared with softmax, ...
+    b_att, c_att = set(b_frame.attention.astype(str)), set(c_frame.attention.astype(str))
+    by_attention = "attention" not in b_sel and "attention" not in c_sel and not (len(b_att) == len(c_att) == 1 and b_att != c_att)
+    variants = None if by_attention else (_one(b_frame, "attention", "baseline"), _one(c_frame, "attention", "candidate"))
+
+    units = unit_columns(b_runs[0])
+    headline = HEADLINE_METRICS.get(task)
+    b, c = samples(b_frame, keys, units, headline), samples(c_frame, keys, units, headline)
+    b["variant"], c["variant"] = b.attention, c.attention  # each side's own, for its effective length
+    if not by_attention:  # the two variants face each other in one cell
+        b["attention"] = c["attention"] = f"{variants[0]} → {variants[1]}"
+
+    checks, notes = _run_checks(b_runs, c_runs)
+    same_runs = {r.folder for r in b_runs} == {r.folder for r in c_runs}
+    differences = [] if same_runs else option_differences(b_runs, c_runs)
+    b_seeds, c_seeds = sorted(map(str, b.seed.unique())), sorted(map(str, c.seed.unique()))
+    pairing_wanted = not unpaired and b_seeds == c_seeds
+    if unpaired:
+        notes += differences
+        pairing = "unpaired (--unpaired): the sides are independent samples"
+    elif differences:
+        checks.append(_check("same task options and tokenizer", "; ".join(differences), ""))
+        pairing_wanted = False
+        pairing = "unpaired: the runs differ (see the failed check)"
+    else:
+        checks.append(_check("same task options and tokenizer", None, "the runs' task options and tokenizers agree"))
+        pairing = (f"paired prompt by prompt (seed {', '.join(b_seeds)} on both sides, same task options and tokenizer)"
+                   if pairing_wanted else
+                   f"unpaired: the seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)})")
+
+    cells, prompt_problems, missing, extra = compare_cells(b, c, pairing_wanted, confidence)
+    if pairing_wanted:
+        checks.append(_check("same prompts", "; ".join(prompt_problems) or None,
+                             "every paired prompt has the same provenance on both sides"))
+    checks.append(_check("candidate has every baseline cell",
+                         None if not missing or allow_missing else
+                         f"the candidate lacks {len(missing)} cell(s) the baseline has: {', '.join(missing[:12])}"
+                         + (" …" if len(missing) > 12 else "") + "; rerun it on the same grid, or pass --allow-missing",
+                         "every baseline cell is in the candidate" if not missing else
+                         f"{len(missing)} baseline cell(s) missing, allowed by --allow-missing: {', '.join(missing[:12])}"))
+    if missing and allow_missing:
+        notes.append(checks[-1]["reason"])
+    if extra:
+        notes.append(f"only in the candidate (not compared): {', '.join(extra[:12])}" + (" …" if len(extra) > 12 else ""))
+    if cells.empty:
+        raise ConfigError(f"no cell in common: baseline has {_cells_of(b)}; candidate has {_cells_of(c)}",
+                          "run the candidate on the baseline's lengths and metrics, or select other rows")
+
+    rows = _verdicts(cells, default, tolerances, strict)
+    lengths = _effective_lengths(b, c, threshold_kind, threshold_value, confidence)
+    if not lengths.empty:
+        checks += _length_checks(lengths, strict)
+    failed = [ch for ch in checks if not ch["passed"]]
+    exit_code = int(bool(rows.regression.any() or failed))
+    summary = {
+        "task": task, "baseline": str(baseline), "candidate": str(candidate if candidate is not None else baseline),
+        "baseline_select": describe_selector(b_sel), "candidate_select": describe_selector(c_sel),
+        "baseline_model": models[0], "candidate_model": models[1], "baseline_runs": [str(r.folder) for r in b_runs],
+        "candidate_runs": [str(r.folder) for r in c_runs], "pairing": pairing, "unit": "+".join(["seed", *units]),
+        "confidence": confidence, "strict": strict, "tolerance": _describe_tolerance(default),
+        "threshold": f"rel:{threshold_value:g}" if threshold_kind == "rel" else threshold_value,
+        "cells": len(rows), "regressions": int(rows.regression.sum()), "improvements": int(rows.improvement.sum()),
+        "beyond_noise": int(rows.beyond_noise.sum()), "tests": sorted(set(rows.test.map(_short_test))),
+        "failed_checks": [f"{ch['check']}: {ch['reason']}" for ch in failed], "notes": notes, "exit_code": exit_code,
+    }
+    return Comparison(rows, checks, lengths, summary, exit_code, notes)
+
+
+def _run_checks(b_runs: list[Run], c_runs: list[Run]) -> tuple[list[dict], list[str]]:
+    checks = []
+    for side, runs in (("baseline", b_runs), ("candidate", c_runs)):
+        problems = [p for p in map(completeness, runs) if p]
+        checks.append(_check(f"{side} complete", "; ".join(problems) or None,
+                             f"{len(runs)} run(s) finished every planned sample"))
+    return checks, []
+
+
+def _cells_of(frame: pd.DataFrame) -> str:
+    parts = frame[["attention", "context_length"]].drop_duplicates().sort_values(["attention", "context_length"])
+    return "; ".join(f"{a}@{','.join(str(n) for n in p.context_length)}" for a, p in parts.groupby("attention"))
+
+
+def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: float):
+    """Per (attention, context_length, metric): both sides' means and the Difference, paired when the prompts match."""
+    key = ["attention", "context_length", "metric"]
+    b_groups, c_groups = dict(list(b.groupby(key, sort=True))), dict(list(c.groupby(key, sort=True)))
+    missing = [f"{a}@{n} {m}" for (a, n, m) in b_groups if (a, n, m) not in c_groups]
+    extra = [f"{a}@{n} {m}" for (a, n, m) in c_groups if (a, n, m) not in b_groups]
+    cells, problems = [], []
+    for cell, bp in b_groups.items():
+        if cell not in c_groups:
+            continue
+        cp = c_groups[cell]
+        joined = bp.merge(cp, on="sample", suffixes=("_b", "_c")) if pairing else bp.iloc[:0]
+        differ = joined[joined.prov_b != joined.prov_c] if len(joined) else joined
+        if len(differ):
+            problems.append(f"{cell[0]}@{cell[1]} {cell[2]}: {len(differ)} of {len(joined)} prompts differ "
+                            f"(e.g. sample {differ['sample'].iloc[0]}: {differ.prov_b.iloc[0]} vs {differ.prov_c.iloc[0]})")
+        if len(joined) and not len(differ):
+            diff = stats.paired_difference(joined.value_b, joined.value_c, joined.unit_b, confidence)
+            left_out = len(bp) + len(cp) - 2 * len(joined)
+            test = diff.test + (f"; {left_out} unpaired prompt(s) left out" if left_out else "")
+            means = joined.value_b.mean(), joined.value_c.mean()
+        else:
+            one_each = lambda p: None if p.unit.is_unique else p.unit  # noqa: E731 - Newcombe needs no clusters
+            diff = stats.unpaired_difference(bp.value, cp.value, one_each(bp), one_each(cp), confidence)
+            test, means = diff.test, (bp.value.mean(), cp.value.mean())
+        cells.append(_cell_row(cell, means, diff, test, paired=test.startswith(("exact", "paired"))))
+        if cell[2] == "mean_nll":  # perplexity: the same test through exp, so the two rows agree by construction
+            scale = math.exp(means[0])
+            cells.append(_cell_row((cell[0], cell[1], "perplexity"), (scale, math.exp(means[1])), diff, test,
+                                   paired=cells[-1]["paired"], through=lambda d: scale * math.expm1(d)))
+    return pd.DataFrame(cells, columns=[c for c in ROW_COLUMNS if c not in ("rel_delta", "direction", "tolerance",
+                                                                            "regression", "improvement")]), problems, missing, extra
+
+
+def _cell_row(cell, means, diff: stats.Difference, test: str, paired: bool, through=lambda d: d) -> dict:
+    return {"attention": cell[0], "context_length": cell[1], "metric": cell[2], "baseline": float(means[0]),
+            "candidate": float(means[1]), "delta": float(means[1] - means[0]), "ci_low": through(diff.ci_low),
+            "ci_high": through(diff.ci_high), "p_value": diff.p_value, "beyond_noise": diff.beyond_noise,
+            "paired": paired, "pairs": diff.pairs, "units": diff.units, "test": test}
+
+
+def _verdicts(cells: pd.DataFrame, default: Tolerance, tolerances: dict[str, Tolerance], strict: bool) -> pd.DataFrame:
+    rows = cells.copy()
+    b, c = rows.baseline.astype(float), rows.candidate.astype(float)
+    rows["rel_delta"] = (rows.delta / b.abs()).where(b != 0)
+    rows["direction"] = rows.metric.map(METRIC_DIRECTIONS).fillna(0).astype(int)
+    rows["tolerance"] = [tolerances.get(m, default).allowed(v) + FLOAT_TOLERANCE.allowed(v) for m, v in zip(rows.metric, b)]
+    worse = -rows.direction * rows.delta
+    counts = rows.beyond_noise | strict
+    judged = rows.direction != 0
+    broke = c.isna() & b.notna()  # a metric that turned NaN cannot be trusted to have held up
+    rows["regression"] = judged & ((worse > rows.tolerance) & counts | broke)
+    rows["improvement"] = judged & (-worse > rows.tolerance) & counts
+    return rows[ROW_COLUMNS].reset_index(drop=True)
+
+
+def _describe_tolerance(default: Tolerance) -> str:
+    user = f"{default.absolute:g}" if default.absolute else f"{default.relative:g} × |baseline|" if default.relative else "0"
+    return f"{user} + float floor ({FLOAT_TOLERANCE.absolute:g} + {FLOAT_TOLERANCE.relative:g} × |baseline|)"
+
+
+# -- effective context length --------------------------------------------------------------------
+
+def _effective_lengths(b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float, confidence: float) -> pd.DataFrame:
+    metric = next((m for m in ACCURACY_METRICS if m in set(b.metric) and m in set(c.metric)), None)
+    if metric is None:
+        return pd.DataFrame()
+    out = []
+    for side, frame in (("baseline", b), ("candidate", c)):
+        for (attention, variant), part in frame[frame.metric == metric].groupby(["attention", "variant"], sort=True):
+            lengths, est = [], []
+            for length, cell in part.groupby("context_length", sort=True):
+                lengths.append(int(length))
+                est.append(stats.proportion(cell.value, cell.unit, confidence))
+            thr = value if kind == "abs" else value * est[0].value
+            low, high = stats.effective_length_interval(lengths, [e.ci_low for e in est], [e.ci_high for e in est], thr)
+            out.append({"side": side, "attention": attention, "variant": variant, "metric": metric, "threshold": thr,
+                        "effective_length": stats.effective_length(lengths, [e.value for e in est], thr),
+                        "pessimistic": low, "optimistic": high, "lengths": ",".join(map(str, lengths))})
+    frame = pd.DataFrame(out)
+    for column in ("effective_length", "pessimistic", "optimistic"):  # lengths, or none when even the shortest fails
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
+    """A drop in effective length fails when it is beyond noise: the candidate's optimistic end below the
+    baseline's pessimistic end (--strict: the candidate's point below the baseline's). None counts as 0."""
+    checks = []
+    sides = {side: part.set_index("attention") for side, part in lengths.groupby("side")}
+    for attention, base in sides.get("baseline", pd.DataFrame()).iterrows():
+        if attention not in sides.get("candidate", pd.DataFrame()).index:
+            continue
+        cand = sides["candidate"].loc[attention]
+        num = lambda v: 0 if pd.isna(v) else int(v)  # noqa: E731
+        b_end, c_end = (num(base.effective_length), num(cand.effective_length)) if strict else \
+            (num(base.pessimistic), num(cand.optimistic))
+        text = f"baseline {base.variant} {_ecl(base)}, candidate {cand.variant} {_ecl(cand)}"
+        checks.append(_check(f"effective length {attention}", f"dropped beyond noise: {text}" if c_end < b_end else None, text))
+    return checks
+
+
+def _ecl(row) -> str:
+    name = lambda v: "none" if pd.isna(v) else str(int(v))  # noqa: E731
+    return f"{name(row.effective_length)} [{name(row.pessimistic)}, {name(row.optimistic)}]"
+
+
+# -- reports --------------------------------------------------------------------------------------
+
+def _status(row) -> str:
+    return "❌ regression" if row.regression else "✅ improvement" if row.improvement else "~" if row.beyond_noise else ""
+
+
+def _display(c: Comparison) -> pd.DataFrame:
+    """Cells as strings: regressions first, then every other cell by variant, length and metric."""
+    rows = c.rows
+    order = pd.concat([c.regressions, rows[~rows.regression]])
+    return pd.DataFrame({
+        "": [_status(r) for r in order.itertuples()], "attention": order.attention, "length": order.context_length,
+        "metric": order.metric, "baseline": order.baseline.map(lambda v: fmt(v, ".4g")),
+        "candidate": order.candidate.map(lambda v: fmt(v, ".4g")), "delta": order.delta.map(lambda v: fmt(v, "+.3g")),
+        f"{c.summary['confidence']:.0%} CI": [interval(lo, hi, "+.3g") for lo, hi in zip(order.ci_low, order.ci_high)],
+        "p": order.p_value.map(lambda v: fmt(v, ".2g")), "test": order.test.map(_short_test),
+        "pairs" if order.paired.all() else "n": order.pairs.astype(str), "units": order.units.astype(str),
+        "beyond noise": order.beyond_noise.map({True: "yes", False: "no"}),
+    }).astype(str)
+
+
+def _lengths_display(c: Comparison) -> pd.DataFrame:
+    ls = c.lengths
+    return pd.DataFrame({"side": ls.side, "attention": ls.variant, "effective length": ls.effective_length.map(
+        lambda v: "none" if pd.isna(v) else str(int(v))), "interval": [_ecl(r).split(" ", 1)[1] for r in ls.itertuples()],
+        "threshold": ls.threshold.map(lambda v: fmt(v, ".3g")), "lengths tested": ls.lengths}).astype(str)
+
+
+def _headline(c: Comparison) -> str:
+    s, failed = c.summary, len(c.failed_checks)
+    parts = [f"{s['regressions']} regression{'s' * (s['regressions'] != 1)}"] if s["regressions"] else []
+    parts += [f"{failed} failed check{'s' * (failed != 1)}"] if failed else []
+    return f"{'❌' if c.exit_code else '✅'} evalkit compare: " + (", ".join(parts) or "no regression")
+
+
+def _sides(c: Comparison) -> str:
+    s = c.summary
+    side = lambda k: f"`{s[k]}`" + (f" ({s[k + '_select']})" if s[k + "_select"] else "") + f", model {s[k + '_model']}"  # noqa: E731
+    return f"{s['task']}: baseline {side('baseline')} vs candidate {side('candidate')}."
+
+
+def _method(c: Comparison) -> str:
+    s = c.summary
+    return (f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}. A regression is worse by more "
+            f"than the tolerance ({s['tolerance']}) and beyond noise at {s['confidence']:.0%} confidence"
+            + (" (--strict: noise or not)." if s["strict"] else "."))
+
+
+def to_markdown(c: Comparison, limit: int = 50) -> str:
+    s = c.summary
+    parts = [f"## {_headline(c)}", "", _sides(c), "", _method(c),
+             f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} beyond noise."]
+    if c.failed_checks:
+        parts += ["", "**Failed checks**", ""] + [f"- {ch['check']}: {ch['reason']}" for ch in c.failed_checks]
+    if c.notes:
+        parts += ["", "Notes:"] + [f"- {note}" for note in c.notes]
+    if not c.lengths.empty:
+        parts += ["", f"**Effective context length** (RULER: the longest length up to which {c.lengths.metric.iloc[0]} stays at "
+                      f"or above the threshold; interval from the accuracy intervals' ends)", "",
+                  markdown_table(_lengths_display(c))]
+    return "\n".join(parts + ["", markdown_table(_display(c), limit), ""])
+
+
+def to_json(c: Comparison) -> str:
+    return dumps({"summary": c.summary, "checks": c.checks, "effective_length": records(c.lengths), "rows": records(c.rows)})
+
+
+def to_junit(c: Comparison) -> str:
+    task = c.summary["task"]
+    cases = []
+    for ch in c.checks:
+        case = {"classname": f"evalkit.compare.{task}.checks", "name": ch["check"]}
+        if not ch["passed"]:
+            case["failure"] = f"{ch['check']}: {ch['reason']}"
+        cases.append(case)
+    for row in records(c.rows):
+        case = {"classname": f"evalkit.compare.{task}.{row['attention']}", "name": f"{row['metric']}@{row['context_length']}"}
+        if row["regression"]:
+            case["failure"] = (f"{row['metric']} went from {fmt(row['baseline'])} to {fmt(row['candidate'])} (delta "
+                               f"{fmt(row['delta'], '+.3g')}, {c.summary['confidence']:.0%} CI "
+                               f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, p {fmt(row['p_value'], '.2g')}, "
+                               f"tolerance {fmt(row['tolerance'], '.3g')}; {row['test']})")
+            case["text"] = dumps(row)
+        cases.append(case)
+    return junit_xml(f"evalkit compare {task}", cases)
+
+
+def to_rich_table(c: Comparison, limit: int = 50):
+    from rich.console import Group
+    from rich.text import Text
+
+    table = _display(c)
+    parts = [Text(_headline(c), style="bold red" if c.exit_code else "bold green"), Text(_sides(c)), Text(_method(c)),
+             checks_table(c.checks, "checks")]
+    if not c.lengths.empty:
+        ls = _lengths_display(c)
+        parts.append(rich_table(ls, "effective context length", ls.side == "", ls.side == "", limit=len(ls)))
+    parts.append(rich_table(table, f"{c.summary['regressions']} regressed, {c.summary['improvements']} improved of "
+                            f"{c.summary['cells']} cells", table[""].str.startswith("❌"), table[""].str.startswith("✅"),
+                            limit, caption="\n".join(c.notes) or None))
+    return Group(*parts)
