@@ -116,3 +116,23 @@ def test_effective_length_is_rulers_convention():
     assert stats.effective_length(lengths, [0.95, 0.9, 0.7, 0.9], 0.85) == 2048  # stops at the first drop
     assert stats.effective_length(lengths, [0.5, 0.9, 0.9, 0.9], 0.85) is None
     assert stats.effective_length_interval(lengths, [0.9, 0.8, 0.6, 0.5], [0.99, 0.95, 0.9, 0.8], 0.85) == (1024, 4096)
+
+
+def test_few_identical_unit_differences_are_not_beyond_noise():
+    """Three trials that each lose one of five depths: zero variance, but 3 units cannot show much."""
+    base = np.ones(15)
+    cand = np.ones(15)
+    cand[[0, 5, 10]] = 0
+    diff = stats.paired_difference(base, cand, clusters=np.repeat([0, 1, 2], 5))
+    assert diff.p_value == pytest.approx(0.25)  # 2 of the 8 sign patterns are as extreme
+    assert not diff.beyond_noise
+    assert -1 <= diff.ci_low <= diff.ci_high <= 1
+
+
+def test_sign_flip_p_matches_enumeration_by_hand():
+    import itertools
+
+    d = np.array([0.3, -0.1, 0.5, 0.2, 0.4, 0.1])
+    observed = abs(d.mean())
+    hand = np.mean([abs((np.array(s) * d).mean()) >= observed - 1e-12 for s in itertools.product([1, -1], repeat=6)])
+    assert stats.sign_flip_p(d, np.ones(6)) == pytest.approx(hand)

@@ -17,7 +17,9 @@ Conventions (design.md, "Numbers people decide from"):
 - Paired comparisons (both sides scored on the same prompts): for a 0/1 metric with one pair per
   cluster, the exact McNemar test on the discordant pairs and Newcombe's paired score interval
   (method 10); with several pairs per cluster, a t interval on the per-cluster mean differences.
-  Continuous metrics: t interval on the per-cluster mean differences.
+  For 0/1 metrics on at most 16 units the p-value is also checked by the exact sign-flip
+  (randomization) test, and the larger one counts. Continuous metrics: t interval on the
+  per-cluster mean differences.
 - Unpaired comparisons: Newcombe's hybrid score interval for two proportions (method 10 of
   Newcombe 1998, unpaired); Welch's t interval on cluster means otherwise.
 """
@@ -85,7 +87,10 @@ class Difference:
 
     @property
     def beyond_noise(self) -> bool:
-        return bool(self.p_value < 1 - self.confidence) if math.isfinite(self.p_value) else False
+        """p below 1 - confidence and an interval that excludes 0: the two never disagree in a report."""
+        if not math.isfinite(self.p_value):
+            return False
+        return bool(self.p_value < 1 - self.confidence and (self.ci_low > 0 or self.ci_high < 0))
 
 
 def _as_arrays(values, clusters) -> tuple[np.ndarray, np.ndarray]:
@@ -142,8 +147,9 @@ def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimat
     k = len(sums)
     if 1 < k < n and 0 < p < 1:  # the same k / (k - 1) correction on both sides: no clustering, deff 1
         deff = max(1.0, _ratio_se(sums, counts) ** 2 / (p * (1 - p) / n * k / (k - 1)))
-    # few clusters: their variance is itself uncertain, so the t quantile (k - 1 df) widens the interval
-    low, high = wilson(p * n / deff, n / deff, confidence, df=k - 1 if 1 < k < n else None)
+    # few clusters: the design effect's variance estimate is itself uncertain, so the t quantile
+    # (k - 1 df) widens the interval; with no clustering measured (deff 1, or p at 0 or 1) it is Wilson's
+    low, high = wilson(p * n / deff, n / deff, confidence, df=k - 1 if deff > 1 else None)
     method = "wilson" if deff == 1.0 else f"wilson, design effect {deff:.2f}"
     return Estimate(p, float(low), float(high), n, k, method, confidence)
 
@@ -260,8 +266,29 @@ def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE)
                           f"exact McNemar, Newcombe paired interval; {n} pairs", confidence)
     sums, counts = _cluster_sums(cand - base, codes)
     low, high, p = _t_test(delta, _ratio_se(sums, counts), k - 1, confidence)
-    unit = "pairs" if k == n else f"clusters of {n} pairs"
-    return Difference(delta, low, high, p, n, k, f"paired t on per-cluster differences; {k} {unit}", confidence)
+    test = "paired t on per-cluster differences"
+    if is_binary(base) and is_binary(cand):
+        low, high = max(low, -1.0), min(high, 1.0)
+        if k <= SIGN_FLIP_MAX_UNITS and math.isfinite(p):
+            # 0/1 outcomes make equal unit differences likely (three trials that each lose one depth:
+            # variance 0, t's p = 0); the exact sign-flip test needs no variance estimate.
+            p = max(p, sign_flip_p(sums, counts))
+            test += " with exact sign-flip p"
+    unit = "pairs" if k == n else f"units ({n} pairs)"
+    return Difference(delta, low, high, p, n, k, f"{test}; {k} {unit}", confidence)
+
+
+SIGN_FLIP_MAX_UNITS = 16  # 2**16 sign patterns enumerated exactly; above this the t test is good
+
+
+def sign_flip_p(sums: np.ndarray, counts: np.ndarray) -> float:
+    """Two-sided exact randomization p-value of a paired mean difference: under "no difference"
+    each unit's difference is as likely negated, so every pattern of unit signs is equally likely."""
+    k = len(sums)
+    observed = abs(sums.sum()) / counts.sum()
+    signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
+    flipped = np.abs(signs @ sums) / counts.sum()
+    return float(np.mean(flipped >= observed - 1e-12 * max(1.0, observed)))
 
 
 def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
