@@ -40,9 +40,10 @@ class RunConfig:
     quiet: bool = False
 
     def identity(self) -> dict[str, Any]:
-        """What must match for ``--resume`` to continue a run: everything but grid extents and speed knobs."""
+        """What must match for ``--resume`` to continue a run: everything but grid extents, speed knobs
+        and summary options (they change the tables drawn from the rows, not the rows)."""
         task_cls = get_task(self.task)
-        grid = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("grid")}
+        grid = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("grid") or f.metadata.get("summary")}
         return {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed,
                 # the variants' settings, not their list: adding a variant on --resume is allowed
                 "attention": sorted({json.dumps({k: v for k, v in a.items() if k not in ("name", "label")}, sort_keys=True)
