@@ -24,6 +24,9 @@ class NeedleOptions(NeedleGridOptions):
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
     threshold: str = option(str(stats.RULER_THRESHOLD), "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.", summary=True)
 
+    def __post_init__(self):
+        threshold(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
+
 
 class NeedleTask(Task):
     name = "needle"
@@ -40,7 +43,6 @@ class NeedleTask(Task):
     def __init__(self, options: NeedleOptions, context):
         super().__init__(options, context)
         self.lengths, self.depths = options.validate()
-        threshold(options.threshold, 1.0)  # a bad --threshold fails before the run, not after it
 
     def samples(self) -> list[Sample]:
         out = []
