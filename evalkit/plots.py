@@ -96,6 +96,8 @@ def line_with_band(ax, x, value, low, high, colour, style="-", marker="o", label
     ax.plot(x, value, style, color=colour, marker=marker, markersize=4, label=label)
     if np.isfinite(low).any():
         ax.fill_between(x, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
+        if len(x) == 1:  # a band needs two points: one point shows its interval as an error bar
+            ax.errorbar(x, value, yerr=[value - low, high - value], color=colour, capsize=4, linestyle="none")
 
 
 def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:

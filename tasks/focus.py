@@ -139,7 +139,7 @@ class FocusTask(Task):
             row = {"attention": attention, "context_length": int(length)}
             for metric in ("needle_mass", "entropy_norm", "top1_in_needle"):
                 values = samples[samples.metric == metric]
-                e = stats.mean(values.value, stats.unit_keys(values, units))
+                e = stats.clipped(stats.mean(values.value, stats.unit_keys(values, units)), 0.0, 1.0)  # fractions
                 row.update({"n": e.n, "units": e.units, **stats.columns(e, metric)})
             row.update({"needle_mass_top_heads": part[in_top & (part.metric == "needle_mass")].value.mean(),
                         "entropy": part[part.metric == "entropy"].value.mean(),

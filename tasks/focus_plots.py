@@ -45,7 +45,11 @@ def layer_head_heatmap(frame, title, path):
     image = None
     for ax, variant in zip(axes[0], variants):
         grid = mass[mass.attention == variant].pivot_table(index="layer", columns="head", values="value", aggfunc="mean")
-        image = ax.imshow(grid.to_numpy(), cmap=plots.HEATMAP, vmin=0, vmax=vmax, aspect="auto")
+        cmap = plt.get_cmap(plots.HEATMAP)
+        image = ax.imshow(grid.to_numpy(), cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+        if grid.size <= 160:  # few cells: their values are readable (all 30 x 9 of a real model are not)
+            for (i, j), value in np.ndenumerate(grid.to_numpy()):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=plots.text_colour(cmap(value / vmax)))
         ax.set_xticks(range(grid.shape[1]), [str(h) for h in grid.columns])
         step = max(1, grid.shape[0] // 15)
         ax.set_yticks(range(0, grid.shape[0], step), [str(l) for l in grid.index[::step]])

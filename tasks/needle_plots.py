@@ -74,15 +74,18 @@ def accuracy_vs_length(summary, title, train, path):
                                 ylim=(-0.03, 1.03))
     pooled = summary[summary.context_length.astype(str) == "all"]
     if "threshold" in pooled and pooled.threshold.notna().any():
-        for row in pooled.itertuples():
+        shared = pooled.threshold.nunique() == 1  # one grey line, else each variant's own (rel:F)
+        for k, row in enumerate(pooled.itertuples()):
             colour = plots.variant_colour(row.attention)
-            ax.axhline(row.threshold, color=colour, linestyle=":", linewidth=1)
-            if not pd.isna(row.effective_length):
-                ax.plot([row.effective_length], [row.threshold], marker="v", markersize=10, color=colour, linestyle="none")
+            if not shared or k == 0:
+                ax.axhline(row.threshold, color="grey" if shared else colour, linestyle=":", linewidth=1.2)
+            if not pd.isna(row.effective_length):  # on the axis, stacked, so equal lengths stay visible
+                ax.annotate("▲", (row.effective_length, 0), xycoords=("data", "axes fraction"), xytext=(0, 1 + 10 * k),
+                            textcoords="offset points", ha="center", va="bottom", color=colour, fontsize=11)
         labels = {row.attention: f"{row.attention}: effective {effective_text(row)}" for row in pooled.itertuples()}
         handles, names = ax.get_legend_handles_labels()
-        ax.legend(handles, [labels.get(n, n) for n in names], title="attention (95% band); ▼ effective length at the dotted threshold",
-                  fontsize=8, title_fontsize=8)
+        ax.legend(handles, [labels.get(n, n) for n in names], title="attention (95% band); ▲ effective length, dotted: threshold",
+                  fontsize=8, title_fontsize=8, loc="best")
     return plots.save(fig, path)
 
 

@@ -365,3 +365,11 @@ def estimates(frame, by, units, kind: str = "auto", value: str = "value", confid
 def columns(e: Estimate, name: str) -> dict:
     """A summary table's columns for one estimate: name, name_ci_low, name_ci_high."""
     return {name: e.value, f"{name}_ci_low": e.ci_low, f"{name}_ci_high": e.ci_high}
+
+
+def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
+    """The estimate with its interval cut to the metric's range (a t interval over few units can
+    pass 0 for a fraction that cannot)."""
+    from dataclasses import replace
+
+    return replace(e, ci_low=min(max(e.ci_low, low), high), ci_high=max(min(e.ci_high, high), low))
