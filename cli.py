@@ -178,7 +178,9 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
                                         highlight=False, soft_wrap=True)
             raise typer.Exit(130)
         if not quiet and outcome.summary is not None:
-            _print_frame(console, outcome.summary, f"{task_name} summary: {spec}")
+            from evalkit.report.stats import compact
+
+            _print_frame(console, compact(outcome.summary), f"{task_name} summary (95% intervals): {spec}")
         console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
 
 

@@ -373,3 +373,26 @@ def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
     from dataclasses import replace
 
     return replace(e, ci_low=min(max(e.ci_low, low), high), ci_high=max(min(e.ci_high, high), low))
+
+
+def compact(summary):
+    """A summary for the terminal: each X, X_ci_low, X_ci_high folded into one 'X [low, high]' column."""
+    import pandas as pd
+
+    table = summary.copy()
+    for low in [c for c in summary.columns if c.endswith("_ci_low")]:
+        name = low[: -len("_ci_low")]
+        if name not in table or f"{name}_ci_high" not in table:
+            continue
+        table[name] = [_number(v) + ("" if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f" [{_number(lo)}, {_number(hi)}]")
+                       for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])]
+        table = table.drop(columns=[low, f"{name}_ci_high"])
+    return table
+
+
+def _number(v) -> str:
+    import pandas as pd
+
+    if pd.isna(v):
+        return "-"
+    return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f"{float(v):.4g}"
