@@ -9,6 +9,7 @@ the answer's log-prob shows retrieval even where a small model's greedy answer f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from evalkit.data.options import NeedleGridOptions, needle_samples
@@ -94,7 +95,8 @@ class NeedleTask(Task):
                        **stats.columns(e, "accuracy")}
                 if self.options.scoring == "logprob":
                     logprob = group[group.metric == "answer_logprob"]
-                    row.update(stats.columns(stats.mean(logprob.value, stats.unit_keys(logprob, units)), "answer_logprob"))
+                    e = stats.mean(logprob.value, stats.unit_keys(logprob, units))
+                    row.update(stats.columns(stats.clipped(e, -math.inf, 0.0), "answer_logprob"))  # a log-prob is <= 0
                     row["median_answer_rank"] = group[group.metric == "answer_rank"].value.median()
                 rows.append(row)
             rows[-1].update(self.effective_length(pd.DataFrame(rows[-len(groups):-1])))

@@ -148,3 +148,13 @@ def test_estimates_per_group_with_units_and_seeds():
     seeded = frame.assign(seed=np.tile([1, 2], 12))
     assert set(stats.estimates(seeded, ["g"], ["trial"]).units) == {8}
     assert len(set(stats.unit_keys(frame, []))) == 24  # no unit columns: every row its own unit
+
+
+def test_clipped_and_compact():
+    import pandas as pd
+
+    e = stats.mean([0.0, 0.0, 0.1])  # a fraction whose t interval passes 0
+    assert e.ci_low < 0 and stats.clipped(e).ci_low == 0.0 and stats.clipped(e).ci_high == e.ci_high
+    table = pd.DataFrame({"attention": ["softmax"], **stats.columns(e, "needle_mass"), "n": [3]})
+    assert list(stats.compact(table).columns) == ["attention", "needle_mass", "n"]
+    assert stats.compact(table).needle_mass.iloc[0] == f"{e.value:.4g} [{e.ci_low:.4g}, {e.ci_high:.4g}]"
