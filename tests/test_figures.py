@@ -204,6 +204,8 @@ def test_aggregate_seeds_is_one_line_with_the_spread_across_seeds(tmp_path):
     twin = synthetic_perplexity_run(tmp_path / "twin", 1, {64: 3.2, 128: 3.5})
     result = runner.invoke(APP, ["plot", str(runs[0]), str(twin), "--out", str(tmp_path / "bad"), "--aggregate", "seeds"])
     assert result.exit_code == 2 and "same settings and seed" in result.output
+    plot(*runs, "--out", tmp_path / "agg", "--aggregate", "seeds", "--label", "mine", "--label", "x", "--label", "y")
+    assert set(pd.read_csv(tmp_path / "agg" / "perplexity_perplexity_vs_length.csv").series) == {"mine (3 seeds) · softmax"}
 
 
 def test_training_length_is_marked_in_every_length_plot(tmp_path, monkeypatch):

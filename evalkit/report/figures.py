@@ -49,7 +49,6 @@ class Run:
     manifest: dict
     task: object  # the run's Task, rebuilt from its manifest: its summarize() makes the numbers
     summary: pd.DataFrame
-    label: str = ""
 
     @property
     def model(self) -> str:
@@ -100,7 +99,7 @@ def points(run: Run, metric: str) -> pd.DataFrame | None:
     if f"{column}_ci_low" in run.summary:
         rows = run.summary[pd.to_numeric(run.summary.context_length, errors="coerce").notna()]
         out = rows.rename(columns={column: "value", f"{column}_ci_low": "ci_low", f"{column}_ci_high": "ci_high"})
-        return out.assign(context_length=out.context_length.astype(int))[POINT_COLUMNS]
+        return out.assign(context_length=out.context_length.astype(int)).reindex(columns=POINT_COLUMNS)
     rows = run.frame[run.frame.metric == metric]
     if rows.empty:
         return None
@@ -128,39 +127,35 @@ def across_seeds(runs: list[Run], metric: str) -> pd.DataFrame | None:
     return pd.DataFrame(out, columns=POINT_COLUMNS)
 
 
-def run_labels(runs: list[Run], labels: list[str] | None) -> list[str]:
-    """--label per run, else the model; made unique with the run folder, then a number."""
-    if labels:
-        if len(labels) != len(runs):
-            raise ConfigError(f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order")
-        names = list(labels)
-    else:
-        names = [run.model for run in runs]
-        names = [f"{n} ({run.folder.name})" if names.count(n) > 1 else n for n, run in zip(names, runs)]
+def unique_labels(names: list[str], folders: list[Path]) -> list[str]:
+    """Labels made unique: a repeated name gets its run folder, then a number."""
+    names = [f"{n} ({f.name})" if names.count(n) > 1 else n for n, f in zip(names, folders)]
     seen: dict[str, int] = {}
-    unique = []
+    out = []
     for name in names:
         seen[name] = seen.get(name, 0) + 1
-        unique.append(name if names.count(name) == 1 else f"{name} #{seen[name]}")
-    return unique
-
-
-def _lines(runs: list[Run], aggregate: bool) -> list[tuple[str, list[Run]]]:
-    """(label, runs) per line source: each run alone, or runs grouped by settings under --aggregate seeds."""
-    if not aggregate:
-        return [(run.label, [run]) for run in runs]
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.settings, []).append(run)
-    out = []
-    for members in groups.values():
-        seeds = [run.seed for run in members]
-        if len(set(map(str, seeds))) < len(seeds):
-            raise ConfigError(f"runs {', '.join(str(r.folder) for r in members)} have the same settings and seed {seeds}: "
-                              "they are repeats, not seeds", "drop the repeats, or plot without --aggregate seeds")
-        label = members[0].label + (f" ({len(members)} seeds)" if len(members) > 1 else "")
-        out.append((label, members))
+        out.append(name if names.count(name) == 1 else f"{name} #{seen[name]}")
     return out
+
+
+def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tuple[str, list[Run]]]:
+    """(label, runs) per line source: each run alone, or under --aggregate seeds the runs that differ
+    only in seed together. Labels: --label (one per run; a group takes its first run's), else the model."""
+    if labels and len(labels) != len(runs):
+        raise ConfigError(f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order")
+    given = dict(zip(map(id, runs), labels or []))
+    groups: dict[str, list[Run]] = {}
+    for k, run in enumerate(runs):
+        groups.setdefault(run.settings if aggregate else str(k), []).append(run)
+    for members in groups.values():
+        seeds = [str(run.seed) for run in members]
+        if len(set(seeds)) < len(seeds):
+            raise ConfigError(f"runs {', '.join(str(r.folder) for r in members)} have the same settings and seed: "
+                              "they are repeats, not seeds", "drop the repeats, or plot without --aggregate seeds")
+    members = list(groups.values())
+    names = unique_labels([given.get(id(m[0]), m[0].model) for m in members], [m[0].folder for m in members])
+    return [(name + (f" ({len(m)} seeds)" if len(m) > 1 else "") + (" (interrupted)" if any(r.manifest.get("interrupted") for r in m) else ""), m)
+            for name, m in zip(names, members)]
 
 
 def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: list[str] | None = None,
@@ -169,8 +164,6 @@ def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: l
     if aggregate not in (None, "seeds"):
         raise ConfigError(f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run")
     runs = [load_run(Path(f)) for f in folders]
-    for run, label in zip(runs, run_labels(runs, labels)):
-        run.label = label + (" (interrupted)" if run.manifest.get("interrupted") else "")
     if metric is not None:
         there = set().union(*(set(r.frame.metric) | {c for c in r.summary if f"{c}_ci_low" in r.summary} for r in runs))
         if metric not in there:
@@ -178,11 +171,12 @@ def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: l
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    every_line = lines(runs, labels, aggregate == "seeds")
     for task in dict.fromkeys(run.task.name for run in runs):
-        mine = [run for run in runs if run.task.name == task]
-        name = metric or HEADLINE.get(task, str(mine[0].frame.metric.iloc[0]))
+        mine = [(label, members) for label, members in every_line if members[0].task.name == task]
+        name = metric or HEADLINE.get(task, str(mine[0][1][0].frame.metric.iloc[0]))
         series = []
-        for label, members in _lines(mine, aggregate == "seeds"):
+        for label, members in mine:
             curve = across_seeds(members, name) if len(members) > 1 else points(members[0], name)
             if curve is not None and not curve.empty:
                 series.append((label, members, curve))
@@ -197,11 +191,10 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
     column = SUMMARY_COLUMN.get(name, name)
     ylabel, ylim = AXIS.get(column, (name.replace("_", " "), None))
     fig, ax = plots.figure(7.5, 4.5)
-    several = len(series) > 1
     table = []
     for k, (label, members, curve) in enumerate(series):
         for attention, line in curve.groupby("attention", sort=False):
-            text = f"{label} · {attention}" if several else str(attention)
+            text = f"{label} · {attention}"
             plots.line_with_band(ax, line.context_length, line.value, line.ci_low, line.ci_high, plots.variant_colour(attention),
                                  plots.VARIANT_STYLES[k % len(plots.VARIANT_STYLES)], plots.MARKERS[k % len(plots.MARKERS)], text)
             table.append(line.assign(series=text, runs=" ".join(str(r.folder) for r in members), model=members[0].model,
