@@ -242,3 +242,15 @@ def test_heatmap_is_colour_blind_safe_with_readable_text(tmp_path, monkeypatch):
 def test_one_colour_per_variant_everywhere():
     assert plots.variant_colour("softmax") == plots.VARIANT_COLOURS["softmax"] != plots.variant_colour("ssmax")
     assert plots.variant_colour("my-variant") == plots.variant_colour("my-variant")  # stable across figures
+
+
+def test_a_logn_train_length_is_not_the_models_training_length(tiny_checkpoint):
+    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.variants import VariantRequest, resolve_variants
+
+    loaded = load_model(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None)
+    (variant,) = resolve_variants(loaded, [VariantRequest.from_dict({"name": "logn", "train_length": 64})])
+    variant.activate(loaded.model)
+    # the evaluation setting is recorded on the variant; the checkpoint states no training length
+    assert variant.describe["train_length"] == 64 and loaded.training_length is None
+    assert loaded.describe()["training_length"] is None
