@@ -93,7 +93,8 @@ def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:
                        VARIANT_STYLES[k % len(VARIANT_STYLES)], MARKERS[k % len(MARKERS)], label=str(variant))
 
 
-def mark_training_length(ax, lengths, train, as_columns: bool = False, label: str = "training length", row: int = 0) -> None:
+def mark_training_length(ax, lengths, train, as_columns: bool = False, label: str = "training length", row: int = 0,
+                         suffix: str = "") -> None:
     """A dashed line where the context lengths pass the model's training length."""
     lengths = list(lengths)
     if not train or not lengths or train >= max(lengths):
@@ -103,7 +104,7 @@ def mark_training_length(ax, lengths, train, as_columns: bool = False, label: st
     # a heatmap's columns are categories: the line goes between the last column inside and the first outside
     x = sum(1 for n in lengths if n <= train) - 0.5 if as_columns else train
     ax.axvline(x, color="black", linestyle="--", linewidth=1.2)
-    ax.annotate(f"{label} {format_length(train)}", (x, 1.0), xycoords=("data", "axes fraction"),
+    ax.annotate(f"{label} {format_length(train)}{suffix}", (x, 1.0), xycoords=("data", "axes fraction"),
                 xytext=(3, -12 - 11 * row), textcoords="offset points", fontsize=8)
 
 

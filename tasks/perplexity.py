@@ -115,12 +115,14 @@ class PerplexityTask(Task):
             else:
                 nll = stats.mean(means["value"], keys)
                 tokens = int(len(means) * (length - 1))
+            nll = stats.clipped(nll, 0.0, math.inf)  # a t interval over few windows can pass 0; an NLL cannot
             row = {"attention": attention, "context_length": int(length), "n": nll.n, "units": nll.units, "tokens": tokens,
                    **stats.columns(nll, "mean_nll"), **stats.columns(nll.exp(), "perplexity")}
             bins = part[part.metric == "nll"]
             if not bins.empty:
                 last = bins[bins.position_bin == bins.position_bin.max()]
-                row.update(stats.columns(stats.mean(last["value"], stats.unit_keys(last, units)), "nll_last_bin"))
+                last_nll = stats.mean(last["value"], stats.unit_keys(last, units))
+                row.update(stats.columns(stats.clipped(last_nll, 0.0, math.inf), "nll_last_bin"))
                 row["last_bin"] = f"{int(last.position_bin.iloc[0])}-{int(last.position_end.iloc[0]) - 1}"
             groups.append(row)
         return pd.DataFrame(groups)

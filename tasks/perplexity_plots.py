@@ -16,11 +16,12 @@ def loss_vs_position(bins, units, title, train, path):
 
     plt = plots._pyplot()
     curve = stats.estimates(bins, ["attention", "context_length", "position_bin", "position_end"], units, kind="mean")
+    curve["ci_low"] = curve.ci_low.clip(lower=0.0)  # an NLL is >= 0; a t interval over few windows is not
     # geometric midpoint: on a log axis a bin [lo, hi) sits visually at sqrt(lo * (hi - 1))
     curve["position"] = np.sqrt(curve.position_bin * np.maximum(curve.position_bin, curve.position_end - 1))
     variants = list(dict.fromkeys(curve.attention))
     lengths = sorted(curve.context_length.unique())
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(lengths))) if len(lengths) > 1 else ["#333333"]
+    colours = plt.cm.viridis(np.linspace(0, 0.75, len(lengths))) if len(lengths) > 1 else ["#333333"]
     fig, axes = plt.subplots(1, len(variants), figsize=(1.0 + 5.6 * len(variants), 4.2), squeeze=False, sharey=True)
     for ax, variant in zip(axes[0], variants):
         for colour, length in zip(colours, lengths):

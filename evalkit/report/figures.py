@@ -206,7 +206,7 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
         trains.setdefault(training_length(members[0].manifest), []).append(members[0].model)
     for row, (train, models) in enumerate(t for t in trains.items() if t[0]):
         suffix = f" ({', '.join(dict.fromkeys(models))})" if len(trains) > 1 else ""
-        plots.mark_training_length(ax, lengths, train, label="training length" + suffix, row=row)
+        plots.mark_training_length(ax, lengths, train, row=row, suffix=suffix)
     plots.length_axis(ax, lengths, ylim)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{task}: length generalization (95% bands)")
