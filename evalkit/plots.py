@@ -96,10 +96,15 @@ def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:
 def mark_training_length(ax, lengths, train, as_columns: bool = False, label: str = "training length", row: int = 0,
                          suffix: str = "") -> None:
     """A dashed line where the context lengths pass the model's training length."""
-    lengths = list(lengths)
-    if not train or not lengths or train >= max(lengths):
-        return
     from evalkit.grid import format_length
+
+    lengths = list(lengths)
+    if not train or not lengths:
+        return
+    if train >= max(lengths):  # said, so a reader knows every length is inside it
+        ax.annotate(f"{label} {format_length(train)}{suffix}: beyond the axis", (1.0, 1.0), xycoords="axes fraction",
+                    xytext=(-4, -12 - 11 * row), textcoords="offset points", ha="right", fontsize=8, color="dimgray")
+        return
 
     # a heatmap's columns are categories: the line goes between the last column inside and the first outside
     x = sum(1 for n in lengths if n <= train) - 0.5 if as_columns else train

@@ -32,6 +32,7 @@ from evalkit.report import stats
 HEADLINE = {"perplexity": "perplexity", "needle": "greedy_correct", "focus": "needle_mass"}
 # Row metrics whose summary column has another name.
 SUMMARY_COLUMN = {"greedy_correct": "accuracy", "contains": "accuracy"}
+BINARY = {"greedy_correct", "contains", "exact_match"}
 # Summary columns that are exp of another: across seeds the log is averaged, as within a run.
 EXP_OF = {"perplexity": "mean_nll"}
 AXIS = {"perplexity": ("perplexity, exp(mean NLL) (lower is better)", None),
@@ -106,7 +107,9 @@ def points(run: Run, metric: str) -> pd.DataFrame | None:
     # a sample's rows (bins, heads) are one value; the task's independent unit is the cluster
     per_sample = [c for c in ("attention", *run.task.sample_columns(), "seed") if c in rows.columns]
     rows = rows.groupby(per_sample, as_index=False, sort=False, dropna=False)["value"].mean()
-    out = stats.estimates(rows, ["attention", "context_length"], run.task.unit_columns(run.task.options))
+    # a 0/1 metric is a proportion (Wilson); anything else a mean (t), even where its values happen to be 0/1 (ranks all 1)
+    kind = "proportion" if metric in BINARY else "mean"
+    out = stats.estimates(rows, ["attention", "context_length"], run.task.unit_columns(run.task.options), kind=kind)
     return out.assign(context_length=out.context_length.astype(int))[POINT_COLUMNS]
 
 
@@ -141,8 +144,6 @@ def unique_labels(names: list[str], folders: list[Path]) -> list[str]:
 def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tuple[str, list[Run]]]:
     """(label, runs) per line source: each run alone, or under --aggregate seeds the runs that differ
     only in seed together. Labels: --label (one per run; a group takes its first run's), else the model."""
-    if labels and len(labels) != len(runs):
-        raise ConfigError(f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order")
     given = dict(zip(map(id, runs), labels or []))
     groups: dict[str, list[Run]] = {}
     for k, run in enumerate(runs):
@@ -164,6 +165,8 @@ def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: l
     if aggregate not in (None, "seeds"):
         raise ConfigError(f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run")
     runs = [load_run(Path(f)) for f in folders]
+    if labels and len(labels) != len(runs):
+        raise ConfigError(f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order")
     if metric is not None:
         there = set().union(*(set(r.frame.metric) | {c for c in r.summary if f"{c}_ci_low" in r.summary} for r in runs))
         if metric not in there:
@@ -171,12 +174,11 @@ def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: l
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    every_line = lines(runs, labels, aggregate == "seeds")
     for task in dict.fromkeys(run.task.name for run in runs):
-        mine = [(label, members) for label, members in every_line if members[0].task.name == task]
-        name = metric or HEADLINE.get(task, str(mine[0][1][0].frame.metric.iloc[0]))
+        mine = [(run, label) for run, label in zip(runs, labels or [None] * len(runs)) if run.task.name == task]
+        name = metric or HEADLINE.get(task, str(mine[0][0].frame.metric.iloc[0]))
         series = []
-        for label, members in mine:
+        for label, members in lines([r for r, _ in mine], [l for _, l in mine] if labels else None, aggregate == "seeds"):
             curve = across_seeds(members, name) if len(members) > 1 else points(members[0], name)
             if curve is not None and not curve.empty:
                 series.append((label, members, curve))
@@ -199,7 +201,7 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
                                  plots.VARIANT_STYLES[k % len(plots.VARIANT_STYLES)], plots.MARKERS[k % len(plots.MARKERS)], text)
             table.append(line.assign(series=text, runs=" ".join(str(r.folder) for r in members), model=members[0].model,
                                      seeds=" ".join(str(r.seed) for r in members)))
-    points_table = pd.concat(table, ignore_index=True)
+    points_table = pd.concat(table, ignore_index=True).sort_values(["series", "context_length"], kind="stable")
     lengths = sorted(points_table.context_length.unique())
     trains = {}
     for label, members, _ in series:
