@@ -10,14 +10,14 @@ from tasks.needle_plots import save_untight, summary_vs_length
 
 
 def mass_vs_length(frame, summary, top_heads, in_heads, title, train, path):
-    """Mean needle mass over all heads with its 95% band (solid), and over each variant's top heads
-    (dashed, no band: those heads are chosen on the same data)."""
+    """Mean needle mass over all heads with its 95% band, and over each variant's top heads
+    (dotted, crosses, no band: those heads are chosen on the same data)."""
     ax, fig = summary_vs_length(summary, "needle_mass", "attention mass on the needle",
                                 f"Needle attention mass vs length — {title}", train, ylim=(-0.02, 1.02))
     mass = frame[frame.metric == "needle_mass"]
     for attention, part in mass.groupby("attention", sort=False):
         top = part[in_heads(part, top_heads[attention])].groupby("context_length")["value"].mean()
-        ax.plot(top.index, top.values, "--", color=plots.variant_colour(attention), marker="s", markersize=4,
+        ax.plot(top.index, top.values, ":", color=plots.variant_colour(attention), marker="x", markersize=5, linewidth=1.5,
                 label=f"{attention}: top {len(top_heads[attention])} heads")
     handles, names = ax.get_legend_handles_labels()
     ax.legend(handles, [n if "top" in n else f"{n}: all heads" for n in names], title="attention (95% band)", fontsize=8)
