@@ -110,7 +110,8 @@ def mark_training_length(ax, lengths, train, as_columns: bool = False, label: st
     x = sum(1 for n in lengths if n <= train) - 0.5 if as_columns else train
     ax.axvline(x, color="black", linestyle="--", linewidth=1.2)
     ax.annotate(f"{label} {format_length(train)}{suffix}", (x, 1.0), xycoords=("data", "axes fraction"),
-                xytext=(3, -12 - 11 * row), textcoords="offset points", fontsize=8)
+                xytext=(3, -12 - 11 * row), textcoords="offset points", fontsize=8,
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})  # readable on dark cells
 
 
 def text_colour(rgba) -> str:
