@@ -199,7 +199,9 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
             _print_continue(errors, f"interrupted: {len(outcome.frame)} rows kept in {outcome.folder}", parent or outcome.folder)
             raise typer.Exit(130)
         if not quiet and outcome.summary is not None:
-            _print_frame(console, outcome.summary, f"{task_name} summary: {config.model}")
+            from evalkit.report.stats import compact
+
+            _print_frame(console, compact(outcome.summary), f"{task_name} summary (95% intervals): {config.model}")
         console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
 
 
@@ -434,17 +436,23 @@ def reference_train(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+class Aggregate(str, Enum):
+    seeds = "seeds"
+
+
 @app.command("plot")
 @user_errors
 def plot_command(
     runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
     out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
     metric: Annotated[Optional[str], typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline.")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder.")] = None,
+    aggregate: Annotated[Optional[Aggregate], typer.Option(help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds.")] = None,
 ) -> None:
-    """Length-generalization figures across runs: one line per (model, attention variant)."""
-    from evalkit.figures import plot_runs
+    """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points also as CSV."""
+    from evalkit.report.figures import plot_runs
 
-    for path in plot_runs(runs, out, metric):
+    for path in plot_runs(runs, out, metric, label, aggregate.value if aggregate else None):
         typer.echo(str(path))
 
 

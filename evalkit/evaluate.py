@@ -43,10 +43,13 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """What must match for ``--resume`` to continue a run: every option that changes rows (the
         grid and every task option, defaults filled in), the model, dtype, seed, RoPE and each
-        variant's settings. Speed knobs (device, batch tokens, prefix cache) may change. Variants may
+        variant's settings. Speed knobs (device, batch tokens, prefix cache) may change, and so may
+        summary options (they change the tables drawn from the rows, not the rows). Variants may
         be added (see ``results._differences``); the tokenizer is checked after the load."""
         task_cls = get_task(self.task)
-        options = dataclasses.asdict(build_options(task_cls, self.task_options))
+        summary_only = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("summary")}
+        options = {k: v for k, v in dataclasses.asdict(build_options(task_cls, self.task_options)).items()
+                   if k not in summary_only}
         attention = {a.get("label") or a["name"]: {k: v for k, v in a.items() if k != "label"} for a in self.attention}
         fixed = {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed, "attention": attention,
                  "rope": {k: v for k, v in self.rope.items() if v is not None}}

@@ -63,6 +63,12 @@ class Task:
 
         By default a sample is a unit; tasks whose samples share text (needle trials) say so.
         """
+        return cls.sample_columns()
+
+    @classmethod
+    def sample_columns(cls) -> tuple[str, ...]:
+        """Row columns that identify one sample (one prompt): its rows (bins, heads) are averaged
+        into one number before a sample counts as a value."""
         return ("context_length",) + tuple(k for k in cls.key_columns if k not in WITHIN_SAMPLE_KEYS)
 
     def samples(self) -> list[Sample]:

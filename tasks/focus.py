@@ -17,6 +17,7 @@ from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.errors import ConfigError
 from evalkit.grid import parse_lengths
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
+from evalkit.report import stats
 from evalkit.task import Sample, Task, option
 
 TOP_HEADS = 5
@@ -130,24 +131,38 @@ class FocusTask(Task):
         return {a: part.nlargest(TOP_HEADS, "value") for a, part in means.groupby("attention", sort=False)}
 
     def summarize(self, frame):
+        """Per variant and length: needle mass, normalized entropy and top-1-in-needle, averaged over
+        heads within each sample first (heads of one prompt are not independent), then with a t
+        interval over independent units (trials). Top-head numbers carry no interval: the heads are
+        picked on the same data."""
         import pandas as pd
 
         if self.options.analytic:
             return frame.pivot_table(index="context_length", columns="attention", values="value").reset_index()
         top = self.top_heads(frame)
+        per_sample = self.per_sample(frame)
+        units = self.unit_columns(self.options)
         rows = []
         for (attention, length), part in frame.groupby(["attention", "context_length"], sort=False):
-            mean = part.groupby("metric")["value"].mean()
+            samples = per_sample[(per_sample.attention == attention) & (per_sample.context_length == length)]
             heads = top[attention]
             in_top = self.in_heads(part, heads)
-            rows.append({"attention": attention, "context_length": int(length),
-                         "needle_mass": mean["needle_mass"],
-                         "needle_mass_top_heads": part[in_top & (part.metric == "needle_mass")].value.mean(),
-                         "entropy": mean["entropy"], "entropy_norm": mean["entropy_norm"],
-                         "top1_in_needle": mean["top1_in_needle"],
-                         "top_heads": " ".join(f"L{l}H{h}" for l, h in zip(heads["layer"], heads["head"]))})
+            row = {"attention": attention, "context_length": int(length)}
+            for metric in ("needle_mass", "entropy_norm", "top1_in_needle"):
+                values = samples[samples.metric == metric]
+                e = stats.clipped(stats.mean(values.value, stats.unit_keys(values, units)), 0.0, 1.0)  # fractions
+                row.update({"n": e.n, "units": e.units, **stats.columns(e, metric)})
+            row.update({"needle_mass_top_heads": part[in_top & (part.metric == "needle_mass")].value.mean(),
+                        "entropy": part[part.metric == "entropy"].value.mean(),
+                        "top_heads": " ".join(f"L{l}H{h}" for l, h in zip(heads["layer"], heads["head"]))})
+            rows.append(row)
         order = {a: k for k, a in enumerate(pd.unique(frame.attention))}
         return pd.DataFrame(rows).sort_values(["attention", "context_length"], key=lambda c: c.map(order) if c.name == "attention" else c)
+
+    def per_sample(self, frame):
+        """One value per (sample, metric): the mean over the sample's layers and heads."""
+        columns = ["attention", *self.sample_columns(), *(["seed"] if "seed" in frame.columns else []), "metric"]
+        return frame.groupby(columns, as_index=False, sort=False)["value"].mean()
 
     def plot(self, frame, title, plots_dir):
         from tasks import focus_plots
@@ -155,6 +170,8 @@ class FocusTask(Task):
         if self.options.analytic:
             return [focus_plots.analytic(frame, self.options, plots_dir / "analytic_max_weight.png")]
         train = self.context.marked_length
-        return [focus_plots.mass_vs_length(frame, self.top_heads(frame), self.in_heads, title, train, plots_dir / "needle_mass_vs_length.png"),
+        summary = self.summarize(frame)
+        return [focus_plots.mass_vs_length(frame, summary, self.top_heads(frame), self.in_heads, title, train,
+                                           plots_dir / "needle_mass_vs_length.png"),
                 focus_plots.layer_head_heatmap(frame, title, plots_dir / "needle_mass_layer_head.png"),
-                focus_plots.entropy_vs_length(frame, title, train, plots_dir / "entropy_norm_vs_length.png")]
+                focus_plots.entropy_vs_length(summary, title, train, plots_dir / "entropy_norm_vs_length.png")]

@@ -1,4 +1,4 @@
-"""Figures of the focus task."""
+"""Figures of the focus task. Curves come from the task's summary (summary.csv's numbers and bands)."""
 
 from __future__ import annotations
 
@@ -6,35 +6,33 @@ import numpy as np
 
 from evalkit import plots
 from evalkit.grid import format_length
-from tasks.needle_plots import _mark_training_length, _save_untight, metric_vs_length
+from tasks.needle_plots import save_untight, summary_vs_length
 
 
-def mass_vs_length(frame, top_heads, in_heads, title, train, path):
-    """Mean needle mass over all heads (solid) and over each variant's top heads (dashed)."""
+def mass_vs_length(frame, summary, top_heads, in_heads, title, train, path):
+    """Mean needle mass over all heads with its 95% band, and over each variant's top heads
+    (dotted, crosses, no band: those heads are chosen on the same data)."""
+    ax, fig = summary_vs_length(summary, "needle_mass", "attention mass on the needle",
+                                f"Needle attention mass vs length — {title}", train, ylim=(-0.02, 1.02))
     mass = frame[frame.metric == "needle_mass"]
-    fig, ax = plots.figure()
-    for k, (attention, part) in enumerate(mass.groupby("attention", sort=False)):
-        colour = f"C{k}"
-        mean = part.groupby("context_length")["value"].mean()
-        ax.plot(mean.index, mean.values, "-", color=colour, marker="o", label=f"{attention}: all heads")
+    for attention, part in mass.groupby("attention", sort=False):
         top = part[in_heads(part, top_heads[attention])].groupby("context_length")["value"].mean()
-        ax.plot(top.index, top.values, "--", color=colour, marker="s", markersize=4,
+        ax.plot(top.index, top.values, ":", color=plots.variant_colour(attention), marker="x", markersize=5, linewidth=1.5,
                 label=f"{attention}: top {len(top_heads[attention])} heads")
-    lengths = sorted(mass.context_length.unique())
-    plots.length_axis(ax, lengths, (-0.02, 1.02))
-    _mark_training_length(ax, lengths, train, as_columns=False)
-    ax.set_ylabel("attention mass on the needle")
-    ax.set_title(f"Needle attention mass vs length — {title}", fontsize=10)
-    ax.legend(fontsize=8)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [n if "top" in n else f"{n}: all heads" for n in names], title="attention (95% band)", fontsize=8)
     return plots.save(fig, path)
 
 
-def entropy_vs_length(frame, title, train, path):
-    part = frame[frame.metric == "entropy_norm"]
-    return metric_vs_length(part, "normalized entropy (entropy / log n)", f"Attention entropy vs length — {title}", train, path)
+def entropy_vs_length(summary, title, train, path):
+    _, fig = summary_vs_length(summary, "entropy_norm", "normalized entropy (entropy / log n)",
+                               f"Attention entropy vs length — {title}", train)
+    return plots.save(fig, path)
 
 
 def layer_head_heatmap(frame, title, path):
+    """Needle mass per layer and head at the longest length, one panel per variant; every cell
+    averages the same samples, so n goes in the title."""
     plt = plots._pyplot()
     mass = frame[frame.metric == "needle_mass"]
     length = int(mass.context_length.max())
@@ -43,10 +41,15 @@ def layer_head_heatmap(frame, title, path):
     fig, axes = plt.subplots(1, len(variants), figsize=(2.0 + 3.2 * len(variants), 0.22 * mass.layer.nunique() + 2.2),
                              squeeze=False, layout="constrained")
     vmax = max(1e-6, float(mass.groupby(["attention", "layer", "head"])["value"].mean().max()))
+    n = int(mass.groupby(["attention", "layer", "head"]).size().min())
     image = None
     for ax, variant in zip(axes[0], variants):
         grid = mass[mass.attention == variant].pivot_table(index="layer", columns="head", values="value", aggfunc="mean")
-        image = ax.imshow(grid.to_numpy(), cmap="magma", vmin=0, vmax=vmax, aspect="auto")
+        cmap = plt.get_cmap(plots.HEATMAP)
+        image = ax.imshow(grid.to_numpy(), cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+        if grid.size <= 160:  # few cells: their values are readable (all 30 x 9 of a real model are not)
+            for (i, j), value in np.ndenumerate(grid.to_numpy()):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=plots.text_colour(cmap(value / vmax)))
         ax.set_xticks(range(grid.shape[1]), [str(h) for h in grid.columns])
         step = max(1, grid.shape[0] // 15)
         ax.set_yticks(range(0, grid.shape[0], step), [str(l) for l in grid.index[::step]])
@@ -54,17 +57,19 @@ def layer_head_heatmap(frame, title, path):
         ax.set_title(variant)
     axes[0][0].set_ylabel("layer")
     fig.colorbar(image, ax=axes[0].tolist(), label="attention mass on the needle", fraction=0.05)
-    fig.suptitle(f"Needle attention mass per layer and head at {format_length(length)} — {title}")
-    return _save_untight(fig, path)
+    fig.suptitle(f"Needle attention mass per layer and head at {format_length(length)}, n = {n} samples per cell — {title}")
+    return save_untight(fig, path)
 
 
 def analytic(frame, options, path):
+    """Model-free: exact for one-hot logits, so no band."""
     fig, ax = plots.figure()
     for k, (attention, part) in enumerate(frame.groupby("attention", sort=False)):
         part = part.sort_values("context_length")
         s = part["s"].iloc[0]
         label = attention if s is None or np.isnan(s) else f"{attention} (s = {s:g})"
-        ax.plot(part.context_length, part.value, plots.VARIANT_STYLES[k % 4], marker="o", markersize=3, label=label)
+        ax.plot(part.context_length, part.value, plots.VARIANT_STYLES[k % 4], marker="o", markersize=3, label=label,
+                color=plots.variant_colour(attention))
     ax.set_xscale("log", base=2)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("number of keys n")

@@ -9,10 +9,13 @@ the answer's log-prob shows retrieval even where a small model's greedy answer f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
+from evalkit.errors import ConfigError
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+from evalkit.report import stats
 from evalkit.task import Sample, Task, option
 
 
@@ -20,6 +23,10 @@ from evalkit.task import Sample, Task, option
 class NeedleOptions(NeedleGridOptions):
     scoring: str = option("logprob", "logprob: one teacher-forced pass; generate: greedy generation, answer parsed.", choices=("logprob", "generate"))
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
+    threshold: str = option(str(stats.RULER_THRESHOLD), "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.", summary=True)
+
+    def __post_init__(self):
+        threshold(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
 
 
 def parse_answer(text: str, gold: str) -> str:
@@ -84,31 +91,66 @@ class NeedleTask(Task):
         return "contains" if self.options.scoring == "generate" else "greedy_correct"
 
     def summarize(self, frame):
+        """Per variant and length, then pooled ("all"): accuracy (cluster-adjusted Wilson) and the
+        answer log-prob (t), each with its 95% interval over independent units (needle trials);
+        on the pooled row, the variant's effective context length with its interval."""
         import pandas as pd
 
+        units = self.unit_columns(self.options)
         rows = []
-        order = list(pd.unique(frame["attention"]))
-        for attention in order:
+        for attention in pd.unique(frame["attention"]):
             part = frame[frame.attention == attention]
             groups = [(int(n), p) for n, p in sorted(part.groupby("context_length"))] + [("all", part)]
             for length, group in groups:
                 acc = group[group.metric == self.accuracy_metric]
-                row = {"attention": attention, "context_length": length, "samples": len(acc), "accuracy": acc.value.mean()}
+                e = stats.proportion(acc.value, stats.unit_keys(acc, units))
+                row = {"attention": attention, "context_length": length, "n": e.n, "units": e.units,
+                       **stats.columns(e, "accuracy")}
                 if self.options.scoring == "logprob":
-                    row["mean_answer_logprob"] = group[group.metric == "answer_logprob"].value.mean()
+                    logprob = group[group.metric == "answer_logprob"]
+                    e = stats.mean(logprob.value, stats.unit_keys(logprob, units))
+                    row.update(stats.columns(stats.clipped(e, -math.inf, 0.0), "answer_logprob"))  # a log-prob is <= 0
                     row["median_answer_rank"] = group[group.metric == "answer_rank"].value.median()
                 rows.append(row)
-        return pd.DataFrame(rows)
+            rows[-1].update(self.effective_length(pd.DataFrame(rows[-len(groups):-1])))
+        table = pd.DataFrame(rows)
+        for column in ("effective_length", "effective_length_ci_low", "effective_length_ci_high"):
+            if column in table:  # a length, or empty where even the shortest length falls below the threshold
+                table[column] = table[column].astype("Int64")
+        return table
+
+    def effective_length(self, per_length) -> dict:
+        """RULER's effective context length of one variant, from its per-length accuracy rows."""
+        if per_length.empty:
+            return {}
+        level = threshold(self.options.threshold, float(per_length.accuracy.iloc[0]))
+        lengths = per_length.context_length.astype(int)
+        low, high = stats.effective_length_interval(lengths, per_length.accuracy_ci_low, per_length.accuracy_ci_high, level)
+        return {"threshold": level, "effective_length": stats.effective_length(lengths, per_length.accuracy, level),
+                "effective_length_ci_low": low, "effective_length_ci_high": high}
 
     def plot(self, frame, title, plots_dir):
-        from tasks.needle_plots import accuracy_vs_length, heatmaps, metric_vs_length
+        from tasks.needle_plots import accuracy_vs_length, heatmaps, logprob_vs_length
 
         train = self.context.marked_length
+        summary = self.summarize(frame)
         acc = frame[frame.metric == self.accuracy_metric]
         written = [heatmaps(acc, title, train, plots_dir / "needle_heatmap.png"),
-                   accuracy_vs_length(acc, title, train, plots_dir / "accuracy_vs_length.png")]
-        logprob = frame[frame.metric == "answer_logprob"]
-        if not logprob.empty:
-            written.append(metric_vs_length(logprob, "answer log-prob (nats, higher is better)", title, train,
-                                            plots_dir / "answer_logprob_vs_length.png"))
+                   accuracy_vs_length(summary, title, train, plots_dir / "accuracy_vs_length.png")]
+        if "answer_logprob" in summary:
+            written.append(logprob_vs_length(summary, title, train, plots_dir / "answer_logprob_vs_length.png"))
         return written
+
+
+def threshold(spec: str, shortest_accuracy: float) -> float:
+    """The accuracy level of ``--threshold``: a number, or rel:F (F x the accuracy at the shortest length)."""
+    text = str(spec).strip()
+    relative = text.startswith("rel:")
+    try:
+        value = float(text[4:] if relative else text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise ConfigError(f"bad --threshold {spec!r}",
+                          "give an accuracy in (0, 1] like 0.856, or rel:F (0 < F <= 1) for F x the accuracy at the shortest length")
+    return value * shortest_accuracy if relative else value

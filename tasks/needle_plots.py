@@ -1,53 +1,53 @@
-"""Figures of the needle task: the classic depth x length heatmap and curves over length."""
+"""Figures of the needle task: the classic depth x length heatmap and curves over length.
+
+Curves are drawn from the task's summary (the numbers in summary.csv, with their 95% bands),
+never recomputed here.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from evalkit import plots
 from evalkit.grid import format_length
 
 
-def _mark_training_length(ax, lengths, train, as_columns: bool) -> None:
-    """A dashed line where the context lengths pass the model's training length."""
-    if not train or not lengths or train >= max(lengths):
-        return
-    if as_columns:  # heatmap: between the last column inside and the first outside
-        x = sum(1 for n in lengths if n <= train) - 0.5
-    else:
-        x = train
-    ax.axvline(x, color="black", linestyle="--", linewidth=1.2)
-    ax.annotate(f"training length {format_length(train)}", (x, 1.0), xycoords=("data", "axes fraction"),
-                xytext=(3, -12), textcoords="offset points", fontsize=8)
-
-
 def heatmaps(acc, title, train, path):
+    """Accuracy per (depth, length) cell, one panel per variant; n per cell, or in the title when constant."""
     plt = plots._pyplot()
     variants = list(dict.fromkeys(acc.attention))
     lengths = sorted(acc.context_length.unique())
     depths = sorted(acc.depth.unique())
-    fig, axes = plt.subplots(1, len(variants), figsize=(1.2 + 1.1 * len(lengths) * len(variants) + 1.2, 0.45 * len(depths) + 2.2),
+    cells = acc.groupby(["attention", "depth", "context_length"])["value"].agg(["mean", "count"])
+    constant_n = cells["count"].nunique() == 1
+    fig, axes = plt.subplots(1, len(variants), figsize=(1.2 + 1.1 * len(lengths) * len(variants) + 1.2, 0.5 * len(depths) + 2.2),
                              squeeze=False, layout="constrained")
+    cmap = plt.get_cmap(plots.HEATMAP)
     image = None
     for ax, variant in zip(axes[0], variants):
-        grid = acc[acc.attention == variant].pivot_table(index="depth", columns="context_length", values="value", aggfunc="mean")
-        grid = grid.reindex(index=depths, columns=lengths)
-        image = ax.imshow(grid.to_numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-        for (i, j), value in np.ndenumerate(grid.to_numpy()):
-            if not np.isnan(value):
-                ax.text(j, i, f"{value:.2f}".rstrip("0").rstrip("."), ha="center", va="center", fontsize=7)
+        part = cells.loc[variant]
+        grid = part["mean"].unstack("context_length").reindex(index=depths, columns=lengths).to_numpy()
+        counts = part["count"].unstack("context_length").reindex(index=depths, columns=lengths).to_numpy()
+        image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isnan(value):
+                continue
+            text = f"{value:.2f}" + ("" if constant_n else f"\nn={int(counts[i, j])}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=plots.text_colour(cmap(value)))
         ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
         ax.set_xlabel("context length (tokens)")
         ax.set_title(variant)
-        _mark_training_length(ax, lengths, train, as_columns=True)
+        plots.mark_training_length(ax, lengths, train, as_columns=True)
     axes[0][0].set_ylabel("needle depth")
     fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", fraction=0.04)
-    fig.suptitle(f"Needle retrieval — {title}")
-    return _save_untight(fig, path)
+    each = f" (n = {int(cells['count'].iloc[0])} per cell)" if constant_n else ""
+    fig.suptitle(f"Needle retrieval{each} — {title}")
+    return save_untight(fig, path)
 
 
-def _save_untight(fig, path):
+def save_untight(fig, path):
     from evalkit.results import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight"))
@@ -55,20 +55,49 @@ def _save_untight(fig, path):
     return path
 
 
-def metric_vs_length(frame, ylabel, title, train, path, ylim=None):
+def summary_vs_length(summary, column, ylabel, title, train, ylim=None):
+    """One summary column over length, a line and 95% band per variant, the training length marked."""
     fig, ax = plots.figure()
-    curve = frame.groupby(["attention", "context_length"], sort=False, as_index=False)["value"].mean()
-    for k, (variant, part) in enumerate(curve.groupby("attention", sort=False)):
-        part = part.sort_values("context_length")
-        ax.plot(part.context_length, part.value, plots.VARIANT_STYLES[k % 4], marker="o", label=variant)
-    lengths = sorted(curve.context_length.unique())
+    plots.summary_lines(ax, summary, column)
+    lengths = sorted(int(n) for n in pd.to_numeric(summary.context_length, errors="coerce").dropna().unique())
     plots.length_axis(ax, lengths, ylim)
-    _mark_training_length(ax, lengths, train, as_columns=False)
+    plots.mark_training_length(ax, lengths, train)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(title="attention", fontsize=8)
+    ax.legend(title="attention (95% band)", fontsize=8)
+    return ax, fig
+
+
+def accuracy_vs_length(summary, title, train, path):
+    """Accuracy with its band, the effective-length threshold, and each variant's effective length."""
+    ax, fig = summary_vs_length(summary, "accuracy", "retrieval accuracy", f"Needle accuracy vs length — {title}", train,
+                                ylim=(-0.03, 1.03))
+    pooled = summary[summary.context_length.astype(str) == "all"]
+    if "threshold" in pooled and pooled.threshold.notna().any():
+        shared = pooled.threshold.nunique() == 1  # one grey line, else each variant's own (rel:F)
+        for k, row in enumerate(pooled.itertuples()):
+            colour = plots.variant_colour(row.attention)
+            if not shared or k == 0:
+                ax.axhline(row.threshold, color="grey" if shared else colour, linestyle=":", linewidth=1.2)
+            if not pd.isna(row.effective_length):  # on the axis, stacked, so equal lengths stay visible
+                ax.annotate("▲", (row.effective_length, 0), xycoords=("data", "axes fraction"), xytext=(0, 1 + 10 * k),
+                            textcoords="offset points", ha="center", va="bottom", color=colour, fontsize=11)
+        labels = {row.attention: f"{row.attention}: effective {effective_text(row)}" for row in pooled.itertuples()}
+        handles, names = ax.get_legend_handles_labels()
+        ax.legend(handles, [labels.get(n, n) for n in names], title="attention (95% band); ▲ effective length, dotted: threshold",
+                  fontsize=8, title_fontsize=8, loc="best")
     return plots.save(fig, path)
 
 
-def accuracy_vs_length(acc, title, train, path):
-    return metric_vs_length(acc, "retrieval accuracy", f"Needle accuracy vs length — {title}", train, path, ylim=(-0.03, 1.03))
+def effective_text(row) -> str:
+    """'2k [1k, 4k]', or '< shortest' where even the shortest length falls below the threshold."""
+    def text(n):
+        return "< shortest" if pd.isna(n) else format_length(int(n))
+
+    return f"{text(row.effective_length)} [{text(row.effective_length_ci_low)}, {text(row.effective_length_ci_high)}]"
+
+
+def logprob_vs_length(summary, title, train, path):
+    _, fig = summary_vs_length(summary, "answer_logprob", "answer log-prob (nats, higher is better)",
+                               f"Answer log-prob vs length — {title}", train)
+    return plots.save(fig, path)

@@ -18,6 +18,7 @@ from evalkit.data.windows import random_offsets, strided_windows
 from evalkit.errors import ConfigError
 from evalkit.grid import format_length, parse_lengths
 from evalkit.models.requests import TokenLossRequest
+from evalkit.report import stats
 from evalkit.task import Sample, Task, option
 
 LINEAR_BINS = 32
@@ -95,61 +96,46 @@ class PerplexityTask(Task):
         return rows
 
     def summarize(self, frame):
+        """Per variant and length: mean NLL with its t interval over windows (the unit: a window's
+        positions share text), perplexity as exp of it and of its interval, and the last bin's NLL."""
         import pandas as pd
 
+        units = self.unit_columns(self.options)
         groups = []
         order = {name: k for k, name in enumerate(pd.unique(frame["attention"]))}  # variants in run order
         for (attention, length), part in sorted(frame.groupby(["attention", "context_length"]),
                                                 key=lambda item: (order[item[0][0]], item[0][1])):
             means = part[part.metric == "mean_nll"]
-            if self.options.stride:
+            keys = stats.unit_keys(means, units)
+            if self.options.stride:  # each window weighs by the tokens it scores
                 counts = part[part.metric == "scored_tokens"].set_index("sample")["value"]
                 weights = counts.reindex(means["sample"]).to_numpy()
-                mean_nll = float(np.average(means["value"], weights=weights))
+                nll = stats.weighted_mean(means["value"], weights, keys)
                 tokens = int(weights.sum())
             else:
-                mean_nll = float(means["value"].mean())
+                nll = stats.mean(means["value"], keys)
                 tokens = int(len(means) * (length - 1))
-            row = {"attention": attention, "context_length": int(length), "samples": len(means), "tokens": tokens,
-                   "mean_nll": mean_nll, "perplexity": math.exp(mean_nll)}
+            nll = stats.clipped(nll, 0.0, math.inf)  # a t interval over few windows can pass 0; an NLL cannot
+            row = {"attention": attention, "context_length": int(length), "n": nll.n, "units": nll.units, "tokens": tokens,
+                   **stats.columns(nll, "mean_nll"), **stats.columns(nll.exp(), "perplexity")}
             bins = part[part.metric == "nll"]
             if not bins.empty:
                 last = bins[bins.position_bin == bins.position_bin.max()]
-                row["nll_last_bin"] = float(last["value"].mean())
+                last_nll = stats.mean(last["value"], stats.unit_keys(last, units))
+                row.update(stats.columns(stats.clipped(last_nll, 0.0, math.inf), "nll_last_bin"))
                 row["last_bin"] = f"{int(last.position_bin.iloc[0])}-{int(last.position_end.iloc[0]) - 1}"
             groups.append(row)
         return pd.DataFrame(groups)
 
     def plot(self, frame, title, plots_dir):
-        from evalkit import plots
+        from tasks.perplexity_plots import loss_vs_position, perplexity_vs_length
 
+        train = self.context.marked_length
         written = []
         bins = frame[frame.metric == "nll"]
         if not bins.empty:
-            curve = bins.groupby(["attention", "context_length", "position_bin", "position_end"], as_index=False)["value"].mean()
-            # Geometric midpoint: on a log axis a bin [lo, hi) sits visually at sqrt(lo * (hi - 1)).
-            curve["position"] = np.sqrt(curve.position_bin * np.maximum(curve.position_bin, curve.position_end - 1))
-            fig, ax = plots.figure()
-            plots.lines_by_group(ax, curve, "position", "value", "context_length", style_by="attention",
-                                 label_fmt=lambda n: f"L = {format_length(n)}")
-            ax.set_xscale("log", base=2)
-            from matplotlib.ticker import FuncFormatter
-
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_length(int(round(x)))))
-            ax.set_xlabel("token position in the window (log scale)")
-            ax.set_ylabel("mean NLL (nats / token)")
-            ax.set_title(f"Loss vs position — {title}")
-            ax.legend(title="context length", fontsize=8)
-            written.append(plots.save(fig, plots_dir / "loss_vs_position.png"))
+            written.append(loss_vs_position(bins, self.unit_columns(self.options), title, train, plots_dir / "loss_vs_position.png"))
         summary = self.summarize(frame)
         if not summary.empty:
-            fig, ax = plots.figure()
-            for k, (attention, part) in enumerate(summary.groupby("attention")):
-                part = part.sort_values("context_length")
-                ax.plot(part.context_length, part.perplexity, plots.VARIANT_STYLES[k % 4], marker="o", label=attention)
-            plots.length_axis(ax, summary.context_length.unique())
-            ax.set_ylabel("perplexity" + (" (sliding window)" if self.options.stride else ""))
-            ax.set_title(f"Perplexity vs context length — {title}")
-            ax.legend(title="attention", fontsize=8)
-            written.append(plots.save(fig, plots_dir / "perplexity_vs_length.png"))
+            written.append(perplexity_vs_length(summary, bool(self.options.stride), title, train, plots_dir / "perplexity_vs_length.png"))
         return written

@@ -50,7 +50,7 @@ def test_run_writes_every_file(tiny_checkpoint, tmp_path):
     assert manifest["model"]["content_hash"].startswith("sha256:")
     assert manifest["versions"]["torch"] and manifest["seed"] == 1234 and not manifest["interrupted"]
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.context_length) == [64, 128] and (summary.samples == 3).all()
+    assert list(summary.context_length) == [64, 128] and (summary.n == 3).all() and (summary.units == 3).all()
 
 
 def test_windows_recompute_from_recorded_offsets(tiny_checkpoint, tmp_path, tokenizer):

@@ -136,3 +136,43 @@ def test_sign_flip_p_matches_enumeration_by_hand():
     observed = abs(d.mean())
     hand = np.mean([abs((np.array(s) * d).mean()) >= observed - 1e-12 for s in itertools.product([1, -1], repeat=6)])
     assert stats.sign_flip_p(d, np.ones(6)) == pytest.approx(hand)
+def test_weighted_mean_is_the_ratio_estimator():
+    rng = np.random.default_rng(7)
+    x, w = rng.normal(3, 1, 8), rng.integers(1, 50, 8).astype(float)
+    est = stats.weighted_mean(x, w)
+    assert est.value == pytest.approx(np.average(x, weights=w))
+    # by hand: the linearized standard error of sum(w x) / sum(w), k - 1 degrees of freedom
+    resid = w * (x - est.value)
+    se = math.sqrt(8 / 7 * (resid ** 2).sum()) / w.sum()
+    from scipy.stats import t
+
+    assert (est.ci_low, est.ci_high) == pytest.approx((est.value - t.ppf(0.975, 7) * se, est.value + t.ppf(0.975, 7) * se))
+    equal = stats.weighted_mean(x, np.ones(8))  # equal weights: the plain t interval
+    assert (equal.ci_low, equal.ci_high) == pytest.approx((stats.mean(x).ci_low, stats.mean(x).ci_high))
+
+
+def test_estimates_per_group_with_units_and_seeds():
+    import pandas as pd
+
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame({"g": np.repeat(["a", "b"], 12), "trial": np.tile(np.repeat(np.arange(4), 3), 2),
+                          "value": rng.normal(size=24)})
+    table = stats.estimates(frame, ["g"], ["trial"])
+    for row in table.itertuples():
+        part = frame[frame.g == row.g]
+        ci = ttest_1samp(part.groupby("trial").value.mean(), 0).confidence_interval(0.95)
+        assert (row.ci_low, row.ci_high) == pytest.approx((ci.low, ci.high)) and (row.n, row.units) == (12, 4)
+    # a seed column splits units: trial 0 of seed 1 and trial 0 of seed 2 are different draws
+    seeded = frame.assign(seed=np.tile([1, 2], 12))
+    assert set(stats.estimates(seeded, ["g"], ["trial"]).units) == {8}
+    assert len(set(stats.unit_keys(frame, []))) == 24  # no unit columns: every row its own unit
+
+
+def test_clipped_and_compact():
+    import pandas as pd
+
+    e = stats.mean([0.0, 0.0, 0.1])  # a fraction whose t interval passes 0
+    assert e.ci_low < 0 and stats.clipped(e).ci_low == 0.0 and stats.clipped(e).ci_high == e.ci_high
+    table = pd.DataFrame({"attention": ["softmax"], **stats.columns(e, "needle_mass"), "n": [3]})
+    assert list(stats.compact(table).columns) == ["attention", "needle_mass", "n"]
+    assert stats.compact(table).needle_mass.iloc[0] == f"{e.value:.4g} [{e.ci_low:.4g}, {e.ci_high:.4g}]"

@@ -60,12 +60,14 @@ class LoadedModel:
 
     @property
     def training_length(self) -> int | None:
-        """The context length the model was trained at, when its config records one."""
-        for key in ("evalkit_reference", "evalkit_attention"):
-            record = getattr(self.model.config, key, None) or {}
-            if record.get("train_length"):
-                return int(record["train_length"])
-        return None
+        """The context length the model was trained at, when its checkpoint records one.
+
+        Read from the attention as loaded: switching to a variant (logn with --train-length)
+        records that variant in the live config, which says nothing about training."""
+        record = getattr(self.model.config, "evalkit_reference", None) or {}
+        native = self.native_attention[0] if self.native_attention else None
+        length = record.get("train_length") or getattr(native, "train_length", None)
+        return int(length) if length else None
 
     def describe(self) -> dict:
         return {

@@ -505,6 +505,7 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
 
 def plot_training(frame, path: Path, title: str) -> Path:
     """Recall loss (log scale) and recall accuracy vs step, both variants; raw values faint, smoothed bold."""
+    from evalkit import plots
     from evalkit.plots import _pyplot, save
 
     plt = _pyplot()
@@ -512,7 +513,8 @@ def plot_training(frame, path: Path, title: str) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     span = max(1, int(frame.step.max() + 1) // 50)
-    for colour, variant in zip(("C0", "C3"), VARIANTS):
+    for variant in VARIANTS:
+        colour = plots.variant_colour(variant)  # the variant's colour in every evalkit figure
         part = frame[frame.variant == variant].sort_values("step")
         for ax, column in zip(axes, ("recall_loss", "recall_accuracy")):
             values = part[column]

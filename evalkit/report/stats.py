@@ -335,3 +335,91 @@ def effective_length(lengths, scores, threshold: float) -> int | None:
 def effective_length_interval(lengths, ci_low, ci_high, threshold: float) -> tuple[int | None, int | None]:
     """(pessimistic, optimistic) effective length from the accuracy intervals' ends."""
     return effective_length(lengths, ci_low, threshold), effective_length(lengths, ci_high, threshold)
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+def weighted_mean(values, weights, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
+    """sum(w * x) / sum(w) with a cluster-robust t interval: the same ratio estimator as ``mean``,
+    whose weights are the rows per cluster (a sliding-window perplexity weights windows by tokens)."""
+    values, codes = _as_arrays(values, clusters)
+    weights = np.asarray(weights, dtype=float)
+    keep = ~(np.isnan(values) | np.isnan(weights))
+    values, weights, codes = values[keep], weights[keep], np.unique(codes[keep], return_inverse=True)[1]
+    n = len(values)
+    if n == 0 or weights.sum() <= 0:
+        return Estimate(math.nan, math.nan, math.nan, n, 0, "weighted t", confidence)
+    sums, counts = _cluster_sums(values * weights, codes)
+    counts = np.bincount(codes, weights, minlength=len(sums))
+    centre = float(sums.sum() / counts.sum())
+    se = _ratio_se(sums, counts)
+    if not math.isfinite(se):
+        return Estimate(centre, math.nan, math.nan, n, len(sums), "weighted t", confidence)
+    half = _t(confidence, len(sums) - 1) * se
+    return Estimate(centre, float(centre - half), float(centre + half), n, len(sums), "weighted t", confidence)
+
+
+def unit_keys(frame, columns):
+    """One integer per row naming its independent unit (the rows of ``columns`` that agree), with
+    ``seed`` on top when the rows carry it: two seeds never share a unit. No seed column is one seed."""
+    columns = list(columns) + (["seed"] if "seed" in frame.columns and "seed" not in columns else [])
+    if not columns:
+        return np.arange(len(frame))
+    return frame.groupby(columns, sort=False, dropna=False).ngroup().to_numpy()
+
+
+KINDS = {"auto": estimate, "proportion": proportion, "mean": mean}
+
+
+def estimates(frame, by, units, kind: str = "auto", value: str = "value", confidence: float = CONFIDENCE):
+    """Per group of the ``by`` columns, the Estimate of ``value`` with the ``units`` columns (plus
+    seed) as the independent unit: columns value, ci_low, ci_high, n, units, method."""
+    import pandas as pd
+
+    by = list(by)
+    columns = by + ["value", "ci_low", "ci_high", "n", "units", "method"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    keys = unit_keys(frame, units)
+    rows = []
+    for group, index in frame.groupby(by, sort=False).indices.items():
+        e = KINDS[kind](frame[value].to_numpy()[index], keys[index], confidence)
+        group = group if isinstance(group, tuple) else (group,)
+        rows.append((*group, e.value, e.ci_low, e.ci_high, e.n, e.units, e.method))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def columns(e: Estimate, name: str) -> dict:
+    """A summary table's columns for one estimate: name, name_ci_low, name_ci_high."""
+    return {name: e.value, f"{name}_ci_low": e.ci_low, f"{name}_ci_high": e.ci_high}
+
+
+def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
+    """The estimate with its interval cut to the metric's range (a t interval over few units can
+    pass 0 for a fraction that cannot)."""
+    from dataclasses import replace
+
+    return replace(e, ci_low=min(max(e.ci_low, low), high), ci_high=max(min(e.ci_high, high), low))
+
+
+def compact(summary):
+    """A summary for the terminal: each X, X_ci_low, X_ci_high folded into one 'X [low, high]' column."""
+    import pandas as pd
+
+    table = summary.copy()
+    for low in [c for c in summary.columns if c.endswith("_ci_low")]:
+        name = low[: -len("_ci_low")]
+        if name not in table or f"{name}_ci_high" not in table:
+            continue
+        table[name] = [_number(v) + ("" if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f" [{_number(lo)}, {_number(hi)}]")
+                       for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])]
+        table = table.drop(columns=[low, f"{name}_ci_high"])
+    return table
+
+
+def _number(v) -> str:
+    import pandas as pd
+
+    if pd.isna(v):
+        return "-"
+    return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f"{float(v):.4g}"

@@ -1,0 +1,56 @@
+"""Figures of the perplexity task: loss vs position in the window, perplexity vs context length."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evalkit import plots
+from evalkit.grid import format_length
+from evalkit.report import stats
+
+
+def loss_vs_position(bins, units, title, train, path):
+    """Mean NLL per position bin with its 95% band over windows; one panel per attention variant,
+    colour by context length (the panel title carries the variant's colour)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plt = plots._pyplot()
+    curve = stats.estimates(bins, ["attention", "context_length", "position_bin", "position_end"], units, kind="mean")
+    curve["ci_low"] = curve.ci_low.clip(lower=0.0)  # an NLL is >= 0; a t interval over few windows is not
+    # geometric midpoint: on a log axis a bin [lo, hi) sits visually at sqrt(lo * (hi - 1))
+    curve["position"] = np.sqrt(curve.position_bin * np.maximum(curve.position_bin, curve.position_end - 1))
+    variants = list(dict.fromkeys(curve.attention))
+    lengths = sorted(curve.context_length.unique())
+    colours = plt.cm.viridis(np.linspace(0, 0.75, len(lengths))) if len(lengths) > 1 else ["#333333"]
+    fig, axes = plt.subplots(1, len(variants), figsize=(1.0 + 5.6 * len(variants), 4.2), squeeze=False, sharey=True)
+    for ax, variant in zip(axes[0], variants):
+        for colour, length in zip(colours, lengths):
+            part = curve[(curve.attention == variant) & (curve.context_length == length)]
+            if not part.empty:
+                plots.line_with_band(ax, part.position, part.value, part.ci_low, part.ci_high, colour, marker="o",
+                                     label=f"L = {format_length(length)}")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_length(int(round(x)))))
+        ax.grid(True, alpha=0.3)
+        plots.mark_training_length(ax, [curve.position.max()], train, label="training length")
+        ax.set_xlabel("token position in the window (log scale)")
+        ax.set_title(variant, color=plots.variant_colour(variant), fontsize=10)
+    axes[0][0].set_ylabel("mean NLL (nats / token)")
+    axes[0][-1].legend(title="context length (95% band)", fontsize=8, title_fontsize=8)
+    fig.suptitle(f"Loss vs position — {title}", fontsize=11)
+    return plots.save(fig, path)
+
+
+def perplexity_vs_length(summary, stride: bool, title, train, path):
+    """Perplexity (exp of mean NLL) with its 95% band, as in summary.csv."""
+    fig, ax = plots.figure()
+    plots.summary_lines(ax, summary, "perplexity")
+    lengths = sorted(summary.context_length.astype(int).unique())
+    plots.length_axis(ax, lengths)
+    plots.mark_training_length(ax, lengths, train)
+    ax.set_ylabel("perplexity" + (" (sliding window)" if stride else "") + ", exp(mean NLL)")
+    n = summary.n.unique()
+    each = f", {int(n[0])} windows per length" if len(n) == 1 else ""
+    ax.set_title(f"Perplexity vs context length{each} — {title}", fontsize=10)
+    ax.legend(title="attention (95% band)", fontsize=8)
+    return plots.save(fig, path)
