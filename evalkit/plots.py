@@ -78,7 +78,7 @@ def line_with_band(ax, x, value, low, high, colour, style="-", marker="o", label
     if np.isfinite(low).any():
         ax.fill_between(x, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
         if len(x) == 1:  # a band needs two points: one point shows its interval as an error bar
-            ax.errorbar(x, value, yerr=[value - low, high - value], color=colour, capsize=4, linestyle="none")
+            ax.errorbar(x, value, yerr=[np.maximum(value - low, 0), np.maximum(high - value, 0)], color=colour, capsize=4, linestyle="none")
 
 
 def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:

@@ -16,6 +16,7 @@ from evalkit.grid import format_length
 def heatmaps(acc, title, train, path):
     """Accuracy per (depth, length) cell, one panel per variant; n per cell, or in the title when constant."""
     plt = plots._pyplot()
+    acc = acc.assign(depth=acc.depth.astype(float).fillna(-1.0))  # samples-file prompts may give no depth
     variants = list(dict.fromkeys(acc.attention))
     lengths = sorted(acc.context_length.unique())
     depths = sorted(acc.depth.unique())
@@ -36,7 +37,7 @@ def heatmaps(acc, title, train, path):
             text = f"{value:.2f}" + ("" if constant_n else f"\nn={int(counts[i, j])}")
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=plots.text_colour(cmap(value)))
         ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
-        ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+        ax.set_yticks(range(len(depths)), [f"{d:g}%" if d >= 0 else "n/a" for d in depths])
         ax.set_xlabel("context length (tokens)")
         ax.set_title(variant)
         plots.mark_training_length(ax, lengths, train, as_columns=True)
