@@ -448,3 +448,14 @@ def test_focus_heads_are_averaged_within_samples(tmp_path):
     per_trial = [0.01 * (t % 3) for t in range(4)]  # every head and depth of a trial moves by the same amount
     assert mass.delta == pytest.approx(np.mean(per_trial))
     assert mass.p_value == pytest.approx(ttest_1samp(per_trial, 0).pvalue, rel=1e-6)
+
+
+def test_missing_provenance_on_both_sides_still_pairs(tmp_path):
+    """abcdigits rows have no haystack offset (None on both sides): missing equals missing."""
+    rng = np.random.default_rng(11)
+    soft, ss = (rng.random(30) < 0.6).astype(int), (rng.random(30) < 0.4).astype(int)
+    rows = [{**r, "haystack_offset": None} for r in needle_rows({("softmax", 64): soft, ("ssmax", 64): ss})]
+    run = write_run(tmp_path / "r", rows, ["depth", "trial", "needle"], "needle", ("answer", "haystack_offset"),
+                    options={"draw": "sample"})
+    c = compare_runs(run, base_select=["attention=softmax"], cand_select=["attention=ssmax"])
+    assert c.rows.paired.all() and not c.failed_checks
