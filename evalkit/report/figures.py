@@ -196,7 +196,7 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
     table = []
     for k, (label, members, curve) in enumerate(series):
         for attention, line in curve.groupby("attention", sort=False):
-            text = f"{label} · {attention}"
+            text = label if label == attention else f"{label} · {attention}"  # ckpt/ref/ssmax under ssmax: once
             plots.line_with_band(ax, line.context_length, line.value, line.ci_low, line.ci_high, plots.variant_colour(attention),
                                  plots.VARIANT_STYLES[k % len(plots.VARIANT_STYLES)], plots.MARKERS[k % len(plots.MARKERS)], text)
             table.append(line.assign(series=text, runs=" ".join(str(r.folder) for r in members), model=members[0].model,
