@@ -152,6 +152,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     progress = ProgressReporter(console, quiet=config.quiet)
     manifest.update({"model": loaded.describe(), "attention": [v.describe for v in variants],
                      "device": device_description(loaded.device), "batch_tokens": batch_tokens, "samples": len(samples)})
+    manifest.update(task.provenance())  # e.g. how perplexity's token stream was built, and its fingerprint
     if world.is_main:
         store.write_manifest(manifest)
 
