@@ -158,8 +158,9 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
 
     interrupted = False
     run_started = time.perf_counter()
+    runner = Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache)
     try:
-        Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache).run(task, mine, variants)
+        runner.run(task, mine, variants)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -170,6 +171,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
     timings = {"load_seconds": round(load_seconds, 2), "run_seconds": round(time.perf_counter() - run_started, 2),
                "tokens_per_second": round(progress.tokens_per_second, 1)}
+    manifest["prefix_cache"] = runner.prefix_decision  # walked or batched, and the measured costs behind it
     world.barrier()  # every rank's journal is complete before rank 0 merges them
     if not world.is_main:
         return RunOutcome(folder, None, None, [], interrupted, progress.tokens_per_second)
