@@ -8,7 +8,7 @@ the walk loses (a 2-layer, 128-wide model: 2.3x slower); on a large one the save
 The model: a call costs ``overhead + seconds_per_flop * flops``, with the FLOPs of the body on
 the tokens it computes (linear layers per token plus attention over the keys each token sees),
 and separate constants for the two paths (a batched call of many tokens runs at a better rate
-than one cached step of a few). The four constants are timed on the actual model at the start
+than one request at a time, on a GPU). The four constants are timed on the actual model at the start
 of a run (once per loaded model), with the adapter's own primitives. Each
 group of requests that share a prefix is then walked only when the walk is predicted to take
 under ``MARGIN`` of the batched time, so a wrong guess near the line costs little.
@@ -94,10 +94,11 @@ def measure(adapter, tokens: np.ndarray, batch_tokens: int) -> PathCosts:
     """Time the two paths on ``adapter``'s model with its own primitives, on real prompt tokens.
 
     ``tokens``: a prompt of the run (only its ids are used, cut to the calibration lengths).
-    Batched: one 8-token request, and a batch of 64-token requests grown until a call takes
-    TARGET_SECONDS (on a GPU that is a batch of thousands of tokens, as the runner uses).
-    Shared: one walk on a cache of up to 96 tokens whose steps alternately recompute the last
-    4 and the last 48 (one prefill for all the timed steps).
+    Batched: one 8-token request, one 64-token request, and a batch of them grown until a call
+    takes TARGET_SECONDS (on a GPU that is thousands of tokens, as the runner's batches are).
+    Shared: a walk whose steps each recompute 2 tokens, i.e. the per-step overhead (cache cut
+    and extension, one call); its per-FLOP cost is that of one 64-token sequence, the rate of
+    one request at a time. About a second on CPU for a 135M model; milliseconds for tiny ones.
     """
     config = adapter.model.config
     started = time.perf_counter()
@@ -108,29 +109,27 @@ def measure(adapter, tokens: np.ndarray, batch_tokens: int) -> PathCosts:
 
     small = request(tokens[:8])
     t_small = _fastest(lambda: adapter.score_answers([small]))
-    width, count = int(min(64, len(tokens) - 1)), 1
+    width, count, t_single = int(min(64, len(tokens) - 1)), 1, None
     while True:
         batch = [request(tokens[:width])] * count
         t_large = _fastest(lambda: adapter.score_answers(batch))
+        t_single = t_single or t_large
         if t_large >= TARGET_SECONDS or 4 * count * width > batch_tokens:
             break
         count *= 4
-    batched = _fit((body_flops(config, 9, 0), t_small), (count * body_flops(config, width + 1, 0), t_large))
+    f_small, f_width = body_flops(config, 9, 0), body_flops(config, width + 1, 0)
+    batched = _fit((f_small, t_small), (count * f_width, t_large))
+    _, step_per_flop = _fit((f_small, t_small), (f_width, t_single))
 
-    context = int(min(96, len(tokens) - 1))
-    short, long = min(4, context - 1), min(48, context - 1)
-    base = tokens[:context]
-    prompts, rng = [base], np.random.default_rng(0)
-    for _ in range(REPEATS + 1):  # each pair: a step of `short` new tokens, then one of `long`
-        tail = rng.integers(0, config.vocab_size, long)
-        prompts.append(np.concatenate([prompts[-1][: context - short], tail[:short]]))
-        prompts.append(np.concatenate([base[: context - long], tail]))
+    context = int(min(16, len(tokens) - 1))
+    prompts, rng = [tokens[:context]], np.random.default_rng(0)
+    for _ in range(REPEATS + 1):  # each step changes the last prompt token: 2 tokens (it and the answer) to compute
+        prompts.append(np.concatenate([prompts[-1][:-1], rng.integers(0, config.vocab_size, 1)]))
     steps = adapter.answer_shared([request(p) for p in prompts])
     next(steps)  # the prefill
-    seconds = [_synced(lambda: next(steps)) for _ in prompts[1:]]
-    short_s, long_s = min(seconds[2::2]), min(seconds[3::2])  # the first pair warms up
-    step = _fit((body_flops(config, short + 1, context - short), short_s), (body_flops(config, long + 1, context - long), long_s))
-    return PathCosts(*batched, *step, measured_seconds=time.perf_counter() - started)
+    step_seconds = min([_synced(lambda: next(steps)) for _ in prompts[1:]][1:])  # the first step warms up
+    step_call = max(step_seconds - step_per_flop * body_flops(config, 2, context - 1), 0.0)
+    return PathCosts(*batched, step_call, step_per_flop, measured_seconds=time.perf_counter() - started)
 
 
 def predicted_seconds(requests: list, costs: PathCosts, config, batch_tokens: int) -> tuple[float, float]:
