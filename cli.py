@@ -109,7 +109,7 @@ COMMON_RUN_OPTIONS = [
     ("device_map", Annotated[Optional[str], typer.Option(help="auto: spread one large model over the visible GPUs (accelerate).")], None),
     ("dtype", DTypeOption, DType.auto),
     ("batch_tokens", Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory); halves on out-of-memory.")], None),
-    ("prefix_cache", Annotated[bool, typer.Option(help="Compute a prompt prefix that several samples share once, on one KV cache (needle depths of a trial).")], True),
+    ("prefix_cache", Annotated[bool, typer.Option(help="Compute a prompt prefix that several samples share once, on one KV cache (needle depths of a trial), for the groups where a cost measured on the model at the start says it beats batched passes.")], True),
     ("seed", Annotated[int, typer.Option(help="Seed for sample selection.")], 1234),
     ("allow_extrapolation", Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")], False),
     ("allow_pickle", Annotated[bool, typer.Option(help="Allow pickle (.bin) checkpoints, which can run code when loaded.")], False),
@@ -540,11 +540,15 @@ def bench_needle_command(
     dtype: DTypeOption = DType.auto,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench_needle.csv into.")] = None,
+    needle: Annotated[str, typer.Option(help="Needle kind: passkey, kv or abcdigits.")] = "passkey",
+    chat: Annotated[str, typer.Option(help="Chat template: auto, on or off.")] = "auto",
+    digits: Annotated[int, typer.Option(help="Digits of the numbers to retrieve.")] = 5,
 ) -> None:
-    """Needle samples/s: evalkit with and without the shared prefix cache vs a plain greedy generate loop."""
+    """Needle samples/s: evalkit with the shared prefix cache, without it, and choosing per group from the measured cost (the default), vs a plain greedy generate loop."""
     from evalkit.bench import bench_needle
 
-    frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out)
+    frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out,
+                         needle_options={"needle": needle, "chat": chat, "digits": digits})
     _print_frame(_console(), frame, "evalkit bench needle")
 
 

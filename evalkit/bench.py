@@ -145,10 +145,12 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
 
 
 def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str, dtype: str,
-                 batch_tokens: int | None, out: str | None):
-    """Needle samples/s: evalkit's runner with and without the shared prefix cache vs a plain greedy
-    ``generate`` loop, per length and over the whole grid (a trial's prompts share a prefix across
-    lengths too).
+                 batch_tokens: int | None, out: str | None, needle_options: dict | None = None):
+    """Needle samples/s: evalkit's runner with the shared prefix cache wherever prompts share enough
+    ("always"), without it (batched passes), and choosing per group from the measured cost ("auto",
+    the default), vs a plain greedy ``generate`` loop, per length and over the whole grid (a
+    trial's prompts share a prefix across lengths too). The auto mode's cost measurement runs once
+    per model, in the warm-up; its seconds are a column of their own.
 
     All three score the same samples with the same model; the table also reports how often the
     verdicts agree (they must: greedy_correct is defined as what greedy decoding produces) and the
@@ -158,6 +160,7 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
 
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.models import prefix_cost
     from evalkit.models.prefix import shared_sequence, tokens_to_compute
     from evalkit.runner import Runner, Variant, default_batch_tokens
     from evalkit.task import TaskContext
@@ -166,15 +169,16 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
     adapter = ModelAdapter(loaded)
     budget = batch_tokens or default_batch_tokens(loaded)
-    task = NeedleTask(NeedleOptions(lengths=lengths, depths=depths, trials=trials),
+    task = NeedleTask(NeedleOptions(lengths=lengths, depths=depths, trials=trials, **(needle_options or {})),
                       TaskContext(loaded.tokenizer, loaded.max_positions, True, 1234))
     variant = Variant("softmax", lambda m: None)
 
-    def runner_verdicts(samples, share: bool) -> tuple[list[bool], float]:
+    def runner_verdicts(samples, share) -> tuple[list[bool], float, dict]:
         store = _VerdictStore()
         started = time.perf_counter()
-        Runner(adapter, store, budget, None, share_prefixes=share).run(task, samples, [variant])
-        return [store.verdicts[s.id] for s in samples], time.perf_counter() - started
+        runner = Runner(adapter, store, budget, None, share_prefixes=share)
+        runner.run(task, samples, [variant])
+        return [store.verdicts[s.id] for s in samples], time.perf_counter() - started, runner.prefix_decision
 
     def generate_verdicts(samples) -> tuple[list[bool], float]:
         verdicts, started = [], time.perf_counter()
@@ -188,34 +192,43 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
         return verdicts, time.perf_counter() - started
 
     everything = task.samples()
-    for share in (True, False):  # warm-up: kernels, allocator, caches
+    modes = ("always", False, "auto")  # the shared walk everywhere it can, never, and where it is predicted to pay
+    for share in modes:  # warm-up: kernels, allocator, caches
         runner_verdicts(everything[:3], share=share)
+    calibration = None
+    if adapter.can_share_prefixes():  # the auto mode's cost measurement, once per model (as a run's first shared group does)
+        longest = max((s.request for s in everything), key=lambda r: r.length)
+        calibration = prefix_cost.costs_for(adapter, shared_sequence(longest), budget)
     rows, generate_total = [], 0.0
     for length in [*task.lengths, "all"]:
         group = everything if length == "all" else [s for s in everything if s.keys["context_length"] == length]
-        # the two runner modes take turns and the median counts, as in bench perplexity
-        timings: dict[bool, list[float]] = {True: [], False: []}
-        verdicts: dict[bool, list[bool]] = {}
+        # the runner modes take turns and the median counts, as in bench perplexity
+        timings: dict = {share: [] for share in modes}
+        verdicts: dict = {}
         for _ in range(ROUNDS):
-            for share in (True, False):
-                verdicts[share], seconds = runner_verdicts(group, share=share)
+            for share in modes:
+                verdicts[share], seconds, decision = runner_verdicts(group, share=share)
                 timings[share].append(seconds)
-        shared, batched = verdicts[True], verdicts[False]
-        shared_s, batched_s = float(np.median(timings[True])), float(np.median(timings[False]))
+        shared, batched = verdicts["always"], verdicts[False]
+        shared_s, batched_s, auto_s = (float(np.median(timings[share])) for share in modes)
         if length == "all":  # the loop gains nothing from a grid: its time is the sum over lengths
             plain, generate_s = None, generate_total
         else:
             plain, generate_s = generate_verdicts(group)
             generate_total += generate_s
         computed, total = tokens_to_compute([shared_sequence(s.request) for s in group])
-        agree = sum(a == b and (plain is None or a == c) for a, b, c in zip(shared, batched, plain or shared))
+        agree = sum(a == b == d and (plain is None or a == c) for a, b, c, d in zip(shared, batched, plain or shared, verdicts["auto"]))
         rows.append({"context_length": length, "samples": len(group), "tokens_computed_shared": round(computed / total, 3),
                      "shared_samples_per_s": round(len(group) / shared_s, 3),
                      "batched_samples_per_s": round(len(group) / batched_s, 3),
+                     "auto_samples_per_s": round(len(group) / auto_s, 3),
+                     "auto_walked": f"{decision.get('samples_walked', 0)}/{decision.get('samples_in_groups', 0)}",
+                     "auto_vs_faster": round(min(shared_s, batched_s) / auto_s, 2),
                      "generate_samples_per_s": round(len(group) / generate_s, 3),
                      "shared_vs_batched": round(batched_s / shared_s, 2), "shared_vs_generate": round(generate_s / shared_s, 2),
                      "batched_vs_generate": round(generate_s / batched_s, 2),
-                     "verdicts_agree": f"{agree}/{len(group)}", "accuracy": round(sum(shared) / len(shared), 3)})
+                     "verdicts_agree": f"{agree}/{len(group)}", "accuracy": round(sum(shared) / len(shared), 3),
+                     "auto_calibration_s": round(calibration.measured_seconds, 3) if calibration else None})
     return _table(rows, loaded, out, "bench_needle.csv")
 
 

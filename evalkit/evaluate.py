@@ -217,14 +217,16 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
                      "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
                      "attention": [v.describe for v in variants], "device": device_description(loaded.device),
                      "batch_tokens": batch_tokens, "samples": len(samples)})
+    manifest.update(task.provenance())  # e.g. how perplexity's token stream was built, and its fingerprint
     if world.is_main:
         store.write_manifest(manifest)
 
     interrupted = False
     run_started = time.perf_counter()
+    runner = Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache)
     try:
         with quiet_library_warnings(console):  # printed once after the run, not through the progress bar
-            Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache).run(task, world.shard(samples), variants)
+            runner.run(task, world.shard(samples), variants)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -235,6 +237,7 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
     timings = {**timings, "run_seconds": round(time.perf_counter() - run_started, 2),
                "tokens_per_second": round(progress.tokens_per_second, 1)}
+    manifest["prefix_cache"] = runner.prefix_decision  # walked or batched, and the measured costs behind it
     world.barrier()  # every rank's journal is complete before rank 0 merges them
     if not world.is_main:
         return RunOutcome(store.folder, None, None, [], interrupted, progress.tokens_per_second)

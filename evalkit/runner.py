@@ -88,12 +88,16 @@ def shared_costs(run: list[Sample], scale: float) -> list[float]:
 
 
 class Runner:
-    def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None, share_prefixes: bool = True):
+    def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None, share_prefixes: bool | str = True):
         self.adapter = adapter
         self.store = store
         self.batch_tokens = batch_tokens
         self.progress = progress  # a ProgressReporter, or None
-        self.share_prefixes = share_prefixes
+        # True / "auto": walk a shared cache where the measured cost says it beats batched passes;
+        # "always": wherever prompts share enough (bench needle); False: never
+        self.share_prefixes = "auto" if share_prefixes is True else share_prefixes
+        self.prefix_costs = None  # PathCosts, measured once per run when first needed
+        self.prefix_decision: dict = {"mode": self.share_prefixes or "off"}  # what was chosen and why, for the manifest
 
     def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
         pending = {v.label: [s for s in samples if not self.store.is_done(v.label, s.id)] for v in variants}
@@ -132,8 +136,34 @@ class Runner:
         for kind_samples in by_kind.values():
             kind_runs, _ = shared_runs([shared_sequence(s.request) for s in kind_samples])
             runs += [[kind_samples[i] for i in run] for run in kind_runs]
+        if self.share_prefixes == "auto" and runs:
+            runs = self._runs_that_pay(runs)
         in_runs = {id(s) for run in runs for s in run}
         return runs, [s for s in samples if id(s) not in in_runs]
+
+    def _runs_that_pay(self, runs: list[list[Sample]]) -> list[list[Sample]]:
+        """The runs whose walk on one cache is predicted faster than batched passes (``evalkit.models.prefix_cost``)."""
+        from evalkit.models import prefix_cost
+        from evalkit.models.prefix import shared_sequence
+
+        if self.prefix_costs is None:
+            longest = max((s.request for run in runs for s in run), key=lambda r: r.length)
+            self.prefix_costs = prefix_cost.costs_for(self.adapter, shared_sequence(longest), self.batch_tokens)
+        config = self.adapter.model.config
+        kept, totals = [], {"auto": 0.0, "batched_only": 0.0}
+        for run in runs:
+            shared, batched = prefix_cost.predicted_seconds([s.request for s in run], self.prefix_costs, config, self.batch_tokens)
+            walk = prefix_cost.walk_pays(shared, batched)
+            if walk:
+                kept.append(run)
+            totals["auto"] += shared if walk else batched
+            totals["batched_only"] += batched
+        self.prefix_decision = {
+            "mode": "auto", "costs": self.prefix_costs.describe(), "groups": len(runs), "groups_walked": len(kept),
+            "samples_walked": sum(len(r) for r in kept), "samples_in_groups": sum(len(r) for r in runs),
+            "predicted_seconds": {k: round(v, 3) for k, v in totals.items()},
+            "why": f"a group is walked on one cache when predicted under {prefix_cost.MARGIN:.0%} of its batched time"}
+        return kept
 
     def _run_shared(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()

@@ -82,5 +82,9 @@ class Task:
         """The headline numbers per (attention, context_length), from the rows DataFrame."""
         raise NotImplementedError
 
+    def provenance(self) -> dict[str, Any]:
+        """What the manifest should record about the task's data (after ``samples``): how to rebuild it."""
+        return {}
+
     def plot(self, frame, title: str, plots_dir: Path) -> list[Path]:
         return []

@@ -2,19 +2,22 @@
 
 Each window of exactly L tokens runs in one forward pass from position 0 (no sliding window:
 the point is how the loss behaves deep into the context). Per-position NLL is averaged into
-position bins. ``--stride`` gives the classic sliding-window perplexity instead.
+position bins. ``--stride`` gives the classic sliding-window perplexity instead (every token
+scored once), and ``--match lm-eval`` lm-eval's ``loglikelihood_rolling`` windows, document by
+document, with its word and byte perplexities.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.data.corpus import load_corpus, token_stream
+from evalkit.data.corpus import JOINED, LM_EVAL, load_corpus, stream_provenance, token_stream
 from evalkit.data.options import CorpusOptions
-from evalkit.data.windows import random_offsets, strided_windows
+from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
 from evalkit.errors import ConfigError
 from evalkit.grid import format_length, parse_lengths
 from evalkit.models.requests import TokenLossRequest
@@ -27,8 +30,9 @@ LINEAR_BINS = 32
 @dataclass(frozen=True)
 class PerplexityOptions(CorpusOptions):
     lengths: str = option("1k,2k,4k,8k", "Context lengths: 1k,2k,8k or 1k..32k (doubling); k = 1024 tokens.", grid=True)
-    samples: int | None = option(None, "Windows per length (default 4); with --stride, a cap on the number of windows (default: the whole corpus).", grid=True)
-    stride: int | None = option(None, "Sliding-window mode: windows of L tokens every STRIDE tokens, each token scored once.")
+    samples: int | None = option(None, "Windows per length (default 4); with --stride, a cap on the number of windows, with --match lm-eval on the number of documents (default: the whole corpus).", grid=True)
+    stride: int | None = option(None, "Sliding-window mode: windows of L tokens every STRIDE tokens (at most L - 1), each token after the first scored exactly once.")
+    match: str = option("none", "lm-eval: lm-eval's loglikelihood_rolling windows (each document alone after a BOS/EOS prefix, L tokens in, stride L) and its word/byte perplexity.", choices=("none", "lm-eval"))
     bins: str = option("log", "Position bins for the per-position loss: log (powers of two) or linear (32 equal bins).", choices=("log", "linear"))
 
 
@@ -56,20 +60,30 @@ class PerplexityTask(Task):
             raise ConfigError(f"bad --stride {options.stride}", "give a positive number of tokens")
         if options.samples is not None and options.samples < 1:
             raise ConfigError(f"bad --samples {options.samples}", "give at least 1")
+        if options.match == "lm-eval" and options.stride is not None:
+            raise ConfigError("--stride and --match lm-eval both set the windows", "drop --stride: lm-eval's stride is the length")
         self.lengths = parse_lengths(options.lengths)
+        self.stream_info: dict = {}
 
     def samples(self) -> list[Sample]:
         corpus = load_corpus(self.options.dataset, self.options.text_field, self.options.split)
-        stream = token_stream(corpus, self.context.tokenizer)
+        style = LM_EVAL if self.options.match == "lm-eval" else JOINED
+        stream = token_stream(corpus, self.context.tokenizer, style=style)
+        self.stream_info = stream_provenance(corpus, stream, self.context.tokenizer, style)
+        if style == LM_EVAL:
+            return [s for length in self.lengths for s in self._lm_eval_samples(corpus, stream, length)]
         out = []
         for length in self.lengths:
             if self.options.stride:
-                windows = strided_windows(stream, length, min(self.options.stride, length))
+                stride = effective_stride(length, self.options.stride)
+                windows = strided_windows(stream, length, stride)
+                assert sum(length - first for _, first in windows) == len(stream.tokens) - 1  # each token once
                 for k, (begin, first) in enumerate(windows[: self.options.samples]):
                     tokens = stream.tokens[begin : begin + length]
-                    out.append(Sample(f"L{length}-s{self.options.stride}-w{k}", TokenLossRequest(tokens),
+                    out.append(Sample(f"L{length}-s{stride}-w{k}", TokenLossRequest(tokens),
                                       {"context_length": length, "sample": k},
-                                      {"source": stream.corpus, "offset": begin, "scored_from": first}))
+                                      {"source": stream.corpus, "offset": begin, "scored_from": first,
+                                       "stride": stride, "stream_tokens": len(stream.tokens)}))
             else:
                 for k, begin in enumerate(random_offsets(stream, length, self.options.samples or 4, self.context.seed)):
                     tokens = stream.tokens[begin : begin + length]
@@ -78,12 +92,30 @@ class PerplexityTask(Task):
                                       {"source": stream.corpus, "offset": begin}))
         return out
 
+    def _lm_eval_samples(self, corpus, stream, length: int) -> list[Sample]:
+        """lm-eval's windows of ``length`` model inputs (``length + 1`` tokens with the last target)."""
+        out = []
+        for k, (doc, begin, size, first) in enumerate(document_windows(stream, length)):
+            if self.options.samples is not None and doc >= self.options.samples:  # lm-eval's --limit: whole documents
+                break
+            text = corpus.documents[doc]
+            out.append(Sample(f"L{length}-lmeval-w{k}", TokenLossRequest(stream.tokens[begin : begin + size]),
+                              {"context_length": length, "sample": k},
+                              {"source": stream.corpus, "document": doc, "offset": begin, "scored_from": first,
+                               # lm-eval's PerplexityTask.count_words / count_bytes of the document
+                               "doc_words": len(re.split(r"\s+", text)), "doc_bytes": len(text.encode("utf-8"))}))
+        return out
+
+    def provenance(self) -> dict:
+        return {"token_stream": self.stream_info}
+
     def rows(self, sample: Sample, answer: np.ndarray) -> list[dict]:
         keys, meta = sample.keys, {**sample.meta, "seed": self.context.seed}
         if "scored_from" in meta:
             scored = answer[meta["scored_from"] - 1 :]  # answer[j] is the NLL of position j + 1
-            mean = float(scored.mean())
-            return [{**keys, "metric": "mean_nll", "value": mean, **meta},
+            total = float(scored.astype(np.float64).sum())
+            return [{**keys, "metric": "mean_nll", "value": total / scored.size, **meta},
+                    {**keys, "metric": "sum_nll", "value": total, **meta},
                     {**keys, "metric": "scored_tokens", "value": float(scored.size), **meta}]
         edges = bin_edges(sample.request.length, self.options.bins)
         rows = []
@@ -101,23 +133,41 @@ class PerplexityTask(Task):
         import pandas as pd
 
         units = self.unit_columns(self.options)
+        if self.options.match == "lm-eval":  # windows of one document share its text: the document is the unit
+            units = ("context_length", "document")
         groups = []
         order = {name: k for k, name in enumerate(pd.unique(frame["attention"]))}  # variants in run order
         for (attention, length), part in sorted(frame.groupby(["attention", "context_length"]),
                                                 key=lambda item: (order[item[0][0]], item[0][1])):
             means = part[part.metric == "mean_nll"]
             keys = stats.unit_keys(means, units)
-            if self.options.stride:  # each window weighs by the tokens it scores
+            extra = {}
+            if "scored_from" in part.columns and part["scored_from"].notna().any():  # --stride or --match lm-eval
                 counts = part[part.metric == "scored_tokens"].set_index("sample")["value"]
                 weights = counts.reindex(means["sample"]).to_numpy()
-                nll = stats.weighted_mean(means["value"], weights, keys)
+                nll = stats.weighted_mean(means["value"], weights, keys)  # = the NLL sum over the tokens scored
+                nll_sum = float(part.loc[part.metric == "sum_nll", "value"].sum())
                 tokens = int(weights.sum())
+                extra = {"nll_sum": nll_sum}
+                if self.options.match == "lm-eval":
+                    docs = part[part.metric == "sum_nll"].drop_duplicates("document")
+                    words, size = int(docs.doc_words.sum()), int(docs.doc_bytes.sum())
+                    # lm-eval's weighted_perplexity and bits_per_byte aggregations over the scored documents;
+                    # words and bytes are fixed counts, so each interval is the NLL interval rescaled
+                    per_word, per_byte = tokens / words, tokens / size
+                    extra.update({"documents": len(docs), "words": words, "bytes": size})
+                    for name, scale, through in (("word_perplexity", per_word, math.exp), ("byte_perplexity", per_byte, math.exp),
+                                                 ("bits_per_byte", per_byte / math.log(2), float)):
+                        extra.update({name: through(nll.value * scale), f"{name}_ci_low": through(nll.ci_low * scale),
+                                      f"{name}_ci_high": through(nll.ci_high * scale)})
+                else:
+                    extra["stream_tokens"] = int(part["stream_tokens"].max())  # tokens == stream_tokens - 1 when uncapped
             else:
                 nll = stats.mean(means["value"], keys)
-                tokens = int(len(means) * (length - 1))
+                tokens = int(len(means) * (length - 1))  # every window scores its positions 1..L-1
             nll = stats.clipped(nll, 0.0, math.inf)  # a t interval over few windows can pass 0; an NLL cannot
             row = {"attention": attention, "context_length": int(length), "n": nll.n, "units": nll.units, "tokens": tokens,
-                   **stats.columns(nll, "mean_nll"), **stats.columns(nll.exp(), "perplexity")}
+                   **stats.columns(nll, "mean_nll"), **stats.columns(nll.exp(), "perplexity"), **extra}
             bins = part[part.metric == "nll"]
             if not bins.empty:
                 last = bins[bins.position_bin == bins.position_bin.max()]
@@ -137,5 +187,6 @@ class PerplexityTask(Task):
             written.append(loss_vs_position(bins, self.unit_columns(self.options), title, train, plots_dir / "loss_vs_position.png"))
         summary = self.summarize(frame)
         if not summary.empty:
-            written.append(perplexity_vs_length(summary, bool(self.options.stride), title, train, plots_dir / "perplexity_vs_length.png"))
+            mode = "sliding window" if self.options.stride else "lm-eval rolling windows" if self.options.match == "lm-eval" else ""
+            written.append(perplexity_vs_length(summary, mode, title, train, plots_dir / "perplexity_vs_length.png"))
         return written

@@ -41,14 +41,14 @@ def loss_vs_position(bins, units, title, train, path):
     return plots.save(fig, path)
 
 
-def perplexity_vs_length(summary, stride: bool, title, train, path):
+def perplexity_vs_length(summary, mode: str, title, train, path):
     """Perplexity (exp of mean NLL) with its 95% band, as in summary.csv."""
     fig, ax = plots.figure()
     plots.summary_lines(ax, summary, "perplexity")
     lengths = sorted(summary.context_length.astype(int).unique())
     plots.length_axis(ax, lengths)
     plots.mark_training_length(ax, lengths, train)
-    ax.set_ylabel("perplexity" + (" (sliding window)" if stride else "") + ", exp(mean NLL)")
+    ax.set_ylabel("perplexity" + (f" ({mode})" if mode else "") + ", exp(mean NLL)")
     n = summary.n.unique()
     each = f", {int(n[0])} windows per length" if len(n) == 1 else ""
     ax.set_title(f"Perplexity vs context length{each} — {title}", fontsize=10)

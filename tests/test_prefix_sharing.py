@@ -12,6 +12,7 @@ import cli
 from evalkit.attention import apply_attention
 from evalkit.data.corpus import load_corpus, token_stream
 from evalkit.data.haystack import HaystackOptions, build_samples
+from evalkit.models import prefix_cost
 from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.prefix import common_prefix, lexicographic_order, shared_runs, tokens_to_compute
@@ -119,6 +120,7 @@ def test_cli_rows_do_not_depend_on_the_prefix_cache(tiny_checkpoint, tmp_path, m
     app = cli.register_tasks()
     frames, walked = [], []
     original = ModelAdapter.answer_shared
+    monkeypatch.setattr(prefix_cost, "walk_pays", lambda shared, batched: True)  # the walk itself is under test, not when it pays
     monkeypatch.setattr(ModelAdapter, "answer_shared", lambda self, requests: (walked.append(len(requests)),
                                                                                original(self, requests))[1])
     for flag in ("--prefix-cache", "--no-prefix-cache"):

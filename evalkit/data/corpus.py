@@ -7,8 +7,9 @@ A corpus is an ordered list of documents (strings) with a stable name and finger
 - a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, or a folder of them;
 - a Hugging Face dataset by name or path, through ``datasets`` (``--split``).
 
-``token_stream`` concatenates the documents' tokens with the tokenizer's separator and caches
-the result per (tokenizer, corpus), since tokenizing 100k+ tokens costs seconds every run.
+``token_stream`` concatenates the documents' tokens with the tokenizer's separator (or, in
+lm-eval's style, gives each document its own prefix token) and caches the result per
+(tokenizer, corpus, style), since tokenizing 100k+ tokens costs seconds every run.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ class Corpus:
     name: str
     fingerprint: str
     documents: tuple[str, ...]
+    recipe: str = ""  # how the documents were read, in order: enough to rebuild them by hand
 
 
 @dataclass(frozen=True)
 class TokenStream:
-    """All documents' tokens back to back, separated by one separator token."""
+    """All documents' tokens back to back, joined as ``token_stream``'s style says."""
 
     corpus: str
     tokens: np.ndarray  # (N,) int64
@@ -60,7 +62,8 @@ def _builtin_corpus() -> Corpus:
 
     docs = tuple(topics[key].strip() for key in sorted(topics))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    return Corpus(name="builtin:pydoc-topics", fingerprint=_hash_texts(docs, version), documents=docs)
+    return Corpus(name="builtin:pydoc-topics", fingerprint=_hash_texts(docs, version), documents=docs,
+                  recipe=f"pydoc_data.topics.topics of {version}: keys sorted, each text .strip()ed")
 
 
 def _local_corpus(path: Path, text_field: str) -> Corpus:
@@ -73,7 +76,9 @@ def _local_corpus(path: Path, text_field: str) -> Corpus:
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise DataError(f"{path} holds no text", f"check the files, or the field name given to --text-field (now {text_field!r})")
-    return Corpus(name=str(path), fingerprint=_hash_texts(docs), documents=tuple(docs))
+    recipe = ("files sorted by path; a .txt file is one document, a .jsonl line or parquet row one record "
+              f"(field {text_field!r}); text kept as is, blank documents dropped")
+    return Corpus(name=str(path), fingerprint=_hash_texts(docs), documents=tuple(docs), recipe=recipe)
 
 
 def _read_file(file: Path, text_field: str) -> list[str]:
@@ -121,7 +126,8 @@ def _hf_corpus(name: str, text_field: str, split: str) -> Corpus:
         raise DataError(f"dataset {name!r} has no column {text_field!r} (it has: {', '.join(ds.column_names)})", "name the text column with --text-field")
     docs = tuple(str(t) for t in ds[text_field] if str(t).strip())
     fingerprint = getattr(ds, "_fingerprint", None) or _hash_texts(docs)
-    return Corpus(name=f"{name}:{split}", fingerprint=str(fingerprint), documents=docs)
+    return Corpus(name=f"{name}:{split}", fingerprint=str(fingerprint), documents=docs,
+                  recipe=f"datasets.load_dataset({name!r}, split={split!r}), column {text_field!r} in row order, blank rows dropped")
 
 
 def _hash_texts(docs, *extra: str) -> str:
@@ -148,8 +154,13 @@ def separator_id(tokenizer) -> int:
     raise DataError("the tokenizer has no end-of-text, separator or padding token", "use a tokenizer that defines eos_token")
 
 
-def token_stream(corpus: Corpus, tokenizer, use_cache: bool = True) -> TokenStream:
-    key = f"{tokenizer_fingerprint(tokenizer)}-{corpus.fingerprint}"
+JOINED = "joined"  # documents back to back, each followed by the tokenizer's separator
+LM_EVAL = "lm-eval"  # each document on its own: [prefix token] + its tokens, as lm-eval's loglikelihood_rolling
+
+
+def token_stream(corpus: Corpus, tokenizer, use_cache: bool = True, style: str = JOINED) -> TokenStream:
+    """The corpus as one token array; cached per (tokenizer, corpus, style)."""
+    key = f"{tokenizer_fingerprint(tokenizer)}-{corpus.fingerprint}" + ("" if style == JOINED else f"-{style}")
     path = cache_dir("tokens") / f"{key}.npz"
     if use_cache and path.exists():
         try:
@@ -157,13 +168,17 @@ def token_stream(corpus: Corpus, tokenizer, use_cache: bool = True) -> TokenStre
                 return TokenStream(corpus.name, cached["tokens"], cached["doc_starts"])
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a corrupt cache entry is rebuilt, never trusted
-    sep = separator_id(tokenizer)
-    encoded = tokenizer(list(corpus.documents), add_special_tokens=False)["input_ids"]
+    if style == LM_EVAL:
+        prefix = lm_eval_prefix_id(tokenizer)
+        encoded = [[prefix] + _lm_eval_encode(tokenizer, doc, prefix) for doc in corpus.documents]
+    else:
+        sep = separator_id(tokenizer)
+        encoded = [ids + [sep] for ids in tokenizer(list(corpus.documents), add_special_tokens=False)["input_ids"]]
     pieces, starts, offset = [], [], 0
     for ids in encoded:
         starts.append(offset)
-        pieces.append(np.asarray(ids + [sep], dtype=np.int64))
-        offset += len(ids) + 1
+        pieces.append(np.asarray(ids, dtype=np.int64))
+        offset += len(ids)
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     stream = TokenStream(corpus.name, tokens, np.asarray(starts, dtype=np.int64))
     if use_cache:
@@ -171,3 +186,37 @@ def token_stream(corpus: Corpus, tokenizer, use_cache: bool = True) -> TokenStre
         np.savez(tmp, tokens=stream.tokens, doc_starts=stream.doc_starts)
         tmp.replace(path)
     return stream
+
+
+def lm_eval_prefix_id(tokenizer) -> int:
+    """lm-eval's HFLM.prefix_token_id (no custom one given): BOS, else EOS."""
+    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    raise DataError("the tokenizer has neither a BOS nor an EOS token for lm-eval's rolling windows", "use a tokenizer that defines one")
+
+
+def _lm_eval_encode(tokenizer, text: str, prefix: int) -> list[int]:
+    # HFLM.tok_encode: the tokenizer's default special tokens, none when the text already starts with the prefix token
+    special = not text.startswith(tokenizer.decode(prefix))
+    return list(tokenizer.encode(text, add_special_tokens=special))
+
+
+def stream_provenance(corpus: Corpus, stream: TokenStream, tokenizer, style: str = JOINED) -> dict:
+    """How the token stream was built and its fingerprint: enough to rebuild and check it."""
+    if style == LM_EVAL:
+        prefix = lm_eval_prefix_id(tokenizer)
+        joining = (f"each document alone: [{tokenizer.convert_ids_to_tokens(prefix)!r} (id {prefix})] + "
+                   "tokenizer.encode(text) with its default special tokens (as lm-eval's HFLM.tok_encode)")
+    else:
+        sep = separator_id(tokenizer)
+        joining = (f"tokenizer(text, add_special_tokens=False) per document, each followed by "
+                   f"{tokenizer.convert_ids_to_tokens(sep)!r} (id {sep}), all concatenated")
+    return {"corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint, "documents": len(corpus.documents),
+            "document_order": corpus.recipe, "joining": joining, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "tokens": int(len(stream.tokens)), "tokens_sha256": token_hash(stream.tokens)}
+
+
+def token_hash(tokens: np.ndarray) -> str:
+    """sha256 of the token ids as little-endian int64: ``hashlib.sha256(np.asarray(ids, "<i8").tobytes())``."""
+    return hashlib.sha256(np.asarray(tokens, dtype="<i8").tobytes()).hexdigest()

@@ -23,20 +23,59 @@ def random_offsets(stream: TokenStream, length: int, count: int, seed: int) -> l
     return sorted(int(o) for o in offsets)
 
 
-def strided_windows(stream: TokenStream, length: int, stride: int) -> list[tuple[int, int]]:
-    """Classic sliding-window perplexity: (window start, first scored position in the window).
+def effective_stride(length: int, stride: int) -> int:
+    """The stride actually used for windows of ``length`` tokens: at most ``length - 1``.
 
-    Every token after the first is scored exactly once, each with at least ``length - stride``
-    tokens of context (except near the start); the last window is aligned to the end.
+    A window scores its positions 1..length-1 (position 0 has nothing to be predicted from), so
+    consecutive windows must overlap by at least one token or the token between them is never
+    scored: with stride = length, the first token of every later window was skipped.
     """
-    check_fits(stream, length)
-    total = len(stream.tokens)
-    windows, scored_until = [], 0
-    begin = 0
+    return max(1, min(stride, length - 1))
+
+
+def stride_plan(total: int, length: int, stride: int) -> list[tuple[int, int]]:
+    """(window start, first scored position in the window) for sliding windows over ``total`` tokens.
+
+    Every position 1..total-1 is scored exactly once; each with at least ``length - stride``
+    tokens of context (except in the first window); the last window is aligned to the end, scoring
+    only what is left. ``stride`` is capped by ``effective_stride``. A stream shorter than
+    ``length`` gets one window of its own length.
+    """
+    length = min(length, total)
+    if length < 2:
+        return []
+    stride = effective_stride(length, stride)
+    windows, scored_until, begin = [], 1, 0  # scored_until: the first stream position not scored yet
     while scored_until < total:
         begin = min(begin, total - length)
-        first = max(1, scored_until - begin)
-        windows.append((begin, first))
+        windows.append((begin, scored_until - begin))
         scored_until = begin + length
         begin += stride
     return windows
+
+
+def strided_windows(stream: TokenStream, length: int, stride: int) -> list[tuple[int, int]]:
+    """Classic sliding-window perplexity over the whole stream (see ``stride_plan``)."""
+    check_fits(stream, length)
+    return stride_plan(len(stream.tokens), length, stride)
+
+
+def document_windows(stream: TokenStream, length: int) -> list[tuple[int, int, int, int]]:
+    """lm-eval's ``loglikelihood_rolling`` windows, per document: (document, start, tokens, first scored).
+
+    ``stream`` holds each document as [prefix token] + its tokens (``corpus.lm_eval_stream``).
+    lm-eval (lm_eval/utils.py ``get_rolling_token_windows`` with ``context_len=1``, then
+    ``make_disjoint_window``) feeds the model ``length`` tokens and scores the tokens they predict:
+    the first window is the prefix + the first length-1 tokens, predicting the first ``length``;
+    each next one predicts the next ``length`` tokens from the ``length`` before them; the last
+    is aligned to the document's end and predicts only what is left. As windows of
+    ``length + 1`` tokens (inputs + the last target) that is ``stride_plan`` with stride
+    ``length`` on each document's own stream, never crossing a document boundary (a document
+    shorter than that is one window of its own length).
+    """
+    ends = np.append(stream.doc_starts[1:], len(stream.tokens))
+    out = []
+    for doc, (start, end) in enumerate(zip(stream.doc_starts.tolist(), ends.tolist())):
+        size = min(length + 1, end - start)
+        out += [(doc, start + begin, size, first) for begin, first in stride_plan(end - start, length + 1, length)]
+    return out
