@@ -144,15 +144,19 @@ def test_left_padding_counts_only_unpadded_keys():
 def _decode(model, impl, ids, mask, new_tokens):
     """Prefill then feed fixed tokens one at a time through a KV cache; last-position logits."""
     model.set_attn_implementation(impl)
+    import inspect
+
     cache = DynamicCache(config=model.config)
+    # transformers 5.24 renamed past_key_values= to cache=; use whichever this release takes, as the adapter does
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     steps = []
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **{name: cache})
         steps.append(out.logits[:, -1])
         for token in new_tokens.T:
             if mask is not None:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = model(input_ids=token[:, None], attention_mask=mask, past_key_values=cache, use_cache=True)
+            out = model(input_ids=token[:, None], attention_mask=mask, use_cache=True, **{name: cache})
             steps.append(out.logits[:, -1])
     return torch.stack(steps, dim=1)  # (B, steps, V)
 
