@@ -101,6 +101,13 @@ def _as_arrays(values, clusters) -> tuple[np.ndarray, np.ndarray]:
     return values, codes
 
 
+def _present(values, clusters) -> tuple[np.ndarray, np.ndarray]:
+    """The non-missing values and their cluster codes, renumbered 0..k-1."""
+    values, codes = _as_arrays(values, clusters)
+    keep = ~np.isnan(values)
+    return values[keep], np.unique(codes[keep], return_inverse=True)[1]
+
+
 def _cluster_sums(values: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = int(codes.max()) + 1 if len(codes) else 0
     return np.bincount(codes, values, minlength=k), np.bincount(codes, minlength=k).astype(float)
@@ -135,9 +142,7 @@ def is_binary(values) -> bool:
 
 def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
     """Mean of 0/1 values with a cluster-adjusted Wilson interval."""
-    values, codes = _as_arrays(values, clusters)
-    keep = ~np.isnan(values)
-    values, codes = values[keep], np.unique(codes[keep], return_inverse=True)[1]
+    values, codes = _present(values, clusters)
     n = len(values)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, 0, "wilson", confidence)
@@ -156,9 +161,7 @@ def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimat
 
 def mean(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
     """Mean with a cluster-robust t interval (k - 1 degrees of freedom over k clusters)."""
-    values, codes = _as_arrays(values, clusters)
-    keep = ~np.isnan(values)
-    values, codes = values[keep], np.unique(codes[keep], return_inverse=True)[1]
+    values, codes = _present(values, clusters)
     n = len(values)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, 0, "t", confidence)
