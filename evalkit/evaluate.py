@@ -169,8 +169,8 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     if stored_hash and stored_hash != loaded.content_hash:
         raise ConfigError(f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
                           "resume with the same checkpoint, or choose another --out")
-    tokenizer_hash = tokenizer_fingerprint(loaded.tokenizer)
-    if stored.get("tokenizer_hash") and stored["tokenizer_hash"] != tokenizer_hash:
+    stored_tokenizer = (stored.get("model", {}).get("tokenizer") or {}).get("content_hash")
+    if stored_tokenizer and stored_tokenizer != loaded.describe()["tokenizer"]["content_hash"]:
         raise ConfigError(f"the tokenizer of {config.model} changed since the run in {folder} started",
                           "resume with the same tokenizer files, or choose another --out")
     variants = resolve_variants(loaded, requests)
@@ -183,7 +183,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     store = _open_store(world, folder, identity, config.resume)
     try:
         return _run(config, store, loaded, variants, task, samples, manifest, console, world,
-                    {"load_seconds": round(load_seconds, 2)}, tokenizer_hash)
+                    {"load_seconds": round(load_seconds, 2)})
     except Exception:
         if created and world.is_main and store.finished == 0:  # nothing to keep: leave no folder a retry trips on
             import shutil
@@ -204,7 +204,7 @@ def _open_store(world, folder: Path, identity: dict, resume: bool):
     return store or RunStore(folder, identity, resume, rank=world.rank)
 
 
-def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings, tokenizer_hash) -> RunOutcome:
+def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings) -> RunOutcome:
     from evalkit.manifest import dataset_hash, device_description
     from evalkit.models.adapter import ModelAdapter
     from evalkit.progress import ProgressReporter, quiet_library_warnings
@@ -213,7 +213,7 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
     progress = ProgressReporter(console, quiet=config.quiet)
-    manifest.update({"run_id": store.run_id, "model": loaded.describe(), "tokenizer_hash": tokenizer_hash,
+    manifest.update({"run_id": store.run_id, "model": loaded.describe(),
                      "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
                      "attention": [v.describe for v in variants], "device": device_description(loaded.device),
                      "batch_tokens": batch_tokens, "samples": len(samples)})
@@ -278,17 +278,6 @@ def check_inputs(task_cls, options, config: RunConfig) -> None:
     dataset = getattr(options, "dataset", None)
     if dataset and Path(dataset).expanduser().exists():  # local text: read it now (dataset names load with the task)
         load_corpus(dataset, options.text_field, options.split)
-
-
-def tokenizer_fingerprint(tokenizer) -> str | None:
-    """A hash of what turns text into ids: vocabulary, special tokens and chat template."""
-    import hashlib
-
-    if tokenizer is None:
-        return None
-    state = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
-             "chat_template": getattr(tokenizer, "chat_template", None), "class": type(tokenizer).__name__}
-    return "sha256:" + hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings) -> RunOutcome:

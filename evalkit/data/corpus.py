@@ -141,9 +141,15 @@ def _hash_texts(docs, *extra: str) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what turns text into ids, by content: the whole tokenization pipeline (or the
+    vocabulary when there is no fast backend), special tokens and chat template. Two checkpoint
+    folders holding copies of one tokenizer agree. The one tokenizer identity evalkit uses: token
+    stream caches, --resume and compare's pairing."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    extra = json.dumps({"special": tokenizer.special_tokens_map, "chat_template": getattr(tokenizer, "chat_template", None)},
+                       sort_keys=True, default=str)
+    return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
 
 
 def separator_id(tokenizer) -> int:

@@ -89,15 +89,12 @@ class LoadedModel:
 
 
 def tokenizer_identity(tokenizer) -> dict:
-    """What compare checks before pairing two runs prompt by prompt: the vocabulary and chat template
-    by content (two checkpoint folders with copies of one tokenizer agree), the path for people."""
-    import hashlib
-    import json
+    """The tokenizer as the manifest records it: its content fingerprint (what --resume and compare's
+    pairing check), and class, path and size for people."""
+    from evalkit.data.corpus import tokenizer_fingerprint
 
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-    template = getattr(tokenizer, "chat_template", None) or ""
     return {"class": type(tokenizer).__name__, "name_or_path": getattr(tokenizer, "name_or_path", None),
-            "vocab_size": len(tokenizer), "content_hash": hashlib.sha256((vocab + template).encode()).hexdigest()[:16]}
+            "vocab_size": len(tokenizer), "content_hash": tokenizer_fingerprint(tokenizer)}
 
 
 def resolve(spec: str, log=print) -> ModelSource:
