@@ -100,6 +100,11 @@ COMMON_RUN_OPTIONS = [
     ("attention_params", Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables: a .json or .safetensors file.")], None),
     ("train_length", Annotated[Optional[str], typer.Option(help="Training context length L for logn (default: max_position_embeddings).")], None),
     ("ssmax_n", Annotated[Optional[str], typer.Option(help="n convention: position (keys query i may see) or length (whole row) [default: the checkpoint's, else position].")], None),
+    ("attn_scale", Annotated[Optional[float], typer.Option(help="llama4-temp: attn_scale [default 0.1].")], None),
+    ("floor_scale", Annotated[Optional[float], typer.Option(help="llama4-temp: floor_scale in tokens [default 8192].")], None),
+    ("beta", Annotated[Optional[float], typer.Option(help="mistral-beta: beta [default 0.1].")], None),
+    ("original_length", Annotated[Optional[str], typer.Option(help="mistral-beta: original length L0 [default: max_position_embeddings].")], None),
+    ("attention_layers", Annotated[Optional[str], typer.Option(help="Layers the variant is on: all, nope, rope (by the config's no_rope_layers) or indices like 0,2,5; the others run softmax [default: all].")], None),
     ("rope_theta", Annotated[Optional[float], typer.Option(help="Override the RoPE base theta at evaluation time.")], None),
     ("rope_scaling", Annotated[Optional[str], typer.Option(help="RoPE scaling: linear, dynamic, yarn or none (needs --rope-factor).")], None),
     ("rope_factor", Annotated[Optional[float], typer.Option(help="RoPE scaling factor.")], None),
@@ -148,7 +153,7 @@ def _make_run_command(task_name: str, task_cls) -> None:
 
 
 def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None,
-                        ssmax_n=None) -> tuple[dict, ...]:
+                        ssmax_n=None, **extra) -> tuple[dict, ...]:
     """``--attention a,b`` and the shared attention flags as one request per variant."""
     from evalkit.errors import ConfigError
     from evalkit.grid import parse_length
@@ -161,13 +166,24 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
     if attention_params is not None and not Path(attention_params).is_file():
         raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
     values = {"s": ssmax_s, "b": ssmax_b, "params_file": attention_params,
-              "train_length": parse_length(train_length) if train_length else None, "n_mode": ssmax_n}
+              "train_length": parse_length(train_length) if train_length else None, "n_mode": ssmax_n,
+              **_variant_scalars(**extra)}
     shared = {k: v for k, v in values.items() if v is not None}
     return tuple({"name": name, **shared} for name in names)
 
 
+def _variant_scalars(attn_scale=None, floor_scale=None, beta=None, original_length=None, attention_layers=None) -> dict:
+    """The llama4-temp / mistral-beta flags and --attention-layers as request settings."""
+    from evalkit.attention.spec import canonical_layers
+    from evalkit.grid import parse_length
+
+    return {"attn_scale": attn_scale, "floor_scale": floor_scale, "beta": beta,
+            "original_length": parse_length(original_length) if original_length else None,
+            "layers": canonical_layers(attention_layers) if attention_layers else None}
+
+
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
-         ssmax_n, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
+         ssmax_n, attn_scale, floor_scale, beta, original_length, attention_layers, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
          seed, allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
     from evalkit.evaluate import RunConfig, check_config, default_parent, evaluate, model_folders
 
@@ -176,7 +192,9 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
     # continue command (which names the parent) finds the same folders again
     parent = (Path(out) if out else default_parent(task_name)) if len(model) > 1 else None
     folders = [str(parent / name) for name in model_folders(model)] if parent else [out]
-    attention_requests = _attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n)
+    attention_requests = _attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n,
+                                             attn_scale=attn_scale, floor_scale=floor_scale, beta=beta,
+                                             original_length=original_length, attention_layers=attention_layers)
     configs = [RunConfig(
         task=task_name, model=spec, task_options=task_options, attention=attention_requests,
         rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=folder, resume=resume,
@@ -464,9 +482,12 @@ def attention_list() -> None:
     from evalkit.attention.variants import describe_variants
 
     frame = pd.DataFrame(describe_variants())
-    frame["parameters"] = frame["parameters"].map(lambda p: " ".join(p) or "-")
-    _print_frame(_console(), frame[["name", "formula", "parameters", "description"]], "attention variants")
-    typer.echo("n_i = number of keys query i may attend to (--ssmax-n position), or the whole row (--ssmax-n length).")
+    frame["parameters"] = [" ".join(f"{p}={d[p]}" if p in d else p for p in ps) or "-"
+                           for ps, d in zip(frame["parameters"], frame["defaults"])]
+    _print_frame(_console(), frame[["name", "formula", "n", "parameters", "description"]], "attention variants")
+    typer.echo("n_i = number of keys query i may attend to (--ssmax-n position), or the whole row (--ssmax-n length); "
+               "pos_i = the query's absolute position (0-based, as position_ids give it). "
+               "--attention-layers all|nope|rope|0,2,5 puts a variant on some layers only.")
 
 
 @attention_app.command("check")
@@ -479,6 +500,11 @@ def attention_check(
     attention_params: Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables file.")] = None,
     train_length: Annotated[Optional[str], typer.Option(help="Training length L for logn.")] = None,
     ssmax_n: Annotated[Optional[str], typer.Option(help="n convention: position or length.")] = None,
+    attn_scale: Annotated[Optional[float], typer.Option(help="llama4-temp: attn_scale [default 0.1].")] = None,
+    floor_scale: Annotated[Optional[float], typer.Option(help="llama4-temp: floor_scale [default 8192].")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="mistral-beta: beta [default 0.1].")] = None,
+    original_length: Annotated[Optional[str], typer.Option(help="mistral-beta: original length [default: max_position_embeddings].")] = None,
+    attention_layers: Annotated[Optional[str], typer.Option(help="all, nope, rope or indices like 0,2,5.")] = None,
     length: Annotated[str, typer.Option(help="Tokens of built-in corpus text to run.")] = "256",
     device: DeviceOption = "cpu",
     dtype: Annotated[CheckDType, typer.Option(help="Model dtype for the fused path; float64 shows float64 deviations.")] = CheckDType.float32,
@@ -494,7 +520,9 @@ def attention_check(
     from evalkit.variants import VariantRequest, resolve_variants
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype.value), log=typer.echo)
-    requests = _attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n)
+    requests = _attention_requests(attention, ssmax_s, ssmax_b, attention_params, train_length, ssmax_n,
+                                   attn_scale=attn_scale, floor_scale=floor_scale, beta=beta,
+                                   original_length=original_length, attention_layers=attention_layers)
     variants = resolve_variants(loaded, [VariantRequest.from_dict(r) for r in requests])
     tokens = token_stream(load_corpus(), loaded.tokenizer).tokens[: parse_length(length)]
     ids = torch.from_numpy(tokens)[None].to(loaded.device)

@@ -22,6 +22,11 @@ class AttentionOptions:
     params_file: str | None = None
     train_length: int | None = None
     n_mode: str | None = None  # None: the checkpoint's convention, else "position"
+    attn_scale: float | None = None  # llama4-temp (default 0.1)
+    floor_scale: float | None = None  # llama4-temp (default 8192)
+    beta: float | None = None  # mistral-beta (default 0.1)
+    original_length: int | None = None  # mistral-beta (default: max_position_embeddings)
+    layers: str | None = None  # --attention-layers; None: all
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -71,6 +76,10 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
             train_length = options.train_length or stored.train_length or base.train_length
             if base.variant == "logn" and train_length is None:
                 train_length = loaded.max_positions  # the training length, for models that state it
+            scalars = {name: _first(getattr(options, name), getattr(base, name))
+                       for name in ("attn_scale", "floor_scale", "beta", "original_length") if name in needs}
+            if "original_length" in needs and scalars["original_length"] is None:
+                scalars["original_length"] = loaded.max_positions
             spec = AttentionSpec(
                 variant=base.variant,
                 s=(options.s if options.s is not None else base.s) if "s" in needs else None,
@@ -78,7 +87,9 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
                 train_length=train_length if "train_length" in needs else None,
                 n_mode=options.n_mode or stored.n_mode or "position",
                 params_file=options.params_file,
-            )
+                layers=options.layers or base.layers,
+                **scalars,
+            ).with_defaults(model.config)
         label = request.label or spec.variant
         if any(v.label == label for v in variants):
             raise ConfigError(f"attention variant {label!r} appears twice in --attention {','.join(r.name for r in requests)}",
@@ -95,6 +106,10 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
     for variant in variants:  # fail on a missing or malformed parameter now, not after an hour
         variant.activate(model)
     return variants
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
 
 
 def _needs(variant: str) -> tuple[str, ...]:

@@ -3,8 +3,10 @@
 ``apply_attention(model, "ssmax", s=0.43)`` does three things:
 
 1. On every attention module (the class transformers records attentions from, e.g.
-   ``LlamaAttention``), sets ``evalkit_variant``, ``evalkit_n_mode``, ``evalkit_train_length``
-   and the per-head tensors the variant needs, float32, shape (num_heads,):
+   ``LlamaAttention``), sets ``evalkit_variant`` ("softmax" on layers ``--attention-layers``
+   leaves out), ``evalkit_n_mode``, the scalar parameters (``evalkit_train_length``,
+   ``evalkit_attn_scale``, ...) and the per-head tensors the variant needs, float32, shape
+   (num_heads,):
 
        <attention module>.ssmax_s     e.g. model.layers.{i}.self_attn.ssmax_s   (ssmax, ssmax-bias)
        <attention module>.ssmax_b     e.g. model.layers.{i}.self_attn.ssmax_b   (ssmax-bias)
@@ -15,7 +17,8 @@
 2. Switches the model to the "evalkit" attention implementation with
    ``model.set_attn_implementation`` (works in place in transformers 5.x, no reload).
 3. Records the variant in ``model.config.evalkit_attention`` (a dict: the ``AttentionSpec``
-   fields plus ``learnable`` and ``tensors``), which ``save_pretrained`` writes to config.json.
+   fields plus ``learnable``, ``tensors`` and ``layer_indices``, the layers the variant is on),
+   which ``save_pretrained`` writes to config.json.
 
 ``apply_attention(model, "softmax")`` undoes all three and restores the implementation the model
 had before (normally "sdpa").
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,15 +41,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from evalkit.attention.function import IMPLEMENTATION
+from evalkit.attention.function import IMPLEMENTATION, module_attribute
 from evalkit.attention.reference import IMPLEMENTATION as REFERENCE_IMPLEMENTATION
 from evalkit.attention.spec import AttentionSpec
-from evalkit.attention.variants import PARAMETER_FLAGS, get_variant
+from evalkit.attention.variants import PARAMETER_FLAGS, SCALAR_PARAMETERS, get_variant
 from evalkit.errors import ConfigError, ModelLoadError
 
 CONFIG_KEY = "evalkit_attention"
 TENSOR_NAMES = {"s": "ssmax_s", "b": "ssmax_b"}  # parameter -> attribute on the attention module
-_MODULE_ATTRS = ("evalkit_variant", "evalkit_n_mode", "evalkit_train_length")
+_MODULE_ATTRS = ("evalkit_variant", "evalkit_n_mode", *(module_attribute(p) for p in SCALAR_PARAMETERS))
+_RECORD_ONLY = ("learnable", "tensors", "layer_indices")  # config.json keys that are not spec fields
 _OUR_IMPLEMENTATIONS = (IMPLEMENTATION, REFERENCE_IMPLEMENTATION)
 
 # A table of per-head values: one number, a (layers, heads) tensor or nested list, a list of
@@ -92,6 +97,34 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             "evalkit attention variants need a transformers model whose attention uses AttentionInterface",
         )
     return found
+
+
+def select_layers(model: nn.Module, layers: str, count: int) -> list[int]:
+    """Indices (0-based, into the attention modules in layer order) that ``layers`` selects."""
+    if layers == "all":
+        return list(range(count))
+    if layers in ("nope", "rope"):
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        flags = getattr(config, "no_rope_layers", None)
+        if not flags:
+            raise ConfigError(
+                f"--attention-layers {layers} needs the config's no_rope_layers, which "
+                f"{type(config).__name__} does not have",
+                "give layer indices, e.g. --attention-layers 0,2,5, or all",
+            )
+        # Llama 4 / SmolLM3 convention: no_rope_layers[i] == 1 means layer i uses RoPE
+        wanted = 1 if layers == "rope" else 0
+        chosen = [i for i in range(count) if int(flags[i]) == wanted]
+        if not chosen:
+            raise ConfigError(f"--attention-layers {layers} selects no layer of this model", "use all or a list")
+        return chosen
+    indices = [int(i) for i in layers.split(",")]
+    if indices[-1] >= count:
+        raise ConfigError(
+            f"--attention-layers {layers} names layer {indices[-1]}, but the model has {count} (0-{count - 1})",
+            "give indices below the layer count",
+        )
+    return indices
 
 
 def _num_heads(module: nn.Module) -> int:
@@ -286,6 +319,11 @@ def apply_attention(
     n_mode: str = "position",
     learnable: bool = False,
     params: str | os.PathLike | Mapping[str, HeadTable] | None = None,
+    attn_scale: float | None = None,
+    floor_scale: float | None = None,
+    beta: float | None = None,
+    original_length: int | None = None,
+    layers: str | list[int] | None = None,
 ) -> AttentionSpec:
     """Switch ``model`` to ``variant`` in place; return the ``AttentionSpec`` now in force.
 
@@ -293,15 +331,22 @@ def apply_attention(
     ``params``: a ``.json``/``.safetensors`` file or a mapping ``{"s": table, "b": table}``.
     Precedence for each of s, b: the argument, then ``params``, then the values already in the
     model (e.g. from ``load_attention_from_checkpoint``). An ``AttentionSpec`` may stand in for
-    variant and the keyword arguments it carries.
+    variant and the keyword arguments it carries. Scalars not given take the variant's defaults
+    (``AttentionSpec.with_defaults``). ``layers``: "all" (default), "nope", "rope" or indices;
+    layers left out run plain softmax.
     """
+    scalars = dict(
+        train_length=train_length, attn_scale=attn_scale, floor_scale=floor_scale, beta=beta,
+        original_length=original_length,
+    )
     if isinstance(variant, AttentionSpec):
         given = variant
         variant, n_mode = given.variant, given.n_mode
         s = given.s if s is None else s
         b = given.b if b is None else b
-        train_length = given.train_length if train_length is None else train_length
+        scalars = {k: getattr(given, k) if v is None else v for k, v in scalars.items()}
         params = given.params_file if params is None else params
+        layers = given.layers if layers is None else layers
 
     tables: dict[str, HeadTable] = {}
     params_file = None
@@ -323,10 +368,11 @@ def apply_attention(
         variant=variant,
         s=_scalar(s),
         b=_scalar(b),
-        train_length=train_length,
         n_mode=n_mode,
         params_file=params_file,
-    )
+        layers="all" if layers is None else layers,
+        **scalars,
+    ).with_defaults(model.config)
     modules = attention_modules(model)
     if model.config._attn_implementation not in _OUR_IMPLEMENTATIONS:
         model._evalkit_base_implementation = model.config._attn_implementation
@@ -341,6 +387,7 @@ def apply_attention(
     num_heads = num_heads.pop()
     existing = {p: _current_table(modules, attr) for p, attr in TENSOR_NAMES.items()}
     spec.require({p for p in TENSOR_NAMES if p in tables or existing[p] is not None})
+    selected = set(select_layers(model, spec.layers, len(modules)))
 
     needed = [p for p in get_variant(spec.variant).parameters if p in TENSOR_NAMES]
     resolved = {}  # every table is checked before the model is touched
@@ -355,17 +402,25 @@ def apply_attention(
         if param not in needed:
             for _, module in modules:
                 _drop(module, attr)
-    for _, module in modules:
-        module.evalkit_variant = spec.variant
+    # per-head tables go on every layer (they are (layers, heads) tables); the variant only on
+    # the selected ones, the others take the softmax path, bit-identical to stock sdpa
+    for index, (_, module) in enumerate(modules):
+        module.evalkit_variant = spec.variant if index in selected else "softmax"
         module.evalkit_n_mode = spec.n_mode
-        module.evalkit_train_length = spec.train_length
+        for param in SCALAR_PARAMETERS:
+            setattr(module, module_attribute(param), getattr(spec, param))
 
     if model.config._attn_implementation != IMPLEMENTATION:
         model.set_attn_implementation(IMPLEMENTATION)
     setattr(
         model.config,
         CONFIG_KEY,
-        {**spec.to_dict(), "learnable": bool(learnable), "tensors": [TENSOR_NAMES[p] for p in needed]},
+        {
+            **spec.to_dict(),
+            "learnable": bool(learnable),
+            "tensors": [TENSOR_NAMES[p] for p in needed],
+            "layer_indices": sorted(selected),
+        },
     )
     return spec
 
@@ -375,7 +430,7 @@ def spec_from_model(model: nn.Module) -> AttentionSpec:
     record = getattr(model.config, CONFIG_KEY, None)
     if not record:
         return AttentionSpec()
-    return AttentionSpec.from_dict({k: v for k, v in record.items() if k not in ("learnable", "tensors")})
+    return AttentionSpec.from_dict({k: v for k, v in record.items() if k not in _RECORD_ONLY})
 
 
 def _checkpoint_files(checkpoint_dir: Path) -> list[Path]:
@@ -401,7 +456,7 @@ def load_attention_from_checkpoint(model: nn.Module, checkpoint_dir: str | os.Pa
         record = json.loads(config_file.read_text()).get(CONFIG_KEY)
     if not record:
         return AttentionSpec()
-    spec = AttentionSpec.from_dict({k: v for k, v in record.items() if k not in ("learnable", "tensors")})
+    spec = AttentionSpec.from_dict({k: v for k, v in record.items() if k not in _RECORD_ONLY})
 
     suffixes = tuple("." + attr for attr in TENSOR_NAMES.values())
     tensors = _read_safetensors(_checkpoint_files(checkpoint_dir), suffixes)
@@ -414,10 +469,8 @@ def load_attention_from_checkpoint(model: nn.Module, checkpoint_dir: str | os.Pa
             )
     return apply_attention(
         model,
-        spec.variant,
+        replace(spec, s=None, b=None, params_file=None),  # s, b come as tables or scalars below
         s=tables.get("s", spec.s),
         b=tables.get("b", spec.b),
-        train_length=spec.train_length,
-        n_mode=spec.n_mode,
         learnable=bool(record.get("learnable", False)),
     )

@@ -6,7 +6,8 @@ variant from attributes ``apply_attention`` sets on the attention module:
 
     module.evalkit_variant        str, a name in ``variants.VARIANTS``
     module.evalkit_n_mode         "position" | "length"
-    module.evalkit_train_length   int | None (L for ``logn``)
+    module.evalkit_train_length   int | None (L for ``logn``); likewise evalkit_attn_scale,
+                                  evalkit_floor_scale, evalkit_beta, evalkit_original_length
     module.ssmax_s, module.ssmax_b   (H,) tensors, buffers or nn.Parameters
     module.evalkit_probe          None, or a callable taking ``ProbeInputs``
 
@@ -26,6 +27,10 @@ mask transformers already made:
   both equal the general (kv_len - q_len) + i + 1.
 - n_mode "length": n = kv_len (the key length including masked keys) for every query.
 n is clamped to >= 1 so fully masked rows (left-padding queries) give a finite factor.
+
+Variants that count the absolute position instead (``Variant.counts == "position"``) read the
+``position_ids`` transformers passes to the attention function: during cached decoding they
+continue from the cache, and ``generate`` with left padding numbers the real tokens from 0.
 """
 
 from __future__ import annotations
@@ -125,9 +130,26 @@ class ProbeInputs:
         return torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows -> 0
 
 
+def query_positions(position_ids: torch.Tensor | None, q_len: int, module: torch.nn.Module) -> torch.Tensor:
+    """Absolute 0-based positions of the queries: float32, (B or 1, 1, T_q, 1)."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != q_len:
+        shape = None if position_ids is None else tuple(position_ids.shape)
+        raise ConfigError(
+            f"attention variant {module.evalkit_variant!r} needs (batch, tokens) position_ids, but "
+            f"{type(module).__name__} passes {shape} to its attention function",
+            "use a variant that counts keys (ssmax, logn) with this model",
+        )
+    return position_ids.to(torch.float32)[:, None, :, None]  # (B|1, 1, T_q, 1)
+
+
+def module_attribute(name: str) -> str:
+    """Where ``apply_attention`` stores a variant parameter on the attention module."""
+    return {"s": "ssmax_s", "b": "ssmax_b"}.get(name, f"evalkit_{name}")
+
+
 def module_parameters(module: torch.nn.Module, names: tuple[str, ...]) -> dict[str, object]:
     """The variant's parameters as stored on the attention module by ``apply_attention``."""
-    attrs = {"s": "ssmax_s", "b": "ssmax_b", "train_length": "evalkit_train_length"}
+    attrs = {name: module_attribute(name) for name in names}
     params = {}
     for name in names:
         value = getattr(module, attrs[name], None)
@@ -169,9 +191,10 @@ def evalkit_attention_forward(
         )  # (B|1, 1, T_q, 1) float32
         if variant.factor is not None:
             params = module_parameters(module, variant.parameters)
+            x = n if variant.counts == "keys" else query_positions(kwargs.get("position_ids"), q_len, module)
             # float32 at least, as bf16 rounds the factor itself badly; float64 in a float64 model,
             # where a float32 log n would be about 1e-7 off
-            wide = n.double() if query.dtype == torch.float64 else n
+            wide = x.double() if query.dtype == torch.float64 else x
             factor = variant.factor(wide, num_heads, params)  # (B|1, H, T_q, 1) float32 or float64
             query = query * factor.to(query.dtype)  # (B, H, T_q, D)
         if probe is not None:

@@ -20,6 +20,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from evalkit.errors import ConfigError
 
 IMPLEMENTATION = "evalkit_reference"
+SCALARS = ("attn_scale", "floor_scale", "beta", "original_length")
 
 
 def reference_factor(
@@ -28,9 +29,18 @@ def reference_factor(
     s: torch.Tensor | None,  # (H,)
     b: torch.Tensor | None,  # (H,)
     train_length: int | None,
+    pos: torch.Tensor | None = None,  # (B|1, 1, T_q, 1) float64 absolute positions
+    scalars: dict | None = None,  # attn_scale, floor_scale, beta, original_length
 ) -> torch.Tensor:
     """The design table's scale factor on q, in float64; broadcastable to (B, H, T_q, 1)."""
     log_n = torch.log(n)
+    scalars = scalars or {}
+    if variant == "llama4-temp":
+        bucket = torch.floor((pos + 1) / float(scalars["floor_scale"]))
+        return 1 + float(scalars["attn_scale"]) * torch.log(bucket + 1)
+    if variant == "mistral-beta":
+        bucket = torch.floor(pos / float(scalars["original_length"]))
+        return 1 + float(scalars["beta"]) * torch.log(1 + bucket)
     if variant == "softmax":
         return torch.ones_like(n)
     if variant == "ssmax":
@@ -54,6 +64,8 @@ def reference_weights(
     n_mode: str = "position",
     scaling: float | None = None,
     is_causal: bool = True,
+    position_ids: torch.Tensor | None = None,  # (B|1, T_q), for variants that count positions
+    scalars: dict | None = None,
 ) -> torch.Tensor:
     """Exact attention weights, float64, (B, H, T_q, T_k); fully masked rows are all zero."""
     q, k = query.double(), key.double()
@@ -83,7 +95,8 @@ def reference_weights(
         n = torch.full((1, 1, q_len, 1), float(kv_len), dtype=torch.float64, device=q.device)
     else:
         n = allowed.sum(-1, keepdim=True).double().clamp(min=1.0)  # (B, 1, T_q, 1)
-    factor = reference_factor(variant, n, s, b, train_length)  # (B, H, T_q, 1)
+    pos = None if position_ids is None else position_ids.double()[:, None, :, None]  # (B|1, 1, T_q, 1)
+    factor = reference_factor(variant, n, s, b, train_length, pos, scalars)  # (B, H, T_q, 1)
 
     logits = (factor * q) @ k.transpose(-1, -2) * scaling + bias  # (B, H, T_q, T_k)
     logits = logits.masked_fill(~allowed, float("-inf"))
@@ -115,6 +128,8 @@ def reference_attention_forward(
         n_mode=getattr(module, "evalkit_n_mode", "position"),
         scaling=scaling,
         is_causal=is_causal,
+        position_ids=kwargs.get("position_ids"),
+        scalars={name: getattr(module, f"evalkit_{name}", None) for name in SCALARS},
     )  # (B, H, T_q, T_k)
     v = value.double().repeat_interleave(query.shape[1] // value.shape[1], dim=1)  # (B, H, T_k, D)
     output = weights @ v  # (B, H, T_q, D)
@@ -140,6 +155,7 @@ def check_model(
     spec=None,
     *,
     attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> dict[str, object]:
     """Run ``model`` through the fused evalkit path and the float64 reference; compare logits.
 
@@ -158,7 +174,7 @@ def check_model(
     try:
         for impl in ("evalkit", IMPLEMENTATION):
             model.set_attn_implementation(impl)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
             outputs[impl] = logits.double()  # (B, T, V)
     finally:
         model.set_attn_implementation(before)

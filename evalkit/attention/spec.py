@@ -8,7 +8,7 @@ The spec is what a manifest stores and what the CLI builds from its flags. Per-h
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from evalkit.attention.variants import PARAMETER_FLAGS, get_variant
@@ -24,6 +24,9 @@ class AttentionSpec:
 
     n_mode: "position" counts, for each query, the keys it may attend to (causal: i + 1);
     "length" uses the total key length for every query (as the PyPI ``scalable-softmax`` does).
+    Variants that read the absolute position (llama4-temp, mistral-beta) ignore it.
+    layers: which layers use the variant (the others run plain softmax): "all", "nope" or
+    "rope" (by the config's ``no_rope_layers``), or layer indices "0,2,5".
     """
 
     variant: str = "softmax"
@@ -32,6 +35,11 @@ class AttentionSpec:
     train_length: int | None = None
     n_mode: NMode = "position"
     params_file: str | None = None
+    attn_scale: float | None = None
+    floor_scale: float | None = None
+    beta: float | None = None
+    original_length: int | None = None
+    layers: str = "all"
 
     def __post_init__(self) -> None:
         get_variant(self.variant)  # unknown name -> ConfigError with "did you mean"
@@ -39,7 +47,7 @@ class AttentionSpec:
             raise ConfigError(
                 f"unknown n mode {self.n_mode!r}", f"use one of {', '.join(N_MODES)}"
             )
-        for name in ("s", "b"):
+        for name in ("s", "b", "attn_scale", "beta", "floor_scale"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool)
@@ -48,17 +56,37 @@ class AttentionSpec:
             ):
                 raise ConfigError(
                     f"{PARAMETER_FLAGS[name]} must be a finite number, got {value!r}",
-                    "give one number, or a per-layer/head table with --attention-params",
+                    "give one number, or a per-layer/head table with --attention-params"
+                    if name in ("s", "b") else f"e.g. {PARAMETER_FLAGS[name]} 0.1",
                 )
-        if self.train_length is not None and (
-            isinstance(self.train_length, bool)
-            or not isinstance(self.train_length, int)
-            or self.train_length < 2
-        ):
-            raise ConfigError(
-                f"--train-length must be an integer >= 2, got {self.train_length!r}",
-                "pass the context length the model was trained with, e.g. --train-length 2048",
-            )
+        if self.floor_scale is not None and self.floor_scale <= 0:
+            raise ConfigError(f"--floor-scale must be > 0, got {self.floor_scale!r}", "e.g. --floor-scale 8192")
+        for name, least in (("train_length", 2), ("original_length", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(
+                    f"{PARAMETER_FLAGS[name]} must be an integer >= {least}, got {value!r}",
+                    f"pass the context length the model was trained with, e.g. {PARAMETER_FLAGS[name]} 2048",
+                )
+        object.__setattr__(self, "layers", canonical_layers(self.layers))
+
+    def with_defaults(self, config: Any = None) -> "AttentionSpec":
+        """The spec with the variant's defaults filled in for parameters not given; a default
+        that names a config attribute (original_length: max_position_embeddings) reads it from
+        ``config`` (a model config; its text config for multimodal models)."""
+        variant = get_variant(self.variant)
+        filled = {}
+        for name in variant.parameters:
+            default = variant.defaults.get(name)
+            if getattr(self, name) is not None or default is None:
+                continue
+            if isinstance(default, str):
+                text = config.get_text_config() if hasattr(config, "get_text_config") else config
+                default = getattr(text, default, None)
+                if default is None:
+                    continue  # require() then names the flag to pass
+            filled[name] = default
+        return replace(self, **filled) if filled else self
 
     def require(self, available: set[str] | frozenset[str] = frozenset()) -> None:
         """Raise ConfigError if a parameter the variant needs is neither in the spec nor in
@@ -66,7 +94,7 @@ class AttentionSpec:
         for name in get_variant(self.variant).parameters:
             if getattr(self, name) is None and name not in available:
                 flag = PARAMETER_FLAGS[name]
-                where = "" if name == "train_length" else " (or a per-head table in the checkpoint)"
+                where = " (or a per-head table in the checkpoint)" if name in ("s", "b") else ""
                 raise ConfigError(
                     f"attention variant {self.variant!r} needs {flag}{where}",
                     f"pass {flag} VALUE",
@@ -104,3 +132,25 @@ def parse_attention_list(text: str) -> list[str]:
             raise ConfigError(f"attention variant {name!r} listed twice in {text!r}", "list it once")
         seen.append(name)
     return seen
+
+
+LAYER_GROUPS = ("all", "nope", "rope")
+
+
+def canonical_layers(layers: Any) -> str:
+    """--attention-layers as one canonical string: "all", "nope", "rope" or sorted "0,2,5"."""
+    if isinstance(layers, (list, tuple)):
+        layers = ",".join(str(i) for i in layers)
+    text = str(layers).strip().lower().replace(" ", "")
+    if text in LAYER_GROUPS:
+        return text
+    try:
+        indices = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        indices = []
+    if not indices or indices[0] < 0:
+        raise ConfigError(
+            f"bad --attention-layers {layers!r}",
+            "use all, nope, rope or layer indices like 0,2,5",
+        )
+    return ",".join(map(str, indices))
