@@ -129,6 +129,17 @@ class PerplexityTask(Task):
                                "doc_words": len(re.split(r"\s+", text)), "doc_bytes": len(text.encode("utf-8"))}))
         return out
 
+    def export_records(self) -> list[dict]:
+        """Every window's tokens (each length at each offset), however the run grouped its passes."""
+        from evalkit.export import _text, token_records
+
+        records = token_records(self)
+        if self.windows["used"] != "nested":
+            return records
+        return [{**record, "id": f"L{length}-w{record['sample']}", "context_length": length,
+                 "token_ids": record["token_ids"][:length], "text": _text(self.context.tokenizer, record["token_ids"][:length])}
+                for length in self.lengths for record in records]
+
     def provenance(self) -> dict:
         return {"token_stream": self.stream_info, "windows": self.windows}
 

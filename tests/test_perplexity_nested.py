@@ -146,3 +146,19 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
     got = pd.read_parquet(part / "results.parquet").drop(columns="run_id").sort_values(KEYS).reset_index(drop=True)
     want = full.drop(columns="run_id")
     pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6)
+
+
+def test_export_writes_every_window_in_both_modes(tiny_checkpoint, tmp_path, tokenizer):
+    from evalkit.data.corpus import load_corpus, token_stream
+    from evalkit.export import export_prompts
+
+    stream = token_stream(load_corpus(), tokenizer).tokens
+    exported = {}
+    for mode in ("nested", "independent"):
+        run(tiny_checkpoint, tmp_path / mode, windows=mode)
+        assert export_prompts(tmp_path / mode, tmp_path / f"{mode}.jsonl", log=lambda *a: None) == 9
+        records = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
+        for record in records:
+            assert record["token_ids"] == stream[record["offset"] : record["offset"] + record["context_length"]].tolist()
+        exported[mode] = sorted((r["id"], r["context_length"], r["offset"], r["text"]) for r in records)
+    assert exported["nested"] == exported["independent"]
