@@ -124,7 +124,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     from evalkit.distributed import current_world
     from evalkit.manifest import git_dirty, git_revision, library_versions
     from evalkit.results import check_out_folder, read_manifest
-    from evalkit.variants import VariantRequest, resolve_variants
+    from evalkit.variants import VariantRequest, prefix_limits, resolve_variants
 
     console = console or Console(stderr=True, markup=False, emoji=False)
     log = (lambda *a: None) if config.quiet else console.print
@@ -176,7 +176,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     variants = resolve_variants(loaded, requests)
 
     task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed,
-                                         loaded.training_length))
+                                         loaded.training_length, prefix_limits(loaded.model.config, variants)))
     samples = task.samples()
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
     created = not folder.exists()

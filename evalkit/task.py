@@ -34,6 +34,10 @@ class TaskContext:
     allow_extrapolation: bool
     seed: int
     training_length: int | None = None  # when the checkpoint records it; plots mark it
+    # Where a position's loss stops depending only on the tokens before it: (longest row length that
+    # is still exact, why). A window's first L positions then score as a window of L only for rows
+    # up to every limit (--ssmax-n length: 1; a sliding window of W: W). Set from the loaded model.
+    prefix_limits: tuple[tuple[int, str], ...] = ()
 
     @property
     def marked_length(self) -> int | None:

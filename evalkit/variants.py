@@ -116,3 +116,28 @@ def _needs(variant: str) -> tuple[str, ...]:
     from evalkit.attention import get_variant
 
     return get_variant(variant).parameters
+
+
+# RoPE types whose frequencies depend on the row's length once it passes the original limit
+# (transformers' dynamic NTK and Phi-3 longrope switch by sequence length, not by position)
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def prefix_limits(config, variants: list[ResolvedVariant]) -> tuple[tuple[int, str], ...]:
+    """(longest exact row length, why) for each reason a position's loss may depend on more than
+    the tokens before it; rows up to every limit score their first L positions as a row of L does."""
+    limits = []
+    by_length = [v.label for v in variants if v.describe.get("n_mode") == "length"]
+    if by_length:  # every query's n is the row's length
+        limits.append((1, f"--ssmax-n length on {', '.join(by_length)}: n is the whole row's length"))
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if window:
+        limits.append((int(window), f"sliding window of {window} tokens (config.sliding_window)"))
+    rope = getattr(config, "rope_parameters", None) or {}
+    for params in [rope, *(v for v in rope.values() if isinstance(v, dict))]:
+        kind = params.get("rope_type")
+        if kind in _LENGTH_DEPENDENT_ROPE:
+            limit = int(params.get("original_max_position_embeddings") or config.max_position_embeddings)
+            limits.append((limit, f"{kind} RoPE changes its frequencies with the row's length past {limit}"))
+            break
+    return tuple(limits)

@@ -5,6 +5,11 @@ the point is how the loss behaves deep into the context). Per-position NLL is av
 position bins. ``--stride`` gives the classic sliding-window perplexity instead (every token
 scored once), and ``--match lm-eval`` lm-eval's ``loglikelihood_rolling`` windows, document by
 document, with its word and byte perplexities.
+
+Random windows of every length start at the same offsets. Under a causal model the loss at
+position p depends only on tokens 0..p, so by default (``--windows nested``) one pass of the
+longest length per offset gives every shorter length's rows: its first L positions are the window
+of L. Where that is not exact (``TaskContext.prefix_limits``) each length runs its own pass.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class PerplexityOptions(CorpusOptions):
     samples: int | None = option(None, "Windows per length (default 4); with --stride, a cap on the number of windows, with --match lm-eval on the number of documents (default: the whole corpus).", grid=True)
     stride: int | None = option(None, "Sliding-window mode: windows of L tokens every STRIDE tokens (at most L - 1), each token after the first scored exactly once.")
     match: str = option("none", "lm-eval: lm-eval's loglikelihood_rolling windows (each document alone after a BOS/EOS prefix, L tokens in, stride L) and its word/byte perplexity.", choices=("none", "lm-eval"))
+    windows: str = option("nested", "Random windows: nested (one pass of the longest length per offset gives every length's rows; exact under causal attention, else independent by itself) or independent (one pass per length and offset).", choices=("nested", "independent"))
     bins: str = option("log", "Position bins for the per-position loss: log (powers of two) or linear (32 equal bins).", choices=("log", "linear"))
 
 
@@ -64,6 +70,17 @@ class PerplexityTask(Task):
             raise ConfigError("--stride and --match lm-eval both set the windows", "drop --stride: lm-eval's stride is the length")
         self.lengths = parse_lengths(options.lengths)
         self.stream_info: dict = {}
+        self.windows = self._window_mode()
+
+    def _window_mode(self) -> dict:
+        """Nested passes where they give exactly the rows of separate ones; the manifest records why not."""
+        longest = max(self.lengths)
+        why = ["--stride has its own windows" if self.options.stride else
+               "--match lm-eval has its own windows" if self.options.match == "lm-eval" else None]
+        why += [reason for limit, reason in self.context.prefix_limits if longest > limit]
+        why = [w for w in why if w]
+        used = "nested" if self.options.windows == "nested" and not why else "independent"
+        return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {})}
 
     def samples(self) -> list[Sample]:
         corpus = load_corpus(self.options.dataset, self.options.text_field, self.options.split)
@@ -72,25 +89,31 @@ class PerplexityTask(Task):
         self.stream_info = stream_provenance(corpus, stream, self.context.tokenizer, style)
         if style == LM_EVAL:
             return [s for length in self.lengths for s in self._lm_eval_samples(corpus, stream, length)]
+        if not self.options.stride:
+            return self._random_samples(stream)
         out = []
         for length in self.lengths:
-            if self.options.stride:
-                stride = effective_stride(length, self.options.stride)
-                windows = strided_windows(stream, length, stride)
-                assert sum(length - first for _, first in windows) == len(stream.tokens) - 1  # each token once
-                for k, (begin, first) in enumerate(windows[: self.options.samples]):
-                    tokens = stream.tokens[begin : begin + length]
-                    out.append(Sample(f"L{length}-s{stride}-w{k}", TokenLossRequest(tokens),
-                                      {"context_length": length, "sample": k},
-                                      {"source": stream.corpus, "offset": begin, "scored_from": first,
-                                       "stride": stride, "stream_tokens": len(stream.tokens)}))
-            else:
-                for k, begin in enumerate(random_offsets(stream, length, self.options.samples or 4, self.context.seed)):
-                    tokens = stream.tokens[begin : begin + length]
-                    out.append(Sample(f"L{length}-w{k}", TokenLossRequest(tokens),
-                                      {"context_length": length, "sample": k},
-                                      {"source": stream.corpus, "offset": begin}))
+            stride = effective_stride(length, self.options.stride)
+            windows = strided_windows(stream, length, stride)
+            assert sum(length - first for _, first in windows) == len(stream.tokens) - 1  # each token once
+            for k, (begin, first) in enumerate(windows[: self.options.samples]):
+                tokens = stream.tokens[begin : begin + length]
+                out.append(Sample(f"L{length}-s{stride}-w{k}", TokenLossRequest(tokens),
+                                  {"context_length": length, "sample": k},
+                                  {"source": stream.corpus, "offset": begin, "scored_from": first,
+                                   "stride": stride, "stream_tokens": len(stream.tokens)}))
         return out
+
+    def _random_samples(self, stream) -> list[Sample]:
+        """Window k of every length starts at offset o_k (drawn so the longest fits): one Sample per
+        offset holding the longest window when nested, else one per length and offset."""
+        longest = max(self.lengths)
+        offsets = random_offsets(stream, longest, self.options.samples or 4, self.context.seed)
+        nested = self.windows["used"] == "nested"
+        return [Sample(f"{'nested-' if nested else ''}L{length}-w{k}", TokenLossRequest(stream.tokens[begin : begin + length]),
+                       {"context_length": length, "sample": k},
+                       {"source": stream.corpus, "offset": begin, "pass_length": length})
+                for length in ([longest] if nested else self.lengths) for k, begin in enumerate(offsets)]
 
     def _lm_eval_samples(self, corpus, stream, length: int) -> list[Sample]:
         """lm-eval's windows of ``length`` model inputs (``length + 1`` tokens with the last target)."""
@@ -106,8 +129,19 @@ class PerplexityTask(Task):
                                "doc_words": len(re.split(r"\s+", text)), "doc_bytes": len(text.encode("utf-8"))}))
         return out
 
+    def export_records(self) -> list[dict]:
+        """Every window's tokens (each length at each offset), however the run grouped its passes."""
+        from evalkit.export import _text, token_records
+
+        records = token_records(self)
+        if self.windows["used"] != "nested":
+            return records
+        return [{**record, "id": f"L{length}-w{record['sample']}", "context_length": length,
+                 "token_ids": record["token_ids"][:length], "text": _text(self.context.tokenizer, record["token_ids"][:length])}
+                for length in self.lengths for record in records]
+
     def provenance(self) -> dict:
-        return {"token_stream": self.stream_info}
+        return {"token_stream": self.stream_info, "windows": self.windows}
 
     def rows(self, sample: Sample, answer: np.ndarray) -> list[dict]:
         keys, meta = sample.keys, {**sample.meta, "seed": self.context.seed}
@@ -117,7 +151,16 @@ class PerplexityTask(Task):
             return [{**keys, "metric": "mean_nll", "value": total / scored.size, **meta},
                     {**keys, "metric": "sum_nll", "value": total, **meta},
                     {**keys, "metric": "scored_tokens", "value": float(scored.size), **meta}]
-        edges = bin_edges(sample.request.length, self.options.bins)
+        rows = []
+        nested = [n for n in self.lengths if n <= sample.request.length] if self.windows["used"] == "nested" else []
+        for length in nested or [sample.request.length]:
+            # answer[j] is the NLL of position j + 1, which depends on tokens 0..j + 1 only: the
+            # window of ``length`` at the same offset has answer[: length - 1]
+            rows += self._window_rows({**keys, "context_length": length}, meta, answer[: length - 1], length)
+        return rows
+
+    def _window_rows(self, keys: dict, meta: dict, answer: np.ndarray, length: int) -> list[dict]:
+        edges = bin_edges(length, self.options.bins)
         rows = []
         for lo, hi in zip(edges[:-1], edges[1:]):
             rows.append({**keys, "position_bin": int(lo), "metric": "nll", "value": float(answer[lo - 1 : hi - 1].mean()),
