@@ -188,3 +188,56 @@ def test_llama4_temp_runs_on_llama4_exactly(ids):
         layer.self_attn.attn_scale, layer.self_attn.floor_scale = 0.2, 3
     # Llama 4 computes its factor in float32 (positions.float()), evalkit in float64 here: ~1e-8
     torch.testing.assert_close(_logits(model, ids[:1]), _logits(stock, ids[:1]), rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ministral3_checkpoint(tmp_path_factory):
+    from transformers import Ministral3Config, Ministral3ForCausalLM
+
+    from tests.conftest import make_tokenizer
+
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    config = Ministral3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 16.0, "original_max_position_embeddings": 32,
+                         "llama_4_scaling_beta": 0.3, "beta_fast": 32.0, "beta_slow": 1.0},
+        pad_token_id=0, eos_token_id=0, bos_token_id=0, tie_word_embeddings=False,
+    )
+    folder = tmp_path_factory.mktemp("tiny-ministral3")
+    Ministral3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_run_records_the_native_scaling_and_each_variants_use_of_it(ministral3_checkpoint, tmp_path):
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    import cli
+
+    out = tmp_path / "run"
+    args = ["run", "needle", "--model", str(ministral3_checkpoint), "--lengths", "128", "--depths", "0,100",
+            "--trials", "1", "--attention", "auto,softmax,ssmax,mistral-beta", "--ssmax-s", "0.43",
+            "--out", str(out), "--device", "cpu", "--quiet"]
+    result = CliRunner().invoke(cli.register_tasks(), args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    native = manifest["model"]["native_scaling"]
+    assert (native["variant"], native["beta"], native["original_length"], native["layer_indices"]) == (
+        "mistral-beta", 0.3, 32, [0, 1])
+    by_label = {a["label"]: a for a in manifest["attention"]}
+    assert set(by_label) == {"native", "softmax", "ssmax", "mistral-beta"}  # auto = native on this checkpoint
+    assert by_label["native"]["native_scaling"]["active"] is True
+    assert all(by_label[k]["native_scaling"]["active"] is False for k in ("softmax", "ssmax", "mistral-beta"))
+    # mistral-beta takes the checkpoint's beta and original length, not max_position_embeddings
+    assert (by_label["mistral-beta"]["beta"], by_label["mistral-beta"]["original_length"]) == (0.3, 32)
+    frame = pd.read_parquet(out / "results.parquet")
+    logprob = frame[frame.metric == "answer_logprob"].pivot_table(index=["context_length", "depth"], columns="attention",
+                                                                 values="value")
+    # evalkit's mistral-beta with the detected parameters is the native scaling, through evalkit's code
+    assert (logprob["mistral-beta"] - logprob["native"]).abs().max() < 1e-4
+    assert (logprob["softmax"] - logprob["native"]).abs().max() > 1e-5  # and softmax really is without it
