@@ -94,7 +94,7 @@ DTypeOption = Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float
 # Options every ``run`` command shares, as (name, annotation, default).
 COMMON_RUN_OPTIONS = [
     ("model", Annotated[list[str], typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id; repeat for several models (one run folder each, under --out).")], ["smollm2-135m"]),
-    ("attention", Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = the checkpoint's own.")], "auto"),
+    ("attention", Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = the checkpoint's own (its evalkit variant, else native).")], "auto"),
     ("ssmax_s", Annotated[Optional[float], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")], None),
     ("ssmax_b", Annotated[Optional[float], typer.Option(help="SSMax bias b for every head (ssmax-bias).")], None),
     ("attention_params", Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables: a .json or .safetensors file.")], None),
@@ -487,7 +487,9 @@ def attention_list() -> None:
     _print_frame(_console(), frame[["name", "formula", "n", "parameters", "description"]], "attention variants")
     typer.echo("n_i = number of keys query i may attend to (--ssmax-n position), or the whole row (--ssmax-n length); "
                "pos_i = the query's absolute position (0-based, as position_ids give it). "
-               "--attention-layers all|nope|rope|0,2,5 puts a variant on some layers only.")
+               "--attention-layers all|nope|rope|0,2,5 puts a variant on some layers only. "
+               "native = the checkpoint as shipped, with the scaling its modelling code applies to q (Llama 4, "
+               "Ministral 3, Mistral 4); every other variant switches that scaling off and replaces it.")
 
 
 @attention_app.command("check")

@@ -61,16 +61,17 @@ class VariantRequest:
 
 def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVariant]:
     """Specs for each request; ``auto`` and missing per-head values come from the checkpoint as loaded."""
-    from evalkit.attention import AttentionSpec, apply_attention
+    from evalkit.attention import AttentionSpec, apply_attention, native_scaling
 
     model = loaded.model
     stored, snapshot = loaded.native_attention
+    native = native_scaling(model)  # the checkpoint's own scaling, as shipped
     variants: list[ResolvedVariant] = []
     for request in requests:
         name, options = request.name, request.options
-        base = stored if name == "auto" else AttentionSpec(variant=name)
-        if base.variant == "softmax":
-            spec = AttentionSpec()
+        base = _base_spec(name, stored, native)
+        if base.variant in ("softmax", "native"):
+            spec = AttentionSpec(variant=base.variant)
         else:
             needs = _needs(base.variant)
             train_length = options.train_length or stored.train_length or base.train_length
@@ -100,12 +101,28 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
             apply_attention(m, spec, params=tables or None)
 
         described = {**spec.to_dict(), "label": label, "from_checkpoint": name == "auto" and stored.variant != "softmax"}
-        if snapshot and spec.variant != "softmax" and not spec.params_file and spec.s is None:
+        if native is not None:  # what this variant did with the checkpoint's own scaling
+            described["native_scaling"] = {**native.to_dict(), "active": spec.variant == "native"}
+        if snapshot and spec.variant not in ("softmax", "native") and not spec.params_file and spec.s is None:
             described["per_head_tensors"] = sorted(tables)
         variants.append(ResolvedVariant(label, activate, described))
     for variant in variants:  # fail on a missing or malformed parameter now, not after an hour
         variant.activate(model)
     return variants
+
+
+def _base_spec(name: str, stored, native):
+    """The spec a request starts from, before its flags: ``auto`` is the checkpoint's evalkit
+    variant, else its native scaling (so a Ministral 3 runs as shipped by default); the variant
+    that matches the native scaling (mistral-beta on Ministral 3) takes the checkpoint's
+    parameters and layers for the flags not given."""
+    from evalkit.attention import AttentionSpec
+
+    if name == "auto":
+        return stored if stored.variant != "softmax" or native is None else AttentionSpec(variant="native")
+    if native is not None and name == native.variant:
+        return native.spec()
+    return AttentionSpec(variant=name)
 
 
 def _first(*values):

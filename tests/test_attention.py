@@ -432,7 +432,7 @@ def test_spec_round_trips_through_dict():
     spec = AttentionSpec("logn", train_length=2048, n_mode="length")
     assert AttentionSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     names = [row["name"] for row in describe_variants()]
-    assert names == ["softmax", "ssmax", "ssmax-bias", "logn", "llama4-temp", "mistral-beta"]
+    assert names == ["softmax", "ssmax", "ssmax-bias", "logn", "llama4-temp", "mistral-beta", "native"]
     assert describe_variants()[2]["parameters"] == ["--ssmax-s", "--ssmax-b"]
 
 

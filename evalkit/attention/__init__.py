@@ -14,7 +14,8 @@ Typical use::
     apply_attention(model, "softmax")              # back to stock sdpa
 
 Submodules: ``variants`` (registry and formulas), ``spec`` (AttentionSpec), ``function`` (the
-registered function and the probe hook), ``apply`` (switching models, checkpoints), ``reference``
+registered function and the probe hook), ``native`` (scalings the checkpoint's own modelling
+code applies: detect, switch off and on), ``apply`` (switching models, checkpoints), ``reference``
 (float64 reference, check_model), ``rope`` (RoPE overrides).
 """
 
@@ -30,6 +31,7 @@ from evalkit.attention.apply import (
     spec_from_model,
 )
 from evalkit.attention.function import IMPLEMENTATION, ProbeInputs, evalkit_attention_forward
+from evalkit.attention.native import NativeScaling, native_enabled, native_scaling, set_native
 from evalkit.attention.reference import check_model, reference_attention_forward, reference_weights
 from evalkit.attention.rope import override_rope
 from evalkit.attention.spec import AttentionSpec, parse_attention_list
@@ -49,6 +51,7 @@ __all__ = [
     "IMPLEMENTATION",
     "VARIANTS",
     "AttentionSpec",
+    "NativeScaling",
     "ProbeInputs",
     "Variant",
     "apply_attention",
@@ -60,11 +63,14 @@ __all__ = [
     "head_tables",
     "load_attention_from_checkpoint",
     "load_param_table",
+    "native_enabled",
+    "native_scaling",
     "override_rope",
     "parse_attention_list",
     "reference_attention_forward",
     "reference_weights",
     "register",
     "register_variant",
+    "set_native",
     "spec_from_model",
 ]

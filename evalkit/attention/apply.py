@@ -23,6 +23,10 @@
 ``apply_attention(model, "softmax")`` undoes all three and restores the implementation the model
 had before (normally "sdpa").
 
+A checkpoint whose modelling code scales q itself (Llama 4, Ministral 3, Mistral 4: ``native.py``)
+keeps that scaling only under ``apply_attention(model, "native")``, the stock forward as shipped;
+softmax and every other variant switch it off first, so a variant replaces it, never stacks on it.
+
 ``AutoModelForCausalLM.from_pretrained(dir)`` brings back the config key but drops the
 ``ssmax_*`` tensors (a stock Llama has no such keys; transformers reports them as unexpected) and
 loads with sdpa. ``load_attention_from_checkpoint(model, dir)`` reads them from the safetensors
@@ -42,6 +46,7 @@ import torch
 from torch import nn
 
 from evalkit.attention.function import IMPLEMENTATION, module_attribute
+from evalkit.attention.native import set_native
 from evalkit.attention.reference import IMPLEMENTATION as REFERENCE_IMPLEMENTATION
 from evalkit.attention.spec import AttentionSpec
 from evalkit.attention.variants import PARAMETER_FLAGS, SCALAR_PARAMETERS, get_variant
@@ -376,7 +381,10 @@ def apply_attention(
     modules = attention_modules(model)
     if model.config._attn_implementation not in _OUR_IMPLEMENTATIONS:
         model._evalkit_base_implementation = model.config._attn_implementation
-    if spec.variant == "softmax":
+    # a checkpoint's native scaling (native.py) runs only under "native": every other variant
+    # replaces it, never stacks on it
+    if spec.variant in ("softmax", "native"):
+        set_native(model, spec.variant == "native")
         _restore_stock(model, modules)
         return spec
 
@@ -395,6 +403,7 @@ def apply_attention(
         scalar = getattr(spec, param)
         source = scalar if scalar is not None else tables.get(param, existing[param])
         resolved[param] = as_head_table(source, param=param, names=names, num_heads=num_heads)  # (L, H)
+    set_native(model, False)
     for param, table in resolved.items():
         for (_, module), row in zip(modules, table):
             _set_head_tensor(module, TENSOR_NAMES[param], row, learnable)

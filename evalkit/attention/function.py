@@ -130,8 +130,32 @@ class ProbeInputs:
         return torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows -> 0
 
 
-def query_positions(position_ids: torch.Tensor | None, q_len: int, module: torch.nn.Module) -> torch.Tensor:
+def _full_causal_layer(module: torch.nn.Module) -> bool:
+    """Whether every query of this layer sees all earlier keys (no sliding window, no chunks)."""
+    config = getattr(module, "config", None)
+    layer_types = getattr(config, "layer_types", None)
+    kind = layer_types[module.layer_idx] if layer_types and getattr(module, "layer_idx", None) is not None else None
+    return getattr(module, "sliding_window", None) is None and kind in (None, "full_attention")
+
+
+def query_positions(
+    position_ids: torch.Tensor | None,
+    q_len: int,
+    module: torch.nn.Module,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    kv_len: int | None = None,
+    is_causal: bool = True,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """Absolute 0-based positions of the queries: float32, (B or 1, 1, T_q, 1)."""
+    if position_ids is None and kv_len is not None and _full_causal_layer(module):
+        # Llama 4's decoder layers do not hand position_ids on. In a full causal layer a query's
+        # position is the number of keys it may see, minus one: Llama 4's own count (arange +
+        # past tokens), and with left padding the position among real tokens, as generate numbers them.
+        n = keys_per_query(attention_mask, q_len, kv_len, is_causal=is_causal, n_mode="position",
+                           device=device)  # (B|1, 1, T_q, 1)
+        return n - 1.0
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != q_len:
         shape = None if position_ids is None else tuple(position_ids.shape)
         raise ConfigError(
@@ -191,7 +215,9 @@ def evalkit_attention_forward(
         )  # (B|1, 1, T_q, 1) float32
         if variant.factor is not None:
             params = module_parameters(module, variant.parameters)
-            x = n if variant.counts == "keys" else query_positions(kwargs.get("position_ids"), q_len, module)
+            x = n if variant.counts == "keys" else query_positions(
+                kwargs.get("position_ids"), q_len, module, attention_mask=attention_mask, kv_len=kv_len,
+                is_causal=is_causal, device=query.device)
             # float32 at least, as bf16 rounds the factor itself badly; float64 in a float64 model,
             # where a float32 log n would be about 1e-7 off
             wide = x.double() if query.dtype == torch.float64 else x

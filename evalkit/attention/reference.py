@@ -95,7 +95,10 @@ def reference_weights(
         n = torch.full((1, 1, q_len, 1), float(kv_len), dtype=torch.float64, device=q.device)
     else:
         n = allowed.sum(-1, keepdim=True).double().clamp(min=1.0)  # (B, 1, T_q, 1)
-    pos = None if position_ids is None else position_ids.double()[:, None, :, None]  # (B|1, 1, T_q, 1)
+    if position_ids is not None:
+        pos = position_ids.double()[:, None, :, None]  # (B|1, 1, T_q, 1)
+    else:  # models that do not pass position_ids on (Llama 4): keys visible - 1 in a full causal layer
+        pos = allowed.sum(-1, keepdim=True).double().clamp(min=1.0) - 1.0  # (B|1, 1, T_q, 1)
     factor = reference_factor(variant, n, s, b, train_length, pos, scalars)  # (B, H, T_q, 1)
 
     logits = (factor * q) @ k.transpose(-1, -2) * scaling + bias  # (B, H, T_q, T_k)

@@ -39,7 +39,7 @@ PARAMETER_FLAGS = {
 SCALAR_PARAMETERS = ("train_length", "attn_scale", "floor_scale", "beta", "original_length")
 
 # What x the factor function receives (Variant.counts), as `attention list` shows it.
-COUNTS = {"keys": "keys visible", "position": "absolute position"}
+COUNTS = {"keys": "keys visible", "position": "absolute position", "checkpoint": "the checkpoint's own"}
 
 FactorFn = Callable[["torch.Tensor", int, Mapping[str, Any]], "torch.Tensor"]
 
@@ -182,6 +182,19 @@ register_variant(
         factor=_mistral_beta,
         counts="position",
         defaults={"beta": 0.1, "original_length": "max_position_embeddings"},
+    )
+)
+
+register_variant(
+    Variant(
+        name="native",
+        formula="the checkpoint's own (softmax(z) if it has none)",
+        scale="as the modelling code ships it",
+        parameters=(),
+        description="The checkpoint as shipped: the stock transformers forward, with the scaling its modelling "
+                    "code applies to q (Llama 4 temperature, Ministral 3 / Mistral 4 beta); softmax for others.",
+        factor=None,
+        counts="checkpoint",
     )
 )
 

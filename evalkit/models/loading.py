@@ -59,6 +59,14 @@ class LoadedModel:
         return getattr(self.model.config, "max_position_embeddings", None)
 
     @property
+    def native_scaling(self):
+        """The scaling the checkpoint's own modelling code applies to q, as shipped (a
+        ``NativeScaling``), or None; captured at load, before any variant switched it off."""
+        from evalkit.attention import native_scaling
+
+        return native_scaling(self.model)
+
+    @property
     def training_length(self) -> int | None:
         """The context length the model was trained at, when its checkpoint records one.
 
@@ -84,6 +92,7 @@ class LoadedModel:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "config_changes": self.config_changes,
+            "native_scaling": self.native_scaling.to_dict() if self.native_scaling else None,
             "tokenizer": tokenizer_identity(self.tokenizer),
         }
 
@@ -198,12 +207,13 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
     else:
         model.to(device)
     model.eval()
+    from evalkit.attention import head_tables, native_scaling, spec_from_model
+
+    native_scaling(model)  # captures the checkpoint's own q scaling before any variant switches it off
     if source.kind == "hf" and getattr(model.config, "evalkit_attention", None):
         from evalkit.attention import load_attention_from_checkpoint
 
         load_attention_from_checkpoint(model, source.location)  # a model trained with SSMax keeps it
-    from evalkit.attention import head_tables, spec_from_model
-
     return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes,
                        native_attention=(spec_from_model(model), head_tables(model)), hashes=part_hashes(source))
 
