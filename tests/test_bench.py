@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
+
+import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
 import cli
-from evalkit.bench import forward_flops_per_token
+from evalkit.bench import forward_flops_per_token, measure_peak_tflops
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -18,8 +22,33 @@ def test_bench_perplexity_table(tiny_checkpoint, tmp_path):
                                  "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(tmp_path / "bench.csv")
-    assert list(table.attention[:2]) == ["softmax", "ssmax"] and (table.tokens_per_s > 0).all()
-    assert table.vs_softmax.iloc[0] == 1 and 0 < table.mfu.iloc[0] < 1
+    assert list(table.attention[:3]) == ["softmax", "ssmax", "plain transformers (softmax, labels=, batch 1)"]
+    assert (table.tokens_per_s > 0).all() and (table.vs_softmax > 0).all()
+    assert table.vs_softmax.iloc[0] == 1 and 0 < table.mfu.iloc[0] < 1 and (table.peak_tflops == 1).all()
+    # a window of T tokens runs T through the model and scores the T-1 that have a left context
+    assert list(table.tokens_computed[:3]) == [32 * 64, 32 * 64, 64] and list(table.tokens_scored[:3]) == [32 * 63, 32 * 63, 63]
+    assert (table.tokens_computed >= table.tokens_scored).all()
+    assert table.timing.str.startswith("median of 3 rounds").all()
+    if importlib.util.find_spec("lm_eval"):  # the peer takes its turns too, quietly
+        assert table.attention.iloc[3].startswith("lm-eval") and table.tokens_scored.iloc[3] > 0
+        assert "it/s" not in result.output and "Loading" not in result.output
+
+
+def test_bench_perplexity_measures_the_peak(tiny_checkpoint, tmp_path):
+    result = runner.invoke(APP, ["bench", "perplexity", "--model", str(tiny_checkpoint), "--lengths", "32", "--device", "cpu",
+                                 "--seconds", "0.05", "--batch-tokens", "64", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "bench.csv")
+    assert table.peak_source.str.startswith("measured").all() and (table.peak_tflops > 0).all()
+    assert np.isfinite(table.mfu).all() and (table.mfu > 0).all()
+
+
+def test_matmul_probe_is_positive_and_finite():
+    import torch
+
+    for dtype in (torch.float32, torch.bfloat16):
+        peak = measure_peak_tflops("cpu", dtype, size=256, repeats=2)
+        assert math.isfinite(peak) and peak > 0
 
 
 def test_bench_needle_table(tiny_checkpoint, tmp_path):
