@@ -577,7 +577,7 @@ def bench_needle_command(
 
     frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out,
                          needle_options={"needle": needle, "chat": chat, "digits": digits})
-    _print_frame(_console(), frame, "evalkit bench needle")
+    _print_frame(_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
 
 @bench_app.command("focus")

@@ -58,6 +58,10 @@ def test_bench_needle_table(tiny_checkpoint, tmp_path):
     table = pd.read_csv(tmp_path / "bench_needle.csv")
     assert list(table.context_length) == ["192", "all"] and list(table.verdicts_agree) == ["2/2", "2/2"]
     assert (table.shared_vs_generate > 0).all() and 0 < table.tokens_computed_shared.iloc[0] <= 1
+    # the shared walk computes at most every prompt token; with one length the grid row holds the same prompts
+    assert (table.prompt_tokens >= table.prompt_tokens_computed_shared).all() and (table.prompt_tokens_computed_shared > 0).all()
+    assert table.prompt_tokens.iloc[1] == table.prompt_tokens.iloc[0]
+    assert table.timing.str.startswith("median of 3 rounds").all()
 
 
 def test_flops_per_token_counts_matmuls():
