@@ -73,3 +73,37 @@ def test_flops_per_token_counts_matmuls():
     L = 15
     want = 2 * (2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64 * (L + 1) / 2) + 64 * 100)
     assert forward_flops_per_token(config, L) == want
+
+
+def test_rounds_interleave_every_mode_and_take_the_median():
+    import torch
+
+    from evalkit.bench import Mode, run_rounds
+
+    log = []
+    modes = [Mode(name, lambda name=name: log.append(name), 1, 2, 1, setup=lambda name=name: log.append(f"setup {name}"))
+             for name in ("evalkit", "peer")]
+    per_call = run_rounds(modes, torch.device("cpu"), seconds=0.0, rounds=3)
+    calls = [entry for entry in log if not entry.startswith("setup")]
+    assert calls == ["evalkit", "peer"] * 4  # one warm-up each, then each round gives both a turn
+    assert log[:2] == ["setup evalkit", "evalkit"]  # a mode is set up (variant activated) before its own calls
+    assert set(per_call) == {"evalkit", "peer"} and all(0 < s < 1 for s in per_call.values())
+
+
+def test_quiet_peer_silences_bars_and_logs_then_restores(capfd):
+    import logging
+    import sys
+
+    from tqdm import tqdm
+
+    from evalkit.bench import quiet_peer
+
+    logger = logging.getLogger("lm_eval")
+    before = logger.level
+    with quiet_peer():
+        for _ in tqdm(range(3), disable=False):  # what lm-eval 0.4.13 passes to its inner loop
+            pass
+        print("bar-free", file=sys.stderr)
+        assert logger.level == logging.ERROR
+    assert logger.level == before
+    assert capfd.readouterr().err == ""
