@@ -543,8 +543,8 @@ def bench_perplexity(
     device: DeviceOption = "auto",
     dtype: DTypeOption = DType.auto,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
-    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length.")] = 5.0,
-    peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (known GPUs are looked up).")] = None,
+    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length and row, split over the rounds.")] = 5.0,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (default: measured by a matmul probe).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench.csv into.")] = None,
     attention: Annotated[str, typer.Option(help="Variants to time, comma-separated; ratios are against the first.")] = "softmax",
     ssmax_s: Annotated[Optional[float], typer.Option(help="SSMax scale s for every head.")] = None,
@@ -556,7 +556,7 @@ def bench_perplexity(
 
     requests = [VariantRequest.from_dict(r) for r in _attention_requests(attention, ssmax_s, train_length=train_length)]
     frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out, requests)
-    _print_frame(_console(), frame, "evalkit bench perplexity")
+    _print_frame(_console(), frame.drop(columns=["peak_source", "timing"]), frame.attrs["caption"])
 
 
 @bench_app.command("needle")
@@ -579,7 +579,7 @@ def bench_needle_command(
 
     frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out,
                          needle_options={"needle": needle, "chat": chat, "digits": digits})
-    _print_frame(_console(), frame, "evalkit bench needle")
+    _print_frame(_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
 
 @bench_app.command("focus")

@@ -6,8 +6,12 @@ and against the device's peak FLOP/s), never asserted in tests.
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager, nullcontext, redirect_stderr
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +26,7 @@ PEAK_TFLOPS = {
 
 
 ROUNDS = 3
+TIMING = f"median of {ROUNDS} rounds, all rows taking turns in each"
 
 
 def forward_flops_per_token(config, context_length: int) -> float:
@@ -40,50 +45,150 @@ def forward_flops_per_token(config, context_length: int) -> float:
 
 
 def peak_tflops(device_name: str, dtype: str) -> float | None:
+    """The data-sheet peak, shown beside the measured one for known GPUs (MFU uses the measured one)."""
     for fragment, table in PEAK_TFLOPS.items():
         if fragment in device_name:
             return table.get(dtype)
     return None
 
 
-def _timed(fn, device, min_seconds: float) -> tuple[int, float]:
+def measure_peak_tflops(device, dtype, size: int | None = None, repeats: int = 3) -> float:
+    """Dense matmul TFLOP/s this device reaches at this dtype: (size x size) products, 2 size^3
+    FLOPs each, best of ``repeats`` timings. A measured peak is the one a CPU has at all, and on a
+    GPU it is the ceiling a model's matmuls can actually reach (clocks, power caps, MIG slices)."""
+    import torch
+
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 2048)
+    products = 10 if device.type == "cuda" else 1  # enough work per timing to hide kernel launches
+    a = torch.randn(size, size, device=device).to(dtype)  # (n, n)
+    b = torch.randn(size, size, device=device).to(dtype)  # (n, n)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode():
+        a @ b  # warm-up: library dispatch, thread pool, clocks
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(products):
+                a @ b
+            sync()
+            best = min(best, time.perf_counter() - started)
+    return products * 2.0 * size**3 / best / 1e12
+
+
+def _timed(fn, device, min_seconds: float, warm: bool = True, min_calls: int = 2) -> tuple[int, float]:
     import torch
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn()  # warm-up: kernels, allocator, caches
-    sync()
+    if warm:
+        fn()  # warm-up: kernels, allocator, caches
+        sync()
     calls, started = 0, time.perf_counter()
     while True:
         fn()
         calls += 1
         sync()
         elapsed = time.perf_counter() - started
-        if elapsed >= min_seconds and calls >= 2:
+        if elapsed >= min_seconds and calls >= min_calls:
             return calls, elapsed
 
 
-def lm_eval_tokens_per_second(loaded, windows, length: int, dtype: str, seconds: float) -> float | None:
-    """The peer users know: lm-eval's HF backend scoring the same windows (decoded to text)."""
+@contextmanager
+def quiet_peer():
+    """Silence a peer while it is built and timed. lm-eval 0.4.13's ``loglikelihood_rolling`` passes
+    ``disable_tqdm=False`` to its inner loop whatever the caller asks, and tqdm reads ``TQDM_DISABLE``
+    only once, at import, as a default that this explicit argument overrides: so the bars go to a
+    discarded stderr, and lm-eval's and transformers' loggers drop to errors for the duration."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "transformers", "accelerate")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
+        with open(os.devnull, "w") as sink, redirect_stderr(sink):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+@dataclass
+class Mode:
+    """One contender of a bench round: what to run, once set up, and the tokens one call computes
+    (runs through the model) and scores (gets a loss), so saved work shows apart from kernel speed."""
+
+    label: str
+    call: Callable[[], object]
+    batch: int
+    tokens_computed: int
+    tokens_scored: int
+    setup: Callable[[], None] = lambda: None
+    quiet: bool = False
+
+
+def lm_eval_mode(loaded, window, length: int, dtype: str) -> Mode | None:
+    """The peer users know: lm-eval's HF backend scoring the same window (decoded to text), batch 1."""
+    try:
+        from lm_eval import utils as lm_utils
         from lm_eval.api.instance import Instance
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         return None
     if loaded.source.kind != "hf":
         return None
-    lm = HFLM(pretrained=loaded.source.location, device=str(loaded.device), dtype=dtype, batch_size=1, max_length=length)
-    texts = [loaded.tokenizer.decode(w) for w in windows]
-    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(texts)]
-    tokens = sum(len(lm.tok_encode(t)) for t in texts)
-    calls, elapsed = _timed(lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True), loaded.device, seconds)
-    return calls * tokens / elapsed
+    with quiet_peer():
+        lm = HFLM(pretrained=loaded.source.location, device=str(loaded.device), dtype=dtype, batch_size=1, max_length=length)
+    text = loaded.tokenizer.decode(window)
+    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)]
+    # lm-eval's own windows: an EOT prefix, then disjoint windows of max_length; the model runs on
+    # context + continuation minus the last token, the continuation is scored
+    pieces = [lm_utils.make_disjoint_window(w) for w in lm_utils.get_rolling_token_windows(
+        token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id, max_seq_len=lm.max_length, context_len=1)]
+    computed = sum(min(len(context) + len(continuation) - 1, lm.max_length) for context, continuation in pieces)
+    scored = sum(len(continuation) for _, continuation in pieces)
+    return Mode(f"lm-eval {_version('lm_eval')} HFLM loglikelihood_rolling (batch 1)",
+                lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True), 1, computed, scored, quiet=True)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def run_rounds(modes: list[Mode], device, seconds: float, rounds: int | None = None) -> dict[str, float]:
+    """Seconds per call of each mode: every mode takes its turn in each round and the median over
+    rounds counts. Load on a shared machine drifts over seconds; timing a peer after all of
+    evalkit's rounds (as this bench once did) hands that drift to the peer alone."""
+    rounds = rounds or ROUNDS
+    for mode in modes:  # warm-up once, outside the rounds
+        with quiet_peer() if mode.quiet else nullcontext():
+            mode.setup()
+            mode.call()
+    per_call = {mode.label: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            with quiet_peer() if mode.quiet else nullcontext():
+                mode.setup()
+                calls, elapsed = _timed(mode.call, device, seconds / rounds, warm=False, min_calls=1)
+            per_call[mode.label].append(elapsed / calls)
+    return {label: float(np.median(times)) for label, times in per_call.items()}
 
 
 def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_tokens: int | None,
-                     seconds: float, peak: float | None, out: str | None, attention=None):
+                     seconds: float, peak: float | None, out: str | None, attention=None, probe_size: int | None = None):
+    """Tokens/s of evalkit's batched token losses per attention variant, of a plain transformers
+    ``labels=`` loop and of lm-eval (when installed), all taking turns in each round; MFU against
+    ``peak`` TFLOP/s, or else against a matmul probe measured on the device."""
     import torch
 
     from evalkit.data.corpus import load_corpus, token_stream
@@ -102,46 +207,50 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
     stream = token_stream(load_corpus(), loaded.tokenizer)
     budget = batch_tokens or default_batch_tokens(loaded)
     dtype_name = str(loaded.dtype).removeprefix("torch.")
-    device_name = device_description(loaded.device)
-    peak = peak or peak_tflops(device_name, dtype_name)
+    if peak:
+        peak_source = "given (--peak-tflops)"
+    else:
+        peak = measure_peak_tflops(loaded.device, loaded.dtype, probe_size)
+        sheet = peak_tflops(device_description(loaded.device), dtype_name)
+        peak_source = "measured (matmul probe)" + (f"; data sheet {sheet:g}" if sheet else "")
+    first = variants[0]
     rows = []
     for length in parse_lengths(lengths):
         batch = max(1, budget // length)
         windows = [stream.tokens[o : o + length] for o in random_offsets(stream, length, batch, seed=0)]
         requests = [TokenLossRequest(w) for w in windows]
-        flops = forward_flops_per_token(loaded.model.config, length)
-        # Variants take turns over several rounds and the median counts: load on a shared
-        # machine drifts over seconds, and a fixed order would hand that drift to one variant.
-        rounds = {v.label: [] for v in variants}
-        for _ in range(ROUNDS):
-            for variant in variants:
-                variant.activate(loaded.model)
-                calls, elapsed = _timed(lambda: adapter.token_losses(requests), loaded.device, seconds / ROUNDS)
-                rounds[variant.label].append(calls * batch * length / elapsed)
-        first_tps = None
-        for variant in variants:
-            tps = float(np.median(rounds[variant.label]))
-            first_tps = first_tps or tps
-            achieved = tps * flops / 1e12
-            rows.append({"attention": variant.label, "context_length": length, "batch": batch, "tokens_per_s": round(tps, 1),
-                         f"vs_{variants[0].label}": round(tps / first_tps, 3),
-                         "model_tflops": round(achieved, 3), "mfu": round(achieved / peak, 4) if peak else None})
-        variants[0].activate(loaded.model)
-        ids = torch.from_numpy(np.stack(windows[:1])).to(loaded.device)
+        ids = torch.from_numpy(np.stack(windows[:1])).to(loaded.device)  # (1, T): the batch-1 peers' window
 
         def plain():
             with torch.inference_mode():
                 loaded.model(input_ids=ids, labels=ids).loss.item()
 
-        plain_calls, plain_elapsed = _timed(plain, loaded.device, seconds)
-        plain_tps = plain_calls * length / plain_elapsed
-        rows.append({"attention": f"plain transformers ({variants[0].label}, labels=, batch 1)", "context_length": length,
-                     "batch": 1, "tokens_per_s": round(plain_tps, 1), f"vs_{variants[0].label}": round(plain_tps / first_tps, 3)})
-        peer = lm_eval_tokens_per_second(loaded, windows, length, dtype_name, seconds)
-        if peer is not None:
-            rows.append({"attention": "lm-eval 0.4 HFLM loglikelihood_rolling (batch 1)", "context_length": length, "batch": 1,
-                         "tokens_per_s": round(peer, 1), f"vs_{variants[0].label}": round(peer / first_tps, 3)})
-    return _table(rows, loaded, out, "bench.csv")
+        modes = [Mode(v.label, lambda: adapter.token_losses(requests), batch, batch * length, batch * (length - 1),
+                      setup=lambda v=v: v.activate(loaded.model)) for v in variants]
+        modes.append(Mode(f"plain transformers ({first.label}, labels=, batch 1)", plain, 1, length, length - 1,
+                          setup=lambda: first.activate(loaded.model)))
+        peer = lm_eval_mode(loaded, windows[0], length, dtype_name)
+        modes += [peer] if peer else []
+        per_call = run_rounds(modes, loaded.device, seconds)
+        flops = forward_flops_per_token(loaded.model.config, length)
+        base = modes[0].tokens_scored / per_call[modes[0].label]
+        for mode in modes:
+            computed_tps = mode.tokens_computed / per_call[mode.label]
+            scored_tps = mode.tokens_scored / per_call[mode.label]
+            achieved = computed_tps * flops / 1e12
+            rows.append({"attention": mode.label, "context_length": length, "batch": mode.batch,
+                         "tokens_computed": mode.tokens_computed, "tokens_scored": mode.tokens_scored,
+                         "tokens_per_s": round(computed_tps, 1), "scored_tokens_per_s": round(scored_tps, 1),
+                         f"vs_{first.label}": round(scored_tps / base, 3),
+                         "model_tflops": round(achieved, 3), "mfu": round(achieved / peak, 4),
+                         "peak_tflops": round(peak, 3), "peak_source": peak_source, "timing": TIMING})
+        del peer, modes  # lm-eval's copy of the model
+    first.activate(loaded.model)
+    frame = _table(rows, loaded, out, "bench.csv")
+    frame.attrs["caption"] = (f"evalkit bench perplexity: median of {ROUNDS} rounds, every row (peers too) taking turns in "
+                              f"each round; vs_{first.label} compares scored tokens/s; MFU against {peak:.3g} TFLOP/s, "
+                              f"{peak_source}")
+    return frame
 
 
 def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str, dtype: str,
@@ -154,7 +263,8 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
 
     All three score the same samples with the same model; the table also reports how often the
     verdicts agree (they must: greedy_correct is defined as what greedy decoding produces) and the
-    fraction of prompt tokens the shared cache still has to compute.
+    prompt tokens the shared cache still has to compute against all prompt tokens (what batched
+    passes and the loop compute). Every mode, the loop included, takes its turn in each round.
     """
     import torch
 
@@ -195,6 +305,7 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
     modes = ("always", False, "auto")  # the shared walk everywhere it can, never, and where it is predicted to pay
     for share in modes:  # warm-up: kernels, allocator, caches
         runner_verdicts(everything[:3], share=share)
+    generate_verdicts(everything[:1])
     calibration = None
     if adapter.can_share_prefixes():  # the auto mode's cost measurement, once per model (as a run's first shared group does)
         longest = max((s.request for s in everything), key=lambda r: r.length)
@@ -202,23 +313,32 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
     rows, generate_total = [], 0.0
     for length in [*task.lengths, "all"]:
         group = everything if length == "all" else [s for s in everything if s.keys["context_length"] == length]
-        # the runner modes take turns and the median counts, as in bench perplexity
+        # the runner modes and the generate loop take turns and the median counts, as in bench perplexity;
+        # the loop gains nothing from a grid, so over "all" its time is the sum of its medians per length
         timings: dict = {share: [] for share in modes}
         verdicts: dict = {}
+        contenders = modes if length == "all" else (*modes, "generate")
+        timings["generate"] = []
         for _ in range(ROUNDS):
-            for share in modes:
-                verdicts[share], seconds, decision = runner_verdicts(group, share=share)
+            for share in contenders:
+                if share == "generate":
+                    verdicts[share], seconds = generate_verdicts(group)
+                else:
+                    verdicts[share], seconds, decision = runner_verdicts(group, share=share)
                 timings[share].append(seconds)
         shared, batched = verdicts["always"], verdicts[False]
         shared_s, batched_s, auto_s = (float(np.median(timings[share])) for share in modes)
-        if length == "all":  # the loop gains nothing from a grid: its time is the sum over lengths
+        if length == "all":
             plain, generate_s = None, generate_total
         else:
-            plain, generate_s = generate_verdicts(group)
+            plain, generate_s = verdicts["generate"], float(np.median(timings["generate"]))
             generate_total += generate_s
+        # prompt tokens the shared walk runs through the model vs all prompt tokens (what batched
+        # passes and the generate loop compute): the work the algorithm saves, apart from kernel speed
         computed, total = tokens_to_compute([shared_sequence(s.request) for s in group])
         agree = sum(a == b == d and (plain is None or a == c) for a, b, c, d in zip(shared, batched, plain or shared, verdicts["auto"]))
-        rows.append({"context_length": length, "samples": len(group), "tokens_computed_shared": round(computed / total, 3),
+        rows.append({"context_length": length, "samples": len(group), "prompt_tokens": total, "prompt_tokens_computed_shared": computed,
+                     "tokens_computed_shared": round(computed / total, 3),
                      "shared_samples_per_s": round(len(group) / shared_s, 3),
                      "batched_samples_per_s": round(len(group) / batched_s, 3),
                      "auto_samples_per_s": round(len(group) / auto_s, 3),
@@ -228,8 +348,11 @@ def bench_needle(model: str, lengths: str, depths: str, trials: int, device: str
                      "shared_vs_batched": round(batched_s / shared_s, 2), "shared_vs_generate": round(generate_s / shared_s, 2),
                      "batched_vs_generate": round(generate_s / batched_s, 2),
                      "verdicts_agree": f"{agree}/{len(group)}", "accuracy": round(sum(shared) / len(shared), 3),
-                     "auto_calibration_s": round(calibration.measured_seconds, 3) if calibration else None})
-    return _table(rows, loaded, out, "bench_needle.csv")
+                     "auto_calibration_s": round(calibration.measured_seconds, 3) if calibration else None, "timing": TIMING})
+    frame = _table(rows, loaded, out, "bench_needle.csv")
+    frame.attrs["caption"] = (f"evalkit bench needle: median of {ROUNDS} rounds, the runner's modes and the generate loop "
+                              "taking turns in each round (the loop's 'all' is the sum of its medians per length)")
+    return frame
 
 
 class _VerdictStore:
