@@ -98,14 +98,17 @@ def model_folders(models: list[str]) -> list[str]:
     return [f"{model_slug(m)}-{k}" for k, m in enumerate(models)]  # specs that differ only in punctuation
 
 
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def default_parent(task: str) -> Path:
     """Where several models' run folders go when --out is not given."""
-    return Path("results") / f"{task}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path("results") / f"{task}-{_stamp()}"
 
 
 def default_out(task: str, model: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("results") / f"{task}-{model_slug(model)}-{stamp}"
+    return Path("results") / f"{task}-{model_slug(model)}-{_stamp()}"
 
 
 def load_for(config: RunConfig, log=print):

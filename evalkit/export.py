@@ -53,13 +53,11 @@ def token_records(task) -> list[dict]:
 
 
 def read_manifest(run: str | Path) -> dict:
-    path = Path(run) / "manifest.json"
-    if not path.is_file():
+    from evalkit.results import MANIFEST, read_manifest as read
+
+    if not (Path(run) / MANIFEST).is_file():
         raise ResultsError(f"{run} is not an evalkit run folder (no manifest.json)", "give a folder written by evalkit run")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ResultsError(f"{path} is corrupt", "export from another run folder") from None
+    return read(run, fix="export from another run folder")
 
 
 def model_spec(manifest: dict) -> str:

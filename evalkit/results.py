@@ -143,11 +143,7 @@ def check_out_folder(folder: Path, identity: dict[str, Any], resume: bool, check
         raise ResultsError(f"--out {folder} is not empty and is not an evalkit run folder", "choose an empty or new folder")
     if not resume:
         raise ResultsError(f"--out {folder} already holds a run", "pass --resume to continue it, or choose another --out")
-    try:
-        stored = json.loads(manifest_path.read_text()).get("identity", {})
-    except json.JSONDecodeError:
-        raise ResultsError(f"{manifest_path} is corrupt", "choose another --out") from None
-    differing = _differences(stored, identity)
+    differing = _differences(read_manifest(folder).get("identity", {}), identity)
     if differing:
         raise ResultsError(f"--out {folder} holds a different run (options differ: {'; '.join(differing)})",
                            "resume with the options it was started with (see its manifest.json), or choose another --out")
@@ -241,9 +237,6 @@ class RunStore:
         rest = [c for c in frame.columns if c not in leading]
         return frame[leading + rest]
 
-    def stored_model_hash(self) -> str | None:
-        return read_manifest(self.folder).get("model", {}).get("content_hash")
-
     def write_tables(self, frame, summary) -> None:
         atomic_write(self.folder / "results.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
         atomic_write(self.folder / "results.csv", lambda tmp: frame.to_csv(tmp, index=False))
@@ -255,15 +248,15 @@ class RunStore:
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The folder's manifest, or {} where there is none yet."""
+def read_manifest(folder: str | Path, fix: str = "choose another --out") -> dict[str, Any]:
+    """The folder's manifest, or {} where there is none yet; ``fix`` is the hint if it is corrupt."""
     path = Path(folder) / MANIFEST
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError:
-        raise ResultsError(f"{path} is corrupt", "choose another --out") from None
+        raise ResultsError(f"{path} is corrupt", fix) from None
 
 
 def load_rows(folder: str | Path):

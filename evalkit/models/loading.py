@@ -84,7 +84,6 @@ class LoadedModel:
             "location": self.source.location,
             "gguf_file": self.source.gguf_file,
             "content_hash": self.content_hash,
-            "hashes": self.hashes,
             "architecture": type(self.model).__name__,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "max_position_embeddings": self.max_positions,
