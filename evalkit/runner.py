@@ -56,16 +56,13 @@ def attention_scale(adapter) -> float:
     rest of a layer. Per token per layer, the weights cost 2 P FLOPs (P = the layer's parameters)
     and attention over i keys 4 i d (d = heads x head dim), so C = P / d; for SmolLM2-135M,
     C = 6144 (measured on CPU from tokens/s at 2k and 8k: about 6700)."""
+    from evalkit.models.prefix_cost import layer_shape
+
     config = getattr(getattr(adapter, "model", None), "config", None)
-    width = getattr(config, "hidden_size", None)
-    if not width:
+    if not getattr(config, "hidden_size", None):
         return math.inf  # cost = tokens
-    heads = getattr(config, "num_attention_heads", 1)
-    head_dim = getattr(config, "head_dim", None) or width // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    inner = getattr(config, "intermediate_size", 4 * width)
-    layer = width * head_dim * (2 * heads + 2 * kv_heads) + 3 * width * inner  # q, o, k, v; gated MLP
-    return layer / (heads * head_dim)
+    linear, attention_width = layer_shape(config)
+    return linear / attention_width
 
 
 def span_cost(start: int, end: int, scale: float) -> float:
@@ -76,15 +73,9 @@ def span_cost(start: int, end: int, scale: float) -> float:
 
 def shared_costs(run: list[Sample], scale: float) -> list[float]:
     """Cost of each sample of a run walked on one KV cache: only what it does not share with the sample before."""
-    from evalkit.models.prefix import common_prefix, shared_sequence
+    from evalkit.models.prefix import walk_plan
 
-    costs, previous = [], None
-    for sample in run:
-        sequence = shared_sequence(sample.request)
-        keep = 0 if previous is None else min(common_prefix(previous, sequence), len(sample.request.prompt) - 1)
-        costs.append(span_cost(keep, len(sequence), scale))
-        previous = sequence
-    return costs
+    return [span_cost(keep, n, scale) for _, n, keep in walk_plan([s.request for s in run])]
 
 
 class Runner:

@@ -39,6 +39,19 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if len(differ) else m
 
 
+def walk_plan(requests: list) -> list[tuple[object, int, int]]:
+    """(request, tokens it shares in, tokens it keeps from the one before) for requests in walk
+    order: what ``ModelAdapter.answer_shared`` computes for each (at least the last prompt token
+    runs, as its hidden state predicts what follows)."""
+    plan, previous = [], None
+    for request in requests:
+        sequence = shared_sequence(request)
+        keep = 0 if previous is None else min(common_prefix(previous, sequence), len(request.prompt) - 1)
+        plan.append((request, len(sequence), keep))
+        previous = sequence
+    return plan
+
+
 def lexicographic_order(sequences: list[np.ndarray]) -> list[int]:
     # big-endian bytes of non-negative ids compare as the id sequences do
     return sorted(range(len(sequences)), key=lambda i: np.asarray(sequences[i], ">i8").tobytes())

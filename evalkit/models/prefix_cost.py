@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from evalkit.models.prefix import common_prefix, shared_sequence
+from evalkit.models.prefix import walk_plan
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 
 MARGIN = 0.85  # walk only when predicted at most 85% of the batched time: the batched path is the safe default
@@ -30,15 +30,22 @@ REPEATS = 3  # each timing is the fastest of this many calls (the first, warm-up
 TARGET_SECONDS = 0.05  # the batched calibration pass grows until one call takes this long
 
 
-def body_flops(config, new: float, context: float) -> float:
-    """Matmul FLOPs of the decoder body for ``new`` tokens appended after ``context`` cached ones."""
+def layer_shape(config) -> tuple[int, int]:
+    """(parameters of one decoder layer's linear maps: q, k, v, o and a gated MLP; attention width
+    heads x head_dim): what a token costs per layer, and what each key it attends to adds."""
     width = config.hidden_size
-    heads = config.num_attention_heads
+    heads = getattr(config, "num_attention_heads", 1)
     head_dim = getattr(config, "head_dim", None) or width // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    linear = width * head_dim * (2 * heads + 2 * kv_heads) + 3 * width * config.intermediate_size
+    inner = getattr(config, "intermediate_size", 4 * width)
+    return width * head_dim * (2 * heads + 2 * kv_heads) + 3 * width * inner, heads * head_dim
+
+
+def body_flops(config, new: float, context: float) -> float:
+    """Matmul FLOPs of the decoder body for ``new`` tokens appended after ``context`` cached ones."""
+    linear, attention_width = layer_shape(config)
     keys = context + (new + 1) / 2  # mean keys a new token attends to, causal
-    return 2.0 * config.num_hidden_layers * new * (linear + 2 * heads * head_dim * keys)
+    return 2.0 * config.num_hidden_layers * new * (linear + 2 * attention_width * keys)
 
 
 @dataclass(frozen=True)
@@ -135,11 +142,7 @@ def measure(adapter, tokens: np.ndarray, batch_tokens: int) -> PathCosts:
 def predicted_seconds(requests: list, costs: PathCosts, config, batch_tokens: int) -> tuple[float, float]:
     """(walked on one cache, batched) seconds for ``requests`` in walk order, as answer_shared runs them."""
     shared = batched = 0.0
-    previous = None
-    for request in requests:
-        sequence = shared_sequence(request)
-        n = len(sequence)
-        keep = 0 if previous is None else min(common_prefix(previous, sequence), len(request.prompt) - 1)
+    for request, n, keep in walk_plan(requests):
         per_batch = max(1, batch_tokens // n)  # the runner's batch size at this length
         shared += costs.step_call + costs.step_per_flop * body_flops(config, n - keep, keep)
         batched += costs.batched_call / per_batch + costs.batched_per_flop * body_flops(config, n, 0)
@@ -147,7 +150,6 @@ def predicted_seconds(requests: list, costs: PathCosts, config, batch_tokens: in
             decode = request.max_new_tokens
             shared += decode * (costs.step_call + costs.step_per_flop * body_flops(config, 1, n))
             batched += decode * (costs.batched_call / per_batch + costs.batched_per_flop * body_flops(config, 1, n))
-        previous = sequence
     return shared, batched
 
 
