@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from evalkit import plots
 from evalkit.errors import ConfigError, ResultsError
 from evalkit.grid import format_length
 from evalkit.report import stats
+from evalkit.report.runs import recorded_options
 
 # The row metric a reader looks for first, per task (it names the figure file).
 HEADLINE = {"perplexity": "perplexity", "needle": "greedy_correct", "focus": "needle_mass"}
@@ -88,9 +88,7 @@ def load_run(folder: Path) -> Run:
     frame, manifest = pd.read_parquet(parquet), json.loads(manifest_path.read_text())
     task_name = str(frame.task.iloc[0]) if len(frame) else manifest.get("config", {}).get("task")
     task_cls = get_task(task_name)
-    known = {f.name for f in dataclasses.fields(task_cls.Options)}
-    options = task_cls.Options(**{k: v for k, v in manifest.get("task_options", {}).items() if k in known})
-    task = task_cls(options, TaskContext(None, None, True, manifest.get("seed", 0), training_length(manifest)))
+    task = task_cls(recorded_options(task_cls, manifest), TaskContext(None, None, True, manifest.get("seed", 0), training_length(manifest)))
     return Run(folder, frame, manifest, task, task.summarize(frame) if len(frame) else pd.DataFrame())
 
 

@@ -142,12 +142,17 @@ def unit_columns(run: Run) -> tuple[str, ...]:
         task_cls = get_task(run.task)
     except ConfigError:  # a plugin that is not installed here: each sample is its own unit
         return ("context_length",) + tuple(k for k in run.keys if k not in WITHIN_SAMPLE_KEYS)
-    names = {f.name for f in dataclasses.fields(task_cls.Options)}
     try:
-        options = task_cls.Options(**{k: v for k, v in (run.manifest.get("task_options") or {}).items() if k in names})
+        options = recorded_options(task_cls, run.manifest)
     except (TypeError, ValueError):
         options = task_cls.Options()
     return tuple(task_cls.unit_columns(options))
+
+
+def recorded_options(task_cls, manifest: dict):
+    """The task options a run's manifest records, as the task's Options (keys this version lacks dropped)."""
+    names = {f.name for f in dataclasses.fields(task_cls.Options)}
+    return task_cls.Options(**{k: v for k, v in (manifest.get("task_options") or {}).items() if k in names})
 
 
 def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], metrics: set[str] | None) -> pd.DataFrame:
