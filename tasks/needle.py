@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
-from evalkit.errors import ConfigError
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
 from evalkit.task import Sample, Task, option
@@ -26,7 +25,7 @@ class NeedleOptions(NeedleGridOptions):
     threshold: str = option(str(stats.RULER_THRESHOLD), "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.", summary=True)
 
     def __post_init__(self):
-        threshold(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
+        stats.threshold_level(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
 
 
 def parse_answer(text: str, gold: str) -> str:
@@ -123,7 +122,7 @@ class NeedleTask(Task):
         """RULER's effective context length of one variant, from its per-length accuracy rows."""
         if per_length.empty:
             return {}
-        level = threshold(self.options.threshold, float(per_length.accuracy.iloc[0]))
+        level = stats.threshold_level(self.options.threshold, float(per_length.accuracy.iloc[0]))
         lengths = per_length.context_length.astype(int)
         low, high = stats.effective_length_interval(lengths, per_length.accuracy_ci_low, per_length.accuracy_ci_high, level)
         return {"threshold": level, "effective_length": stats.effective_length(lengths, per_length.accuracy, level),
@@ -140,17 +139,3 @@ class NeedleTask(Task):
         if "answer_logprob" in summary:
             written.append(logprob_vs_length(summary, title, train, plots_dir / "answer_logprob_vs_length.png"))
         return written
-
-
-def threshold(spec: str, shortest_accuracy: float) -> float:
-    """The accuracy level of ``--threshold``: a number, or rel:F (F x the accuracy at the shortest length)."""
-    text = str(spec).strip()
-    relative = text.startswith("rel:")
-    try:
-        value = float(text[4:] if relative else text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 1:
-        raise ConfigError(f"bad --threshold {spec!r}",
-                          "give an accuracy in (0, 1] like 0.856, or rel:F (0 < F <= 1) for F x the accuracy at the shortest length")
-    return value * shortest_accuracy if relative else value

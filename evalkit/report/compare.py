@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from evalkit.errors import ConfigError
@@ -90,19 +89,6 @@ class Comparison:
         return [c for c in self.checks if not c["passed"]]
 
 
-def parse_threshold(text: str | float) -> tuple[str, float]:
-    """``0.856`` -> ("abs", 0.856); ``rel:0.9`` -> ("rel", 0.9): 0.9 x the side's accuracy at its shortest length."""
-    raw = str(text).strip()
-    kind, number = ("rel", raw[4:]) if raw.startswith("rel:") else ("abs", raw)
-    try:
-        value = float(number)
-    except ValueError:
-        value = math.nan
-    if not (0 < value <= 1):
-        raise ConfigError(f"bad --threshold {raw!r}", "give an accuracy in (0, 1] like 0.856, or rel:F like rel:0.9")
-    return kind, value
-
-
 def _check(name: str, problem: str | None, ok: str) -> dict:
     return {"check": name, "passed": problem is None, "reason": problem or ok}
 
@@ -135,7 +121,7 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
             raise ConfigError(f"tolerance for {name} must be a finite number >= 0", "e.g. --tolerance 0.01")
     if not 0 < confidence < 1:
         raise ConfigError(f"bad --confidence {confidence}", "give a level in (0, 1), e.g. 0.95")
-    threshold_kind, threshold_value = parse_threshold(threshold)
+    threshold_kind, threshold_value = stats.parse_threshold(threshold)
     b_sel, c_sel = parse_selector(base_select, "baseline"), parse_selector(cand_select, "candidate")
     if candidate is None and not (b_sel and c_sel):
         raise ConfigError("one run folder given: nothing says which rows are the baseline and which the candidate",

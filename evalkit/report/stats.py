@@ -323,6 +323,28 @@ def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
 RULER_THRESHOLD = 0.856  # RULER's: Llama-2-7B's mean accuracy at 4k
 
 
+def parse_threshold(spec) -> tuple[str, float]:
+    """``0.856`` -> ("abs", 0.856); ``rel:0.9`` -> ("rel", 0.9): 0.9 x the accuracy at the shortest length."""
+    from evalkit.errors import ConfigError
+
+    raw = str(spec).strip()
+    kind, number = ("rel", raw[4:]) if raw.startswith("rel:") else ("abs", raw)
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if not (0 < value <= 1):
+        raise ConfigError(f"bad --threshold {raw!r}",
+                          "give an accuracy in (0, 1] like 0.856, or rel:F (0 < F <= 1) for F x the accuracy at the shortest length")
+    return kind, value
+
+
+def threshold_level(spec, shortest_accuracy: float) -> float:
+    """The accuracy level ``--threshold`` asks for, given the accuracy at the shortest tested length."""
+    kind, value = parse_threshold(spec)
+    return value * shortest_accuracy if kind == "rel" else value
+
+
 def effective_length(lengths, scores, threshold: float) -> int | None:
     """RULER's effective context length: the longest tested length such that the score stays at
     or above the threshold at it and at every shorter tested length; None when even the shortest
