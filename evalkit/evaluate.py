@@ -6,7 +6,6 @@ The CLI is a thin layer over ``evaluate(RunConfig)``; tests and notebooks call i
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 import time

@@ -24,7 +24,7 @@ from evalkit.data.corpus import JOINED, LM_EVAL, load_corpus, stream_provenance,
 from evalkit.data.options import CorpusOptions
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
 from evalkit.errors import ConfigError
-from evalkit.grid import format_length, parse_lengths
+from evalkit.grid import parse_lengths
 from evalkit.models.requests import TokenLossRequest
 from evalkit.report import stats
 from evalkit.task import Sample, Task, option

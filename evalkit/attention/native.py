@@ -22,7 +22,7 @@ first call and kept on the model, so switching back and forth never loses them.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn

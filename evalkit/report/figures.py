@@ -24,7 +24,6 @@ import pandas as pd
 
 from evalkit import plots
 from evalkit.errors import ConfigError, ResultsError
-from evalkit.grid import format_length
 from evalkit.report import stats
 from evalkit.report.runs import recorded_options
 
