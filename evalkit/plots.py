@@ -81,6 +81,22 @@ def line_with_band(ax, x, value, low, high, colour, style="-", marker="o", label
             ax.errorbar(x, value, yerr=[np.maximum(value - low, 0), np.maximum(high - value, 0)], color=colour, capsize=4, linestyle="none")
 
 
+def n_caption(n, units) -> str:
+    """'n = 200 (40 units) per point', or its range when points differ: how much data is behind each point."""
+    import pandas as pd
+
+    def span(values):
+        values = pd.to_numeric(pd.Series(values), errors="coerce").dropna().astype(int)
+        if values.empty:
+            return None
+        return str(values.iloc[0]) if values.nunique() == 1 else f"{values.min()}-{values.max()}"
+
+    n_text, units_text = span(n), span(units)
+    if n_text is None:
+        return ""
+    return f"n = {n_text}" + (f" ({units_text} units)" if units_text and units_text != n_text else "") + " per point"
+
+
 def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:
     """One line per attention variant from a task summary: ``column`` with its 95% band
     (``column_ci_low``, ``column_ci_high``); the pooled "all" rows are left out."""

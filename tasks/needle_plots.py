@@ -64,7 +64,9 @@ def summary_vs_length(summary, column, ylabel, title, train, ylim=None):
     plots.length_axis(ax, lengths, ylim)
     plots.mark_training_length(ax, lengths, train)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    per_length = summary[pd.to_numeric(summary.context_length, errors="coerce").notna()]
+    caption = plots.n_caption(per_length.get("n"), per_length.get("units"))
+    ax.set_title(title + (f"\n{caption}" if caption else ""), fontsize=10)
     ax.legend(title="attention (95% band)", fontsize=8)
     return ax, fig
 

@@ -37,7 +37,8 @@ def loss_vs_position(bins, units, title, train, path):
         ax.set_title(variant, color=plots.variant_colour(variant), fontsize=10)
     axes[0][0].set_ylabel("mean NLL (nats / token)")
     axes[0][-1].legend(title="context length (95% band)", fontsize=8, title_fontsize=8)
-    fig.suptitle(f"Loss vs position — {title}", fontsize=11)
+    caption = plots.n_caption(curve.n, curve.units)  # windows behind each bin's mean
+    fig.suptitle(f"Loss vs position — {title}" + (f"; {caption}" if caption else ""), fontsize=11)
     return plots.save(fig, path)
 
 
@@ -49,8 +50,7 @@ def perplexity_vs_length(summary, mode: str, title, train, path):
     plots.length_axis(ax, lengths)
     plots.mark_training_length(ax, lengths, train)
     ax.set_ylabel("perplexity" + (f" ({mode})" if mode else "") + ", exp(mean NLL)")
-    n = summary.n.unique()
-    each = f", {int(n[0])} windows per length" if len(n) == 1 else ""
-    ax.set_title(f"Perplexity vs context length{each} — {title}", fontsize=10)
+    caption = plots.n_caption(summary.n, summary.units)
+    ax.set_title(f"Perplexity vs context length — {title}" + (f"\n{caption}" if caption else ""), fontsize=10)
     ax.legend(title="attention (95% band)", fontsize=8)
     return plots.save(fig, path)

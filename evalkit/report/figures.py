@@ -208,7 +208,8 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
         plots.mark_training_length(ax, lengths, train, row=row, suffix=suffix)
     plots.length_axis(ax, lengths, ylim)
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{task}: length generalization (95% bands)")
+    caption = plots.n_caption(points_table.n, points_table.units)
+    ax.set_title(f"{task}: length generalization (95% bands)" + (f"\n{caption}" if caption else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     written = []
