@@ -9,6 +9,7 @@ a generator fills exactly that budget (or, for lists that cannot be cut, the lon
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -94,3 +95,33 @@ def register(name: str):
         GENERATORS[name] = fn
         return fn
     return add
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    module: str  # evalkit.data.ruler.<module> registers the generator
+    metric: str  # "all": string match all (the fraction of references in the output); "part": any reference
+    max_new_tokens: int  # RULER's tokens_to_generate
+
+
+# RULER's 13 tasks (scripts/synthetic.yaml), in its order
+TASKS: dict[str, TaskInfo] = {
+    **{name: TaskInfo("niah", "all", 128) for name in (
+        "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
+        "niah_multivalue", "niah_multiquery")},
+    "vt": TaskInfo("vt", "all", 30),
+    "cwe": TaskInfo("words", "all", 120),
+    "fwe": TaskInfo("words", "all", 50),
+    "qa_1": TaskInfo("qa", "part", 32),
+    "qa_2": TaskInfo("qa", "part", 32),
+}
+
+
+class SkipTask(Exception):
+    """Raised by a generator that cannot run with what it was given (QA without a local dataset file):
+    the suite skips the task and says why in one line of its summary, never silently, never with fake data."""
+
+
+def generator(name: str) -> Generator:
+    importlib.import_module(f"evalkit.data.ruler.{TASKS[name].module}")
+    return GENERATORS[name]
