@@ -215,11 +215,17 @@ def test_too_short_lengths_say_so(tokenizer, task, length):
 SMOLLM2 = Path.home() / ".cache/evalkit/models/smollm2-135m"
 
 
-@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").exists(), reason="the cached SmolLM2 tokenizer is not here")
-@pytest.mark.parametrize("task", ["vt", "cwe", "fwe"])
-def test_chat_prompts_are_exact_with_a_real_tokenizer(task):
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    if not (SMOLLM2 / "tokenizer.json").exists():
+        pytest.skip("the cached SmolLM2 tokenizer is not here")
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(SMOLLM2)
+    return AutoTokenizer.from_pretrained(SMOLLM2)
+
+
+@pytest.mark.parametrize("task", ["vt", "cwe", "fwe"])
+def test_chat_prompts_are_exact_with_a_real_tokenizer(smollm2_tokenizer, task):
+    tok = smollm2_tokenizer
     for length in (1500, 4096):
         sample = generator(task)(RulerSource(tok, chat="on", seed=0), length, 0)
         text = tok.decode(list(sample.prompt_ids))

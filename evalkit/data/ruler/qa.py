@@ -16,8 +16,6 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
-
 from evalkit.data.haystack import _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, SkipTask, register
 from evalkit.errors import ConfigError, DataError

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import string
 
-import numpy as np
-
 from evalkit.data.haystack import NOISE, _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, register
 from evalkit.errors import ConfigError
