@@ -1,0 +1,81 @@
+"""Queries branched off one trunk cache, packed in one batch, equal independent passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit.attention import apply_attention
+from evalkit.models.adapter import ModelAdapter
+from evalkit.models.branch import packs, trunk_length
+from evalkit.models.loading import LoadedModel, ModelSource
+from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+from tests.conftest import make_llama
+
+VOCAB = 120
+
+
+def _adapter(variant: str, seed: int = 0, **overrides) -> ModelAdapter:
+    model = make_llama(VOCAB, seed=seed, max_positions=1024, **overrides).double()
+    if variant != "softmax":
+        apply_attention(model, variant, s=0.4, b=0.1 if variant == "ssmax-bias" else None, train_length=64,
+                        beta=0.5 if variant == "mistral-beta" else None, original_length=64)
+    return ModelAdapter(LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"),
+                                    torch.float64, "none"))
+
+
+def _queries(count: int, trunk: int = 150, seed: int = 0):
+    """A trunk and ``count`` suffixes of different lengths (questions) with answers of different lengths."""
+    rng = np.random.default_rng(seed)
+    hay = rng.integers(1, VOCAB, trunk)
+    questions = [np.concatenate([hay, rng.integers(1, VOCAB, rng.integers(1, 9))]) for _ in range(count)]
+    return [AnswerScoreRequest(q, rng.integers(1, VOCAB, rng.integers(1, 6))) for q in questions]
+
+
+@pytest.mark.parametrize("variant", ["softmax", "ssmax", "ssmax-bias", "logn", "mistral-beta"])
+def test_branched_scores_equal_independent_passes(variant):
+    adapter = _adapter(variant)
+    requests = _queries(9)
+    seen = []
+    hook = adapter.model.get_input_embeddings().register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    branched = adapter.answer_branched(requests, batch_tokens=2048)
+    hook.remove()
+    assert seen[0] == 150 and len(seen) == 2  # the trunk once, then every suffix in one call
+    assert seen[1] == sum(r.length - 1 - 150 for r in requests)
+    for request, got in zip(requests, branched):
+        alone = adapter.score_answers([request])[0]
+        np.testing.assert_allclose(got.token_logprobs, alone.token_logprobs, rtol=0, atol=1e-10)
+        assert (got.greedy_correct, got.first_token_rank) == (alone.greedy_correct, alone.first_token_rank)
+
+
+def test_small_packs_and_gqa_heads_give_the_same_scores():
+    adapter = _adapter("ssmax", seed=3, num_attention_heads=8, num_key_value_heads=2)
+    requests = _queries(7, trunk=90, seed=1)
+    assert len(packs(requests, 90, 12)) > 2
+    # batch_tokens 100 forces packs of about 10 suffix tokens: the cache is cut back to the trunk between them
+    for request, got in zip(requests, adapter.answer_branched(requests, batch_tokens=100)):
+        np.testing.assert_allclose(got.token_logprobs, adapter.score_answers([request])[0].token_logprobs, rtol=0, atol=1e-10)
+
+
+def test_trunk_stops_before_the_shortest_prompts_last_token():
+    a = AnswerScoreRequest(np.arange(1, 11), np.array([5, 6]))
+    b = AnswerScoreRequest(np.arange(1, 11), np.array([5, 7]))  # same prompt: the trunk must leave its last token
+    assert trunk_length([a, b]) == 9
+    assert trunk_length([a, AnswerScoreRequest(np.array([1, 2, 9]), np.array([3]))]) == 2
+
+
+@pytest.mark.parametrize("variant", ["softmax", "ssmax"])
+def test_branched_generation_equals_plain_generate(variant):
+    adapter = _adapter(variant, seed=2)
+    requests = [GenerateRequest(r.prompt, int(n)) for r, n in zip(_queries(8, seed=4), [1, 3, 6, 12, 12, 12, 20, 20])]
+    # end of sequence: a token one long row generates midway, so that row stops early and the others go on
+    adapter.model.generation_config.eos_token_id = int(adapter.generate([requests[-1]])[0][5])
+    branched = adapter.answer_branched(requests, batch_tokens=2048)
+    stopped = 0
+    for request, got in zip(requests, branched):
+        want = adapter.generate([request])[0]
+        np.testing.assert_array_equal(got, want)
+        stopped += len(want) < request.max_new_tokens
+    assert all(len(g) for g in branched)
+    assert stopped >= 1  # a row ended at its end-of-sequence token while others went on
