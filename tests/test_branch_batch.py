@@ -11,6 +11,7 @@ from evalkit.models.adapter import ModelAdapter
 from evalkit.models.branch import packs, trunk_length
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+from evalkit.task import Sample
 from tests.conftest import make_llama
 
 VOCAB = 120
@@ -79,3 +80,37 @@ def test_branched_generation_equals_plain_generate(variant):
         stopped += len(want) < request.max_new_tokens
     assert all(len(g) for g in branched)
     assert stopped >= 1  # a row ended at its end-of-sequence token while others went on
+
+
+def test_branch_prediction_by_hand():
+    from evalkit.models.prefix_cost import PathCosts, body_flops, predicted_branch_seconds
+
+    config = make_llama(VOCAB).config
+    requests = _queries(6)
+    suffix = sum(r.length - 1 - 150 for r in requests)
+    # overheads only: the trunk and one pack are two batched calls, whatever the number of queries
+    assert predicted_branch_seconds(requests, PathCosts(0.01, 0.0, 5.0, 0.0), config, 2048) == pytest.approx(0.02)
+    # FLOPs only: the trunk once, then the pack's tokens over the trunk and the whole pack (dense, masked)
+    flops = predicted_branch_seconds(requests, PathCosts(0.0, 1.0, 0.0, 0.0), config, 2048)
+    assert flops == pytest.approx(body_flops(config, 150, 0) + body_flops(config, suffix, 150 + suffix / 2))
+    assert flops < 0.3 * sum(body_flops(config, r.length - 1, 0) for r in requests)
+
+
+@pytest.mark.parametrize("costs, path", [((1.0, 1e-12, 1.0, 1e-12), "branch"),    # calls dear: one trunk, one pack
+                                         ((1.0, 1e-12, 1e-6, 1e-12), "walk")])  # batched calls dear, steps cheap
+def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
+    from evalkit.models import prefix_cost
+    from evalkit.runner import Runner, Variant
+    from tests.test_prefix_cost import ScoreTask, Store
+
+    adapter = _adapter("ssmax")
+    samples = [Sample(f"q{i}", r, {}) for i, r in enumerate(_queries(12))]
+    monkeypatch.setattr(prefix_cost, "costs_for", lambda *args: prefix_cost.PathCosts(*costs))
+    store = Store()
+    runner = Runner(adapter, store, 512, None)
+    runner.run(ScoreTask(None, None), samples, [Variant("ssmax", lambda m: None)])
+    decision = runner.prefix_decision
+    assert decision["samples_branched"] == 12 * (path == "branch") and decision["samples_walked"] == 12 * (path == "walk")
+    assert "branching off its trunk" in decision["why"]
+    alone = [adapter.score_answers([s.request])[0].logprob for s in samples]
+    np.testing.assert_allclose([store.rows[s.id][0]["value"] for s in samples], alone, rtol=0, atol=1e-10)
