@@ -114,3 +114,32 @@ def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
     assert "branching off its trunk" in decision["why"]
     alone = [adapter.score_answers([s.request])[0].logprob for s in samples]
     np.testing.assert_allclose([store.rows[s.id][0]["value"] for s in samples], alone, rtol=0, atol=1e-10)
+
+
+def test_abcdigits_all_keys_share_one_haystack_and_ask_every_key(tokenizer):
+    from evalkit.data.haystack import abcdigits_all_keys
+
+    samples = abcdigits_all_keys(tokenizer, 600, trial=0, seed=5)
+    assert len(samples) == 26 and len({s.answer_text for s in samples}) == 26
+    assert len({s.info["keys"][0] for s in samples}) == 26 and max(s.context_length for s in samples) <= 600
+    requests = [AnswerScoreRequest(s.prompt_ids, s.answer_ids) for s in samples]
+    assert trunk_length(requests) >= 590  # only the query line differs
+    for s in samples:  # each key's line holds its answer, and the prompt ends on "K="
+        start, end = s.needle_spans[0]
+        assert tokenizer.decode(s.prompt_ids[start:end]) == f"{s.info['keys'][0]}={s.answer_text}\n"
+        assert tokenizer.decode(np.concatenate([s.prompt_ids[-4:], s.answer_ids])).endswith(f"{s.info['keys'][0]}={s.answer_text}")
+
+
+def test_bench_queries_cli_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(cli.register_tasks(), ["bench", "queries", "--model", str(tiny_checkpoint), "--length", "400",
+                                                       "--device", "cpu", "--rounds", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "bench_queries.csv")
+    assert len(frame) == 4 and (frame.queries == 26).all()
+    assert frame.tokens_computed[0] < 0.1 * frame.tokens_computed[1]  # the trunk once vs 26 whole passes
+    assert "max |diff|" in result.output
