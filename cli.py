@@ -598,6 +598,29 @@ def bench_focus_command(
     _print_frame(_console(), bench_focus(model, lengths, device, dtype.value, seconds, out), "evalkit bench focus")
 
 
+@bench_app.command("queries")
+@user_errors
+def bench_queries_command(
+    model: ModelOption = "smollm2-135m",
+    length: Annotated[str, typer.Option(help="Haystack length (prompt tokens), e.g. 4k.")] = "4k",
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds; every contender takes a turn in each, the median counts.")] = 3,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_queries.csv into.")] = None,
+) -> None:
+    """26 queries on one haystack (ABCDigits over all keys): branched off one cache vs one pass each, scoring and generation."""
+    from evalkit.bench_queries import bench_queries
+    from evalkit.errors import ConfigError
+    from evalkit.grid import parse_lengths
+
+    lengths = parse_lengths(length)
+    if len(lengths) != 1:
+        raise ConfigError(f"bad --length {length!r}: one length is benched at a time", "give one length, e.g. --length 4k")
+    frame = bench_queries(model, lengths[0], device, dtype.value, batch_tokens, out, rounds=rounds)
+    _print_frame(_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
+
+
 def main() -> None:
     register_tasks()()
 

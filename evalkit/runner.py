@@ -3,7 +3,8 @@
 Samples are bucketed by request length; a batch holds as many sequences of one length as fit
 the token budget. On an out-of-memory error the batch is halved and retried. Answer and generate
 requests whose prompts share long prefixes (needle depths of one trial) are instead walked one by
-one on a shared KV cache (``evalkit.models.prefix``). Each finished sample's rows go straight to the run
+one on a shared KV cache (``evalkit.models.prefix``), or, when they share one trunk (many queries on
+one haystack), branched off its cache in packed batches (``evalkit.models.branch``). Each finished sample's rows go straight to the run
 store, so an interrupt loses at most one batch.
 """
 
@@ -85,10 +86,12 @@ class Runner:
         self.batch_tokens = batch_tokens
         self.progress = progress  # a ProgressReporter, or None
         # True / "auto": walk a shared cache where the measured cost says it beats batched passes;
-        # "always": wherever prompts share enough (bench needle); False: never
+        # "always": wherever prompts share enough (bench needle); "branch": every such group branched
+        # off its trunk (bench queries); False: never
         self.share_prefixes = "auto" if share_prefixes is True else share_prefixes
         self.prefix_costs = None  # PathCosts, measured once per run when first needed
         self.prefix_decision: dict = {"mode": self.share_prefixes or "off"}  # what was chosen and why, for the manifest
+        self.branched: set[int] = set()  # ids of the groups answered by branching off their trunk
 
     def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
         pending = {v.label: [s for s in samples if not self.store.is_done(v.label, s.id)] for v in variants}
@@ -99,7 +102,7 @@ class Runner:
                 plans[variant.label] = self._shared_runs(pending[variant.label])
         total = sum(len(p) for p in pending.values())
         scale = attention_scale(self.adapter)
-        total_cost = sum(sum(sum(shared_costs(run, scale)) for run in runs) + sum(span_cost(0, s.request.length, scale) for s in alone)
+        total_cost = sum(sum(sum(self._group_costs(run, scale)) for run in runs) + sum(span_cost(0, s.request.length, scale) for s in alone)
                          for runs, alone in plans.values())
         if self.progress:
             self.progress.start(total, total_cost, skipped=len(samples) * len(variants) - total)
@@ -109,7 +112,10 @@ class Runner:
             variant.activate(self.adapter.model)
             runs, alone = plans[variant.label]
             for run in runs:
-                self._run_shared(task, variant, run, scale)
+                if id(run) in self.branched:
+                    self._run_branched(task, variant, run, scale)
+                else:
+                    self._run_shared(task, variant, run, scale)
             for bucket in self._buckets(alone):
                 self._run_bucket(task, variant, bucket[0].request.length, bucket, scale)
 
@@ -129,6 +135,8 @@ class Runner:
             runs += [[kind_samples[i] for i in run] for run in kind_runs]
         if self.share_prefixes == "auto" and runs:
             runs = self._runs_that_pay(runs)
+        elif self.share_prefixes == "branch" and self.adapter.can_branch():
+            self.branched |= {id(run) for run in runs}
         in_runs = {id(s) for run in runs for s in run}
         return runs, [s for s in samples if id(s) not in in_runs]
 
@@ -141,20 +149,56 @@ class Runner:
             longest = max((s.request for run in runs for s in run), key=lambda r: r.length)
             self.prefix_costs = prefix_cost.costs_for(self.adapter, shared_sequence(longest), self.batch_tokens)
         config = self.adapter.model.config
-        kept, totals = [], {"auto": 0.0, "batched_only": 0.0}
+        can_branch = self.adapter.can_branch()
+        kept, totals, chosen = [], {"auto": 0.0, "batched_only": 0.0}, {p: [] for p in prefix_cost.PATHS}
         for run in runs:
-            shared, batched = prefix_cost.predicted_seconds([s.request for s in run], self.prefix_costs, config, self.batch_tokens)
-            walk = prefix_cost.walk_pays(shared, batched)
-            if walk:
+            requests = [s.request for s in run]
+            shared, batched = prefix_cost.predicted_seconds(requests, self.prefix_costs, config, self.batch_tokens)
+            predicted = {"batched": batched, "walk": shared}
+            if can_branch:
+                predicted["branch"] = prefix_cost.predicted_branch_seconds(requests, self.prefix_costs, config, self.batch_tokens)
+            path = prefix_cost.choose_path(predicted)
+            chosen[path].append(run)
+            if path != "batched":
                 kept.append(run)
-            totals["auto"] += shared if walk else batched
+            if path == "branch":
+                self.branched.add(id(run))
+            totals["auto"] += predicted[path]
             totals["batched_only"] += batched
         self.prefix_decision = {
-            "mode": "auto", "costs": self.prefix_costs.describe(), "groups": len(runs), "groups_walked": len(kept),
-            "samples_walked": sum(len(r) for r in kept), "samples_in_groups": sum(len(r) for r in runs),
+            "mode": "auto", "costs": self.prefix_costs.describe(), "groups": len(runs), "groups_walked": len(chosen["walk"]),
+            "samples_walked": sum(len(r) for r in chosen["walk"]), "samples_in_groups": sum(len(r) for r in runs),
+            "groups_branched": len(chosen["branch"]), "samples_branched": sum(len(r) for r in chosen["branch"]),
             "predicted_seconds": {k: round(v, 3) for k, v in totals.items()},
-            "why": f"a group is walked on one cache when predicted under {prefix_cost.MARGIN:.0%} of its batched time"}
+            "why": (f"each group takes the fastest predicted path of batched passes, a walk on one cache "
+                    f"and branching off its trunk in packed batches{'' if can_branch else ' (not exact for this model: off)'}; "
+                    f"batched unless another is predicted under {prefix_cost.MARGIN:.0%} of its time")}
         return kept
+
+    def _group_costs(self, run: list[Sample], scale: float) -> list[float]:
+        """Progress cost of each sample of a group, by the path it takes."""
+        if id(run) not in self.branched:
+            return shared_costs(run, scale)
+        from evalkit.models.branch import trunk_length
+
+        trunk = trunk_length([s.request for s in run])
+        return [span_cost(trunk, s.request.length, scale) + (span_cost(0, trunk, scale) if i == 0 else 0.0)
+                for i, s in enumerate(run)]
+
+    def _run_branched(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
+        started = time.perf_counter()
+        try:
+            answers = self.adapter.answer_branched([s.request for s in run], self.batch_tokens)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_out_of_memory(exc):
+                raise
+            raise self._does_not_fit(max(s.request.length for s in run)) from None
+        for sample, answer in zip(run, answers):
+            self.store.append(variant.label, sample.id, task.rows(sample, answer))
+        if self.progress:
+            self.progress.advance(len(run), sum(s.request.length for s in run), time.perf_counter() - started,
+                                  f"{variant.label} {len(run)} queries (branched off one trunk)",
+                                  sum(self._group_costs(run, scale)))
 
     def _run_shared(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()

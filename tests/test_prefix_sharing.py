@@ -120,7 +120,7 @@ def test_cli_rows_do_not_depend_on_the_prefix_cache(tiny_checkpoint, tmp_path, m
     app = cli.register_tasks()
     frames, walked = [], []
     original = ModelAdapter.answer_shared
-    monkeypatch.setattr(prefix_cost, "walk_pays", lambda shared, batched: True)  # the walk itself is under test, not when it pays
+    monkeypatch.setattr(prefix_cost, "choose_path", lambda predicted: "walk")  # the walk itself is under test, not when it pays
     monkeypatch.setattr(ModelAdapter, "answer_shared", lambda self, requests: (walked.append(len(requests)),
                                                                                original(self, requests))[1])
     for flag in ("--prefix-cache", "--no-prefix-cache"):

@@ -441,3 +441,45 @@ def _ids_sample(record: dict, vocab: int, where: str, index: int) -> NeedleSampl
     info = {"source": where, "chat": None, "ids": True}
     return NeedleSample(prompt, ids["answer_ids"], record["answer"].strip(), spans, (), len(prompt), depth, actual, trial,
                         "file", info)
+
+
+def abcdigits_all_keys(tokenizer, length: int, trial: int, seed: int, digits: int = 5) -> list[NeedleSample]:
+    """ABCDigits over all keys: ONE haystack of KEY=DIGITS lines holding all 26 keys, asked once per
+    key (26 samples that share the haystack and differ in the query line "K=").
+
+    The 26 lines appear once each, as a block at a random line boundary of filler lines drawn from
+    the same 26 (a key's value is the same wherever its line repeats, so no answer is ambiguous).
+    The prompts are ``length`` tokens, less one where a query line tokenizes shorter than the longest.
+    """
+    builder = _Builder(tokenizer, HaystackOptions(needle="abcdigits", digits=digits), None)
+    draw_seed = [seed % 2**63, length, trial]
+    rng = np.random.default_rng(draw_seed)
+    values = _numbers(rng, 26, digits)
+    mapping = dict(zip(string.ascii_uppercase, values))
+    keys = list(rng.permutation(list(string.ascii_uppercase)))
+    lines = [_encode(tokenizer, f"{k}={mapping[k]}\n") for k in keys]
+    block = np.asarray([t for line in lines for t in line], np.int64)
+    queries = [_encode(tokenizer, f"{k}=") for k in string.ascii_uppercase]
+    n = length - len(builder.head_ids) - len(block) - max(map(len, queries))
+    if n < 0:
+        raise ConfigError(f"context length {length} is too short for 26 ABCDigits lines",
+                          f"use at least {length - n} tokens")
+    filler = builder._abc_lines(n, rng, mapping, target=None)
+    breaks = np.flatnonzero(filler == builder.newline) + 1 if builder.newline is not None else np.array([], int)
+    at = int(rng.choice(np.append(breaks, 0)))  # a line boundary, or the start
+    head = np.asarray(builder.head_ids, np.int64)
+    hay = np.concatenate([head, filler[:at], block, filler[at:]])
+    starts = len(head) + at + np.concatenate([[0], np.cumsum([len(x) for x in lines])[:-1]])
+    where = {k: (int(s), int(s) + len(x)) for k, s, x in zip(keys, starts, lines)}
+    out = []
+    for key, query in zip(string.ascii_uppercase, queries):
+        answer_ids, moved = _answer_tokens(tokenizer, f"{key}=", query, mapping[key])
+        prompt = np.concatenate([hay, np.asarray(query + moved, np.int64)])
+        start = where[key][0]
+        info = {"keys": [key], "values": [mapping[key]], "mapping": mapping, "question": "", "answer_prefix": f"{key}=",
+                "chat": False, "haystack": "abcdigits", "haystack_tokens": int(len(filler) + len(block)),
+                "draw_seed": draw_seed, "haystack_source": "abcdigits", "mode": "all_keys"}
+        out.append(NeedleSample(prompt, np.asarray(answer_ids, np.int64), mapping[key], (where[key],), (), len(prompt),
+                                100.0 * (start - len(head)) / max(1, len(filler) + len(block)),
+                                100.0 * (start - len(head)) / max(1, len(filler) + len(block)), trial, "abcdigits", info))
+    return out

@@ -140,6 +140,21 @@ class ModelAdapter:
         layers = getattr(DynamicCache(config=self.model.config), "layers", [])
         return bool(layers) and not any(getattr(layer, "is_sliding", False) for layer in layers)
 
+    def answer_branched(self, requests: list, batch_tokens: int) -> list:
+        """Answers to requests of one kind that share a trunk: the trunk's cache computed once, the
+        suffixes packed into batches on it (``evalkit.models.branch``). Same answers as ``answer``."""
+        from evalkit.models.branch import answer_branched
+
+        return answer_branched(self, requests, batch_tokens)
+
+    def can_branch(self) -> bool:
+        """Whether ``answer_branched`` gives what independent passes give: where prefixes share, and not
+        with a native scaling inside the modelling code (it may count positions its own way)."""
+        from evalkit.attention import native_enabled, native_scaling
+
+        native = native_scaling(self.model) is not None and native_enabled(self.model)
+        return self.can_share_prefixes() and not native
+
     def _answer_scores(self, hidden, gold) -> list[AnswerScore]:
         """Scores from the hidden states that predict each answer token: hidden (B, A, D), gold (B, A)."""
         import torch

@@ -155,3 +155,33 @@ def predicted_seconds(requests: list, costs: PathCosts, config, batch_tokens: in
 
 def walk_pays(shared: float, batched: float) -> bool:
     return shared < MARGIN * batched
+
+
+def predicted_branch_seconds(requests: list, costs: PathCosts, config, batch_tokens: int) -> float:
+    """Seconds to answer ``requests`` branched off one trunk cache (``evalkit.models.branch``): the trunk
+    in one call at the batched rate, then each pack of suffixes in one call whose tokens attend densely
+    (masked keys cost as much as seen ones) over the trunk and the whole pack; greedy decoding adds one
+    call per new token for the rows of a pack, at the one-request rate (a handful of tokens per call)."""
+    from evalkit.models.branch import pack_tokens_for, packs, suffix_tokens, trunk_length
+
+    trunk = trunk_length(requests)
+    seconds = costs.batched_call + costs.batched_per_flop * body_flops(config, trunk, 0) if trunk else 0.0
+    for pack in packs(requests, trunk, pack_tokens_for(requests, trunk, batch_tokens)):
+        rows = [requests[i] for i in pack]
+        size = sum(len(suffix_tokens(r, trunk)) for r in rows)
+        seconds += costs.batched_call + costs.batched_per_flop * body_flops(config, size, trunk + size / 2)
+        decode = max(getattr(r, "max_new_tokens", 0) for r in rows)
+        for step in range(decode):  # rows that stop early are counted to the end: an upper bound
+            keys = trunk + size + step * len(rows)
+            seconds += costs.step_call + costs.step_per_flop * body_flops(config, len(rows), keys)
+    return seconds
+
+
+PATHS = ("batched", "walk", "branch")
+
+
+def choose_path(predicted: dict) -> str:
+    """The fastest of the predicted paths (seconds by name in PATHS); batched passes, the safe default,
+    lose only to a path predicted under MARGIN of their time."""
+    best = min((p for p in predicted if p != "batched"), key=predicted.get, default="batched")
+    return best if best != "batched" and predicted[best] < MARGIN * predicted["batched"] else "batched"
