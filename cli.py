@@ -621,6 +621,29 @@ def bench_queries_command(
     _print_frame(_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
 
+@bench_app.command("suite")
+@user_errors
+def bench_suite_command(
+    out: Annotated[str, typer.Option(help="Folder for report.md and one bench_<name>.csv per bench.")] = "bench",
+    preset: Annotated[str, typer.Option(help="cpu (~10 min on 2 cores, SmolLM2-135M), gpu (random Llama-1B and SmolLM2 shapes, bf16, <8 min on one H100) or smoke (~1 min).")] = "cpu",
+    model: Annotated[Optional[str], typer.Option(help="Run the preset's grid on this checkpoint instead of its models.")] = None,
+    lengths: Annotated[Optional[str], typer.Option(help="Replace every bench's lengths (a reduced run).")] = None,
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer of the random-weight checkpoints a preset writes (folder or alias).")] = "smollm2-135m",
+    checkpoints: Annotated[Optional[str], typer.Option(help="Folder for those checkpoints (default: the evalkit cache).")] = None,
+) -> None:
+    """Every bench on a preset grid, peers when installed: report.md (tables, environment, command) and CSVs."""
+    import sys
+
+    from evalkit.bench_suite import plan_suite, preset_named, run_suite
+
+    plan = plan_suite(preset_named(preset), model=model, lengths=lengths)
+    command = shlex.join(["evalkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else \
+        shlex.join(["evalkit", "bench", "suite", "--out", out, "--preset", preset, *(["--model", model] if model else []),
+                    *(["--lengths", lengths] if lengths else [])])
+    run_suite(plan, out, command, tokenizer=tokenizer, checkpoints=checkpoints, log=_console().print)
+    _console().print(f"wrote {Path(out) / 'report.md'}")
+
+
 def main() -> None:
     register_tasks()()
 
