@@ -104,6 +104,9 @@ class Recipe:
     max_position_factor: int = 16
     eval_sequences: int = 256  # held-out sequences for the final recall accuracy
     threads: int = 1  # CPU: intra-op threads per model (the two models step in parallel threads)
+    positions: str = "rope"  # rope | nope | irope (evalkit.reference.positions)
+    pattern: str = "lg"  # irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE
+    window: int | None = None  # irope: keys a local layer sees (None: the training length)
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +133,10 @@ class Recipe:
         if problems:
             raise ConfigError(f"bad reference recipe {self.name!r}: " + "; ".join(problems), "fix the recipe fields")
 
+        from evalkit.reference.positions import check_positions
+
+        check_positions(self.positions, self.pattern, self.window, self.train_length)
+
     def replace(self, **changes: Any) -> "Recipe":
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
@@ -142,13 +149,24 @@ class Recipe:
         return self.ssmax_s if self.ssmax_s is not None else 1.0 / math.log(self.train_length)
 
     @property
+    def local_window(self) -> int:
+        return self.window if self.window is not None else self.train_length
+
+    @property
+    def ssmax_layers(self) -> str:
+        from evalkit.reference.positions import SSMAX_LAYERS
+
+        return SSMAX_LAYERS[self.positions]
+
+    @property
     def max_positions(self) -> int:
         return self.train_length * self.max_position_factor
 
     def describe(self) -> str:
         return (f"{self.layers} layers, {self.width} wide, {self.heads} heads, length {self.train_length}, "
                 f"batch {self.batch}, {self.steps} steps, lr {self.lr:g}, RoPE theta {self.rope_theta:g}, "
-                f"s0 {self.initial_s:.3f}")
+                f"s0 {self.initial_s:.3f}, positions {self.positions}"
+                + (f" (pattern {self.pattern}, window {self.local_window})" if self.positions == "irope" else ""))
 
 
 RECIPES: dict[str, Recipe] = {
@@ -160,9 +178,15 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(recipe: str | Recipe) -> Recipe:
+def get_recipe(recipe: str | Recipe, positions: str | None = None) -> Recipe:
+    """A recipe by name; with ``positions``, the recipe tuned for that scheme ("cpu-irope") when one
+    exists, else the named recipe with its ``positions`` changed."""
     if isinstance(recipe, Recipe):
-        return recipe
+        return recipe if positions is None else recipe.replace(positions=positions)
+    if positions is not None and positions != "rope" and f"{recipe}-{positions}" in RECIPES:
+        return RECIPES[f"{recipe}-{positions}"]
+    if positions is not None and recipe in RECIPES:
+        return RECIPES[recipe].replace(positions=positions)
     if recipe not in RECIPES:
         raise ConfigError(f"unknown reference recipe {recipe!r}", f"{did_you_mean(recipe, RECIPES)}use one of {', '.join(RECIPES)}")
     return RECIPES[recipe]
@@ -172,28 +196,15 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
 
 
 def build_model(recipe: Recipe, seed: int):
-    """A fresh softmax LlamaForCausalLM, initialised from ``seed`` alone."""
+    """A fresh softmax model (Llama for rope, SmolLM3 for nope/irope), initialised from ``seed`` alone."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=recipe.width,
-        intermediate_size=recipe.mlp_ratio * recipe.width,
-        num_hidden_layers=recipe.layers,
-        num_attention_heads=recipe.heads,
-        num_key_value_heads=recipe.heads,
-        max_position_embeddings=recipe.max_positions,
-        rope_parameters={"rope_type": "default", "rope_theta": float(recipe.rope_theta)},
-        bos_token_id=None,
-        eos_token_id=EOT_ID,
-        pad_token_id=EOT_ID,
-        tie_word_embeddings=False,
-        initializer_range=recipe.init_std,
-        attn_implementation="sdpa",
-    )
+    from evalkit.reference.positions import model_config
+
+    config = model_config(recipe, vocab_size=len(VOCAB), eos_id=EOT_ID)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def build_pair(recipe: Recipe, seed: int) -> dict[str, Any]:
@@ -202,7 +213,8 @@ def build_pair(recipe: Recipe, seed: int) -> dict[str, Any]:
 
     softmax = build_model(recipe, seed)
     ssmax = copy.deepcopy(softmax)
-    apply_attention(ssmax, "ssmax", s=recipe.initial_s, learnable=True, train_length=recipe.train_length)
+    apply_attention(ssmax, "ssmax", s=recipe.initial_s, learnable=True, train_length=recipe.train_length,
+                    layers=recipe.ssmax_layers)
     return {"softmax": softmax, "ssmax": ssmax}
 
 
@@ -377,6 +389,9 @@ def train_reference_pair(
     recipe: str | Recipe = "cpu",
     steps: int | None = None,
     seed: int = 0,
+    positions: str | None = None,
+    window: int | None = None,
+    pattern: str | None = None,
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], Any] = print,
@@ -384,16 +399,18 @@ def train_reference_pair(
     """Train the Softmax / SSMax pair and write ``out/{softmax,ssmax}``, the log, the figure.
 
     ``recipe``: "cpu", "gpu" or a ``Recipe`` (e.g. ``RECIPES["cpu"].replace(layers=1)``);
-    ``steps`` overrides the recipe's. Deterministic from ``seed`` on a given device.
+    ``steps``, ``window`` and ``pattern`` override the recipe's; ``positions`` (rope, nope, irope)
+    picks the position scheme (and the recipe tuned for it, ``get_recipe``). Deterministic from ``seed`` on a given device.
     Returns the summary (also written to ``out/summary.json``).
     """
     import pandas as pd
 
     from evalkit.models.loading import pick_device
 
-    recipe = get_recipe(recipe)
-    if steps is not None:
-        recipe = recipe.replace(steps=steps)
+    recipe = get_recipe(recipe, positions)
+    changes = {k: v for k, v in (("steps", steps), ("window", window), ("pattern", pattern)) if v is not None}
+    if changes:
+        recipe = recipe.replace(**changes)
     out = Path(out)
     torch_device = pick_device(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -452,6 +469,7 @@ def train_reference_pair(
         "recipe_fields": asdict(recipe),
         "steps": recipe.steps,
         "seed": seed,
+        "positions": recipe.positions,
         "device": str(torch_device),
         "train_length": recipe.train_length,
         "seconds": round(time.perf_counter() - started, 1),
@@ -495,9 +513,11 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
         from evalkit.attention import apply_attention, head_tables
 
         trained = head_tables(model)["s"]  # (layers, heads)
-        apply_attention(model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length)
+        apply_attention(model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length,
+                        layers=recipe.ssmax_layers)
     model.config.evalkit_reference = {"variant": variant, "recipe": recipe.name, "seed": seed,
-                                      "train_length": recipe.train_length, "digits": recipe.digits}
+                                      "train_length": recipe.train_length, "digits": recipe.digits,
+                                      "positions": recipe.positions}
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
