@@ -18,7 +18,7 @@ from evalkit.report import stats
 
 TINY = RECIPES["cpu"].replace(name="tiny", layers=2, width=16, heads=2, mlp_ratio=2, train_length=16, batch=4, steps=2,
                               warmup=1, eval_sequences=8, digits=2, threads=1)
-SETTINGS = StudySettings(positions=("rope", "irope"), seeds=(0, 1), recipe="tiny", needle_trials=2, focus_trials=1,
+SETTINGS = StudySettings(positions=("irope",), seeds=(0, 1), recipe="tiny", needle_trials=2, focus_trials=1,
                          perplexity_samples=2, depths="0,100", factors=(1, 2))
 
 
@@ -146,14 +146,14 @@ def test_study_end_to_end_then_resume(tmp_path, monkeypatch):
     assert got.ci_low == pytest.approx(expected.ci_low) and got.ci_high == pytest.approx(expected.ci_high)
     # every model answered the same prompts
     prompts = [pd.read_parquet(run_folder(out, p, s, v, "needle") / "results.parquet")[["answer", "needle_start"]]
-               for p in ("rope", "irope") for s in (0, 1) for v in ("softmax", "ssmax")]
+               for p in ("irope",) for s in (0, 1) for v in ("softmax", "ssmax")]
     assert all(p.reset_index(drop=True).equals(prompts[0].reset_index(drop=True)) for p in prompts)
 
     # interrupt: one pair's training never finished, one run stopped early
-    kept = pair_folder(out, "rope", 0) / "softmax" / "model.safetensors"
+    kept = pair_folder(out, "irope", 0) / "softmax" / "model.safetensors"
     kept_time = kept.stat().st_mtime_ns
     (pair_folder(out, "irope", 1) / "summary.json").unlink()
-    manifest_path = run_folder(out, "rope", 1, "ssmax", "focus") / "manifest.json"
+    manifest_path = run_folder(out, "irope", 0, "ssmax", "focus") / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest.update(interrupted=True, finished_samples=1)
     manifest_path.write_text(json.dumps(manifest))

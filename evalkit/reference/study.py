@@ -178,7 +178,7 @@ def _evaluate(out: Path, settings: StudySettings, positions: str, seed: int, var
     log(f"{task}: {positions} seed {seed} {variant}")
     config = RunConfig(task=task, model=str(pair / variant), task_options=task_options(out, settings, positions, task),
                        out=str(folder), resume=folder.exists(), device=device, seed=RUN_SEED, allow_extrapolation=True,
-                       quiet=True)
+                       quiet=True, plots=False)  # the report draws the study's figures
     outcome = evaluate(config)
     if outcome.interrupted:
         raise ResultsError(f"the {task} run in {folder} was interrupted", "continue the study with --resume")
