@@ -122,7 +122,7 @@ def _train_pair(out: Path, settings: StudySettings, positions: str, seed: int, d
     summary_file = folder / "summary.json"
     if summary_file.is_file():
         stored = json.loads(summary_file.read_text())
-        if stored.get("recipe_fields") != json.loads(json.dumps(asdict(recipe))):
+        if _with_defaults(stored.get("recipe_fields") or {}) != json.loads(json.dumps(asdict(recipe))):
             raise ConfigError(f"{folder} holds a pair trained with another recipe than {recipe.name} ({recipe.describe()})",
                               "move it away, or run the study with the recipe it was trained with")
         log(f"reusing {folder} (trained)")
@@ -130,6 +130,17 @@ def _train_pair(out: Path, settings: StudySettings, positions: str, seed: int, d
     log(f"training {positions} pair, seed {seed} -> {folder}")
     train_reference_pair(folder, recipe=recipe, seed=seed, device=device, progress=progress, log=log)
     return folder
+
+
+def _with_defaults(recorded: dict) -> dict:
+    """A summary's recipe fields with the fields added since filled in with their defaults (a pair
+    trained before ``positions`` existed is a RoPE pair)."""
+    from dataclasses import MISSING, fields
+
+    from evalkit.reference.train import Recipe
+
+    defaults = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
+    return json.loads(json.dumps({**defaults, **recorded}))
 
 
 def perplexity_corpus(out: Path, settings: StudySettings) -> Path:
