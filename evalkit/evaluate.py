@@ -38,6 +38,7 @@ class RunConfig:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     quiet: bool = False
+    plots: bool = True  # per-run figures; a caller drawing its own (reference study) skips them
 
     def identity(self) -> dict[str, Any]:
         """What must match for ``--resume`` to continue a run: every option that changes rows (the
@@ -246,7 +247,8 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     if world.size > 1:
         store.read_journals()
         manifest["world_size"] = world.size
-    return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings)
+    return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings,
+                   draw=config.plots)
 
 
 def check_config(config: RunConfig) -> None:
@@ -282,12 +284,12 @@ def check_inputs(task_cls, options, config: RunConfig) -> None:
         load_corpus(dataset, options.text_field, options.split)
 
 
-def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings) -> RunOutcome:
+def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings, draw: bool = True) -> RunOutcome:
     """Tables, plots and the final manifest, from whatever the journals hold."""
     frame = store.frame(common, task.key_columns)
     summary = task.summarize(frame) if len(frame) else None
     store.write_tables(frame, summary)
-    plots = task.plot(frame, title, store.folder / "plots") if len(frame) and not interrupted else []
+    plots = task.plot(frame, title, store.folder / "plots") if draw and len(frame) and not interrupted else []
     manifest.update({"finished_at": datetime.now(timezone.utc).isoformat(), "interrupted": interrupted,
                      "timings": timings, "rows": len(frame), "finished_samples": store.finished})
     store.write_manifest(manifest)

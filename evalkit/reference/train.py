@@ -41,6 +41,17 @@ README):
   the softmax models reached 84.1%, 77.1% and 90.9%. A model under ``LEARNED_ACCURACY`` is
   flagged in the summary: comparing its length generalization would compare learning instead.
 - The loss on every token instead of the recall digits stalled at ln 10 within 600 steps.
+- irope (``cpu-irope``: the cpu recipe with layer 0 local RoPE, sliding window 8, and layer 1
+  global NoPE with SSMax; ``positions.py``). The local layer gives the previous-token step the
+  all-NoPE model could not learn (issue 16: 42-46% held out after 3500-6000 steps), the global
+  layer matches content. Tries (1 torch thread per model, CPU shared with ~5 other jobs, so wall
+  minutes are 3-4x an idle machine's):
+  seed 0, window 8, a 2000-step schedule (stopped at 1200): training-batch recall 43% (the
+  plateau) at steps 300-500, 83-85% at 600, 95-97% at 700, 99% at 800, 100% from 1000 on, both
+  models; seed 1, window 8, 800 steps: held out 94.4% softmax, 99.7% SSMax, 9.5 min wall;
+  seed 2, window 8, 800 steps: held out 40.2% softmax, 39.8% SSMax, both still on the plateau
+  (43% at step 440), 6.7 min wall. So 800 steps does not learn every seed; the recipe now has 1600
+  (seed 0 was at 100% from step 1000 of a 2000-step schedule), not yet measured on seed 2.
 - cpu recipe (3500 steps), about 11.5 minutes for both models on one core: seed 2 recall loss
   0.066 (softmax) and 0.086 (ssmax), held-out recall lines fully right at length 32: 90.9% and
   90.0%; learned s 0.50 -> 0.53.
@@ -104,6 +115,9 @@ class Recipe:
     max_position_factor: int = 16
     eval_sequences: int = 256  # held-out sequences for the final recall accuracy
     threads: int = 1  # CPU: intra-op threads per model (the two models step in parallel threads)
+    positions: str = "rope"  # rope | nope | irope (evalkit.reference.positions)
+    pattern: str = "lg"  # irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE
+    window: int | None = None  # irope: keys a local layer sees (None: the training length)
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +144,10 @@ class Recipe:
         if problems:
             raise ConfigError(f"bad reference recipe {self.name!r}: " + "; ".join(problems), "fix the recipe fields")
 
+        from evalkit.reference.positions import check_positions
+
+        check_positions(self.positions, self.pattern, self.window, self.train_length)
+
     def replace(self, **changes: Any) -> "Recipe":
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
@@ -142,13 +160,24 @@ class Recipe:
         return self.ssmax_s if self.ssmax_s is not None else 1.0 / math.log(self.train_length)
 
     @property
+    def local_window(self) -> int:
+        return self.window if self.window is not None else self.train_length
+
+    @property
+    def ssmax_layers(self) -> str:
+        from evalkit.reference.positions import SSMAX_LAYERS
+
+        return SSMAX_LAYERS[self.positions]
+
+    @property
     def max_positions(self) -> int:
         return self.train_length * self.max_position_factor
 
     def describe(self) -> str:
         return (f"{self.layers} layers, {self.width} wide, {self.heads} heads, length {self.train_length}, "
                 f"batch {self.batch}, {self.steps} steps, lr {self.lr:g}, RoPE theta {self.rope_theta:g}, "
-                f"s0 {self.initial_s:.3f}")
+                f"s0 {self.initial_s:.3f}, positions {self.positions}"
+                + (f" (pattern {self.pattern}, window {self.local_window})" if self.positions == "irope" else ""))
 
 
 RECIPES: dict[str, Recipe] = {
@@ -157,12 +186,23 @@ RECIPES: dict[str, Recipe] = {
     # Both models in about 11.5 minutes on one CPU core (measured: see the module docstring).
     "cpu": Recipe(name="cpu", layers=2, width=128, heads=4, mlp_ratio=2, train_length=32, batch=64, steps=3500,
                   lr=1e-3, warmup=100, weight_decay=0.0, digits=2, ssmax_s=0.5),
+    # Local RoPE (window 8) + global NoPE. 800 steps learned seeds 0 and 1, not seed 2 (module docstring);
+    # 1600 is the next try, not yet measured on seed 2.
+    "cpu-irope": Recipe(name="cpu-irope", layers=2, width=128, heads=4, mlp_ratio=2, train_length=32, batch=64, steps=1600,
+                        lr=1e-3, warmup=100, weight_decay=0.0, digits=2, ssmax_s=0.5, positions="irope", pattern="lg",
+                        window=8),
 }
 
 
-def get_recipe(recipe: str | Recipe) -> Recipe:
+def get_recipe(recipe: str | Recipe, positions: str | None = None) -> Recipe:
+    """A recipe by name; with ``positions``, the recipe tuned for that scheme ("cpu-irope") when one
+    exists, else the named recipe with its ``positions`` changed."""
     if isinstance(recipe, Recipe):
-        return recipe
+        return recipe if positions is None else recipe.replace(positions=positions)
+    if positions is not None and positions != "rope" and f"{recipe}-{positions}" in RECIPES:
+        return RECIPES[f"{recipe}-{positions}"]
+    if positions is not None and recipe in RECIPES:
+        return RECIPES[recipe].replace(positions=positions)
     if recipe not in RECIPES:
         raise ConfigError(f"unknown reference recipe {recipe!r}", f"{did_you_mean(recipe, RECIPES)}use one of {', '.join(RECIPES)}")
     return RECIPES[recipe]
@@ -172,28 +212,15 @@ def get_recipe(recipe: str | Recipe) -> Recipe:
 
 
 def build_model(recipe: Recipe, seed: int):
-    """A fresh softmax LlamaForCausalLM, initialised from ``seed`` alone."""
+    """A fresh softmax model (Llama for rope, SmolLM3 for nope/irope), initialised from ``seed`` alone."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=recipe.width,
-        intermediate_size=recipe.mlp_ratio * recipe.width,
-        num_hidden_layers=recipe.layers,
-        num_attention_heads=recipe.heads,
-        num_key_value_heads=recipe.heads,
-        max_position_embeddings=recipe.max_positions,
-        rope_parameters={"rope_type": "default", "rope_theta": float(recipe.rope_theta)},
-        bos_token_id=None,
-        eos_token_id=EOT_ID,
-        pad_token_id=EOT_ID,
-        tie_word_embeddings=False,
-        initializer_range=recipe.init_std,
-        attn_implementation="sdpa",
-    )
+    from evalkit.reference.positions import model_config
+
+    config = model_config(recipe, vocab_size=len(VOCAB), eos_id=EOT_ID)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def build_pair(recipe: Recipe, seed: int) -> dict[str, Any]:
@@ -202,7 +229,8 @@ def build_pair(recipe: Recipe, seed: int) -> dict[str, Any]:
 
     softmax = build_model(recipe, seed)
     ssmax = copy.deepcopy(softmax)
-    apply_attention(ssmax, "ssmax", s=recipe.initial_s, learnable=True, train_length=recipe.train_length)
+    apply_attention(ssmax, "ssmax", s=recipe.initial_s, learnable=True, train_length=recipe.train_length,
+                    layers=recipe.ssmax_layers)
     return {"softmax": softmax, "ssmax": ssmax}
 
 
@@ -377,6 +405,9 @@ def train_reference_pair(
     recipe: str | Recipe = "cpu",
     steps: int | None = None,
     seed: int = 0,
+    positions: str | None = None,
+    window: int | None = None,
+    pattern: str | None = None,
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], Any] = print,
@@ -384,16 +415,18 @@ def train_reference_pair(
     """Train the Softmax / SSMax pair and write ``out/{softmax,ssmax}``, the log, the figure.
 
     ``recipe``: "cpu", "gpu" or a ``Recipe`` (e.g. ``RECIPES["cpu"].replace(layers=1)``);
-    ``steps`` overrides the recipe's. Deterministic from ``seed`` on a given device.
+    ``steps``, ``window`` and ``pattern`` override the recipe's; ``positions`` (rope, nope, irope)
+    picks the position scheme (and the recipe tuned for it, ``get_recipe``). Deterministic from ``seed`` on a given device.
     Returns the summary (also written to ``out/summary.json``).
     """
     import pandas as pd
 
     from evalkit.models.loading import pick_device
 
-    recipe = get_recipe(recipe)
-    if steps is not None:
-        recipe = recipe.replace(steps=steps)
+    recipe = get_recipe(recipe, positions)
+    changes = {k: v for k, v in (("steps", steps), ("window", window), ("pattern", pattern)) if v is not None}
+    if changes:
+        recipe = recipe.replace(**changes)
     out = Path(out)
     torch_device = pick_device(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -452,6 +485,7 @@ def train_reference_pair(
         "recipe_fields": asdict(recipe),
         "steps": recipe.steps,
         "seed": seed,
+        "positions": recipe.positions,
         "device": str(torch_device),
         "train_length": recipe.train_length,
         "seconds": round(time.perf_counter() - started, 1),
@@ -495,9 +529,11 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
         from evalkit.attention import apply_attention, head_tables
 
         trained = head_tables(model)["s"]  # (layers, heads)
-        apply_attention(model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length)
+        apply_attention(model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length,
+                        layers=recipe.ssmax_layers)
     model.config.evalkit_reference = {"variant": variant, "recipe": recipe.name, "seed": seed,
-                                      "train_length": recipe.train_length, "digits": recipe.digits}
+                                      "train_length": recipe.train_length, "digits": recipe.digits,
+                                      "positions": recipe.positions}
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

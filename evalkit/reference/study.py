@@ -1,0 +1,227 @@
+"""The reference study in one command: train Softmax/SSMax pairs per position scheme and seed,
+evaluate each model with needle, focus and perplexity, and write ``report.md``.
+
+``run_study(out, positions=("rope", "irope"), seeds=(0, 1, 2), recipe="cpu")`` lays out::
+
+    out/study.json                         the study's settings (a later call must agree with them)
+    out/models/<positions>/seed<k>/        one reference pair (train_reference_pair's folder)
+    out/runs/<positions>-seed<k>-<variant>/{needle,focus,perplexity}/   one results folder per model
+    out/data/abcdigits.jsonl               the perplexity corpus: ABCDigits documents
+    out/report.md, out/figures/*.png, out/tables/*.csv
+
+What exists is reused: a pair whose ``summary.json`` is there is not trained again, a finished run
+is not run again. An interrupted run is continued with ``resume=True`` (``--resume``); without
+it the study stops and says so, as ``evalkit run`` does. Every model is evaluated on the same
+prompts (one run seed), so softmax and SSMax of a pair compare prompt by prompt.
+
+Statistics come from ``evalkit.report.stats``: the independent unit is (training seed, needle
+trial) for needle and focus and (training seed, window) for perplexity, so the bands cover both
+the spread over seeds and over prompts. The per-seed paired comparisons go through
+``evalkit.report.compare.compare_runs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from evalkit.errors import ConfigError, ResultsError
+from evalkit.reference.positions import POSITIONS
+from evalkit.reference.train import LEARNED_ACCURACY, VARIANTS, get_recipe, train_reference_pair
+
+TASKS = ("needle", "focus", "perplexity")
+FACTORS = (1, 2, 4, 8, 16)  # evaluation lengths, as multiples of the training length
+RUN_SEED = 1234  # the prompts' seed: one for every model, so pairs compare prompt by prompt
+UNITS = {"needle": ["train_seed", "trial"], "focus": ["train_seed", "trial"], "perplexity": ["train_seed", "sample"]}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything that decides the study's numbers; stored in ``study.json``."""
+
+    positions: tuple[str, ...] = ("rope", "irope")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    recipe: str = "cpu"
+    steps: int | None = None  # overrides every recipe's steps (tests, quick looks)
+    needle_trials: int = 20
+    focus_trials: int = 4
+    perplexity_samples: int = 8
+    depths: str = "0:100:25"
+    factors: tuple[int, ...] = FACTORS
+
+    def check(self) -> None:
+        bad = [p for p in self.positions if p not in POSITIONS]
+        if bad or not self.positions:
+            raise ConfigError(f"bad --positions {','.join(self.positions)}", f"give some of {', '.join(POSITIONS)}, e.g. rope,irope")
+        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"bad --seeds {self.seeds}", "give distinct seeds >= 0, e.g. 0,1,2")
+        for name in ("needle_trials", "focus_trials", "perplexity_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"bad {name} {getattr(self, name)}", "give at least 1")
+        for p in self.positions:
+            get_recipe(self.recipe, p)  # unknown recipe: the recipe's own error
+
+    def recipe_for(self, positions: str):
+        recipe = get_recipe(self.recipe, positions)
+        return recipe.replace(steps=self.steps) if self.steps is not None else recipe
+
+    def lengths(self, positions: str) -> list[int]:
+        return [self.recipe_for(positions).train_length * f for f in self.factors]
+
+
+def run_study(out: str | Path, settings: StudySettings = StudySettings(), *, device: str = "auto", resume: bool = False,
+              log: Callable[[str], Any] = print, progress: bool = False) -> Path:
+    """Train what is missing, evaluate what is missing, write the report; returns report.md's path."""
+    settings.check()
+    out = Path(out)
+    _check_study_file(out, settings)
+    for positions in settings.positions:
+        for seed in settings.seeds:
+            pair = _train_pair(out, settings, positions, seed, device, log, progress)
+            for variant in VARIANTS:
+                for task in TASKS:
+                    _evaluate(out, settings, positions, seed, variant, task, pair, device, resume, log)
+    from evalkit.reference.study_report import write_report
+
+    return write_report(out, settings, log=log)
+
+
+def _check_study_file(out: Path, settings: StudySettings) -> None:
+    path = out / "study.json"
+    wanted = json.loads(json.dumps(asdict(settings)))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        # more position schemes or seeds may join a study; what they are measured with may not change
+        fixed = {k: v for k, v in wanted.items() if k not in ("positions", "seeds")}
+        changed = sorted(k for k, v in fixed.items() if stored.get(k) != v)
+        if changed:
+            raise ConfigError(f"{out} holds a study with other settings ({', '.join(f'{k} {stored.get(k)} -> {wanted[k]}' for k in changed)})",
+                              "use the stored settings, or another --out")
+        wanted["positions"] = list(dict.fromkeys(stored["positions"] + wanted["positions"]))
+        wanted["seeds"] = list(dict.fromkeys(stored["seeds"] + wanted["seeds"]))
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def pair_folder(out: Path, positions: str, seed: int) -> Path:
+    return Path(out) / "models" / positions / f"seed{seed}"
+
+
+def run_folder(out: Path, positions: str, seed: int, variant: str, task: str) -> Path:
+    return Path(out) / "runs" / f"{positions}-seed{seed}-{variant}" / task
+
+
+def _train_pair(out: Path, settings: StudySettings, positions: str, seed: int, device: str, log, progress: bool) -> Path:
+    folder = pair_folder(out, positions, seed)
+    recipe = settings.recipe_for(positions)
+    summary_file = folder / "summary.json"
+    if summary_file.is_file():
+        stored = json.loads(summary_file.read_text())
+        if _with_defaults(stored.get("recipe_fields") or {}) != json.loads(json.dumps(asdict(recipe))):
+            raise ConfigError(f"{folder} holds a pair trained with another recipe than {recipe.name} ({recipe.describe()})",
+                              "move it away, or run the study with the recipe it was trained with")
+        log(f"reusing {folder} (trained)")
+        return folder
+    log(f"training {positions} pair, seed {seed} -> {folder}")
+    train_reference_pair(folder, recipe=recipe, seed=seed, device=device, progress=progress, log=log)
+    return folder
+
+
+def _with_defaults(recorded: dict) -> dict:
+    """A summary's recipe fields with the fields added since filled in with their defaults (a pair
+    trained before ``positions`` existed is a RoPE pair)."""
+    from dataclasses import MISSING, fields
+
+    from evalkit.reference.train import Recipe
+
+    defaults = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
+    return json.loads(json.dumps({**defaults, **recorded}))
+
+
+def perplexity_corpus(out: Path, settings: StudySettings) -> Path:
+    """ABCDigits documents as long as the longest evaluation length (one per line, JSONL): the
+    text the models were trained on, so the loss by position shows what unseen lengths do to it."""
+    from evalkit.reference.data import abc_sequence
+    from evalkit.reference.tokenizer import CHARS
+
+    path = Path(out) / "data" / "abcdigits.jsonl"
+    if path.is_file():
+        return path
+    recipe = settings.recipe_for(settings.positions[0])
+    longest = max(settings.lengths(settings.positions[0]))
+    rng = np.random.default_rng([RUN_SEED, 7])
+    id_to_char = {i + 2: ch for i, ch in enumerate(CHARS)}
+    lines = []
+    for _ in range(max(settings.perplexity_samples, 8)):
+        tokens = abc_sequence(rng, longest, recipe.digits)[0]
+        lines.append(json.dumps({"text": "".join(id_to_char[int(t)] for t in tokens)}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def task_options(out: Path, settings: StudySettings, positions: str, task: str) -> dict[str, Any]:
+    recipe = settings.recipe_for(positions)
+    lengths = ",".join(str(n) for n in settings.lengths(positions))
+    if task == "perplexity":
+        return {"lengths": lengths, "samples": settings.perplexity_samples, "dataset": str(perplexity_corpus(out, settings))}
+    trials = settings.needle_trials if task == "needle" else settings.focus_trials
+    return {"needle": "abcdigits", "chat": "off", "digits": recipe.digits, "lengths": lengths,
+            "depths": settings.depths, "trials": trials}
+
+
+def _evaluate(out: Path, settings: StudySettings, positions: str, seed: int, variant: str, task: str, pair: Path,
+              device: str, resume: bool, log) -> Path:
+    from evalkit.evaluate import RunConfig, evaluate
+    from evalkit.report.runs import completeness, load_run
+
+    folder = run_folder(out, positions, seed, variant, task)
+    if (folder / "manifest.json").is_file() and completeness(load_run(folder)) is None:
+        return folder
+    if folder.exists() and not resume:
+        raise ResultsError(f"the {task} run of {positions} seed {seed} {variant} in {folder} did not finish",
+                           "continue the study with --resume")
+    log(f"{task}: {positions} seed {seed} {variant}")
+    config = RunConfig(task=task, model=str(pair / variant), task_options=task_options(out, settings, positions, task),
+                       out=str(folder), resume=folder.exists(), device=device, seed=RUN_SEED, allow_extrapolation=True,
+                       quiet=True, plots=False)  # the report draws the study's figures
+    outcome = evaluate(config)
+    if outcome.interrupted:
+        raise ResultsError(f"the {task} run in {folder} was interrupted", "continue the study with --resume")
+    return folder
+
+
+def load_frames(out: Path, settings: StudySettings) -> dict[str, Any]:
+    """Per task, every run's rows with positions, train_seed and variant columns added."""
+    import pandas as pd
+
+    frames: dict[str, list] = {t: [] for t in TASKS}
+    for positions in settings.positions:
+        for seed in settings.seeds:
+            for variant in VARIANTS:
+                for task in TASKS:
+                    path = run_folder(out, positions, seed, variant, task) / "results.parquet"
+                    if not path.is_file():
+                        raise ResultsError(f"{path} is missing", "run the study again (with --resume if it was interrupted)")
+                    frame = pd.read_parquet(path)
+                    frame["positions"], frame["train_seed"], frame["variant"] = positions, seed, variant
+                    frames[task].append(frame)
+    return {t: pd.concat(f, ignore_index=True) for t, f in frames.items()}
+
+
+def pair_summaries(out: Path, settings: StudySettings) -> dict[tuple[str, int], dict]:
+    return {(p, s): json.loads((pair_folder(out, p, s) / "summary.json").read_text())
+            for p in settings.positions for s in settings.seeds}
+
+
+def learned(summary: dict) -> bool:
+    return all(v["heldout_recall_accuracy"] >= LEARNED_ACCURACY for v in summary["variants"].values())
+
+
+def finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
