@@ -212,8 +212,10 @@ def _calibrate(config: RunConfig, task_cls, loaded, console, folder: Path) -> tu
         return None, None
     calibration = calibration_config(config, task_cls, folder)
     outcome = evaluate(calibration, console=console, loaded=loaded)
-    if outcome.interrupted or outcome.frame is None:
+    if outcome.interrupted:
         raise KeyboardInterrupt  # the choice needs every calibration sample; a resume continues it
+    if outcome.frame is None:  # a data-parallel worker: rank 0 chooses and reports
+        return None, None
     task = task_cls(build_options(task_cls, calibration.task_options), TaskContext(None, None, True, calibration.seed))
     return choose(outcome.frame, task, config.calibrate_on), outcome.folder
 
