@@ -126,3 +126,18 @@ def test_cli_sweep_flags_and_bad_values(tiny_checkpoint, tmp_path):
     bad = runner.invoke(app, ["run", "perplexity", "--model", str(tiny_checkpoint), "--attention", "ssmax",
                               "--ssmax-s", "0.3,0.5", "--calibrate-on", "fold:3", "--device", "cpu"])
     assert bad.exit_code == 2 and "--calibrate-on" in bad.output
+
+
+def test_calibrate_on_a_dataset_swaps_only_the_text(tmp_path):
+    from pathlib import Path
+
+    from evalkit.calibration import calibration_config
+    from evalkit.registry import get_task
+
+    config = RunConfig("perplexity", "m", task_options={"lengths": "64"}, calibrate_on="dataset:held_out.txt", seed=3)
+    cal = calibration_config(config, get_task("perplexity"), Path("results/run"))
+    assert cal.task_options == {"lengths": "64", "dataset": "held_out.txt"} and cal.seed == 3
+    assert cal.out == "results/run-calibration" and cal.calibrate_on is None
+    same = RunConfig("perplexity", "m", task_options={"dataset": "a.txt"}, calibrate_on="dataset:a.txt")
+    with pytest.raises(ConfigError, match="themselves"):
+        calibration_config(same, get_task("perplexity"), Path("r"))
