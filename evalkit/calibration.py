@@ -225,7 +225,7 @@ def plot_choice(choice, task, path: Path) -> Path:
     prefix = "calibration_" if f"calibration_{metric}" in choice else ""
     found = list(dict.fromkeys(choice.group))
     plt = plots._pyplot()
-    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(found), figsize=(max(5.5, 4.2 * len(found)), 4.0), squeeze=False)
     for ax, group in zip(axes[0], found):
         part = choice[choice.group == group]
         x = range(len(part))
@@ -244,6 +244,6 @@ def plot_choice(choice, task, path: Path) -> Path:
         ax.set_xlabel("swept value")
         ax.legend(fontsize=7)
     n, units = (int(choice[f"{prefix}{c}"].max()) for c in ("n", "units"))
-    fig.suptitle(f"calibration sweep, all lengths pooled; n={n} samples, {units} units per value; 95% intervals",
+    fig.suptitle(f"calibration sweep, all lengths pooled\nn = {n} samples in {units} independent units per value; 95% intervals",
                  fontsize=9)
     return plots.save(fig, path)
