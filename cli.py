@@ -95,15 +95,16 @@ DTypeOption = Annotated[DType, typer.Option(help="auto = bfloat16 on CUDA, float
 COMMON_RUN_OPTIONS = [
     ("model", Annotated[list[str], typer.Option(help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id; repeat for several models (one run folder each, under --out).")], ["smollm2-135m"]),
     ("attention", Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = the checkpoint's own (its evalkit variant, else native).")], "auto"),
-    ("ssmax_s", Annotated[Optional[float], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")], None),
-    ("ssmax_b", Annotated[Optional[float], typer.Option(help="SSMax bias b for every head (ssmax-bias).")], None),
+    ("ssmax_s", Annotated[Optional[str], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values); a list 0.3,0.4,0.5 runs one variant per value (a calibration sweep). So do the other variant parameters below.")], None),
+    ("ssmax_b", Annotated[Optional[str], typer.Option(help="SSMax bias b for every head (ssmax-bias).")], None),
     ("attention_params", Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables: a .json or .safetensors file.")], None),
     ("train_length", Annotated[Optional[str], typer.Option(help="Training context length L for logn (default: max_position_embeddings).")], None),
     ("ssmax_n", Annotated[Optional[str], typer.Option(help="n convention: position (keys query i may see) or length (whole row) [default: the checkpoint's, else position].")], None),
-    ("attn_scale", Annotated[Optional[float], typer.Option(help="llama4-temp: attn_scale [default 0.1].")], None),
-    ("floor_scale", Annotated[Optional[float], typer.Option(help="llama4-temp: floor_scale in tokens [default 8192].")], None),
-    ("beta", Annotated[Optional[float], typer.Option(help="mistral-beta: beta [default 0.1].")], None),
+    ("attn_scale", Annotated[Optional[str], typer.Option(help="llama4-temp: attn_scale [default 0.1].")], None),
+    ("floor_scale", Annotated[Optional[str], typer.Option(help="llama4-temp: floor_scale in tokens [default 8192].")], None),
+    ("beta", Annotated[Optional[str], typer.Option(help="mistral-beta: beta [default 0.1].")], None),
     ("original_length", Annotated[Optional[str], typer.Option(help="mistral-beta: original length L0 [default: max_position_embeddings].")], None),
+    ("calibrate_on", Annotated[Optional[str], typer.Option(help="With a sweep: choose each value on other samples, seed:N or dataset:PATH, run first into <out>-calibration [default: chosen on the evaluation data, marked as an oracle].")], None),
     ("attention_layers", Annotated[Optional[str], typer.Option(help="Layers the variant is on: all, nope, rope (by the config's no_rope_layers) or indices like 0,2,5; the others run softmax [default: all].")], None),
     ("rope_theta", Annotated[Optional[float], typer.Option(help="Override the RoPE base theta at evaluation time.")], None),
     ("rope_scaling", Annotated[Optional[str], typer.Option(help="RoPE scaling: linear, dynamic, yarn or none (needs --rope-factor).")], None),
@@ -155,8 +156,8 @@ def _make_run_command(task_name: str, task_cls) -> None:
 def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None,
                         ssmax_n=None, **extra) -> tuple[dict, ...]:
     """``--attention a,b`` and the shared attention flags as one request per variant."""
+    from evalkit.calibration import expand, parse_values
     from evalkit.errors import ConfigError
-    from evalkit.grid import parse_length
 
     names = [a.strip() for a in attention.split(",")]
     if not all(names):
@@ -165,25 +166,25 @@ def _attention_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=
         raise ConfigError(f"bad --ssmax-n {ssmax_n!r}", "use position or length")
     if attention_params is not None and not Path(attention_params).is_file():
         raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
-    values = {"s": ssmax_s, "b": ssmax_b, "params_file": attention_params,
-              "train_length": parse_length(train_length) if train_length else None, "n_mode": ssmax_n,
-              **_variant_scalars(**extra)}
-    shared = {k: v for k, v in values.items() if v is not None}
-    return tuple({"name": name, **shared} for name in names)
+    values = {"s": parse_values("--ssmax-s", ssmax_s), "b": parse_values("--ssmax-b", ssmax_b),
+              "train_length": parse_values("--train-length", train_length, length=True), **_variant_scalars(**extra)}
+    fixed = {k: v for k, v in {"params_file": attention_params, "n_mode": ssmax_n, "layers": values.pop("layers")}.items()
+             if v is not None}
+    return tuple({**request, **fixed} for request in expand(names, values))
 
 
 def _variant_scalars(attn_scale=None, floor_scale=None, beta=None, original_length=None, attention_layers=None) -> dict:
     """The llama4-temp / mistral-beta flags and --attention-layers as request settings."""
     from evalkit.attention.spec import canonical_layers
-    from evalkit.grid import parse_length
+    from evalkit.calibration import parse_values
 
-    return {"attn_scale": attn_scale, "floor_scale": floor_scale, "beta": beta,
-            "original_length": parse_length(original_length) if original_length else None,
+    return {"attn_scale": parse_values("--attn-scale", attn_scale), "floor_scale": parse_values("--floor-scale", floor_scale),
+            "beta": parse_values("--beta", beta), "original_length": parse_values("--original-length", original_length, length=True),
             "layers": canonical_layers(attention_layers) if attention_layers else None}
 
 
 def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax_b, attention_params, train_length,
-         ssmax_n, attn_scale, floor_scale, beta, original_length, attention_layers, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
+         ssmax_n, attn_scale, floor_scale, beta, original_length, calibrate_on, attention_layers, rope_theta, rope_scaling, rope_factor, out, resume, device, device_map, dtype, batch_tokens, prefix_cache,
          seed, allow_extrapolation, allow_pickle, trust_remote_code, quiet) -> None:
     from evalkit.evaluate import RunConfig, check_config, default_parent, evaluate, model_folders
 
@@ -200,6 +201,7 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
         rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor}, out=folder, resume=resume,
         device=device, device_map=device_map, dtype=dtype.value, batch_tokens=batch_tokens, prefix_cache=prefix_cache,
         seed=seed, allow_extrapolation=allow_extrapolation, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, quiet=quiet,
+        calibrate_on=calibrate_on,
     ) for spec, folder in zip(model, folders)]
     for config in configs:  # a bad option or --out fails now, not after the first model ran
         check_config(config)
@@ -297,7 +299,7 @@ def models_fetch(alias: Annotated[str, typer.Argument(help="Alias of the embedde
 @user_errors
 def models_random(
     out: Annotated[str, typer.Option(help="New folder for the checkpoint.")],
-    shape: Annotated[str, typer.Option(help="Architecture shape: llama-1b, llama-8b or smollm2-135m.")] = "llama-1b",
+    shape: Annotated[str, typer.Option(help="Architecture shape: llama-1b, llama-8b, smollm2-135m, smollm3-3b (NoPE layers), llama4-scout-text (MoE, NoPE, temperature tuning) or ministral3-8b (beta scaling).")] = "llama-1b",
     tokenizer: Annotated[str, typer.Option(help="Model whose tokenizer to save with it (folder, .gguf or alias).")] = "smollm2-135m",
     layers: Annotated[Optional[int], typer.Option(help="Fewer layers than the shape has (same width), for a quick run.")] = None,
     dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",

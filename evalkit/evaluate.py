@@ -39,6 +39,7 @@ class RunConfig:
     trust_remote_code: bool = False
     quiet: bool = False
     plots: bool = True  # per-run figures; a caller drawing its own (reference study) skips them
+    calibrate_on: str | None = None  # sweeps: choose each swept value on these samples (seed:N, dataset:X), not an oracle
 
     def identity(self) -> dict[str, Any]:
         """What must match for ``--resume`` to continue a run: every option that changes rows (the
@@ -177,6 +178,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
         raise ConfigError(f"the tokenizer of {config.model} changed since the run in {folder} started",
                           "resume with the same tokenizer files, or choose another --out")
     variants = resolve_variants(loaded, requests)
+    calibrated = _calibrate(config, task_cls, loaded, console, folder)
 
     task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed,
                                          loaded.training_length, prefix_limits(loaded.model.config, variants)))
@@ -185,8 +187,11 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
-        return _run(config, store, loaded, variants, task, samples, manifest, console, world,
-                    {"load_seconds": round(load_seconds, 2)})
+        from evalkit.calibration import finalize
+
+        outcome = _run(config, store, loaded, variants, task, samples, manifest, console, world,
+                       {"load_seconds": round(load_seconds, 2)})
+        return finalize(outcome, task, *calibrated)
     except Exception:
         if created and world.is_main and store.finished == 0:  # nothing to keep: leave no folder a retry trips on
             import shutil
@@ -196,6 +201,24 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
         raise
     finally:
         store.close()
+
+
+def _calibrate(config: RunConfig, task_cls, loaded, console, folder: Path) -> tuple:
+    """With --calibrate-on and a sweep: run the grid on the calibration samples first (a folder
+    beside the run's) and choose there; (choice, folder), or (None, None) to choose on the run itself."""
+    from evalkit.calibration import calibration_config, choose, groups
+
+    labels = [a.get("label") or a["name"] for a in config.attention]
+    if not config.calibrate_on or not groups(labels):
+        return None, None
+    calibration = calibration_config(config, task_cls, folder)
+    outcome = evaluate(calibration, console=console, loaded=loaded)
+    if outcome.interrupted:
+        raise KeyboardInterrupt  # the choice needs every calibration sample; a resume continues it
+    if outcome.frame is None:  # a data-parallel worker: rank 0 chooses and reports
+        return None, None
+    task = task_cls(build_options(task_cls, calibration.task_options), TaskContext(None, None, True, calibration.seed))
+    return choose(outcome.frame, task, config.calibrate_on), outcome.folder
 
 
 def _open_store(world, folder: Path, identity: dict, resume: bool):
@@ -261,6 +284,10 @@ def check_config(config: RunConfig) -> None:
     options = build_options(task_cls, config.task_options)
     for request in config.attention:
         VariantRequest.from_dict(request)
+    if config.calibrate_on:
+        from evalkit.calibration import calibration_config
+
+        calibration_config(config, task_cls, Path(config.out or "run"))  # a bad spec fails before any load
     check_inputs(task_cls, options, config)
     if config.out:
         check_out_folder(Path(config.out), config.identity(), config.resume)

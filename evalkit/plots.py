@@ -10,7 +10,7 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 # Okabe & Ito's colour-blind-safe palette. A variant has one colour in every figure evalkit draws
 # (per-run plots and ``evalkit plot``); other labels take a colour from their name, so they too keep it.
 VARIANT_COLOURS = {"softmax": "#0072B2", "ssmax": "#D55E00", "ssmax-bias": "#E69F00", "logn": "#009E73",
-                   "native": "#CC79A7"}
+                   "native": "#CC79A7", "llama4-temp": "#56B4E9", "mistral-beta": "#000000"}
 OTHER_COLOURS = ["#56B4E9", "#CC79A7", "#000000", "#999999", "#E69F00", "#009E73"]
 HEATMAP = "cividis"  # sequential, colour-blind-safe, and readable in greyscale
 BAND_ALPHA = 0.18

@@ -26,14 +26,32 @@ SHAPES = {
                          num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
                          rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
                          rms_norm_eps=1e-5),
+    # Families with their own modelling code: the published config is transformers' config class
+    # default (its docstring names the checkpoint), so only the family is given here; --layers
+    # shortens the model and the class re-derives its per-layer lists (no_rope_layers, moe_layers).
+    "smollm3-3b": dict(family="smollm3"),  # SmolLM3-3B: NoPE on every 4th layer (no_rope_layers)
+    "llama4-scout-text": dict(family="llama4"),  # Llama 4 Scout 17B-16E text: MoE, NoPE every 4th layer, temperature tuning
+    "ministral3-8b": dict(family="ministral3"),  # Ministral 3 text: YaRN from 16k, llama_4_scaling_beta 0.1
 }
+# family -> (config class, causal LM class) in transformers
+FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
+            "llama4": ("Llama4TextConfig", "Llama4ForCausalLM"), "ministral3": ("Ministral3Config", "Ministral3ForCausalLM")}
+
+
+def shape_config(shape: str, layers: int | None = None, **extra):
+    """The transformers config of ``shape`` (with ``layers`` layers if given)."""
+    import transformers
+
+    settings = dict(SHAPES[shape])
+    config_class, _ = FAMILIES[settings.pop("family", "llama")]
+    return getattr(transformers, config_class)(**{**settings, **({"num_hidden_layers": layers} if layers else {})}, **extra)
 
 
 def write_random_checkpoint(shape: str, tokenizer_spec: str, out: str | Path, *, layers: int | None = None,
                             dtype: str = "bfloat16", seed: int = 0, log=print) -> Path:
     """A checkpoint folder of ``shape`` with random weights and the tokenizer of ``tokenizer_spec``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
     from transformers.utils import logging as hf_logging
 
     from evalkit.models.loading import load_tokenizer_only
@@ -50,17 +68,16 @@ def write_random_checkpoint(shape: str, tokenizer_spec: str, out: str | Path, *,
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty", "give a new folder for the checkpoint")
     tokenizer = load_tokenizer_only(tokenizer_spec, log=log)
-    settings = {**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})}
-    if len(tokenizer) > settings["vocab_size"]:
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, more than the {shape} vocabulary ({settings['vocab_size']})",
-                          "use a tokenizer with a smaller vocabulary")
     special = {k: getattr(tokenizer, f"{k}_id", None) for k in ("bos_token", "eos_token", "pad_token")}
-    config = LlamaConfig(**settings, **{f"{k}_id": v for k, v in special.items() if v is not None},
-                         torch_dtype=dtype, evalkit_random_shape=shape)
+    config = shape_config(shape, layers, **{f"{k}_id": v for k, v in special.items() if v is not None},
+                          torch_dtype=dtype, evalkit_random_shape=shape)
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens, more than the {shape} vocabulary ({config.vocab_size})",
+                          "use a tokenizer with a smaller vocabulary")
     torch.manual_seed(seed)
-    log(f"building {shape} ({settings['num_hidden_layers']} layers) with random weights ...")
+    log(f"building {shape} ({config.num_hidden_layers} layers) with random weights ...")
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = getattr(transformers, FAMILIES[SHAPES[shape].get("family", "llama")][1])(config)
     model = model.to_empty(device="cpu").to(getattr(torch, dtype))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
