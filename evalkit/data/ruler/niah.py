@@ -212,7 +212,7 @@ def build_niah(name: str, source: RulerSource, length: int, index: int) -> Ruler
     prompt = frame.assemble(context)
     assert len(prompt) == length, (len(prompt), length)  # exact by construction
     spans = [(frame.context_start + at, frame.context_start + at + len(n)) for at, n in zip(offsets, needles)]
-    provenance = {"haystack": spec.haystack, **info, "needles": texts, "needle_spans": spans, "keys": keys, "values": values,
+    provenance = {"haystack": spec.haystack, **info, "context_start": frame.context_start, "context_tokens": budget, "needles": texts, "needle_spans": spans, "keys": keys, "values": values,
                   "queries": [keys[i] for i in asked], "question": question, "answer_prefix": prefix,
                   "chat": hs._chat_parts(source.tokenizer, source.chat) is not None, "seed": seed}
     return RulerSample(name, length, index, prompt, tuple(answers), frame.answer_ids, provenance)
