@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from evalkit.data.options import CorpusOptions
-from evalkit.errors import ConfigError, did_you_mean
+from evalkit.errors import ConfigError, DataError, did_you_mean
 from evalkit.grid import parse_lengths
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
@@ -61,6 +62,9 @@ class RulerTask(Task):
         if options.samples < 1:
             raise ConfigError(f"bad --samples {options.samples}", "give at least 1")
         stats.threshold_level(options.threshold, 1.0)  # a bad --threshold fails before the model loads
+        missing = [p for p in options.qa_files() if not Path(p).expanduser().is_file()]
+        if missing:
+            raise DataError(f"--qa-dataset file {missing[0]} does not exist", "give the path of a local SQuAD v2 or HotpotQA JSON file")
         self.skipped: dict[str, str] = {}
 
     def _source(self):

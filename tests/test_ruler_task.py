@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from evalkit import registry
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, DataError
 from evalkit.report import stats
 from evalkit.task import TaskContext
 from tasks.ruler import RulerOptions, RulerTask
@@ -31,6 +31,8 @@ def test_options_parse_tasks_and_qa_files():
     with pytest.raises(ConfigError, match="unknown RULER task.*niah_single_9") as info:
         RulerOptions(tasks="niah_single_9").task_names()
     assert "did you mean 'niah_single_" in info.value.fix
+    with pytest.raises(DataError, match="--qa-dataset file nowhere/squad.json does not exist"):
+        RulerTask(RulerOptions(qa_dataset=["nowhere/squad.json"]), TaskContext(None, None, False, 0))
     with pytest.raises(ConfigError, match="bad --samples"):
         RulerTask(RulerOptions(samples=0), TaskContext(None, None, False, 0))
 
