@@ -144,7 +144,9 @@ class RulerTask(Task):
         rows = []
         for attention in pd.unique(frame["attention"]):
             part = frame[frame.attention == attention]
-            for (task, length), group in part.groupby(["ruler_task", "context_length"], sort=False):
+            order = {name: k for k, name in enumerate(self.tasks)}  # RULER's task order, then length
+            cells = sorted(part.groupby(["ruler_task", "context_length"]), key=lambda c: (order.get(c[0][0], len(order)), c[0][1]))
+            for (task, length), group in cells:
                 score = group[group.metric == "string_match"]
                 e = stats.estimate(score.value, stats.unit_keys(score, units))
                 row = {"attention": attention, "ruler_task": task, "context_length": int(length), "n": e.n, "units": e.units,
