@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
+from evalkit.scoring import parse_answer
 from evalkit.task import Sample, Task, option
 
 
@@ -26,13 +27,6 @@ class NeedleOptions(NeedleGridOptions):
 
     def __post_init__(self):
         stats.threshold_level(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
-
-
-def parse_answer(text: str, gold: str) -> str:
-    """The answer as a reader takes it from a continuation: its first line, as many words as the gold
-    answer has, trailing punctuation dropped ("48213. Remember it." -> "48213")."""
-    line = (text.strip().splitlines() or [""])[0]
-    return " ".join(line.split()[: len(gold.split())]).rstrip(".,;:!?")
 
 
 class NeedleTask(Task):

@@ -71,10 +71,9 @@ def summary_vs_length(summary, column, ylabel, title, train, ylim=None):
     return ax, fig
 
 
-def accuracy_vs_length(summary, title, train, path):
+def accuracy_vs_length(summary, title, train, path, heading="Needle accuracy vs length", ylabel="retrieval accuracy"):
     """Accuracy with its band, the effective-length threshold, and each variant's effective length."""
-    ax, fig = summary_vs_length(summary, "accuracy", "retrieval accuracy", f"Needle accuracy vs length — {title}", train,
-                                ylim=(-0.03, 1.03))
+    ax, fig = summary_vs_length(summary, "accuracy", ylabel, f"{heading} — {title}", train, ylim=(-0.03, 1.03))
     pooled = summary[summary.context_length.astype(str) == "all"]
     if "threshold" in pooled and pooled.threshold.notna().any():
         shared = pooled.threshold.nunique() == 1  # one grey line, else each variant's own (rel:F)

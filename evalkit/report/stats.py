@@ -384,6 +384,19 @@ def weighted_mean(values, weights, clusters=None, confidence: float = CONFIDENCE
     return Estimate(centre, float(centre - half), float(centre + half), n, len(sums), "weighted t", confidence)
 
 
+def mean_of_means(values, groups, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
+    """The unweighted average of the groups' means (RULER's average over tasks: each task counts
+    once, whatever its sample count), with the cluster-robust t interval of ``weighted_mean``:
+    each row weighs 1 / (rows in its group)."""
+    import pandas as pd
+
+    groups = pd.Series(np.asarray(groups, dtype=object))
+    values = np.asarray(values, dtype=float)
+    present = groups[~np.isnan(values)]
+    weights = 1.0 / groups.map(present.value_counts()).to_numpy(dtype=float)
+    return weighted_mean(values, weights, clusters, confidence)
+
+
 def unit_keys(frame, columns):
     """One integer per row naming its independent unit (the rows of ``columns`` that agree), with
     ``seed`` on top when the rows carry it: two seeds never share a unit. No seed column is one seed."""

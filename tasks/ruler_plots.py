@@ -1,0 +1,54 @@
+"""Figures of the RULER suite, drawn from its summary (the numbers in summary.csv, with their 95% bands)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from evalkit import plots
+
+AVERAGE = "average"
+
+
+def _per_length(summary):
+    return summary[pd.to_numeric(summary.context_length, errors="coerce").notna()]
+
+
+def score_per_task(summary, title, train, path):
+    """One panel per task: its RULER score over length, a line and 95% band per variant."""
+    from tasks.needle_plots import save_untight
+
+    plt = plots._pyplot()
+    rows = _per_length(summary)
+    tasks = [t for t in dict.fromkeys(rows.ruler_task) if t != AVERAGE]
+    columns = min(4, len(tasks))
+    fig, axes = plt.subplots(math.ceil(len(tasks) / columns), columns, figsize=(3.6 * columns, 2.9 * math.ceil(len(tasks) / columns)),
+                             squeeze=False, layout="constrained")
+    for ax, task in zip(axes.flat, tasks):
+        part = rows[rows.ruler_task == task]
+        ax.grid(True, alpha=0.3)
+        plots.summary_lines(ax, part, "score")
+        lengths = sorted(part.context_length.astype(int).unique())
+        plots.length_axis(ax, lengths, (-0.03, 1.03))
+        plots.mark_training_length(ax, lengths, train)
+        caption = plots.n_caption(part.n, part.get("units"))
+        ax.set_title(f"{task}\n{caption}" if caption else task, fontsize=9)
+        ax.set_ylabel("RULER score")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(title="attention (95% band)", fontsize=7, title_fontsize=7)
+    skipped = summary[summary.get("note", pd.Series(dtype=object)).notna()] if "note" in summary else summary.iloc[:0]
+    note = ("; ".join(f"{r.ruler_task} {r.note}" for r in skipped.itertuples())) if len(skipped) else ""
+    fig.suptitle(f"RULER score per task vs length — {title}" + (f"\n{note}" if note else ""), fontsize=10)
+    return save_untight(fig, path)
+
+
+def average_vs_length(summary, title, train, path):
+    """RULER's headline: the average over tasks per length, the threshold, and each variant's effective length."""
+    from tasks.needle_plots import accuracy_vs_length
+
+    average = summary[summary.ruler_task == AVERAGE].rename(columns=lambda c: c.replace("score", "accuracy"))
+    tasks = int(average.tasks.max()) if "tasks" in average and average.tasks.notna().any() else 0
+    return accuracy_vs_length(average, title, train, path, heading=f"RULER average over {tasks} tasks vs length",
+                              ylabel="average RULER score")
