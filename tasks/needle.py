@@ -105,22 +105,8 @@ class NeedleTask(Task):
                     row.update(stats.columns(stats.clipped(e, -math.inf, 0.0), "answer_logprob"))  # a log-prob is <= 0
                     row["median_answer_rank"] = group[group.metric == "answer_rank"].value.median()
                 rows.append(row)
-            rows[-1].update(self.effective_length(pd.DataFrame(rows[-len(groups):-1])))
-        table = pd.DataFrame(rows)
-        for column in ("effective_length", "effective_length_ci_low", "effective_length_ci_high"):
-            if column in table:  # a length, or empty where even the shortest length falls below the threshold
-                table[column] = table[column].astype("Int64")
-        return table
-
-    def effective_length(self, per_length) -> dict:
-        """RULER's effective context length of one variant, from its per-length accuracy rows."""
-        if per_length.empty:
-            return {}
-        level = stats.threshold_level(self.options.threshold, float(per_length.accuracy.iloc[0]))
-        lengths = per_length.context_length.astype(int)
-        low, high = stats.effective_length_interval(lengths, per_length.accuracy_ci_low, per_length.accuracy_ci_high, level)
-        return {"threshold": level, "effective_length": stats.effective_length(lengths, per_length.accuracy, level),
-                "effective_length_ci_low": low, "effective_length_ci_high": high}
+            rows[-1].update(stats.effective_length_columns(pd.DataFrame(rows[-len(groups):-1]), "accuracy", self.options.threshold))
+        return stats.lengths_as_integers(pd.DataFrame(rows))
 
     def plot(self, frame, title, plots_dir):
         from tasks.needle_plots import accuracy_vs_length, heatmaps, logprob_vs_length

@@ -163,24 +163,10 @@ class RulerTask(Task):
                 e = stats.mean_of_means(group.value, group.ruler_task, stats.unit_keys(group, units))
                 averages.append({"attention": attention, "ruler_task": AVERAGE, "context_length": length, "n": e.n,
                                  "units": e.units, "tasks": group.ruler_task.nunique(), **stats.columns(stats.clipped(e), "score")})
-            averages[-1].update(self.effective_length(pd.DataFrame(averages[:-1])))
+            averages[-1].update(stats.effective_length_columns(pd.DataFrame(averages[:-1]), "score", self.options.threshold))
             rows += averages
         rows += [{"ruler_task": name, "note": f"skipped: {why}"} for name, why in self.skipped.items()]
-        table = pd.DataFrame(rows)
-        for column in ("effective_length", "effective_length_ci_low", "effective_length_ci_high"):
-            if column in table:  # a length, or empty where even the shortest length falls below the threshold
-                table[column] = table[column].astype("Int64")
-        return table
-
-    def effective_length(self, per_length) -> dict:
-        """RULER's effective context length of one variant, from its per-length average rows."""
-        if per_length.empty:
-            return {}
-        level = stats.threshold_level(self.options.threshold, float(per_length.score.iloc[0]))
-        lengths = per_length.context_length.astype(int)
-        low, high = stats.effective_length_interval(lengths, per_length.score_ci_low, per_length.score_ci_high, level)
-        return {"threshold": level, "effective_length": stats.effective_length(lengths, per_length.score, level),
-                "effective_length_ci_low": low, "effective_length_ci_high": high}
+        return stats.lengths_as_integers(pd.DataFrame(rows))
 
     def plot(self, frame, title, plots_dir):
         from tasks.ruler_plots import average_vs_length, score_per_task

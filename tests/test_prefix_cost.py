@@ -115,5 +115,5 @@ def test_the_manifest_records_the_decision(tiny_checkpoint, tmp_path):
         decision = json.loads((out / "manifest.json").read_text())["prefix_cache"]
         assert decision["mode"] == mode
         if mode == "auto":  # one group (the two depths of the trial), walked or not, with the costs that decided it
-            assert decision["groups"] == 1 and decision["costs"]["step_call"] > 0
+            assert decision["groups"] == 1 and decision["costs"]["step_call"] >= 0  # a fit, clamped at 0 on a busy machine
             assert set(decision["predicted_seconds"]) == {"auto", "batched_only"}

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from evalkit.reference.study import (UNITS, StudySettings, learned, load_frames, pair_summaries, run_folder)
-from evalkit.reference.train import LEARNED_ACCURACY, VARIANTS
+from evalkit.reference.train import LEARNED_ACCURACY
 from evalkit.report import stats
 
 LINE = ["positions", "variant"]

@@ -362,6 +362,30 @@ def effective_length_interval(lengths, ci_low, ci_high, threshold: float) -> tup
     return effective_length(lengths, ci_low, threshold), effective_length(lengths, ci_high, threshold)
 
 
+EFFECTIVE_LENGTH_COLUMNS = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
+
+
+def effective_length_columns(per_length, score: str, threshold_spec) -> dict:
+    """A variant's summary columns for RULER's effective length, from its per-length rows
+    (``context_length``, ``score`` and its ``_ci_low``/``_ci_high`` columns): the threshold level
+    (``--threshold``, absolute or relative to the shortest length), the length and its interval."""
+    if per_length.empty:
+        return {}
+    level = threshold_level(threshold_spec, float(per_length[score].iloc[0]))
+    lengths = per_length.context_length.astype(int)
+    low, high = effective_length_interval(lengths, per_length[f"{score}_ci_low"], per_length[f"{score}_ci_high"], level)
+    return dict(zip(("threshold",) + EFFECTIVE_LENGTH_COLUMNS, (level, effective_length(lengths, per_length[score], level), low, high)))
+
+
+def lengths_as_integers(table):
+    """Effective-length columns as nullable integers: a length, or empty where even the shortest
+    length falls below the threshold."""
+    for column in EFFECTIVE_LENGTH_COLUMNS:
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table
+
+
 # -- tables --------------------------------------------------------------------------------------
 
 def weighted_mean(values, weights, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
