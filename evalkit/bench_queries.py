@@ -21,7 +21,7 @@ import numpy as np
 
 from evalkit.bench import ROUNDS, Mode, _table, run_rounds
 
-TIMING = f"median of {ROUNDS} rounds, all four contenders taking turns in each; one-query contenders x queries"
+TIMING = "median of {} rounds, all four contenders taking turns in each; one-query contenders x queries"
 
 
 def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens: int | None, out: str | None,
@@ -99,10 +99,10 @@ def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens
                      "queries_per_s": round(count / total[mode.label], 3),
                      "tokens_computed": mode.tokens_computed * (count // mode.batch),
                      "speedup_vs_one_pass": round(baseline[kind] / total[mode.label], 2),
-                     "timing": TIMING})
+                     "timing": TIMING.format(rounds or ROUNDS)})
     frame = _table(rows, loaded, out, "bench_queries.csv")
     frame.attrs["caption"] = (
-        f"evalkit bench queries: ABCDigits over all {count} keys on one {length}-token haystack; {TIMING}. "
+        f"evalkit bench queries: ABCDigits over all {count} keys on one {length}-token haystack; {TIMING.format(rounds or ROUNDS)}. "
         f"Branched vs independent log-probs: max |diff| {max_diff:.2e}, greedy verdicts agree {greedy_agree}/{count}; "
         f"branched decoding right on {decoded_right}/{count}, agreeing with the scored verdict on {agree_generate}/{count}. "
         f"Cost model (auto) picks: {chosen} (predicted s: {', '.join(f'{k} {v:.2f}' for k, v in predicted.items())})")

@@ -2,7 +2,7 @@
 # Download, on a machine with package access, what a bare GPU machine without internet needs to run
 # `evalkit bench suite --preset gpu` beyond what it has (torch, transformers, pandas, matplotlib,
 # typer, rich and their own requirements): lm-eval and its requirements, evalkit's non-image
-# requirements (accelerate, gguf, safetensors, datasets, pyarrow, platformdirs, scipy), plus the
+# requirements (accelerate, gguf, safetensors, datasets, pyarrow, platformdirs, scipy, wonderwords), plus the
 # SmolLM2 tokenizer the random-weight checkpoints are written with (a few MB; the weights stay here).
 #
 #   scripts/fetch_gpu_wheels.sh [DIR]          # DIR defaults to gpu-wheels/ (git-ignored)
@@ -22,7 +22,7 @@ DIR=${1:-gpu-wheels}
 PYTHON=${PYTHON:-python}
 PYTHON_VERSION=${PYTHON_VERSION:-$($PYTHON -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')}
 PLATFORM=${PLATFORM:-manylinux_2_28_x86_64}
-WANT=(lm-eval accelerate gguf safetensors datasets pyarrow platformdirs scipy)
+WANT=(lm-eval accelerate gguf safetensors datasets pyarrow platformdirs scipy wonderwords)
 PRESENT=(torch transformers pandas matplotlib typer rich)
 SKIP=${SKIP-pyarrow scipy scikit-learn}
 
