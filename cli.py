@@ -221,7 +221,13 @@ def _run(task_name: str, task_options: dict, *, model, attention, ssmax_s, ssmax
         if not quiet and outcome.summary is not None:
             from evalkit.report.stats import compact
 
-            _print_frame(console, compact(outcome.summary), f"{task_name} summary (95% intervals): {config.model}")
+            summary = outcome.summary
+            notes = summary["note"].notna() if "note" in summary else None
+            if notes is not None:  # a row that is only a note (a skipped task) reads better as a line than as a table row
+                summary = summary[~notes].drop(columns="note")
+            _print_frame(console, compact(summary), f"{task_name} summary (95% intervals): {config.model}")
+            for note in [] if notes is None else outcome.summary.loc[notes, "note"]:
+                console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"results: {outcome.folder}", highlight=False, soft_wrap=True)
 
 

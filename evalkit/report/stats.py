@@ -465,10 +465,13 @@ def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
 
 
 def compact(summary):
-    """A summary for the terminal: each X, X_ci_low, X_ci_high folded into one 'X [low, high]' column."""
+    """A summary for the terminal: each X, X_ci_low, X_ci_high folded into one 'X [low, high]' column;
+    columns empty in every row (a metric that no shown task has) left out, but for the effective
+    length, whose empty value says that even the shortest length is below the threshold."""
     import pandas as pd
 
-    table = summary.copy()
+    empty = [c for c in summary.columns if summary[c].isna().all() and not c.startswith("effective_length")]
+    table = summary.drop(columns=empty)
     for low in [c for c in summary.columns if c.endswith("_ci_low")]:
         name = low[: -len("_ci_low")]
         if name not in table or f"{name}_ci_high" not in table:
