@@ -638,6 +638,26 @@ def bench_focus_command(
     _print_frame(_console(), bench_focus(model, lengths, device, dtype.value, seconds, out), "evalkit bench focus")
 
 
+@bench_app.command("nested")
+@user_errors
+def bench_nested_command(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="The perplexity grid, e.g. 1k..32k.")] = "256..4k",
+    samples: Annotated[int, typer.Option(help="Windows per length.")] = 1,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    rounds: Annotated[int, typer.Option(help="Rounds; both window modes take a turn in each, the median counts.")] = 3,
+    allow_extrapolation: Annotated[bool, typer.Option(help="Allow lengths past the model's position limit.")] = False,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_nested.csv into.")] = None,
+) -> None:
+    """Multi-length perplexity, end to end: nested windows (one pass of the longest) vs independent windows."""
+    from evalkit.bench_nested import bench_nested
+
+    frame = bench_nested(model, lengths, device, dtype.value, out, samples=samples, rounds=rounds,
+                         allow_extrapolation=allow_extrapolation)
+    _print_frame(_console(), frame, frame.attrs["caption"])
+
+
 @bench_app.command("queries")
 @user_errors
 def bench_queries_command(

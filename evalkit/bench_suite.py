@@ -119,6 +119,13 @@ def _queries(model: str, lengths: str, device: str, dtype: str, out: str | None,
     return frame
 
 
+def _nested(model: str, lengths: str, device: str, dtype: str, out: str | None, samples: int, rounds: int,
+            allow_extrapolation: bool = False):
+    from evalkit.bench_nested import bench_nested
+
+    return bench_nested(model, lengths, device, dtype, out, samples=samples, rounds=rounds, allow_extrapolation=allow_extrapolation)
+
+
 REGISTRY: list[SuiteBench] = [
     SuiteBench("perplexity", bench.bench_perplexity, {
         "cpu": dict(seconds=6.0, batch_tokens=2048, attention="ssmax-pair"),
@@ -135,6 +142,11 @@ REGISTRY: list[SuiteBench] = [
         "gpu": dict(seconds=1.5),
         "smoke": dict(seconds=0.3),
     }, _focus_summary),
+    SuiteBench("nested", _nested, {
+        "cpu": dict(samples=1, rounds=2),
+        "gpu": dict(samples=2, rounds=3, allow_extrapolation=True),  # the SmolLM2 shape's grid reaches 64k, past its 8k
+        "smoke": dict(samples=1, rounds=1),
+    }),
     SuiteBench("queries", _queries, {
         "cpu": dict(rounds=2),
         "gpu": dict(rounds=3),
@@ -143,21 +155,22 @@ REGISTRY: list[SuiteBench] = [
 ]
 
 
-SMOLLM2_GPU_LENGTHS = {"*": "2k,4k,8k,16k,32k,64k", "needle": "2k,8k,32k", "focus": "2k,16k,64k", "queries": "8k"}
+SMOLLM2_GPU_LENGTHS = {"*": "2k,4k,8k,16k,32k,64k", "needle": "2k,8k,32k", "focus": "2k,16k,64k", "queries": "8k",
+                       "nested": "1k..32k"}
 
 PRESETS: dict[str, Preset] = {
     # SmolLM2-135M fp32 at ~300 tokens/s: perplexity 2 lengths x 4 contenders, needle 4 samples,
     # focus 2 lengths; the estimate in NOTES-bench17.md adds up to about 10 minutes
-    "cpu": Preset("cpu", "cpu", "float32", 600, (SuiteModel("smollm2-135m", {"*": "512,2k", "needle": "512,1k", "queries": "4k"}, spec="smollm2-135m"),),
+    "cpu": Preset("cpu", "cpu", "float32", 600, (SuiteModel("smollm2-135m", {"*": "512,2k", "needle": "512,1k", "queries": "4k", "nested": "256..4k"}, spec="smollm2-135m"),),
                   sized_for="2 CPU cores"),
     # random weights: the Llama-3.2-1B shape at 8k and 32k, the SmolLM2 shape from 2k to 64k; bf16,
     # batched, softmax vs SSMax; about 7 minutes by the estimate in NOTES-bench17.md
     "gpu": Preset("gpu", "cuda", "bfloat16", 480, (
-        SuiteModel("llama-1b shape (random weights)", {"*": "8k,32k", "queries": "8k"}, shape="llama-1b"),
+        SuiteModel("llama-1b shape (random weights)", {"*": "8k,32k", "queries": "8k", "nested": "1k..32k"}, shape="llama-1b"),
         SuiteModel("smollm2-135m shape (random weights)", SMOLLM2_GPU_LENGTHS, shape="smollm2-135m"),
     ), sized_for="one H100"),
     # a look at every table in about a minute on 2 cores; its figures are too short to quote
-    "smoke": Preset("smoke", "cpu", "float32", 90, (SuiteModel("smollm2-135m", {"*": "256", "queries": "1k"}, spec="smollm2-135m"),),
+    "smoke": Preset("smoke", "cpu", "float32", 90, (SuiteModel("smollm2-135m", {"*": "256", "queries": "1k", "nested": "128..512"}, spec="smollm2-135m"),),
                     sized_for="2 CPU cores", probe_size=1024),
 }
 

@@ -84,7 +84,8 @@ def test_gpu_preset_plan():
     grid = {(job.model.shape, job.bench.name): job.kwargs["lengths"] for job in plan.jobs}
     assert grid == {("llama-1b", "perplexity"): "8k,32k", ("llama-1b", "needle"): "8k,32k", ("llama-1b", "focus"): "8k,32k",
                     ("smollm2-135m", "perplexity"): "2k,4k,8k,16k,32k,64k", ("smollm2-135m", "needle"): "2k,8k,32k",
-                    ("smollm2-135m", "focus"): "2k,16k,64k", ("llama-1b", "queries"): "8k", ("smollm2-135m", "queries"): "8k"}
+                    ("smollm2-135m", "focus"): "2k,16k,64k", ("llama-1b", "queries"): "8k", ("smollm2-135m", "queries"): "8k",
+                    ("llama-1b", "nested"): "1k..32k", ("smollm2-135m", "nested"): "1k..32k"}
     perplexity = [job for job in plan.jobs if job.bench.name == "perplexity"]
     for job in perplexity:
         assert [(v.name, v.options.s) for v in job.kwargs["attention"]] == [("softmax", None), ("ssmax", bench_suite.SSMAX_S)]
@@ -125,3 +126,18 @@ def test_a_registered_bench_joins_with_one_entry_and_random_shapes_are_written_o
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["smollm2-135m-1-float32"]  # written once, reused
     assert list(tables["echo"].value) == [2, 2]
     assert (tmp_path / "out" / "bench_echo.csv").exists() and "## echo" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_nested_bench_times_the_two_window_modes_end_to_end(tiny_checkpoint, tmp_path):
+    """Both modes are full perplexity runs on one loaded model; nested computes the longest window only,
+    both score the same tokens, and the speed-up is the ratio of the recorded times."""
+    from evalkit.bench_nested import bench_nested
+
+    frame = bench_nested(str(tiny_checkpoint), "32..128", "cpu", "float32", str(tmp_path), samples=2, rounds=1)
+    rows = frame.set_index("windows")
+    assert list(rows.windows_used) == ["nested", "independent"]
+    assert rows.loc["nested", "tokens_computed"] == 128 * 2 and rows.loc["independent", "tokens_computed"] == (32 + 64 + 128) * 2
+    assert rows.tokens_scored.nunique() == 1
+    ratio = rows.loc["independent", "seconds_per_run"] / rows.loc["nested", "seconds_per_run"]
+    assert rows.loc["nested", "speedup_vs_independent"] == pytest.approx(ratio, rel=0.01)
+    assert (tmp_path / "bench_nested.csv").exists()
