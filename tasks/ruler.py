@@ -4,8 +4,8 @@ Each (task, length, index) is one prompt from ``evalkit.data.ruler`` (exact leng
 wording) and one independent unit. The greedy output, up to RULER's generation budget for the
 task, is scored by RULER's string match (all references, or any for QA): the RULER score. Where
 the answer is one span, a second request on the same prompt scores it teacher-forced (evalkit's
-``greedy_correct`` and answer log-prob); the two share the prompt, which the runner's prefix walk
-computes once. A task that cannot run (QA without ``--qa-dataset``) is skipped with a note in the
+``greedy_correct`` and answer log-prob); the runner shares prefixes within one request kind, so
+that prompt is computed once for each of the two. A task that cannot run (QA without ``--qa-dataset``) is skipped with a note in the
 summary and the manifest.
 """
 
