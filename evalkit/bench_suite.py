@@ -253,6 +253,7 @@ def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smoll
         job_started = time.perf_counter()
         frame = _call(job, spec, preset, peak)
         job.seconds = time.perf_counter() - job_started
+        frame = frame.drop(columns="model", errors="ignore")  # a bench may name the model itself: the preset's label counts
         frame.insert(0, "model", job.model.label)
         frames.setdefault(job.bench.name, []).append(frame)
     total = time.perf_counter() - started

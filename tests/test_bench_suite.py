@@ -17,7 +17,8 @@ APP = cli.register_tasks()
 
 
 TINY_ARGS = {"perplexity": dict(seconds=0.05, batch_tokens=256, attention="ssmax-pair"),
-             "needle": dict(depths="50", trials=1, batch_tokens=None), "focus": dict(seconds=0.05)}
+             "needle": dict(depths="50", trials=1, batch_tokens=None), "focus": dict(seconds=0.05),
+             "nested": dict(samples=1, rounds=1)}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def suite_run(tiny_checkpoint, tmp_path_factory):
 
 
 def test_suite_writes_a_report_and_one_csv_per_bench(suite_run, tiny_checkpoint):
-    assert sorted(p.name for p in suite_run.iterdir()) == ["bench_focus.csv", "bench_needle.csv", "bench_perplexity.csv", "report.md"]
+    assert sorted(p.name for p in suite_run.iterdir()) == ["bench_focus.csv", "bench_needle.csv", "bench_nested.csv", "bench_perplexity.csv", "report.md"]
     report = (suite_run / "report.md").read_text()
     for heading in ("## Environment", "## Grid", "## perplexity", "## needle", "## focus"):
         assert heading in report
