@@ -44,7 +44,7 @@ def bench_nested(model: str, lengths: str, device: str, dtype: str, out: str | N
     modes = [mode("nested", max(sizes)), mode("independent", sum(sizes))]
     per_call = run_rounds(modes, loaded.device, seconds, rounds)
     rows = [{"model": model, "lengths": lengths, "samples": samples, "windows": m.label, "windows_used": used[m.label],
-             "seconds_per_run": per_call[m.label], "scored_tokens_per_s": round(m.tokens_scored / per_call[m.label], 1),
+             "seconds_per_run": round(per_call[m.label], 3), "scored_tokens_per_s": round(m.tokens_scored / per_call[m.label], 1),
              "tokens_computed": m.tokens_computed, "tokens_scored": m.tokens_scored,
              "speedup_vs_independent": round(per_call["independent"] / per_call[m.label], 3)} for m in modes]
     frame = pd.DataFrame(rows)

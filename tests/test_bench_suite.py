@@ -140,5 +140,5 @@ def test_nested_bench_times_the_two_window_modes_end_to_end(tiny_checkpoint, tmp
     assert rows.loc["nested", "tokens_computed"] == 128 * 2 and rows.loc["independent", "tokens_computed"] == (32 + 64 + 128) * 2
     assert rows.tokens_scored.nunique() == 1
     ratio = rows.loc["independent", "seconds_per_run"] / rows.loc["nested", "seconds_per_run"]
-    assert rows.loc["nested", "speedup_vs_independent"] == pytest.approx(ratio, rel=0.01)
+    assert rows.loc["nested", "speedup_vs_independent"] == pytest.approx(ratio, rel=0.05)  # seconds are shown to the ms
     assert (tmp_path / "bench_nested.csv").exists()
