@@ -62,11 +62,10 @@ def _text(value) -> str:
 def expand(names: list[str], values: dict[str, list | None]) -> tuple[dict, ...]:
     """One request per variant and combination of the listed values of the parameters it takes;
     a variant that takes none of the swept parameters runs once."""
-    from evalkit.attention.variants import get_variant
+    from evalkit.attention.variants import PARAMETER_FLAGS, get_variant
 
     swept = {k: v for k, v in values.items() if v is not None and len(v) > 1}
     shared = {k: v[0] for k, v in values.items() if v is not None and len(v) == 1}
-    from evalkit.attention.variants import PARAMETER_FLAGS
 
     for key in swept:
         if not any(name != "auto" and key in get_variant(name).parameters for name in names):

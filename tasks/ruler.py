@@ -70,12 +70,8 @@ class RulerTask(Task):
     def _source(self):
         from evalkit.data.ruler import RulerSource
 
-        stream = None
-        if self.options.dataset:  # the built-in corpus is loaded on demand, by the tasks that read it
-            from evalkit.data.corpus import load_corpus, token_stream
-
-            o = self.options
-            stream = token_stream(load_corpus(o.dataset, o.text_field, o.split), self.context.tokenizer)
+        # the built-in corpus is loaded on demand, by the tasks that read it
+        stream = self.options.token_stream(self.context.tokenizer) if self.options.dataset else None
         return RulerSource(self.context.tokenizer, self.options.chat, self.context.seed, stream, self.options.qa_files())
 
     def _generators(self) -> dict:

@@ -15,6 +15,12 @@ class CorpusOptions:
     text_field: str = option("text", "Field/column holding the text in .jsonl, .parquet and datasets.")
     split: str = option("train", "Dataset split, for Hugging Face datasets.")
 
+    def token_stream(self, tokenizer):
+        """The ``--dataset`` text as one token stream (``evalkit.data.corpus.token_stream``)."""
+        from evalkit.data.corpus import load_corpus, token_stream
+
+        return token_stream(load_corpus(self.dataset, self.text_field, self.split), tokenizer)
+
 
 @dataclass(frozen=True)
 class NeedleGridOptions(CorpusOptions):
@@ -54,9 +60,7 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths):
         return haystack.load_samples_file(options.samples_file, context.tokenizer, chat=options.chat)
     stream = None
     if options.haystack in ("corpus", "repeat") and options.needle != "abcdigits":
-        from evalkit.data.corpus import load_corpus, token_stream
-
-        stream = token_stream(load_corpus(options.dataset, options.text_field, options.split), context.tokenizer)
+        stream = options.token_stream(context.tokenizer)
     settings = haystack.HaystackOptions(haystack=options.haystack, needle=options.needle, distractors=options.distractors,
                                         values=options.values, queries=options.queries, digits=options.digits,
                                         chat=options.chat, draw=options.draw)
