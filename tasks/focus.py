@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
-from evalkit.errors import ConfigError
-from evalkit.grid import parse_lengths
+from evalkit.core.errors import ConfigError
+from evalkit.core.grid import parse_lengths
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
 from evalkit.report import stats
-from evalkit.task import Sample, Task, option
+from evalkit.core.task import Sample, Task, option
 
 TOP_HEADS = 5
 
@@ -85,7 +85,7 @@ class FocusTask(Task):
         return out
 
     def export_records(self) -> list[dict]:
-        from evalkit.export import needle_records
+        from evalkit.store.records import needle_records
 
         return needle_records(self._numbered(), self.context.tokenizer, self.context.seed)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
-from evalkit.scoring import parse_answer
-from evalkit.task import Sample, Task, option
+from evalkit.core.scoring import parse_answer
+from evalkit.core.task import Sample, Task, option
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class NeedleTask(Task):
         return out
 
     def export_records(self) -> list[dict]:
-        from evalkit.export import needle_records
+        from evalkit.store.records import needle_records
 
         return needle_records(self._numbered(), self.context.tokenizer, self.context.seed)
 

@@ -23,11 +23,11 @@ import numpy as np
 from evalkit.data.corpus import JOINED, LM_EVAL, load_corpus, stream_provenance, token_stream
 from evalkit.data.options import CorpusOptions
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
-from evalkit.errors import ConfigError
-from evalkit.grid import parse_lengths
+from evalkit.core.errors import ConfigError
+from evalkit.core.grid import parse_lengths
 from evalkit.models.requests import TokenLossRequest
 from evalkit.report import stats
-from evalkit.task import Sample, Task, option
+from evalkit.core.task import Sample, Task, option
 
 LINEAR_BINS = 32
 
@@ -131,13 +131,13 @@ class PerplexityTask(Task):
 
     def export_records(self) -> list[dict]:
         """Every window's tokens (each length at each offset), however the run grouped its passes."""
-        from evalkit.export import _text, token_records
+        from evalkit.store.records import decode_text, token_records
 
         records = token_records(self)
         if self.windows["used"] != "nested":
             return records
         return [{**record, "id": f"L{length}-w{record['sample']}", "context_length": length,
-                 "token_ids": record["token_ids"][:length], "text": _text(self.context.tokenizer, record["token_ids"][:length])}
+                 "token_ids": record["token_ids"][:length], "text": decode_text(self.context.tokenizer, record["token_ids"][:length])}
                 for length in self.lengths for record in records]
 
     def provenance(self) -> dict:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit import plots
-from evalkit.grid import format_length
+from evalkit.report import draw
+from evalkit.core.grid import format_length
 from evalkit.report import stats
 
 
@@ -14,7 +14,7 @@ def loss_vs_position(bins, units, title, train, path):
     colour by context length (the panel title carries the variant's colour)."""
     from matplotlib.ticker import FuncFormatter
 
-    plt = plots._pyplot()
+    plt = draw.pyplot()
     curve = stats.estimates(bins, ["attention", "context_length", "position_bin", "position_end"], units, kind="mean")
     curve["ci_low"] = curve.ci_low.clip(lower=0.0)  # an NLL is >= 0; a t interval over few windows is not
     # geometric midpoint: on a log axis a bin [lo, hi) sits visually at sqrt(lo * (hi - 1))
@@ -27,30 +27,30 @@ def loss_vs_position(bins, units, title, train, path):
         for colour, length in zip(colours, lengths):
             part = curve[(curve.attention == variant) & (curve.context_length == length)]
             if not part.empty:
-                plots.line_with_band(ax, part.position, part.value, part.ci_low, part.ci_high, colour, marker="o",
+                draw.line_with_band(ax, part.position, part.value, part.ci_low, part.ci_high, colour, marker="o",
                                      label=f"L = {format_length(length)}")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_length(int(round(x)))))
         ax.grid(True, alpha=0.3)
-        plots.mark_training_length(ax, [curve.position.max()], train, label="training length")
+        draw.mark_training_length(ax, [curve.position.max()], train, label="training length")
         ax.set_xlabel("token position in the window (log scale)")
-        ax.set_title(variant, color=plots.variant_colour(variant), fontsize=10)
+        ax.set_title(variant, color=draw.variant_colour(variant), fontsize=10)
     axes[0][0].set_ylabel("mean NLL (nats / token)")
     axes[0][-1].legend(title="context length (95% band)", fontsize=8, title_fontsize=8)
-    caption = plots.n_caption(curve.n, curve.units)  # windows behind each bin's mean
+    caption = draw.n_caption(curve.n, curve.units)  # windows behind each bin's mean
     fig.suptitle(f"Loss vs position — {title}" + (f"; {caption}" if caption else ""), fontsize=11)
-    return plots.save(fig, path)
+    return draw.save(fig, path)
 
 
 def perplexity_vs_length(summary, mode: str, title, train, path):
     """Perplexity (exp of mean NLL) with its 95% band, as in summary.csv."""
-    fig, ax = plots.figure()
-    plots.summary_lines(ax, summary, "perplexity")
+    fig, ax = draw.figure()
+    draw.summary_lines(ax, summary, "perplexity")
     lengths = sorted(summary.context_length.astype(int).unique())
-    plots.length_axis(ax, lengths)
-    plots.mark_training_length(ax, lengths, train)
+    draw.length_axis(ax, lengths)
+    draw.mark_training_length(ax, lengths, train)
     ax.set_ylabel("perplexity" + (f" ({mode})" if mode else "") + ", exp(mean NLL)")
-    caption = plots.n_caption(summary.n, summary.units)
+    caption = draw.n_caption(summary.n, summary.units)
     ax.set_title(f"Perplexity vs context length — {title}" + (f"\n{caption}" if caption else ""), fontsize=10)
     ax.legend(title="attention (95% band)", fontsize=8)
-    return plots.save(fig, path)
+    return draw.save(fig, path)

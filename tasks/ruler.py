@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from evalkit.data.options import CorpusOptions
-from evalkit.errors import ConfigError, DataError, did_you_mean
-from evalkit.grid import parse_lengths
+from evalkit.core.errors import ConfigError, DataError, did_you_mean
+from evalkit.core.grid import parse_lengths
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
-from evalkit.task import Sample, Task, option
+from evalkit.core.task import Sample, Task, option
 
 AVERAGE = "average"
 
@@ -118,7 +118,7 @@ class RulerTask(Task):
 
     def rows(self, sample: Sample, answer) -> list[dict]:
         from evalkit.data.ruler import TASKS
-        from evalkit.scoring import STRING_MATCH
+        from evalkit.core.scoring import STRING_MATCH
 
         base = {**sample.keys, **sample.meta}
         if isinstance(sample.request, GenerateRequest):

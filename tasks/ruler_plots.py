@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from evalkit import plots
+from evalkit.report import draw
 
 AVERAGE = "average"
 
@@ -19,7 +19,7 @@ def score_per_task(summary, title, train, path):
     """One panel per task: its RULER score over length, a line and 95% band per variant."""
     from tasks.needle_plots import save_untight
 
-    plt = plots._pyplot()
+    plt = draw.pyplot()
     rows = _per_length(summary)
     tasks = [t for t in dict.fromkeys(rows.ruler_task) if t != AVERAGE]
     columns = min(4, len(tasks))
@@ -28,11 +28,11 @@ def score_per_task(summary, title, train, path):
     for ax, task in zip(axes.flat, tasks):
         part = rows[rows.ruler_task == task]
         ax.grid(True, alpha=0.3)
-        plots.summary_lines(ax, part, "score")
+        draw.summary_lines(ax, part, "score")
         lengths = sorted(part.context_length.astype(int).unique())
-        plots.length_axis(ax, lengths, (-0.03, 1.03))
-        plots.mark_training_length(ax, lengths, train)
-        caption = plots.n_caption(part.n, part.get("units"))
+        draw.length_axis(ax, lengths, (-0.03, 1.03))
+        draw.mark_training_length(ax, lengths, train)
+        caption = draw.n_caption(part.n, part.get("units"))
         ax.set_title(f"{task}\n{caption}" if caption else task, fontsize=9)
         ax.set_ylabel("RULER score")
     for ax in list(axes.flat)[len(tasks):]:

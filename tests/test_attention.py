@@ -32,7 +32,7 @@ from evalkit.attention import (
     reference_weights,
     spec_from_model,
 )
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 ATOL = 1e-5
 HEAD_S = [[0.2, 0.5, 0.9, 1.3], [1.1, 0.4, 0.7, 0.3]]  # (layers, heads), differing per head

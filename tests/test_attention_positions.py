@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import cli
 from evalkit.attention import CONFIG_KEY, apply_attention, get_variant, load_attention_from_checkpoint, spec_from_model
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 from tests.test_attention import left_padding_mask, logits, tiny_model, token_ids
 
 EXACT = 1e-10

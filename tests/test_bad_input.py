@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 import cli
-from evalkit.errors import ResultsError
-from evalkit.results import RunStore
+from evalkit.core.errors import ResultsError
+from evalkit.store.results import RunStore
 
 runner = CliRunner()
 APP = cli.register_tasks()

@@ -10,7 +10,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 import cli
-from evalkit.bench import forward_flops_per_token, measure_peak_tflops
+from evalkit.bench.timing import forward_flops_per_token, measure_peak_tflops
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -78,7 +78,7 @@ def test_flops_per_token_counts_matmuls():
 def test_rounds_interleave_every_mode_and_take_the_median():
     import torch
 
-    from evalkit.bench import Mode, run_rounds
+    from evalkit.bench.timing import Mode, run_rounds
 
     log = []
     modes = [Mode(name, lambda name=name: log.append(name), 1, 2, 1, setup=lambda name=name: log.append(f"setup {name}"))
@@ -96,7 +96,7 @@ def test_quiet_peer_silences_bars_and_logs_then_restores(capfd):
 
     from tqdm import tqdm
 
-    from evalkit.bench import quiet_peer
+    from evalkit.bench.timing import quiet_peer
 
     logger = logging.getLogger("lm_eval")
     before = logger.level

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from evalkit import bench_suite
-from evalkit.bench_suite import PRESETS, Preset, SuiteBench, SuiteModel, plan_suite, run_suite
+from evalkit.bench import suite as bench_suite
+from evalkit.bench.suite import PRESETS, Preset, SuiteBench, SuiteModel, plan_suite, run_suite
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -132,7 +132,7 @@ def test_a_registered_bench_joins_with_one_entry_and_random_shapes_are_written_o
 def test_nested_bench_times_the_two_window_modes_end_to_end(tiny_checkpoint, tmp_path):
     """Both modes are full perplexity runs on one loaded model; nested computes the longest window only,
     both score the same tokens, and the speed-up is the ratio of the recorded times."""
-    from evalkit.bench_nested import bench_nested
+    from evalkit.bench.nested import bench_nested
 
     frame = bench_nested(str(tiny_checkpoint), "32..128", "cpu", "float32", str(tmp_path), samples=2, rounds=1)
     rows = frame.set_index("windows")

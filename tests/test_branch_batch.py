@@ -11,7 +11,7 @@ from evalkit.models.adapter import ModelAdapter
 from evalkit.models.branch import packs, trunk_length
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
-from evalkit.task import Sample
+from evalkit.core.task import Sample
 from tests.conftest import make_llama
 
 VOCAB = 120
@@ -100,7 +100,7 @@ def test_branch_prediction_by_hand():
                                          ((1.0, 1e-12, 1e-6, 1e-12), "walk")])  # batched calls dear, steps cheap
 def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
     from evalkit.models import prefix_cost
-    from evalkit.runner import Runner, Variant
+    from evalkit.run.runner import Runner, Variant
     from tests.test_prefix_cost import ScoreTask, Store
 
     adapter = _adapter("ssmax")

@@ -16,9 +16,9 @@ import pytest
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
-from evalkit.calibration import ORACLE, choose, expand, parse_values
-from evalkit.errors import ConfigError
-from evalkit.evaluate import RunConfig, evaluate
+from evalkit.run.calibration import ORACLE, choose, expand, parse_values
+from evalkit.core.errors import ConfigError
+from evalkit.run.evaluate import RunConfig, evaluate
 
 PPL = {"lengths": "64,128", "samples": 3}
 
@@ -95,8 +95,8 @@ def test_calibrate_on_seed_chooses_on_other_samples(tiny_checkpoint, tmp_path):
 
 
 def test_ties_go_to_the_secondary_metric_then_the_first_listed():
-    from evalkit.registry import get_task
-    from evalkit.task import TaskContext
+    from evalkit.core.registry import get_task
+    from evalkit.core.task import TaskContext
 
     task_cls = get_task("needle")
     task = task_cls(task_cls.Options(lengths="64", depths="50", trials=2), TaskContext(None, None, True, 0))
@@ -131,8 +131,8 @@ def test_cli_sweep_flags_and_bad_values(tiny_checkpoint, tmp_path):
 def test_calibrate_on_a_dataset_swaps_only_the_text(tmp_path):
     from pathlib import Path
 
-    from evalkit.calibration import calibration_config
-    from evalkit.registry import get_task
+    from evalkit.run.calibration import calibration_config
+    from evalkit.core.registry import get_task
 
     config = RunConfig("perplexity", "m", task_options={"lengths": "64"}, calibrate_on="dataset:held_out.txt", seed=3)
     cal = calibration_config(config, get_task("perplexity"), Path("results/run"))

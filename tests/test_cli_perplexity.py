@@ -9,7 +9,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 import cli
-from evalkit.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.models.adapter import ModelAdapter
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from evalkit.errors import ConfigError, ResultsError
+from evalkit.core.errors import ConfigError, ResultsError
 from evalkit.report import runs, stats
 from evalkit.report.compare import Tolerance, compare_cells, compare_runs, to_json, to_junit, to_markdown, to_rich_table
 

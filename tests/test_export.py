@@ -138,7 +138,7 @@ def test_samples_file_hash_and_export_errors(tiny_checkpoint, tmp_path):
 
 def test_token_id_records_are_checked(tokenizer, tmp_path):
     from evalkit.data.haystack import load_samples_file
-    from evalkit.errors import DataError
+    from evalkit.core.errors import DataError
 
     path = tmp_path / "ids.jsonl"
     good = {"prompt": "x", "answer": "7", "prompt_ids": [5, 6, 7], "answer_ids": [8], "needle_start": 1, "needle_end": 2,

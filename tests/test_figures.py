@@ -13,11 +13,11 @@ from scipy.stats import binomtest, ttest_1samp
 from typer.testing import CliRunner
 
 import cli
-from evalkit import plots
-from evalkit.errors import ConfigError
-from evalkit.evaluate import RunConfig, evaluate
+from evalkit.report import draw
+from evalkit.core.errors import ConfigError
+from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.report import stats
-from evalkit.task import TaskContext
+from evalkit.core.task import TaskContext
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -240,13 +240,13 @@ def test_heatmap_is_colour_blind_safe_with_readable_text(tmp_path, monkeypatch):
 
 
 def test_one_colour_per_variant_everywhere():
-    assert plots.variant_colour("softmax") == plots.VARIANT_COLOURS["softmax"] != plots.variant_colour("ssmax")
-    assert plots.variant_colour("my-variant") == plots.variant_colour("my-variant")  # stable across figures
+    assert draw.variant_colour("softmax") == draw.VARIANT_COLOURS["softmax"] != draw.variant_colour("ssmax")
+    assert draw.variant_colour("my-variant") == draw.variant_colour("my-variant")  # stable across figures
 
 
 def test_a_logn_train_length_is_not_the_models_training_length(tiny_checkpoint):
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.variants import VariantRequest, resolve_variants
+    from evalkit.run.attention_flags import VariantRequest, resolve_variants
 
     loaded = load_model(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None)
     (variant,) = resolve_variants(loaded, [VariantRequest.from_dict({"name": "logn", "train_length": 64})])

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from test_compare import needle_run, perplexity_run
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 from evalkit.report import stats
 from evalkit.report.gate import check_gates, load_gates, to_json, to_junit, to_markdown
 

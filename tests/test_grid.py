@@ -1,7 +1,7 @@
 import pytest
 
-from evalkit.errors import ConfigError
-from evalkit.grid import parse_lengths, parse_percentages
+from evalkit.core.errors import ConfigError
+from evalkit.core.grid import parse_lengths, parse_percentages
 
 
 def test_lengths():

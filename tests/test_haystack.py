@@ -12,7 +12,7 @@ import pytest
 
 from evalkit.data.corpus import TokenStream, load_corpus, token_stream
 from evalkit.data.haystack import HaystackOptions, build_samples, load_samples_file
-from evalkit.errors import ConfigError, DataError
+from evalkit.core.errors import ConfigError, DataError
 
 CHAT = ("{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")

@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from evalkit.errors import ConfigError, ResultsError
-from evalkit.evaluate import model_folders
-from evalkit.results import RunStore
+from evalkit.core.errors import ConfigError, ResultsError
+from evalkit.run.evaluate import model_folders
+from evalkit.store.results import RunStore
 from tests.conftest import make_llama
 
 runner = CliRunner()
@@ -49,7 +49,7 @@ def journal_entries(folder):
 @pytest.fixture()
 def interrupt_after(monkeypatch):
     """Ctrl-C once, after the n-th finished sample of the process (counted across runs)."""
-    from evalkit.results import RunStore as Store
+    from evalkit.store.results import RunStore as Store
 
     original, state = Store.append, {"n": 0, "at": None}
 
@@ -159,7 +159,7 @@ def test_model_folder_names_are_unique():
 def no_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
-    monkeypatch.setattr("evalkit.evaluate.load_for", refuse)
+    monkeypatch.setattr("evalkit.run.evaluate.load_for", refuse)
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -249,7 +249,7 @@ def test_a_tokenizer_change_is_refused_on_resume(tiny_checkpoint, tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from evalkit.results import RunLock
+from evalkit.store.results import RunLock
 lock = RunLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
@@ -290,7 +290,7 @@ def test_library_warnings_are_held_and_printed_once(tmp_path):
 
     from rich.console import Console
 
-    from evalkit.progress import quiet_library_warnings
+    from evalkit.run.progress import quiet_library_warnings
 
     stream = io.StringIO()
     console = Console(file=stream, width=200)
@@ -321,8 +321,8 @@ class FakeClock:
 def test_eta_from_cost_is_exact_when_time_follows_cost_and_sample_counts_are_not():
     from rich.console import Console
 
-    from evalkit.progress import ProgressReporter
-    from evalkit.runner import span_cost
+    from evalkit.run.progress import ProgressReporter
+    from evalkit.run.runner import span_cost
 
     scale = 6144.0
     lengths = [8192] * 4 + [512] * 16  # longest first, as the runner orders buckets
@@ -345,7 +345,7 @@ def test_attention_scale_of_smollm2_shape():
 
     from transformers import LlamaConfig
 
-    from evalkit.runner import attention_scale
+    from evalkit.run.runner import attention_scale
 
     config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64)
     # per layer: q, o 576 x 576; k, v 576 x 192; MLP 3 x 576 x 1536 -> 3,538,944 parameters over 576 attention dims
@@ -357,8 +357,8 @@ def test_shared_run_costs_count_each_prefix_once():
 
     from evalkit.models.prefix import tokens_to_compute
     from evalkit.models.requests import AnswerScoreRequest
-    from evalkit.runner import shared_costs
-    from evalkit.task import Sample
+    from evalkit.run.runner import shared_costs
+    from evalkit.core.task import Sample
 
     rng = np.random.default_rng(0)
     trunk = rng.integers(0, 50, 300)
@@ -372,7 +372,7 @@ def test_shared_run_costs_count_each_prefix_once():
 def test_heartbeat_lines_in_a_log(tmp_path):
     from rich.console import Console
 
-    from evalkit.progress import ProgressReporter
+    from evalkit.run.progress import ProgressReporter
 
     stream = io.StringIO()
     clock = FakeClock()

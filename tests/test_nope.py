@@ -86,7 +86,7 @@ def test_the_variant_on_nope_layers_only_changes_only_those(ids):
 
 
 def test_a_nope_checkpoint_loads_and_runs_every_variant(tmp_path, tokenizer):
-    from evalkit.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, evaluate
 
     folder = tmp_path / "smollm3-nope"
     model = _smollm3(MIXED, dtype=torch.float32)

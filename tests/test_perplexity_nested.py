@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.models.adapter import ModelAdapter
 
 KEYS = ["context_length", "sample", "position_bin", "metric"]
@@ -91,7 +91,7 @@ def test_position_n_convention_nests(tiny_checkpoint, tmp_path):
 def test_prefix_limits_from_the_model_config():
     from transformers import LlamaConfig, MistralConfig
 
-    from evalkit.variants import ResolvedVariant, prefix_limits
+    from evalkit.run.attention_flags import ResolvedVariant, prefix_limits
 
     softmax = ResolvedVariant("softmax", lambda m: None, {"variant": "softmax", "n_mode": "position"})
     by_length = ResolvedVariant("ssmax", lambda m: None, {"variant": "ssmax", "n_mode": "length"})
@@ -150,7 +150,7 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
 
 def test_export_writes_every_window_in_both_modes(tiny_checkpoint, tmp_path, tokenizer):
     from evalkit.data.corpus import load_corpus, token_stream
-    from evalkit.export import export_prompts
+    from evalkit.run.export import export_prompts
 
     stream = token_stream(load_corpus(), tokenizer).tokens
     exported = {}

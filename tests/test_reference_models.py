@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 from evalkit.reference import RECIPES, abc_batch, build_pair, get_recipe, make_char_tokenizer, train_reference_pair
 from evalkit.reference.data import KEYS
 

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from evalkit.errors import ConfigError, ResultsError
+from evalkit.core.errors import ConfigError, ResultsError
 from evalkit.reference import RECIPES, build_pair
 from evalkit.reference import train as train_module
-from evalkit.reference.study import StudySettings, pair_folder, run_folder, run_study
+from evalkit.reference.study import run_study
+from evalkit.reference.study_layout import StudySettings, pair_folder, run_folder
 from evalkit.report import stats
 
 TINY = RECIPES["cpu"].replace(name="tiny", layers=2, width=16, heads=2, mlp_ratio=2, train_length=16, batch=4, steps=2,

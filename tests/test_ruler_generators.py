@@ -12,7 +12,7 @@ import pytest
 
 from evalkit.data.ruler import RulerSource, SkipTask, generator
 from evalkit.data.ruler.words import word_list
-from evalkit.errors import ConfigError, DataError
+from evalkit.core.errors import ConfigError, DataError
 
 
 def _text(tokenizer, sample) -> str:

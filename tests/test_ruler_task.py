@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit import registry
-from evalkit.errors import ConfigError, DataError
+from evalkit.core import registry
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.report import stats
-from evalkit.task import TaskContext
+from evalkit.core.task import TaskContext
 from tasks.ruler import RulerOptions, RulerTask
 
 
@@ -61,7 +61,7 @@ def _match_all(text: str, answers: list[str]) -> float:
 
 
 def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
-    from evalkit.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, evaluate
 
     out = tmp_path / "ruler"
     config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_single_2,qa_1", "lengths": "300,380",

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from evalkit.data.corpus import load_corpus, token_stream
-from evalkit.errors import DataError, EvalkitError
+from evalkit.core.errors import DataError, EvalkitError
 from evalkit.models.requests import TokenLossRequest
-from evalkit.results import RunStore
-from evalkit.runner import Runner, Variant
-from evalkit.task import Sample, Task
+from evalkit.store.results import RunStore
+from evalkit.run.runner import Runner, Variant
+from evalkit.core.task import Sample, Task
 
 
 class FakeAdapter:

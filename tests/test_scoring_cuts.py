@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import cli
 from conftest import make_llama
 from evalkit.data.haystack import load_samples_file
-from evalkit.scoring import parse_answer
+from evalkit.core.scoring import parse_answer
 
 runner = CliRunner()
 APP = cli.register_tasks()

@@ -13,10 +13,11 @@ def gguf_path():
     import os
 
     from evalkit.models import fetch
+    from evalkit.models.loading import fetch_embedded
 
     # Use the user's cache (not the test's temporary one): the model is 93 MB to download.
     os.environ.pop("EVALKIT_CACHE", None)
-    fetch.fetch("smollm2-135m", log=print)
+    fetch_embedded("smollm2-135m", log=print)
     return fetch.models_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

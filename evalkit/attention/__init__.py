@@ -16,7 +16,8 @@ Typical use::
 Submodules: ``variants`` (registry and formulas), ``spec`` (AttentionSpec), ``function`` (the
 registered function and the probe hook), ``native`` (scalings the checkpoint's own modelling
 code applies: detect, switch off and on), ``apply`` (switching models, checkpoints), ``reference``
-(float64 reference, check_model), ``rope`` (RoPE overrides).
+(float64 reference), ``check`` (check_model: fused vs reference), ``modules`` (finding attention
+modules), ``rope`` (RoPE overrides).
 """
 
 from evalkit.attention import function as _function
@@ -24,15 +25,16 @@ from evalkit.attention import reference as _reference
 from evalkit.attention.apply import (
     CONFIG_KEY,
     apply_attention,
-    attention_modules,
     head_tables,
     load_attention_from_checkpoint,
     load_param_table,
     spec_from_model,
 )
+from evalkit.attention.check import check_model
 from evalkit.attention.function import IMPLEMENTATION, ProbeInputs, evalkit_attention_forward
 from evalkit.attention.native import NativeScaling, native_enabled, native_scaling, set_native
-from evalkit.attention.reference import check_model, reference_attention_forward, reference_weights
+from evalkit.attention.modules import attention_modules
+from evalkit.attention.reference import reference_attention_forward, reference_weights
 from evalkit.attention.rope import override_rope
 from evalkit.attention.spec import AttentionSpec, parse_attention_list
 from evalkit.attention.variants import VARIANTS, Variant, describe_variants, get_variant, register_variant

@@ -44,7 +44,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from evalkit.attention.variants import get_variant
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 IMPLEMENTATION = "evalkit"
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from evalkit.attention.modules import attention_modules
 from evalkit.attention.spec import AttentionSpec
 
 _STATE = "_evalkit_native"  # model attribute: (NativeScaling | None,) captured at first sight
@@ -66,8 +67,6 @@ def _uses_llama4_beta(module: nn.Module) -> bool:
 
 
 def _detect(model: nn.Module) -> NativeScaling | None:
-    from evalkit.attention.apply import attention_modules
-
     try:
         modules = [m for _, m in attention_modules(model)]
     except Exception:  # no attention modules evalkit can drive: nothing native to control either
@@ -117,8 +116,6 @@ def set_native(model: nn.Module, enabled: bool) -> None:
     scaling = native_scaling(model)
     if scaling is None:
         return
-    from evalkit.attention.apply import attention_modules
-
     modules = [m for _, m in attention_modules(model)]
     if scaling.variant == "llama4-temp":
         # the module copied config.attn_temperature_tuning at construction and reads its copy
@@ -138,8 +135,6 @@ def native_enabled(model: nn.Module) -> bool:
     scaling = native_scaling(model)
     if scaling is None:
         return False
-    from evalkit.attention.apply import attention_modules
-
     module = next(m for i, (_, m) in enumerate(attention_modules(model)) if i == scaling.layer_indices[0])
     if scaling.variant == "llama4-temp":
         return bool(module.attn_temperature_tuning)

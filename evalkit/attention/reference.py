@@ -1,4 +1,4 @@
-"""A slow, exact float64 reference for every built-in variant, and ``check_model``.
+"""A slow, exact float64 reference for every built-in variant (``check.check_model`` compares to it).
 
 The reference shares nothing with the fused path but the module attributes it reads: it builds
 the full (T_q, T_k) logits in float64, applies the variant's formula written out again here,
@@ -17,7 +17,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 IMPLEMENTATION = "evalkit_reference"
 SCALARS = ("attn_scale", "floor_scale", "beta", "original_length")
@@ -149,48 +149,3 @@ def register() -> None:
     """Register the reference under ``IMPLEMENTATION`` (idempotent)."""
     AttentionInterface.register(IMPLEMENTATION, reference_attention_forward)
     AttentionMaskInterface.register(IMPLEMENTATION, _explicit_mask)
-
-
-@torch.no_grad()
-def check_model(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    spec=None,
-    *,
-    attention_mask: torch.Tensor | None = None,
-    position_ids: torch.Tensor | None = None,
-) -> dict[str, object]:
-    """Run ``model`` through the fused evalkit path and the float64 reference; compare logits.
-
-    ``spec`` (an ``AttentionSpec``), if given, is applied to the model first, in place. Returns
-    ``max_abs_dev`` / ``mean_abs_dev`` of the logits over unmasked positions, plus
-    ``max_abs_logit`` for scale, the variant and the number of positions compared.
-    """
-    from evalkit.attention.apply import apply_attention, spec_from_model
-
-    if spec is not None:
-        apply_attention(model, spec)
-    spec = spec_from_model(model)
-    before = model.config._attn_implementation
-
-    outputs = {}
-    try:
-        for impl in ("evalkit", IMPLEMENTATION):
-            model.set_attn_implementation(impl)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-            outputs[impl] = logits.double()  # (B, T, V)
-    finally:
-        model.set_attn_implementation(before)
-
-    keep = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-    if attention_mask is not None:
-        keep = attention_mask.bool()
-    dev = (outputs["evalkit"] - outputs[IMPLEMENTATION]).abs()[keep]  # (N, V)
-    return {
-        "variant": spec.variant,
-        "n_mode": spec.n_mode,
-        "max_abs_dev": dev.max().item(),
-        "mean_abs_dev": dev.mean().item(),
-        "max_abs_logit": outputs[IMPLEMENTATION][keep].abs().max().item(),
-        "positions": int(keep.sum().item()),
-    }

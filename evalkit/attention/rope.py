@@ -22,7 +22,7 @@ import copy
 import math
 from typing import Any
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 SCALINGS = ("linear", "dynamic", "yarn", "none")
 _KEEP_KEYS = ("partial_rotary_factor",)  # not about scaling: carried over unchanged

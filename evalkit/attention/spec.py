@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 from evalkit.attention.variants import PARAMETER_FLAGS, get_variant
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 NMode = Literal["position", "length"]
 N_MODES: tuple[str, ...] = ("position", "length")

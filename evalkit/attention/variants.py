@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from evalkit.errors import ConfigError, did_you_mean
+from evalkit.core.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.errors import DataError
-from evalkit.paths import cache_dir
+from evalkit.core.errors import DataError
+from evalkit.core.paths import cache_dir
 
 BUILTIN = "builtin"
 _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from evalkit.data.corpus import load_corpus, separator_id, token_stream
-from evalkit.errors import ConfigError, DataError
+from evalkit.core.errors import ConfigError, DataError
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 _PLACEHOLDER = "EVALKITUSERMESSAGE7F3A"  # rendered in the template's place of the user message, then split on

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evalkit.errors import ConfigError
-from evalkit.grid import parse_lengths, parse_percentages
-from evalkit.task import option
+from evalkit.core.errors import ConfigError
+from evalkit.core.grid import parse_lengths, parse_percentages
+from evalkit.core.task import option
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evalkit.data.corpus import TokenStream
-from evalkit.errors import DataError
+from evalkit.core.errors import DataError
 
 
 def check_fits(stream: TokenStream, length: int) -> None:

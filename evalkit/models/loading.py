@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import ConfigError, ModelLoadError
+from evalkit.core.errors import ConfigError, ModelLoadError
 from evalkit.models import fetch
-from evalkit.paths import cache_dir
+from evalkit.core.paths import cache_dir
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -107,7 +107,7 @@ def tokenizer_identity(tokenizer) -> dict:
 
 def resolve(spec: str, log=print) -> ModelSource:
     if spec in fetch.EMBEDDED:
-        folder = fetch.fetch(spec, log=log)
+        folder = fetch_embedded(spec, log=log)
         return ModelSource("hf", str(folder), name=spec)
     path = Path(spec).expanduser()
     if path.is_file():
@@ -279,12 +279,20 @@ def _drop_gguf_markers(model) -> None:
     model.config.architectures = [type(model).__name__]
 
 
-def load_gguf_for_export(gguf_path: Path):
+def fetch_embedded(alias: str, log=print) -> Path:
+    """Make sure the embedded model is in the cache as a safetensors folder (de-quantized from its
+    GGUF once); return the folder."""
     import torch
 
+    target = fetch.cached_folder(fetch.embedded(alias).alias)
+    if fetch.is_cached(alias):
+        return target
+    gguf_path = fetch.gguf_file(alias, log=log)
+    log(f"de-quantizing {gguf_path.name} into {target} (once, ~30 s) ...")
     source = ModelSource("gguf", str(gguf_path.parent), gguf_file=gguf_path.name, name=gguf_path.stem)
     model, tokenizer, _ = _from_pretrained(source, torch.float32, LoadOptions())
-    return model, tokenizer
+    fetch.store_folder(model, tokenizer, target)
+    return target
 
 
 # What transformers reads to build a tokenizer, in any of its formats.

@@ -20,7 +20,7 @@ windows and NoPE layers included, and evalkit reads the SSMax record like any ot
 
 from __future__ import annotations
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 POSITIONS = ("rope", "nope", "irope")
 # Where the SSMax model puts SSMax: every layer, except in irope where the local layers see at most

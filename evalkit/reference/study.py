@@ -23,56 +23,16 @@ the spread over seeds and over prompts. The per-seed paired comparisons go throu
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from evalkit.errors import ConfigError, ResultsError
-from evalkit.reference.positions import POSITIONS
-from evalkit.reference.train import LEARNED_ACCURACY, VARIANTS, get_recipe, train_reference_pair
-
-TASKS = ("needle", "focus", "perplexity")
-FACTORS = (1, 2, 4, 8, 16)  # evaluation lengths, as multiples of the training length
-RUN_SEED = 1234  # the prompts' seed: one for every model, so pairs compare prompt by prompt
-UNITS = {"needle": ["train_seed", "trial"], "focus": ["train_seed", "trial"], "perplexity": ["train_seed", "sample"]}
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    """Everything that decides the study's numbers; stored in ``study.json``."""
-
-    positions: tuple[str, ...] = ("rope", "irope")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    recipe: str = "cpu"
-    steps: int | None = None  # overrides every recipe's steps (tests, quick looks)
-    needle_trials: int = 20
-    focus_trials: int = 4
-    perplexity_samples: int = 8
-    depths: str = "0:100:25"
-    factors: tuple[int, ...] = FACTORS
-
-    def check(self) -> None:
-        bad = [p for p in self.positions if p not in POSITIONS]
-        if bad or not self.positions:
-            raise ConfigError(f"bad --positions {','.join(self.positions)}", f"give some of {', '.join(POSITIONS)}, e.g. rope,irope")
-        if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"bad --seeds {self.seeds}", "give distinct seeds >= 0, e.g. 0,1,2")
-        for name in ("needle_trials", "focus_trials", "perplexity_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"bad {name} {getattr(self, name)}", "give at least 1")
-        for p in self.positions:
-            get_recipe(self.recipe, p)  # unknown recipe: the recipe's own error
-
-    def recipe_for(self, positions: str):
-        recipe = get_recipe(self.recipe, positions)
-        return recipe.replace(steps=self.steps) if self.steps is not None else recipe
-
-    def lengths(self, positions: str) -> list[int]:
-        return [self.recipe_for(positions).train_length * f for f in self.factors]
-
+from evalkit.core.errors import ConfigError, ResultsError
+from evalkit.reference.study_layout import (RUN_SEED, TASKS, StudySettings, pair_folder, run_folder)
+from evalkit.reference.study_report import write_report
+from evalkit.reference.train import VARIANTS, train_reference_pair
 
 def run_study(out: str | Path, settings: StudySettings = StudySettings(), *, device: str = "auto", resume: bool = False,
               log: Callable[[str], Any] = print, progress: bool = False) -> Path:
@@ -86,8 +46,6 @@ def run_study(out: str | Path, settings: StudySettings = StudySettings(), *, dev
             for variant in VARIANTS:
                 for task in TASKS:
                     _evaluate(out, settings, positions, seed, variant, task, pair, device, resume, log)
-    from evalkit.reference.study_report import write_report
-
     return write_report(out, settings, log=log)
 
 
@@ -106,14 +64,6 @@ def _check_study_file(out: Path, settings: StudySettings) -> None:
         wanted["seeds"] = list(dict.fromkeys(stored["seeds"] + wanted["seeds"]))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(wanted, indent=2) + "\n")
-
-
-def pair_folder(out: Path, positions: str, seed: int) -> Path:
-    return Path(out) / "models" / positions / f"seed{seed}"
-
-
-def run_folder(out: Path, positions: str, seed: int, variant: str, task: str) -> Path:
-    return Path(out) / "runs" / f"{positions}-seed{seed}-{variant}" / task
 
 
 def _train_pair(out: Path, settings: StudySettings, positions: str, seed: int, device: str, log, progress: bool) -> Path:
@@ -177,7 +127,7 @@ def task_options(out: Path, settings: StudySettings, positions: str, task: str) 
 
 def _evaluate(out: Path, settings: StudySettings, positions: str, seed: int, variant: str, task: str, pair: Path,
               device: str, resume: bool, log) -> Path:
-    from evalkit.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, evaluate
     from evalkit.report.runs import completeness, load_run
 
     folder = run_folder(out, positions, seed, variant, task)
@@ -194,34 +144,3 @@ def _evaluate(out: Path, settings: StudySettings, positions: str, seed: int, var
     if outcome.interrupted:
         raise ResultsError(f"the {task} run in {folder} was interrupted", "continue the study with --resume")
     return folder
-
-
-def load_frames(out: Path, settings: StudySettings) -> dict[str, Any]:
-    """Per task, every run's rows with positions, train_seed and variant columns added."""
-    import pandas as pd
-
-    frames: dict[str, list] = {t: [] for t in TASKS}
-    for positions in settings.positions:
-        for seed in settings.seeds:
-            for variant in VARIANTS:
-                for task in TASKS:
-                    path = run_folder(out, positions, seed, variant, task) / "results.parquet"
-                    if not path.is_file():
-                        raise ResultsError(f"{path} is missing", "run the study again (with --resume if it was interrupted)")
-                    frame = pd.read_parquet(path)
-                    frame["positions"], frame["train_seed"], frame["variant"] = positions, seed, variant
-                    frames[task].append(frame)
-    return {t: pd.concat(f, ignore_index=True) for t, f in frames.items()}
-
-
-def pair_summaries(out: Path, settings: StudySettings) -> dict[tuple[str, int], dict]:
-    return {(p, s): json.loads((pair_folder(out, p, s) / "summary.json").read_text())
-            for p in settings.positions for s in settings.seeds}
-
-
-def learned(summary: dict) -> bool:
-    return all(v["heldout_recall_accuracy"] >= LEARNED_ACCURACY for v in summary["variants"].values())
-
-
-def finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)

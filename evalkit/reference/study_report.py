@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from evalkit.reference.study import (UNITS, StudySettings, learned, load_frames, pair_summaries, run_folder)
+from evalkit.reference.study_layout import UNITS, StudySettings, learned, load_frames, pair_summaries, run_folder
 from evalkit.reference.train import LEARNED_ACCURACY
 from evalkit.report import stats
 
@@ -75,22 +75,22 @@ def per_seed_comparisons(out: Path, settings: StudySettings) -> pd.DataFrame:
 
 def _figure(curves: pd.DataFrame, path: Path, ylabel: str, title: str, train_lengths: dict[str, int], x: str = "context_length",
             ylim=None, xlabel: str | None = None) -> Path:
-    from evalkit import plots
+    from evalkit.report import draw
 
-    fig, ax = plots.figure(7.5, 4.4)
+    fig, ax = draw.figure(7.5, 4.4)
     styles = {"rope": "-", "nope": ":", "irope": "--"}
     for (positions, variant), part in curves.groupby(LINE, sort=False):
-        plots.line_with_band(ax, part[x].astype(float), part.value, part.ci_low, part.ci_high, plots.variant_colour(variant),
+        draw.line_with_band(ax, part[x].astype(float), part.value, part.ci_low, part.ci_high, draw.variant_colour(variant),
                              styles.get(positions, "-."), "o" if variant == "softmax" else "s", label=f"{positions} {variant}")
-    plots.length_axis(ax, sorted(curves[x].unique()), ylim)
+    draw.length_axis(ax, sorted(curves[x].unique()), ylim)
     if xlabel:
         ax.set_xlabel(xlabel)
     for row, train in enumerate(sorted(set(train_lengths.values()))):
-        plots.mark_training_length(ax, sorted(curves[x].unique()), train, row=row)
+        draw.mark_training_length(ax, sorted(curves[x].unique()), train, row=row)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    ax.set_title(f"{title}\n{plots.n_caption(curves.n, curves.units)}; 95% bands", fontsize=9)
-    return plots.save(fig, path)
+    ax.set_title(f"{title}\n{draw.n_caption(curves.n, curves.units)}; 95% bands", fontsize=9)
+    return draw.save(fig, path)
 
 
 def _interval(v, lo, hi, digits: int = 3) -> str:

@@ -74,7 +74,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from evalkit.errors import ConfigError, did_you_mean
+from evalkit.core.errors import ConfigError, did_you_mean
 from evalkit.reference.data import AbcBatch, abc_batch
 from evalkit.reference.tokenizer import EOT_ID, VOCAB, make_char_tokenizer
 
@@ -543,16 +543,16 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
 
 def plot_training(frame, path: Path, title: str) -> Path:
     """Recall loss (log scale) and recall accuracy vs step, both variants; raw values faint, smoothed bold."""
-    from evalkit import plots
-    from evalkit.plots import _pyplot, save
+    from evalkit.report import draw
+    from evalkit.report.draw import pyplot, save
 
-    plt = _pyplot()
+    plt = pyplot()
     import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     span = max(1, int(frame.step.max() + 1) // 50)
     for variant in VARIANTS:
-        colour = plots.variant_colour(variant)  # the variant's colour in every evalkit figure
+        colour = draw.variant_colour(variant)  # the variant's colour in every evalkit figure
         part = frame[frame.variant == variant].sort_values("step")
         for ax, column in zip(axes, ("recall_loss", "recall_accuracy")):
             values = part[column]

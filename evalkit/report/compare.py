@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 from evalkit.report import stats
 from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
 from evalkit.report.runs import (ACCURACY_METRICS, HEADLINE_METRICS, Run, completeness, describe_selector, find_runs,

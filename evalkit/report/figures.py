@@ -10,7 +10,7 @@
   per-seed values with a t interval from their spread (perplexity: over the per-seed mean NLLs,
   then exp). Without it every seed is its own line.
 - Every line draws its 95% band; the training length of each model is marked; colours are the
-  variant's own (evalkit.plots); the plotted points with their intervals go beside each figure
+  variant's own (evalkit.report.draw); the plotted points with their intervals go beside each figure
   as CSV (same name, .csv). PNG and SVG.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit import plots
-from evalkit.errors import ConfigError, ResultsError
+from evalkit.report import draw
+from evalkit.core.errors import ConfigError, ResultsError
 from evalkit.report import stats
 from evalkit.report.runs import recorded_options
 
@@ -77,8 +77,8 @@ def training_length(manifest: dict) -> int | None:
 
 
 def load_run(folder: Path) -> Run:
-    from evalkit.registry import get_task
-    from evalkit.task import TaskContext
+    from evalkit.core.registry import get_task
+    from evalkit.core.task import TaskContext
 
     parquet, manifest_path = folder / "results.parquet", folder / "manifest.json"
     if not parquet.is_file() or not manifest_path.is_file():
@@ -185,17 +185,17 @@ def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: l
 
 
 def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
-    from evalkit.results import atomic_write
+    from evalkit.store.results import atomic_write
 
     column = SUMMARY_COLUMN.get(name, name)
     ylabel, ylim = AXIS.get(column, (name.replace("_", " "), None))
-    fig, ax = plots.figure(7.5, 4.5)
+    fig, ax = draw.figure(7.5, 4.5)
     table = []
     for k, (label, members, curve) in enumerate(series):
         for attention, line in curve.groupby("attention", sort=False):
             text = label if label == attention else f"{label} · {attention}"  # ckpt/ref/ssmax under ssmax: once
-            plots.line_with_band(ax, line.context_length, line.value, line.ci_low, line.ci_high, plots.variant_colour(attention),
-                                 plots.VARIANT_STYLES[k % len(plots.VARIANT_STYLES)], plots.MARKERS[k % len(plots.MARKERS)], text)
+            draw.line_with_band(ax, line.context_length, line.value, line.ci_low, line.ci_high, draw.variant_colour(attention),
+                                 draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)], draw.MARKERS[k % len(draw.MARKERS)], text)
             table.append(line.assign(series=text, runs=" ".join(str(r.folder) for r in members), model=members[0].model,
                                      seeds=" ".join(str(r.seed) for r in members)))
     points_table = pd.concat(table, ignore_index=True).sort_values(["series", "context_length"], kind="stable")
@@ -205,10 +205,10 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
         trains.setdefault(training_length(members[0].manifest), []).append(members[0].model)
     for row, (train, models) in enumerate(t for t in trains.items() if t[0]):
         suffix = f" ({', '.join(dict.fromkeys(models))})" if len(trains) > 1 else ""
-        plots.mark_training_length(ax, lengths, train, row=row, suffix=suffix)
-    plots.length_axis(ax, lengths, ylim)
+        draw.mark_training_length(ax, lengths, train, row=row, suffix=suffix)
+    draw.length_axis(ax, lengths, ylim)
     ax.set_ylabel(ylabel)
-    caption = plots.n_caption(points_table.n, points_table.units)
+    caption = draw.n_caption(points_table.n, points_table.units)
     ax.set_title(f"{task}: length generalization (95% bands)" + (f"\n{caption}" if caption else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -217,7 +217,7 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
         path = stem.with_suffix(f".{suffix}")
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix))
         written.append(path)
-    plots._pyplot().close(fig)
+    draw.pyplot().close(fig)
     csv = stem.with_suffix(".csv")
     columns = ["series", "model", "attention", "context_length", "value", "ci_low", "ci_high", "n", "units", "seeds", "runs"]
     atomic_write(csv, lambda tmp: points_table[columns].to_csv(tmp, index=False))

@@ -54,11 +54,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 from evalkit.report import stats
 from evalkit.report.render import dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
 from evalkit.report.runs import Run, completeness, load_run, samples, unit_columns
-from evalkit.registry import task_names
+from evalkit.core.registry import task_names
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 THRESHOLDS = ("value", "baseline_factor", "baseline_delta")
@@ -95,7 +95,7 @@ class GateReport:
 
 
 def _parse_gate(raw, where: str, default_baseline: str | None, errors: list[str]) -> Gate | None:
-    from evalkit.grid import parse_length
+    from evalkit.core.grid import parse_length
 
     if not isinstance(raw, dict):
         errors.append(f"{where} is not a table")

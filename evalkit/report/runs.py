@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.errors import ConfigError, ResultsError, did_you_mean
+from evalkit.core.errors import ConfigError, ResultsError, did_you_mean
 
 WITHIN_SAMPLE_KEYS = {"position_bin", "layer", "head"}  # parts of one prompt, averaged first
 HEADLINE_METRICS = {  # what compare judges; a plugin task's metrics are all compared
@@ -136,7 +136,7 @@ def select(runs: list[Run], selector: dict[str, set[str]], side: str) -> pd.Data
 
 def unit_columns(run: Run) -> tuple[str, ...]:
     """The task's independent-unit columns for this run's options (``Task.unit_columns``)."""
-    from evalkit.registry import get_task
+    from evalkit.core.registry import get_task
 
     try:
         task_cls = get_task(run.task)
@@ -197,7 +197,7 @@ def tokenizer_of(manifest: dict) -> str | None:
 
 def option_differences(base: list[Run], cand: list[Run]) -> list[str]:
     """Task options (grid extents aside) and tokenizers that differ between the two sides' runs."""
-    from evalkit.registry import get_task
+    from evalkit.core.registry import get_task
 
     try:
         task_cls = get_task(base[0].task)

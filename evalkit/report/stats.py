@@ -325,7 +325,7 @@ RULER_THRESHOLD = 0.856  # RULER's: Llama-2-7B's mean accuracy at 4k
 
 def parse_threshold(spec) -> tuple[str, float]:
     """``0.856`` -> ("abs", 0.856); ``rel:0.9`` -> ("rel", 0.9): 0.9 x the accuracy at the shortest length."""
-    from evalkit.errors import ConfigError
+    from evalkit.core.errors import ConfigError
 
     raw = str(spec).strip()
     kind, number = ("rel", raw[4:]) if raw.startswith("rel:") else ("abs", raw)

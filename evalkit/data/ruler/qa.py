@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from evalkit.data.haystack import _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, SkipTask, register
-from evalkit.errors import ConfigError, DataError
+from evalkit.core.errors import ConfigError, DataError
 
 INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
 BEFORE = f"{INSTRUCTION}\n\nThe following are given documents.\n\n"

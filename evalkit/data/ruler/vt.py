@@ -16,7 +16,7 @@ import string
 
 from evalkit.data.haystack import NOISE, _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, register
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 NUM_CHAINS, NUM_HOPS = 1, 4  # RULER's synthetic.yaml
 EXAMPLE_TOKENS = 500  # RULER builds its in-context example at max_seq_length 500

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
-from evalkit.errors import ResultsError
+from evalkit.core.errors import ResultsError
 
 COMMON_COLUMNS = ["run_id", "task", "model", "attention", "context_length"]
 JOURNAL = "journal.jsonl"

@@ -1,7 +1,7 @@
 """``evalkit bench nested``: multi-length perplexity with nested windows vs independent windows.
 
 Both contenders are the full ``evalkit run perplexity`` (``evaluate`` on the loaded model, results
-written to a scratch folder, figures off), taking turns in every round (``evalkit.bench.run_rounds``):
+written to a scratch folder, figures off), taking turns in every round (``evalkit.bench.perplexity.run_rounds``):
 what a user gains from ``--windows nested`` on a grid such as ``--lengths 1k..32k``, end to end.
 Scored tokens are the same for both; nested computes only the longest window of each sample.
 """
@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from evalkit.bench import Mode, run_rounds
+from evalkit.bench.timing import Mode, run_rounds
 
 
 def bench_nested(model: str, lengths: str, device: str, dtype: str, out: str | None = None, samples: int = 1,
@@ -22,9 +22,9 @@ def bench_nested(model: str, lengths: str, device: str, dtype: str, out: str | N
     and the speed-up of nested over independent."""
     import pandas as pd
 
-    from evalkit.evaluate import RunConfig, evaluate, load_for
-    from evalkit.grid import parse_lengths
-    from evalkit.results import read_manifest
+    from evalkit.run.evaluate import RunConfig, evaluate, load_for
+    from evalkit.core.grid import parse_lengths
+    from evalkit.store.results import read_manifest
 
     sizes = parse_lengths(lengths)
     base = RunConfig(task="perplexity", model=model, attention=({"name": "softmax"},), device=device, dtype=dtype,

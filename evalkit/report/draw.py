@@ -23,7 +23,7 @@ def variant_colour(name: str) -> str:
     return VARIANT_COLOURS.get(name) or OTHER_COLOURS[zlib.crc32(name.encode()) % len(OTHER_COLOURS)]
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # headless: CI and servers have no display
@@ -33,23 +33,23 @@ def _pyplot():
 
 
 def save(fig, path: Path) -> Path:
-    from evalkit.results import atomic_write
+    from evalkit.store.results import atomic_write
 
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=path.suffix.lstrip(".")))
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def length_label(n: int) -> str:
-    from evalkit.grid import format_length
+    from evalkit.core.grid import format_length
 
     return format_length(int(n))
 
 
 def length_axis(ax, lengths, ylim=None) -> None:
     """A log2 context-length x axis labelled 512, 1k, 2k, ... at the measured lengths."""
-    from evalkit.grid import format_length
+    from evalkit.core.grid import format_length
 
     lengths = sorted(int(n) for n in lengths)
     ax.set_xscale("log", base=2)
@@ -61,7 +61,7 @@ def length_axis(ax, lengths, ylim=None) -> None:
 
 
 def figure(width=7.0, height=4.2):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(width, height))
     ax.grid(True, alpha=0.3)
     return fig, ax
@@ -112,7 +112,7 @@ def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:
 def mark_training_length(ax, lengths, train, as_columns: bool = False, label: str = "training length", row: int = 0,
                          suffix: str = "") -> None:
     """A dashed line where the context lengths pass the model's training length."""
-    from evalkit.grid import format_length
+    from evalkit.core.grid import format_length
 
     lengths = list(lengths)
     if not train or not lengths:

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import ConfigError, DataError
-from evalkit.registry import get_task
-from evalkit.task import TaskContext
+from evalkit.core.errors import ConfigError, DataError
+from evalkit.core.registry import get_task
+from evalkit.core.task import TaskContext
 
 
 @dataclass(frozen=True)
@@ -125,10 +125,10 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     folder is created or the model loaded, and the folder is created only once the run can start."""
     from rich.console import Console
 
-    from evalkit.distributed import current_world
-    from evalkit.manifest import git_dirty, git_revision, library_versions
-    from evalkit.results import check_out_folder, read_manifest
-    from evalkit.variants import VariantRequest, prefix_limits, resolve_variants
+    from evalkit.run.distributed import current_world
+    from evalkit.store.manifest import git_dirty, git_revision, library_versions
+    from evalkit.store.results import check_out_folder, read_manifest
+    from evalkit.run.attention_flags import VariantRequest, prefix_limits, resolve_variants
 
     console = console or Console(stderr=True, markup=False, emoji=False)
     log = (lambda *a: None) if config.quiet else console.print
@@ -187,7 +187,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
-        from evalkit.calibration import finalize
+        from evalkit.run.calibration import finalize
 
         outcome = _run(config, store, loaded, variants, task, samples, manifest, console, world,
                        {"load_seconds": round(load_seconds, 2)})
@@ -206,7 +206,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
 def _calibrate(config: RunConfig, task_cls, loaded, console, folder: Path) -> tuple:
     """With --calibrate-on and a sweep: run the grid on the calibration samples first (a folder
     beside the run's) and choose there; (choice, folder), or (None, None) to choose on the run itself."""
-    from evalkit.calibration import calibration_config, choose, groups
+    from evalkit.run.calibration import calibration_config, choose, groups
 
     labels = [a.get("label") or a["name"] for a in config.attention]
     if not config.calibrate_on or not groups(labels):
@@ -223,7 +223,7 @@ def _calibrate(config: RunConfig, task_cls, loaded, console, folder: Path) -> tu
 
 def _open_store(world, folder: Path, identity: dict, resume: bool):
     """Create and lock the run folder (rank 0), then let the other ranks join it."""
-    from evalkit.results import RunStore
+    from evalkit.store.results import RunStore
 
     store = RunStore(folder, identity, resume) if world.is_main else None
     world.barrier()
@@ -231,10 +231,10 @@ def _open_store(world, folder: Path, identity: dict, resume: bool):
 
 
 def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings) -> RunOutcome:
-    from evalkit.manifest import dataset_hash, device_description
+    from evalkit.store.manifest import dataset_hash, device_description
     from evalkit.models.adapter import ModelAdapter
-    from evalkit.progress import ProgressReporter, quiet_library_warnings
-    from evalkit.runner import Runner, default_batch_tokens
+    from evalkit.run.progress import ProgressReporter, quiet_library_warnings
+    from evalkit.run.runner import Runner, default_batch_tokens
 
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
@@ -277,15 +277,15 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
 def check_config(config: RunConfig) -> None:
     """Every check of a run config that needs no model and writes nothing: a sweep or several
     models check all their runs this way before the first one loads anything."""
-    from evalkit.results import check_out_folder
-    from evalkit.variants import VariantRequest
+    from evalkit.store.results import check_out_folder
+    from evalkit.run.attention_flags import VariantRequest
 
     task_cls = get_task(config.task)
     options = build_options(task_cls, config.task_options)
     for request in config.attention:
         VariantRequest.from_dict(request)
     if config.calibrate_on:
-        from evalkit.calibration import calibration_config
+        from evalkit.run.calibration import calibration_config
 
         calibration_config(config, task_cls, Path(config.out or "run"))  # a bad spec fails before any load
     check_inputs(task_cls, options, config)

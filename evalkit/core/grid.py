@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 _LENGTH = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
 

@@ -12,48 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evalkit.errors import ConfigError, ResultsError
-
-
-def _text(tokenizer, ids) -> str:
-    return tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
-
-
-def needle_records(numbered, tokenizer, seed: int) -> list[dict]:
-    """One samples-file record per (sample id, NeedleSample): ids and text, keys, span and provenance."""
-    from evalkit.data.options import provenance
-
-    records = []
-    for sample_id, s in numbered:
-        rows = provenance(s, seed)
-        start, end = rows["needle_start"], rows["needle_end"]
-        records.append({
-            "id": sample_id, "prompt": _text(tokenizer, s.prompt_ids), "answer": s.answer_text,
-            "prompt_ids": s.prompt_ids.tolist(), "answer_ids": s.answer_ids.tolist(),
-            "answer_ids_text": _text(tokenizer, s.answer_ids),
-            "context_length": s.context_length, "depth": s.depth, "trial": s.trial,
-            **({"needle": _text(tokenizer, s.prompt_ids[start:end])} if start >= 0 else {}),
-            **rows,
-        })
-    return records
-
-
-def token_records(task) -> list[dict]:
-    """Each sample's whole token sequence (perplexity windows), with its keys and provenance."""
-    from evalkit.models.requests import TokenLossRequest
-
-    records = []
-    for sample in task.samples():
-        if not isinstance(sample.request, TokenLossRequest):
-            raise ConfigError(f"task {task.name} cannot export its prompts", "export a needle, focus or perplexity run")
-        ids = sample.request.tokens
-        records.append({"id": sample.id, **sample.keys, **sample.meta, "seed": task.context.seed,
-                        "token_ids": ids.tolist(), "text": _text(task.context.tokenizer, ids)})
-    return records
+from evalkit.core.errors import ConfigError, ResultsError
+from evalkit.store.records import token_records
 
 
 def read_manifest(run: str | Path) -> dict:
-    from evalkit.results import MANIFEST, read_manifest as read
+    from evalkit.store.results import MANIFEST, read_manifest as read
 
     if not (Path(run) / MANIFEST).is_file():
         raise ResultsError(f"{run} is not an evalkit run folder (no manifest.json)", "give a folder written by evalkit run")
@@ -70,10 +34,10 @@ def model_spec(manifest: dict) -> str:
 
 def rebuild_task(manifest: dict, log=print):
     """The run's task with the run's options, seed and tokenizer."""
-    from evalkit.evaluate import build_options
+    from evalkit.run.evaluate import build_options
     from evalkit.models.loading import load_tokenizer_only, part_hashes, resolve
-    from evalkit.registry import get_task
-    from evalkit.task import TaskContext
+    from evalkit.core.registry import get_task
+    from evalkit.core.task import TaskContext
 
     config = manifest["config"]
     task_cls = get_task(config["task"])
@@ -94,7 +58,7 @@ def rebuild_task(manifest: dict, log=print):
 
 def export_prompts(run: str | Path, out: str | Path, log=print) -> int:
     """Write the run's prompts to ``out`` (JSONL); returns the number of records."""
-    from evalkit.results import atomic_write_text
+    from evalkit.store.results import atomic_write_text
 
     task = rebuild_task(read_manifest(run), log=log)
     export = getattr(task, "export_records", None)

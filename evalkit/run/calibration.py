@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 # request key -> how the value is written in a label
 SWEEPABLE = ("s", "b", "train_length", "attn_scale", "floor_scale", "beta", "original_length")
@@ -42,7 +42,7 @@ def parse_values(flag: str, value: Any, length: bool = False) -> list | None:
     """``"0.3,0.4"`` -> [0.3, 0.4]; one value -> [value]; None -> None. Lengths accept 1k."""
     if value is None:
         return None
-    from evalkit.grid import parse_length
+    from evalkit.core.grid import parse_length
 
     parts = [p.strip() for p in str(value).split(",")]
     try:
@@ -189,7 +189,7 @@ def mark_summary(summary, choice):
 def finalize(outcome, task, choice=None, calibration_folder=None):
     """After a run: choose (on the evaluation rows unless ``choice`` came from calibration samples),
     then write calibration.csv, the marked summary, plots/calibration.png and the manifest entry."""
-    from evalkit.results import atomic_write, atomic_write_text
+    from evalkit.store.results import atomic_write, atomic_write_text
 
     if outcome.frame is None or outcome.interrupted or not len(outcome.frame) or not groups(set(outcome.frame.attention)):
         return outcome
@@ -218,18 +218,18 @@ def finalize(outcome, task, choice=None, calibration_folder=None):
 
 def plot_choice(choice, task, path: Path) -> Path:
     """Score against the swept value, one panel per variant, the chosen value starred, the data it was chosen on in the title."""
-    from evalkit import plots
+    from evalkit.report import draw
 
     metric, higher = SCORE[task.name][0]
     prefix = "calibration_" if f"calibration_{metric}" in choice else ""
     found = list(dict.fromkeys(choice.group))
-    plt = plots._pyplot()
+    plt = draw.pyplot()
     fig, axes = plt.subplots(1, len(found), figsize=(max(5.5, 4.2 * len(found)), 4.0), squeeze=False)
     for ax, group in zip(axes[0], found):
         part = choice[choice.group == group]
         x = range(len(part))
         value, low, high = (part[f"{prefix}{metric}{s}"].to_numpy(float) for s in ("", "_ci_low", "_ci_high"))
-        colour = plots.variant_colour(group)
+        colour = draw.variant_colour(group)
         ax.errorbar(x, value, yerr=[value - low, high - value], color=colour, marker="o", capsize=3,
                     label=f"on {'calibration samples' if prefix else 'evaluation samples'}")
         if prefix and f"eval_{metric}" in part:
@@ -245,4 +245,4 @@ def plot_choice(choice, task, path: Path) -> Path:
     n, units = (int(choice[f"{prefix}{c}"].max()) for c in ("n", "units"))
     fig.suptitle(f"calibration sweep, all lengths pooled\nn = {n} samples in {units} independent units per value; 95% intervals",
                  fontsize=9)
-    return plots.save(fig, path)
+    return draw.save(fig, path)

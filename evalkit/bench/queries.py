@@ -1,7 +1,7 @@
 """`evalkit bench queries`: many queries on one haystack, branched off one trunk cache vs one pass each.
 
 ABCDigits over all keys: one haystack holding all 26 KEY=DIGITS lines, each key asked once. Four
-contenders take turns in every round (``evalkit.bench.run_rounds``, median over rounds, fair under a
+contenders take turns in every round (``evalkit.bench.perplexity.run_rounds``, median over rounds, fair under a
 drifting load):
 
 - branch score: the 26 answers teacher-forced, the haystack's cache computed once, the 26 suffixes
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.bench import ROUNDS, Mode, _table, run_rounds
+from evalkit.bench.timing import ROUNDS, Mode, run_rounds, write_table
 
 TIMING = "median of {} rounds, all four contenders taking turns in each; one-query contenders x queries"
 
@@ -37,7 +37,7 @@ def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.prefix import shared_sequence
     from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
-    from evalkit.runner import default_batch_tokens
+    from evalkit.run.runner import default_batch_tokens
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
     adapter = ModelAdapter(loaded)
@@ -100,7 +100,7 @@ def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens
                      "tokens_computed": mode.tokens_computed * (count // mode.batch),
                      "speedup_vs_one_pass": round(baseline[kind] / total[mode.label], 2),
                      "timing": TIMING.format(rounds or ROUNDS)})
-    frame = _table(rows, loaded, out, "bench_queries.csv")
+    frame = write_table(rows, loaded, out, "bench_queries.csv")
     frame.attrs["caption"] = (
         f"evalkit bench queries: ABCDigits over all {count} keys on one {length}-token haystack; {TIMING.format(rounds or ROUNDS)}. "
         f"Branched vs independent log-probs: max |diff| {max_diff:.2e}, greedy verdicts agree {greedy_agree}/{count}; "

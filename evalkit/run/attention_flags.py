@@ -8,9 +8,10 @@ softmax and back does not lose them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from evalkit.errors import ConfigError
-from evalkit.runner import Variant
+from evalkit.core.errors import ConfigError
+from evalkit.run.runner import Variant
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,33 @@ def prefix_limits(config, variants: list[ResolvedVariant]) -> tuple[tuple[int, s
             limits.append((limit, f"{kind} RoPE changes its frequencies with the row's length past {limit}"))
             break
     return tuple(limits)
+
+
+def attention_flag_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None,
+                            ssmax_n=None, **extra) -> tuple[dict, ...]:
+    """``--attention a,b`` and the shared attention flags, as typed on the command line, as one request
+    per variant (a list of values, ``--ssmax-s 0.3,0.4``, expands into one variant each)."""
+    from evalkit.run.calibration import expand, parse_values
+
+    names = [a.strip() for a in attention.split(",")]
+    if not all(names):
+        raise ConfigError(f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax")
+    if ssmax_n is not None and ssmax_n not in ("position", "length"):
+        raise ConfigError(f"bad --ssmax-n {ssmax_n!r}", "use position or length")
+    if attention_params is not None and not Path(attention_params).is_file():
+        raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
+    values = {"s": parse_values("--ssmax-s", ssmax_s), "b": parse_values("--ssmax-b", ssmax_b),
+              "train_length": parse_values("--train-length", train_length, length=True), **_variant_scalars(**extra)}
+    fixed = {k: v for k, v in {"params_file": attention_params, "n_mode": ssmax_n, "layers": values.pop("layers")}.items()
+             if v is not None}
+    return tuple({**request, **fixed} for request in expand(names, values))
+
+
+def _variant_scalars(attn_scale=None, floor_scale=None, beta=None, original_length=None, attention_layers=None) -> dict:
+    """The llama4-temp / mistral-beta flags and --attention-layers as request settings."""
+    from evalkit.attention.spec import canonical_layers
+    from evalkit.run.calibration import parse_values
+
+    return {"attn_scale": parse_values("--attn-scale", attn_scale), "floor_scale": parse_values("--floor-scale", floor_scale),
+            "beta": parse_values("--beta", beta), "original_length": parse_values("--original-length", original_length, length=True),
+            "layers": canonical_layers(attention_layers) if attention_layers else None}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from evalkit.errors import ConfigError, did_you_mean
+from evalkit.core.errors import ConfigError, did_you_mean
 
 GROUP = "evalkit.tasks"
 

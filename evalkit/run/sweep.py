@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import ConfigError
+from evalkit.core.errors import ConfigError
 
 _TOP_KEYS = {"out", "seeds", "device", "dtype", "batch_tokens", "allow_extrapolation", "allow_pickle",
              "trust_remote_code", "rope_theta", "rope_scaling", "rope_factor", "model", "attention", "task"}
@@ -68,8 +68,8 @@ def load_study(path: str | Path) -> Study:
     for entry in tasks:
         if "name" not in entry:
             raise ConfigError(f"a [[task]] in {path} has no name", "add name = \"perplexity\" (or needle, focus)")
-    from evalkit.evaluate import build_options, model_slug
-    from evalkit.registry import get_task
+    from evalkit.run.evaluate import build_options, model_slug
+    from evalkit.core.registry import get_task
 
     for entry in tasks:  # a typo in any task's options fails now, not after the first cells ran
         build_options(get_task(entry["name"]), {k: v for k, v in entry.items() if k != "name"})
@@ -90,7 +90,7 @@ def load_study(path: str | Path) -> Study:
 
 
 def run_configs(study: Study, resume: bool, quiet: bool):
-    from evalkit.evaluate import RunConfig
+    from evalkit.run.evaluate import RunConfig
 
     s = study.settings
     for cell in study.cells:
@@ -105,7 +105,7 @@ def run_configs(study: Study, resume: bool, quiet: bool):
 
 def check_study(study: Study, resume: bool) -> None:
     """Every cell's grid, files and folder, before any model loads or any folder is written."""
-    from evalkit.evaluate import check_config
+    from evalkit.run.evaluate import check_config
 
     for _cell, config in run_configs(study, resume, quiet=True):
         check_config(config)
@@ -113,7 +113,7 @@ def check_study(study: Study, resume: bool) -> None:
 
 def run_study(study: Study, resume: bool, quiet: bool, console=None, log=print) -> list:
     """Run every cell; each model is loaded once and reused for all its tasks and variants."""
-    from evalkit.evaluate import evaluate, load_for
+    from evalkit.run.evaluate import evaluate, load_for
 
     check_study(study, resume)
     outcomes, loaded, loaded_key = [], None, None

@@ -16,9 +16,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
-from evalkit.errors import EvalkitError
-from evalkit.results import RunStore
-from evalkit.task import Sample, Task
+from evalkit.core.errors import EvalkitError
+from evalkit.store.results import RunStore
+from evalkit.core.task import Sample, Task
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from evalkit import bench
-from evalkit.errors import ConfigError, did_you_mean
+from evalkit.bench import timing
+from evalkit.bench.focus import bench_focus
+from evalkit.bench.needle import bench_needle
+from evalkit.bench.perplexity import bench_perplexity
+from evalkit.core.errors import ConfigError, did_you_mean
 
 SSMAX_S = 0.43  # SmolLM2's s in the design notes; any s costs the same, it is one factor on q
 
 
 def _ssmax_pair():
-    from evalkit.variants import AttentionOptions, VariantRequest
+    from evalkit.run.attention_flags import AttentionOptions, VariantRequest
 
     return [VariantRequest("softmax"), VariantRequest("ssmax", AttentionOptions(s=SSMAX_S))]
 
@@ -110,8 +113,8 @@ def _queries(model: str, lengths: str, device: str, dtype: str, out: str | None,
     """The queries bench takes one haystack length a call: one call per length of the grid."""
     import pandas as pd
 
-    from evalkit.bench_queries import bench_queries
-    from evalkit.grid import parse_lengths
+    from evalkit.bench.queries import bench_queries
+    from evalkit.core.grid import parse_lengths
 
     frames = [bench_queries(model, n, device, dtype, None, out, rounds=rounds) for n in parse_lengths(lengths)]
     frame = pd.concat(frames, ignore_index=True)
@@ -121,23 +124,23 @@ def _queries(model: str, lengths: str, device: str, dtype: str, out: str | None,
 
 def _nested(model: str, lengths: str, device: str, dtype: str, out: str | None, samples: int, rounds: int,
             allow_extrapolation: bool = False):
-    from evalkit.bench_nested import bench_nested
+    from evalkit.bench.nested import bench_nested
 
     return bench_nested(model, lengths, device, dtype, out, samples=samples, rounds=rounds, allow_extrapolation=allow_extrapolation)
 
 
 REGISTRY: list[SuiteBench] = [
-    SuiteBench("perplexity", bench.bench_perplexity, {
+    SuiteBench("perplexity", bench_perplexity, {
         "cpu": dict(seconds=6.0, batch_tokens=2048, attention="ssmax-pair"),
         "gpu": dict(seconds=2.0, batch_tokens=131072, attention="ssmax-pair"),  # 2-4 x 32k windows: ~1 s a call
         "smoke": dict(seconds=0.3, batch_tokens=None, attention="ssmax-pair"),
     }, _perplexity_summary),
-    SuiteBench("needle", bench.bench_needle, {
+    SuiteBench("needle", bench_needle, {
         "cpu": dict(depths="50", trials=2, batch_tokens=None),
         "gpu": dict(depths="0:100:50", trials=1, batch_tokens=None),
         "smoke": dict(depths="50", trials=1, batch_tokens=None),
     }, _needle_summary),
-    SuiteBench("focus", bench.bench_focus, {
+    SuiteBench("focus", bench_focus, {
         "cpu": dict(seconds=3.0),
         "gpu": dict(seconds=1.5),
         "smoke": dict(seconds=0.3),
@@ -235,7 +238,7 @@ def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smoll
     import pandas as pd
     import torch
 
-    from evalkit.paths import cache_dir
+    from evalkit.core.paths import cache_dir
 
     preset = plan.preset
     if preset.device.startswith("cuda") and not torch.cuda.is_available():
@@ -244,7 +247,7 @@ def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smoll
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(checkpoints) if checkpoints else cache_dir("random-checkpoints")
     dtype = getattr(torch, preset.dtype)
-    peak = bench.measure_peak_tflops(preset.device, dtype, preset.probe_size)
+    peak = timing.measure_peak_tflops(preset.device, dtype, preset.probe_size)
     started = time.perf_counter()
     frames: dict[str, list] = {}
     for job in plan.jobs:
@@ -267,7 +270,7 @@ def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smoll
 def environment(preset: Preset, peak: float) -> dict[str, str]:
     import torch
 
-    from evalkit.manifest import device_description
+    from evalkit.store.manifest import device_description
 
     device = torch.device(preset.device)
     env = {"device": device_description(device)}
@@ -276,11 +279,11 @@ def environment(preset: Preset, peak: float) -> dict[str, str]:
         env["GPU"] = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
     env["CPU"] = f"{_cpu_model()}, {os.cpu_count()} cores visible, torch uses {torch.get_num_threads()} threads"
     env["dtype"] = preset.dtype
-    sheet = bench.peak_tflops(env["device"], preset.dtype)
+    sheet = timing.peak_tflops(env["device"], preset.dtype)
     env["peak"] = f"{peak:.3g} TFLOP/s measured (dense {preset.dtype} matmul probe)" + (f"; data sheet {sheet:g}" if sheet else "")
     for package, name in (("torch", "torch"), ("transformers", "transformers"), ("lm_eval", "lm-eval")):
         try:
-            env[name] = bench._version(package)
+            env[name] = timing.version_of(package)
         except Exception:
             env[name] = "not installed: its rows are absent"
     env["python"] = platform.python_version()

@@ -1,0 +1,146 @@
+"""``evalkit bench``: speed benchmarks, each against a peer or the hardware limit, and the suite of them all."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from evalkit.cli.common import DeviceOption, DType, DTypeOption, ModelOption, make_console, new_group, print_frame, user_errors
+
+bench_app = new_group("Speed benchmarks (tokens/s, model-FLOP utilization).")
+
+
+@bench_app.command("perplexity")
+@user_errors
+def bench_perplexity(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="Context lengths, e.g. 512,2k,8k.")] = "512,2k",
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
+    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length and row, split over the rounds.")] = 5.0,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (default: measured by a matmul probe).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench.csv into.")] = None,
+    attention: Annotated[str, typer.Option(help="Variants to time, comma-separated; ratios are against the first.")] = "softmax",
+    ssmax_s: Annotated[Optional[float], typer.Option(help="SSMax scale s for every head.")] = None,
+    train_length: Annotated[Optional[str], typer.Option(help="Training length L for logn.")] = None,
+) -> None:
+    """Tokens/s and model-FLOP utilization of evalkit's batched token losses, per attention variant."""
+    from evalkit.bench.perplexity import bench_perplexity as run_bench
+    from evalkit.run.attention_flags import VariantRequest, attention_flag_requests
+
+    requests = [VariantRequest.from_dict(r) for r in attention_flag_requests(attention, ssmax_s, train_length=train_length)]
+    frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out, requests)
+    print_frame(make_console(), frame.drop(columns=["peak_source", "timing"]), frame.attrs["caption"])
+
+
+@bench_app.command("needle")
+@user_errors
+def bench_needle_command(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,2k",
+    depths: Annotated[str, typer.Option(help="Needle depths in percent.")] = "0:100:25",
+    trials: Annotated[int, typer.Option(help="Samples per (length, depth).")] = 2,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_needle.csv into.")] = None,
+    needle: Annotated[str, typer.Option(help="Needle kind: passkey, kv or abcdigits.")] = "passkey",
+    chat: Annotated[str, typer.Option(help="Chat template: auto, on or off.")] = "auto",
+    digits: Annotated[int, typer.Option(help="Digits of the numbers to retrieve.")] = 5,
+) -> None:
+    """Needle samples/s: evalkit with the shared prefix cache, without it, and choosing per group from the measured cost (the default), vs a plain greedy generate loop."""
+    from evalkit.bench.needle import bench_needle
+
+    frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out,
+                         needle_options={"needle": needle, "chat": chat, "digits": digits})
+    print_frame(make_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
+
+
+@bench_app.command("focus")
+@user_errors
+def bench_focus_command(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="Context lengths.")] = "1k,4k",
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length and path.")] = 6.0,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_focus.csv into.")] = None,
+) -> None:
+    """Overhead of the attention probe over a plain forward pass."""
+    from evalkit.bench.focus import bench_focus
+
+    print_frame(make_console(), bench_focus(model, lengths, device, dtype.value, seconds, out), "evalkit bench focus")
+
+
+@bench_app.command("nested")
+@user_errors
+def bench_nested_command(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="The perplexity grid, e.g. 1k..32k.")] = "256..4k",
+    samples: Annotated[int, typer.Option(help="Windows per length.")] = 1,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    rounds: Annotated[int, typer.Option(help="Rounds; both window modes take a turn in each, the median counts.")] = 3,
+    allow_extrapolation: Annotated[bool, typer.Option(help="Allow lengths past the model's position limit.")] = False,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_nested.csv into.")] = None,
+) -> None:
+    """Multi-length perplexity, end to end: nested windows (one pass of the longest) vs independent windows."""
+    from evalkit.bench.nested import bench_nested
+
+    frame = bench_nested(model, lengths, device, dtype.value, out, samples=samples, rounds=rounds,
+                         allow_extrapolation=allow_extrapolation)
+    print_frame(make_console(), frame, frame.attrs["caption"])
+
+
+@bench_app.command("queries")
+@user_errors
+def bench_queries_command(
+    model: ModelOption = "smollm2-135m",
+    length: Annotated[str, typer.Option(help="Haystack length (prompt tokens), e.g. 4k.")] = "4k",
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
+    rounds: Annotated[int, typer.Option(help="Rounds; every contender takes a turn in each, the median counts.")] = 3,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_queries.csv into.")] = None,
+) -> None:
+    """26 queries on one haystack (ABCDigits over all keys): branched off one cache vs one pass each, scoring and generation."""
+    from evalkit.bench.queries import bench_queries
+    from evalkit.core.errors import ConfigError
+    from evalkit.core.grid import parse_lengths
+
+    lengths = parse_lengths(length)
+    if len(lengths) != 1:
+        raise ConfigError(f"bad --length {length!r}: one length is benched at a time", "give one length, e.g. --length 4k")
+    frame = bench_queries(model, lengths[0], device, dtype.value, batch_tokens, out, rounds=rounds)
+    print_frame(make_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
+
+
+@bench_app.command("suite")
+@user_errors
+def bench_suite_command(
+    out: Annotated[str, typer.Option(help="Folder for report.md and one bench_<name>.csv per bench.")] = "bench",
+    preset: Annotated[str, typer.Option(help="cpu (~10 min on 2 cores, SmolLM2-135M), gpu (random Llama-1B and SmolLM2 shapes, bf16, <8 min on one H100) or smoke (~1 min).")] = "cpu",
+    model: Annotated[Optional[str], typer.Option(help="Run the preset's grid on this checkpoint instead of its models.")] = None,
+    lengths: Annotated[Optional[str], typer.Option(help="Replace every bench's lengths (a reduced run).")] = None,
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer of the random-weight checkpoints a preset writes (folder or alias).")] = "smollm2-135m",
+    checkpoints: Annotated[Optional[str], typer.Option(help="Folder for those checkpoints (default: the evalkit cache).")] = None,
+) -> None:
+    """Every bench on a preset grid, peers when installed: report.md (tables, environment, command) and CSVs."""
+    import sys
+
+    from evalkit.bench.suite import plan_suite, preset_named, run_suite
+
+    plan = plan_suite(preset_named(preset), model=model, lengths=lengths)
+    command = shlex.join(["evalkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else \
+        shlex.join(["evalkit", "bench", "suite", "--out", out, "--preset", preset, *(["--model", model] if model else []),
+                    *(["--lengths", lengths] if lengths else [])])
+    run_suite(plan, out, command, tokenizer=tokenizer, checkpoints=checkpoints, log=make_console().print)
+    make_console().print(f"wrote {Path(out) / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

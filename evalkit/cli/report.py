@@ -1,0 +1,101 @@
+"""``evalkit compare``, ``evalkit gate`` and ``evalkit plot``: the numbers people decide from, across runs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from evalkit.cli.common import make_console, user_errors
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def _report(module, result, fmt: ReportFormat, junit: Optional[str]) -> None:
+    """Print a comparison or gate report, write JUnit XML if asked, exit with its code."""
+    if fmt is ReportFormat.table:
+        make_console().print(module.to_rich_table(result))
+    else:
+        typer.echo(getattr(module, f"to_{fmt.value}")(result))
+    if junit:
+        Path(junit).write_text(module.to_junit(result))
+    raise typer.Exit(result.exit_code)
+
+
+def compare_command(
+    baseline: Annotated[str, typer.Argument(help="Baseline run folder (or a folder of runs, e.g. a sweep's out).")],
+    candidate: Annotated[Optional[str], typer.Argument(help="Candidate run folder; omit to take both sides from BASELINE with the selectors.")] = None,
+    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run or seed (repeatable; VALUE may be a comma list).")] = None,
+    cand_select: Annotated[Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|.")] = None,
+    relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
+    confidence: Annotated[float, typer.Option(help="A regression must be beyond noise at this confidence (p < 1 - confidence).")] = 0.95,
+    strict: Annotated[bool, typer.Option(help="Fail on any worsening beyond the tolerance, noise or not.")] = False,
+    allow_missing: Annotated[bool, typer.Option(help="Pass although the candidate lacks cells the baseline has.")] = False,
+    unpaired: Annotated[bool, typer.Option(help="Treat the sides as independent samples; differing task options or tokenizers become notes, not failures.")] = False,
+    threshold: Annotated[str, typer.Option(help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the accuracy at the shortest length.")] = "0.856",
+    format: Annotated[ReportFormat, typer.Option(help="table, markdown (for a pull-request comment) or json.")] = ReportFormat.table,
+    junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
+) -> None:
+    """Compare a baseline with a candidate: two runs, or two selections (variants, checkpoints, seeds) of runs.
+
+    Paired prompt by prompt when both sides share prompts (exact McNemar for 0/1 metrics, paired t
+    per unit otherwise), else unpaired. Exit 0: pass. Exit 1: a regression (worse than the tolerance
+    AND beyond noise; --strict: beyond the tolerance), or an unsafe comparison: an interrupted or
+    incomplete run, cells the candidate lacks, differing task options, tokenizer or prompts, a drop
+    in effective context length beyond noise. Exit 2: bad input.
+    """
+    from evalkit.report import compare
+
+    result = compare.compare_runs(baseline, candidate, base_select=base_select, cand_select=cand_select,
+                                  tolerance=tolerance, relative=relative, confidence=confidence, strict=strict,
+                                  allow_missing=allow_missing, unpaired=unpaired, threshold=threshold)
+    _report(compare, result, format, junit)
+
+
+def gate_command(
+    candidate: Annotated[str, typer.Argument(help="Run folder to check.")],
+    config: Annotated[str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold.")],
+    baseline: Annotated[Optional[str], typer.Option(help="Baseline run for relative gates (overrides the file's).")] = None,
+    format: Annotated[ReportFormat, typer.Option(help="table, markdown or json.")] = ReportFormat.table,
+    junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
+) -> None:
+    """Check a run against thresholds from a file; exit 1 when any gate fails or the run is interrupted or incomplete.
+
+    Each gate reports its value with n and a 95% interval. The point value decides, unless the
+    gate sets require = "ci": then the whole interval must be on the passing side.
+    """
+    from evalkit.report import gate
+
+    result = gate.check_gates(candidate, gate.load_gates(config), baseline_dir=baseline)
+    _report(gate, result, format, junit)
+
+
+class Aggregate(str, Enum):
+    seeds = "seeds"
+
+
+def plot_command(
+    runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
+    out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
+    metric: Annotated[Optional[str], typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline.")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder.")] = None,
+    aggregate: Annotated[Optional[Aggregate], typer.Option(help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds.")] = None,
+) -> None:
+    """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points also as CSV."""
+    from evalkit.report.figures import plot_runs
+
+    for path in plot_runs(runs, out, metric, label, aggregate.value if aggregate else None):
+        typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(user_errors(compare_command))
+    app.command("gate")(user_errors(gate_command))
+    app.command("plot")(user_errors(plot_command))
