@@ -349,7 +349,7 @@ def _report(module, result, fmt: ReportFormat, junit: Optional[str]) -> None:
 def compare_command(
     baseline: Annotated[str, typer.Argument(help="Baseline run folder (or a folder of runs, e.g. a sweep's out).")],
     candidate: Annotated[Optional[str], typer.Argument(help="Candidate run folder; omit to take both sides from BASELINE with the selectors.")] = None,
-    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run or seed (repeatable; VALUE may be a comma list).")] = None,
+    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run, seed, or step and series (evalkit track's runs) (repeatable; VALUE may be a comma list).")] = None,
     cand_select: Annotated[Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|.")] = None,
     relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
@@ -457,12 +457,13 @@ def reference_train(
     positions: Annotated[str, typer.Option(help="rope (RoPE on every layer), nope (no positional encoding) or irope (local RoPE layers with a sliding window + global NoPE layers).")] = "rope",
     window: Annotated[Optional[int], typer.Option(help="irope: keys a local layer sees, at most the training length (default: the recipe's).")] = None,
     pattern: Annotated[Optional[str], typer.Option(help="irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE (default: the recipe's, lg).")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Also save both models every N steps as OUT/checkpoints/{softmax,ssmax}/checkpoint-N (for evalkit track).")] = None,
 ) -> None:
     """Train two tiny models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits."""
     from evalkit.reference import train_reference_pair
 
     summary = train_reference_pair(Path(out), recipe=recipe, steps=steps, seed=seed, device=device, log=typer.echo,
-                                   positions=positions, window=window, pattern=pattern)
+                                   positions=positions, window=window, pattern=pattern, save_every=save_every)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -498,6 +499,11 @@ class Aggregate(str, Enum):
     seeds = "seeds"
 
 
+class XAxis(str, Enum):
+    length = "length"
+    step = "step"
+
+
 @app.command("plot")
 @user_errors
 def plot_command(
@@ -506,11 +512,46 @@ def plot_command(
     metric: Annotated[Optional[str], typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline.")] = None,
     label: Annotated[Optional[list[str]], typer.Option(help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder.")] = None,
     aggregate: Annotated[Optional[Aggregate], typer.Option(help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds.")] = None,
+    x: Annotated[XAxis, typer.Option(help="length: metric vs context length; step: metric and effective length vs training step, from evalkit track's (or the training callback's) folder, one panel per length.")] = XAxis.length,
 ) -> None:
     """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points also as CSV."""
     from evalkit.report.figures import plot_runs
 
-    for path in plot_runs(runs, out, metric, label, aggregate.value if aggregate else None):
+    for path in plot_runs(runs, out, metric, label, aggregate.value if aggregate else None, x=x.value):
+        typer.echo(str(path))
+
+
+@app.command("track")
+@user_errors
+def track_command(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint folders or globs (ckpts/checkpoint-*); the step comes from trainer_state.json's global_step, else the folder name.")],
+    task: Annotated[list[str], typer.Option(help="Task(s) to run on every checkpoint (repeat, or comma-separated).")] = ["needle"],
+    lengths: Annotated[Optional[str], typer.Option(help="Context lengths, for every task that has them (1k..16k).")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Needle/focus trials per (length, depth).")] = None,
+    set_option: Annotated[Optional[list[str]], typer.Option("--set", help="Any other task option, OPTION=VALUE (repeatable): --set depths=0,50,100.")] = None,
+    attention: Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = each checkpoint's own.")] = "auto",
+    ssmax_s: Annotated[Optional[str], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")] = None,
+    out: Annotated[str, typer.Option(help="Track folder: OUT/<series>/step-<N>/<task>/ runs, track.parquet, track_summary.csv, figures/.")] = "results/track",
+    resume: Annotated[bool, typer.Option(help="Continue the track in --out: finished runs are skipped, new checkpoints added.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    seed: Annotated[int, typer.Option(help="Seed for sample selection (the same prompts at every step).")] = 1234,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory).")] = None,
+    allow_extrapolation: Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Evaluate a series of checkpoints, one model at a time: metric and effective length vs training step."""
+    from evalkit.track import parse_set, run_track
+
+    options = {**({"lengths": lengths} if lengths else {}), **({"trials": trials} if trials is not None else {}), **parse_set(set_option)}
+    outcome = run_track(checkpoints, tasks=task, options=options, attention=attention, ssmax_s=ssmax_s, out=out, resume=resume,
+                        device=device, dtype=dtype.value, seed=seed, batch_tokens=batch_tokens,
+                        allow_extrapolation=allow_extrapolation, quiet=quiet, console=_console(stderr=True), log=typer.echo)
+    if outcome.interrupted:
+        typer.echo(f"interrupted; continue with:\n  {continue_command()}", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"{len(outcome.evaluated)} run(s) evaluated, {len(outcome.skipped)} done before; tables: {outcome.folder}/track_summary.csv")
+    for path in outcome.figures:
         typer.echo(str(path))
 
 

@@ -157,8 +157,17 @@ def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tu
 
 
 def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: list[str] | None = None,
-              aggregate: str | None = None) -> list[Path]:
-    """Figures of each task's headline metric (or ``metric``), with their points as CSV."""
+              aggregate: str | None = None, x: str = "length") -> list[Path]:
+    """Figures of each task's headline metric (or ``metric``), with their points as CSV; ``x="step"``:
+    against training step, from runs of a checkpoint series (``evalkit.report.steps``)."""
+    if x == "step":
+        if labels or aggregate:
+            raise ConfigError("--label and --aggregate apply to --x length", "leave them out with --x step")
+        from evalkit.report.steps import plot_steps
+
+        return plot_steps(folders, out, metric)
+    if x != "length":
+        raise ConfigError(f"bad --x {x!r}", "use length or step")
     if aggregate not in (None, "seeds"):
         raise ConfigError(f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run")
     runs = [load_run(Path(f)) for f in folders]
