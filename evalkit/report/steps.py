@@ -17,7 +17,7 @@ import pandas as pd
 
 from evalkit import plots
 from evalkit.errors import ResultsError
-from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, load_run, points, training_length
+from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, load_run, points
 
 HEADLINE_COLUMN = {"ruler": "score"}  # tasks whose headline summary column is not HEADLINE's metric renamed
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
@@ -37,7 +37,7 @@ def step_points(folders: list[str], metric: str | None = None) -> tuple[pd.DataF
             curve = points(run, name)
             base = {"task": task, "series": run.manifest.get("series") or run.model, "step": int(run.manifest["step"]),
                     "run": str(run_folder), "metric": SUMMARY_COLUMN.get(name, name),
-                    "train_length": training_length(run.manifest)}
+                    "train_length": (run.manifest.get("model") or {}).get("training_length")}  # recorded, not the position limit
             if curve is not None and not curve.empty:
                 per_length.append(curve.assign(**base))
             if metric is None and "effective_length" in run.summary:
