@@ -26,11 +26,38 @@ from typing import Any, Iterator, Sequence
 from evalkit.errors import ConfigError, ResultsError, did_you_mean
 
 # Keywords of evaluate() that are not task options: attention flags (as the CLI's), then run settings.
-ATTENTION_FLAGS = ("ssmax_s", "ssmax_b", "attention_params", "train_length", "ssmax_n", "attn_scale", "floor_scale",
-                   "beta", "original_length", "attention_layers")
-RUN_SETTINGS = ("out", "resume", "name", "seed", "device", "dtype", "batch_tokens", "prefix_cache", "allow_extrapolation",
-                "allow_pickle", "trust_remote_code", "rope_theta", "rope_scaling", "rope_factor", "calibrate_on",
-                "progress", "plots", "distributed")
+ATTENTION_FLAGS = (
+    "ssmax_s",
+    "ssmax_b",
+    "attention_params",
+    "train_length",
+    "ssmax_n",
+    "attn_scale",
+    "floor_scale",
+    "beta",
+    "original_length",
+    "attention_layers",
+)
+RUN_SETTINGS = (
+    "out",
+    "resume",
+    "name",
+    "seed",
+    "device",
+    "dtype",
+    "batch_tokens",
+    "prefix_cache",
+    "allow_extrapolation",
+    "allow_pickle",
+    "trust_remote_code",
+    "rope_theta",
+    "rope_scaling",
+    "rope_factor",
+    "calibrate_on",
+    "progress",
+    "plots",
+    "distributed",
+)
 
 
 @dataclass
@@ -66,8 +93,9 @@ class Run:
         if target.resolve() == self.folder.resolve():
             return self
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise ResultsError(f"cannot save the run to {target}: it exists and is not an empty folder",
-                               "choose a new folder")
+            raise ResultsError(
+                f"cannot save the run to {target}: it exists and is not an empty folder", "choose a new folder"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(self.folder, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".evalkit.lock"))
         return load_run(target)
@@ -81,8 +109,10 @@ def load_run(path: str | Path) -> Run:
 
     folder = Path(path)
     if not (folder / "results.parquet").is_file():
-        raise ResultsError(f"{folder} is not an evalkit run folder (no results.parquet)",
-                           "pass a folder written by evalkit run, evalkit.evaluate or Run.save")
+        raise ResultsError(
+            f"{folder} is not an evalkit run folder (no results.parquet)",
+            "pass a folder written by evalkit run, evalkit.evaluate or Run.save",
+        )
     manifest_path = folder / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -144,20 +174,29 @@ def evaluate(
     unknown = sorted(set(options) - set(names))
     if unknown:
         hint = did_you_mean(unknown[0], names)
-        raise ConfigError(f"unknown option(s) for evalkit.evaluate(task={task!r}): {', '.join(unknown)}",
-                          f"{hint}known: {', '.join(names)}")
+        raise ConfigError(
+            f"unknown option(s) for evalkit.evaluate(task={task!r}): {', '.join(unknown)}",
+            f"{hint}known: {', '.join(names)}",
+        )
     flags = {k: options.pop(k) for k in ATTENTION_FLAGS if k in options}
     settings = {k: options.pop(k) for k in RUN_SETTINGS if k in options}
     task_options = {k: _option_value(k, v) for k, v in options.items()}
     in_memory = not isinstance(model_or_path, (str, Path))
     if in_memory and tokenizer is None:
-        raise ConfigError("evalkit.evaluate(model) needs the model's tokenizer", "pass it: evaluate(model, tokenizer, ...)")
+        raise ConfigError(
+            "evalkit.evaluate(model) needs the model's tokenizer", "pass it: evaluate(model, tokenizer, ...)"
+        )
     settings_distributed = bool(settings.pop("distributed", False))
-    rope = {"theta": settings.pop("rope_theta", None), "scaling": settings.pop("rope_scaling", None),
-            "factor": settings.pop("rope_factor", None)}
+    rope = {
+        "theta": settings.pop("rope_theta", None),
+        "scaling": settings.pop("rope_scaling", None),
+        "factor": settings.pop("rope_factor", None),
+    }
     if in_memory and any(v is not None for v in rope.values()):
-        raise ConfigError("rope_theta/rope_scaling/rope_factor change how a model is built, so they apply to paths only",
-                          "save the model and pass its folder, or change its config yourself")
+        raise ConfigError(
+            "rope_theta/rope_scaling/rope_factor change how a model is built, so they apply to paths only",
+            "save the model and pass its folder, or change its config yourself",
+        )
     model_name = name or (_memory_name(model_or_path) if in_memory else str(model_or_path))
     scratch = None
     if out is None:
@@ -165,19 +204,29 @@ def evaluate(
             raise ConfigError("resume=True needs out=", "give the folder of the run to continue")
         scratch = tempfile.TemporaryDirectory(prefix="evalkit-")
         out = Path(scratch.name) / f"{task}-{_slug(model_name)}"
-    config = RunConfig(task=task, model=model_name, task_options=task_options, attention=attention_requests(attention, **flags),
-                       rope=rope, out=str(out), resume=resume, device=device, dtype=dtype, seed=seed,
-                       quiet=not settings.pop("progress", progress), plots=settings.pop("plots", plots), **settings)
+    config = RunConfig(
+        task=task,
+        model=model_name,
+        task_options=task_options,
+        attention=attention_requests(attention, **flags),
+        rope=rope,
+        out=str(out),
+        resume=resume,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        quiet=not settings.pop("progress", progress),
+        plots=settings.pop("plots", plots),
+        **settings,
+    )
     check_config(config)
     if not in_memory:
         outcome = run_config(config)
         return _run_from(outcome, scratch)
     with preserved(model_or_path):
+        from evalkit.distributed import World, current_world
+
         loaded = wrap_model(model_or_path, tokenizer, model_name)
-        from evalkit.distributed import World
-
-        from evalkit.distributed import current_world
-
         # in a data-parallel job this process runs alone unless asked to share the run across ranks
         world = current_world() if settings_distributed else World()
         outcome = run_config(config, loaded=loaded, world=world)
@@ -199,16 +248,25 @@ def attention_requests(attention: str | Sequence[str], **flags: Any) -> tuple[di
 
     if flags.get("ssmax_n") not in (None, "position", "length"):
         raise ConfigError(f"bad ssmax_n {flags['ssmax_n']!r}", "use position or length")
-    values = {"s": parse_values("ssmax_s", joined(flags.get("ssmax_s"))),
-              "b": parse_values("ssmax_b", joined(flags.get("ssmax_b"))),
-              "train_length": parse_values("train_length", joined(flags.get("train_length")), length=True),
-              "attn_scale": parse_values("attn_scale", joined(flags.get("attn_scale"))),
-              "floor_scale": parse_values("floor_scale", joined(flags.get("floor_scale"))),
-              "beta": parse_values("beta", joined(flags.get("beta"))),
-              "original_length": parse_values("original_length", joined(flags.get("original_length")), length=True)}
+    values = {
+        "s": parse_values("ssmax_s", joined(flags.get("ssmax_s"))),
+        "b": parse_values("ssmax_b", joined(flags.get("ssmax_b"))),
+        "train_length": parse_values("train_length", joined(flags.get("train_length")), length=True),
+        "attn_scale": parse_values("attn_scale", joined(flags.get("attn_scale"))),
+        "floor_scale": parse_values("floor_scale", joined(flags.get("floor_scale"))),
+        "beta": parse_values("beta", joined(flags.get("beta"))),
+        "original_length": parse_values("original_length", joined(flags.get("original_length")), length=True),
+    }
     layers = flags.get("attention_layers")
-    fixed = {k: v for k, v in {"params_file": flags.get("attention_params"), "n_mode": flags.get("ssmax_n"),
-                               "layers": canonical_layers(joined(layers)) if layers else None}.items() if v is not None}
+    fixed = {
+        k: v
+        for k, v in {
+            "params_file": flags.get("attention_params"),
+            "n_mode": flags.get("ssmax_n"),
+            "layers": canonical_layers(joined(layers)) if layers else None,
+        }.items()
+        if v is not None
+    }
     return tuple({**request, **fixed} for request in expand(names, values))
 
 
@@ -236,8 +294,14 @@ def _run_from(outcome, scratch) -> Run:
     if outcome.frame is None:  # a non-zero rank of a distributed run: rank 0 writes and reports
         return Run(Path(outcome.folder), None, None, {}, [], scratch)
     manifest = json.loads((Path(outcome.folder) / "manifest.json").read_text())
-    return Run(Path(outcome.folder), outcome.frame, outcome.summary, manifest,
-               [p for p in outcome.plots if str(p).endswith(".png")], scratch)
+    return Run(
+        Path(outcome.folder),
+        outcome.frame,
+        outcome.summary,
+        manifest,
+        [p for p in outcome.plots if str(p).endswith(".png")],
+        scratch,
+    )
 
 
 # --- the model object as the engine's LoadedModel -----------------------------------------------
@@ -250,15 +314,24 @@ def wrap_model(model, tokenizer, name: str):
     from evalkit.models.loading import LoadedModel, ModelSource
 
     if not hasattr(model, "config") or not hasattr(model, "parameters"):
-        raise ConfigError(f"evalkit.evaluate got a {type(model).__name__}, not a transformers model",
-                          "pass a causal LM (AutoModelForCausalLM...) and its tokenizer, or a checkpoint path")
+        raise ConfigError(
+            f"evalkit.evaluate got a {type(model).__name__}, not a transformers model",
+            "pass a causal LM (AutoModelForCausalLM...) and its tokenizer, or a checkpoint path",
+        )
     model = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
     first = next(model.parameters())
     native_scaling(model)  # captured before any variant switches it off, as load_model does
     weights = state_hash(model)
-    return LoadedModel(model, tokenizer, ModelSource("memory", name, name=name), first.device, first.dtype, weights,
-                       native_attention=(spec_from_model(model), head_tables(model)),
-                       hashes={"weights": weights, "config": _text_hash(model.config.to_json_string()), "tokenizer": None})
+    return LoadedModel(
+        model,
+        tokenizer,
+        ModelSource("memory", name, name=name),
+        first.device,
+        first.dtype,
+        weights,
+        native_attention=(spec_from_model(model), head_tables(model)),
+        hashes={"weights": weights, "config": _text_hash(model.config.to_json_string()), "tokenizer": None},
+    )
 
 
 def state_hash(model) -> str:

@@ -59,8 +59,14 @@ class TrackSettings:
 
     def identity(self) -> dict[str, Any]:
         """What a resume must match (the runs check their own identity too; this says it once, up front)."""
-        return {"tasks": list(self.tasks), "task_options": self.task_options, "attention": list(self.attention),
-                "seed": self.seed, "dtype": self.dtype, "allow_extrapolation": self.allow_extrapolation}
+        return {
+            "tasks": list(self.tasks),
+            "task_options": self.task_options,
+            "attention": list(self.attention),
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "allow_extrapolation": self.allow_extrapolation,
+        }
 
 
 @dataclass
@@ -81,7 +87,9 @@ def step_of(folder: Path) -> int | None:
         try:
             step = json.loads(state.read_text()).get("global_step")
         except ValueError:
-            raise ConfigError(f"{state} is not valid JSON", "fix or remove it (the step is then read from the folder name)") from None
+            raise ConfigError(
+                f"{state} is not valid JSON", "fix or remove it (the step is then read from the folder name)"
+            ) from None
         if isinstance(step, int) and not isinstance(step, bool):
             return step
     match = STEP_NAME.search(folder.name)
@@ -102,13 +110,17 @@ def find_checkpoints(specs: list[str]) -> list[Checkpoint]:
     paths = [p for p in dict.fromkeys(p.resolve() for p in paths)]
     folders = [p for p in paths if p.is_dir()]
     if not folders:
-        raise ConfigError(f"no checkpoint folder among {', '.join(specs)}", "give checkpoint folders (config.json + weights)")
+        raise ConfigError(
+            f"no checkpoint folder among {', '.join(specs)}", "give checkpoint folders (config.json + weights)"
+        )
     steps = {}
     for folder in folders:
         step = step_of(folder)
         if step is None:
-            raise ConfigError(f"cannot tell the training step of {folder}",
-                              "name it checkpoint-<step> or give it a trainer_state.json with global_step")
+            raise ConfigError(
+                f"cannot tell the training step of {folder}",
+                "name it checkpoint-<step> or give it a trainer_state.json with global_step",
+            )
         steps[folder] = step
     parents = sorted({str(f.parent) for f in folders})
     series = dict(zip(parents, model_folders(parents)))
@@ -116,8 +128,10 @@ def find_checkpoints(specs: list[str]) -> list[Checkpoint]:
     seen: dict[tuple[str, int], Path] = {}
     for c in out:
         if (c.series, c.step) in seen:
-            raise ConfigError(f"{seen[(c.series, c.step)]} and {c.path} are both step {c.step} of series {c.series}",
-                              "give each step of a series once")
+            raise ConfigError(
+                f"{seen[(c.series, c.step)]} and {c.path} are both step {c.step} of series {c.series}",
+                "give each step of a series once",
+            )
         seen[(c.series, c.step)] = c.path
     return sorted(out, key=lambda c: (c.series, c.step))
 
@@ -143,8 +157,13 @@ def is_finished(folder: Path) -> bool:
     manifest = read_manifest(folder) if Path(folder).is_dir() else {}
     planned, finished = manifest.get("samples"), manifest.get("finished_samples")
     variants = len(manifest.get("attention") or []) or 1
-    return (manifest.get("interrupted") is False and "step" in manifest and planned is not None
-            and finished is not None and finished >= planned * variants)
+    return (
+        manifest.get("interrupted") is False
+        and "step" in manifest
+        and planned is not None
+        and finished is not None
+        and finished >= planned * variants
+    )
 
 
 def run_configs(checkpoint: Checkpoint, settings: TrackSettings, out: Path) -> list:
@@ -153,12 +172,24 @@ def run_configs(checkpoint: Checkpoint, settings: TrackSettings, out: Path) -> l
     configs = []
     for task in settings.tasks:
         folder = run_folder(out, checkpoint.series, checkpoint.step, task)
-        configs.append(RunConfig(
-            task=task, model=str(checkpoint.path), task_options=settings.task_options.get(task, {}),
-            attention=settings.attention, out=str(folder), resume=folder.exists(), device=settings.device,
-            dtype=settings.dtype, batch_tokens=settings.batch_tokens, seed=settings.seed,
-            allow_extrapolation=settings.allow_extrapolation, allow_pickle=settings.allow_pickle,
-            trust_remote_code=settings.trust_remote_code, quiet=settings.quiet))
+        configs.append(
+            RunConfig(
+                task=task,
+                model=str(checkpoint.path),
+                task_options=settings.task_options.get(task, {}),
+                attention=settings.attention,
+                out=str(folder),
+                resume=folder.exists(),
+                device=settings.device,
+                dtype=settings.dtype,
+                batch_tokens=settings.batch_tokens,
+                seed=settings.seed,
+                allow_extrapolation=settings.allow_extrapolation,
+                allow_pickle=settings.allow_pickle,
+                trust_remote_code=settings.trust_remote_code,
+                quiet=settings.quiet,
+            )
+        )
     return configs
 
 
@@ -173,13 +204,17 @@ def check_track(out: Path, checkpoints: list[Checkpoint], settings: TrackSetting
     state = out / STATE
     if state.is_file():
         if not resume:
-            raise ResultsError(f"--out {out} already holds a track", "pass --resume to continue it (new checkpoints are added), "
-                               "or choose another --out")
+            raise ResultsError(
+                f"--out {out} already holds a track",
+                "pass --resume to continue it (new checkpoints are added), or choose another --out",
+            )
         stored = json.loads(state.read_text()).get("settings", {})
         differing = _differences(stored, json.loads(json.dumps(settings.identity(), default=str)))
         if differing:
-            raise ResultsError(f"--out {out} holds a track with other settings ({'; '.join(differing)})",
-                               "resume with the settings it was started with (see its track.json), or choose another --out")
+            raise ResultsError(
+                f"--out {out} holds a track with other settings ({'; '.join(differing)})",
+                "resume with the settings it was started with (see its track.json), or choose another --out",
+            )
     elif out.exists() and any(out.iterdir()):
         raise ResultsError(f"--out {out} is not empty and holds no track", "choose a new or empty folder")
     for checkpoint in checkpoints:
@@ -187,8 +222,15 @@ def check_track(out: Path, checkpoints: list[Checkpoint], settings: TrackSetting
             check_config(dataclasses.replace(config, resume=True))  # a folder left by an interrupt is resumed
 
 
-def track(specs: list[str], settings: TrackSettings, out: str | Path, resume: bool = False, console=None,
-          log: Callable[[str], Any] = print, figures: bool = True) -> TrackOutcome:
+def track(
+    specs: list[str],
+    settings: TrackSettings,
+    out: str | Path,
+    resume: bool = False,
+    console=None,
+    log: Callable[[str], Any] = print,
+    figures: bool = True,
+) -> TrackOutcome:
     """Evaluate every checkpoint that ``specs`` name on every task, one model loaded at a time;
     finished runs are skipped on ``resume``. Then write the combined tables and the step figures."""
     from evalkit.evaluate import evaluate, load_for
@@ -200,13 +242,18 @@ def track(specs: list[str], settings: TrackSettings, out: str | Path, resume: bo
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / STATE).read_text()).get("checkpoints", {}) if (out / STATE).is_file() else {}
     seen = {**previous, **{f"{c.series}/step-{c.step}": str(c.path) for c in checkpoints}}
-    atomic_write_text(out / STATE, json.dumps({"settings": settings.identity(), "checkpoints": seen}, indent=2, default=str) + "\n")
+    atomic_write_text(
+        out / STATE, json.dumps({"settings": settings.identity(), "checkpoints": seen}, indent=2, default=str) + "\n"
+    )
 
     evaluated, skipped = [], []
     for k, checkpoint in enumerate(checkpoints):
         todo = [c for c in run_configs(checkpoint, settings, out) if not is_finished(Path(c.out))]
-        skipped += [run_folder(out, checkpoint.series, checkpoint.step, t) for t in settings.tasks
-                    if not any(Path(c.out) == run_folder(out, checkpoint.series, checkpoint.step, t) for c in todo)]
+        skipped += [
+            run_folder(out, checkpoint.series, checkpoint.step, t)
+            for t in settings.tasks
+            if not any(Path(c.out) == run_folder(out, checkpoint.series, checkpoint.step, t) for c in todo)
+        ]
         if not todo:
             log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: done before, skipped")
             continue
@@ -236,16 +283,24 @@ def tagged_runs(folder: str | Path) -> list[Path]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ResultsError(f"{folder} does not exist", "pass a folder written by evalkit track or the training callback")
-    candidates = [folder] if (folder / "results.parquet").is_file() else sorted(p.parent for p in folder.glob("**/results.parquet"))
+        raise ResultsError(
+            f"{folder} does not exist", "pass a folder written by evalkit track or the training callback"
+        )
+    candidates = (
+        [folder]
+        if (folder / "results.parquet").is_file()
+        else sorted(p.parent for p in folder.glob("**/results.parquet"))
+    )
     found = []
     for run in candidates:
         manifest = read_manifest(run)
         if "step" in manifest:
             found.append((str(manifest.get("series", "")), int(manifest["step"]), run))
     if not found:
-        raise ResultsError(f"{folder} holds no run with a training step",
-                           "pass a folder written by evalkit track or the training callback (their manifests record the step)")
+        raise ResultsError(
+            f"{folder} holds no run with a training step",
+            "pass a folder written by evalkit track or the training callback (their manifests record the step)",
+        )
     return [run for _, _, run in sorted(found, key=lambda t: (t[0], t[1], str(t[2])))]
 
 
@@ -266,7 +321,9 @@ def write_tables(out: Path):
             frame.insert(at + offset, column, value)
         rows.append(frame)
         if len(run.summary):
-            summaries.append(run.summary.assign(**extra, task=run.task.name)[["task", "series", "step", *run.summary.columns]])
+            summaries.append(
+                run.summary.assign(**extra, task=run.task.name)[["task", "series", "step", *run.summary.columns]]
+            )
     frame = pd.concat(rows, ignore_index=True)
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     atomic_write(out / "track.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
@@ -329,17 +386,39 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def run_track(specs: list[str], *, tasks: list[str], options: dict[str, Any], attention: str = "auto",
-              ssmax_s: str | None = None, out: str = "results/track", resume: bool = False, device: str = "auto",
-              dtype: str = "auto", seed: int = 1234, batch_tokens: int | None = None, allow_extrapolation: bool = False,
-              quiet: bool = False, console=None, log: Callable[[str], Any] = print) -> TrackOutcome:
+def run_track(
+    specs: list[str],
+    *,
+    tasks: list[str],
+    options: dict[str, Any],
+    attention: str = "auto",
+    ssmax_s: str | None = None,
+    out: str = "results/track",
+    resume: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 1234,
+    batch_tokens: int | None = None,
+    allow_extrapolation: bool = False,
+    quiet: bool = False,
+    console=None,
+    log: Callable[[str], Any] = print,
+) -> TrackOutcome:
     """``evalkit track`` end to end: the CLI's values as settings, then ``track``."""
     from evalkit.api import attention_requests
 
     names = tuple(dict.fromkeys(t.strip() for task in tasks for t in task.split(",") if t.strip()))
     if not names:
         raise ConfigError("no --task given", "e.g. --task needle")
-    settings = TrackSettings(tasks=names, task_options=coerce_options(names, options),
-                             attention=attention_requests(attention, ssmax_s=ssmax_s), seed=seed, device=device,
-                             dtype=dtype, batch_tokens=batch_tokens, allow_extrapolation=allow_extrapolation, quiet=quiet)
+    settings = TrackSettings(
+        tasks=names,
+        task_options=coerce_options(names, options),
+        attention=attention_requests(attention, ssmax_s=ssmax_s),
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        batch_tokens=batch_tokens,
+        allow_extrapolation=allow_extrapolation,
+        quiet=quiet,
+    )
     return track(specs, settings, out, resume=resume, console=console, log=log)

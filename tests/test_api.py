@@ -27,9 +27,30 @@ def _rows(frame: pd.DataFrame) -> pd.DataFrame:
 def test_in_memory_equals_cli_and_model_is_left_as_found(tiny_checkpoint, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = CliRunner().invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--attention", "softmax,ssmax",
-                                      "--ssmax-s", "0.5", "--lengths", GRID["lengths"], "--depths", GRID["depths"],
-                                      "--trials", "2", "--device", "cpu", "--out", str(tmp_path / "cli"), "--quiet"])
+    result = CliRunner().invoke(
+        APP,
+        [
+            "run",
+            "needle",
+            "--model",
+            str(tiny_checkpoint),
+            "--attention",
+            "softmax,ssmax",
+            "--ssmax-s",
+            "0.5",
+            "--lengths",
+            GRID["lengths"],
+            "--depths",
+            GRID["depths"],
+            "--trials",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "cli"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     cli_rows = pd.read_parquet(tmp_path / "cli" / "results.parquet")
 
@@ -41,14 +62,25 @@ def test_in_memory_equals_cli_and_model_is_left_as_found(tiny_checkpoint, tmp_pa
     flags = {name: m.training for name, m in model.named_modules()}
     rng = torch.random.get_rng_state()
 
-    run = evalkit.evaluate(model, tokenizer, task="needle", attention=["softmax", "ssmax"], ssmax_s=0.5,
-                           name=tiny_checkpoint.resolve().name, progress=False, plots=False, **GRID)
+    run = evalkit.evaluate(
+        model,
+        tokenizer,
+        task="needle",
+        attention=["softmax", "ssmax"],
+        ssmax_s=0.5,
+        name=tiny_checkpoint.resolve().name,
+        progress=False,
+        plots=False,
+        **GRID,
+    )
     pd.testing.assert_frame_equal(_rows(run.rows), _rows(cli_rows))  # row for row, values exactly
     assert len(run.rows) == len(cli_rows) > 0
     cli_summary = pd.read_csv(tmp_path / "cli" / "summary.csv")
     assert run.summary.accuracy.tolist() == cli_summary.accuracy.tolist()
     assert {"accuracy_ci_low", "accuracy_ci_high", "n", "units"} <= set(run.summary.columns)
-    assert run.manifest["model"]["kind"] == "memory" and run.manifest["model"]["content_hash"].startswith("memory:sha256:")
+    assert run.manifest["model"]["kind"] == "memory" and run.manifest["model"]["content_hash"].startswith(
+        "memory:sha256:"
+    )
 
     assert model.config._attn_implementation == "sdpa" and not hasattr(model.config, "evalkit_attention")
     assert {name: m.training for name, m in model.named_modules()} == flags
@@ -77,8 +109,17 @@ def test_learnable_ssmax_parameters_stay_the_optimizers(tokenizer):
     held = [p for group in optimizer.param_groups for p in group["params"]]
     s_before = model.model.layers[0].self_attn.ssmax_s.detach().clone()
 
-    run = evalkit.evaluate(model, tokenizer, task="needle", attention="auto,softmax,logn", progress=False, plots=False,
-                           lengths="128", depths="50", trials=1)
+    run = evalkit.evaluate(
+        model,
+        tokenizer,
+        task="needle",
+        attention="auto,softmax,logn",
+        progress=False,
+        plots=False,
+        lengths="128",
+        depths="50",
+        trials=1,
+    )
     assert set(run.rows.attention) == {"ssmax", "softmax", "logn"}
     now = list(model.parameters())
     assert len(now) == len(held) and all(a is b for a, b in zip(now, held))
@@ -100,8 +141,10 @@ def test_unknown_keyword_names_the_known_options(tokenizer):
 
 
 def test_import_evalkit_does_not_import_torch():
-    code = ("import sys, evalkit, evalkit.integrations; "
-            "assert callable(evalkit.integrations.headline_metrics); "
-            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys, evalkit, evalkit.integrations; "
+        "assert callable(evalkit.integrations.headline_metrics); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

@@ -35,12 +35,21 @@ def test_callback_in_trainer_logs_to_tensorboard(tmp_path, tokenizer):
     from transformers import Trainer, TrainingArguments
 
     model = make_llama(len(tokenizer), seed=5)
-    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=4, per_device_train_batch_size=4,
-                             logging_steps=1, report_to=["tensorboard"], save_strategy="no", use_cpu=True,
-                             disable_tqdm=True, learning_rate=1e-3)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "train"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to=["tensorboard"],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+    )
     callback = EvalkitCallback(tasks=["needle"], every=2, **NEEDLE)
-    trainer = Trainer(model=model, args=args, train_dataset=_Tokens(len(tokenizer)), processing_class=tokenizer,
-                      callbacks=[callback])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=_Tokens(len(tokenizer)), processing_class=tokenizer, callbacks=[callback]
+    )
     trainer.train()
 
     runs = tmp_path / "train" / "evalkit" / "model"
@@ -60,20 +69,32 @@ def test_callback_in_trainer_logs_to_tensorboard(tmp_path, tokenizer):
     tags = accumulator.Tags()["scalars"]
     # the Trainer's TensorBoard logger prefixes every non-eval key with train/, the loss's too
     assert "train/loss" in tags
-    for name in ("evalkit/needle/accuracy@128", "evalkit/needle/answer_logprob@128", "evalkit/needle/effective_length",
-                 "evalkit/needle/seconds"):
+    for name in (
+        "evalkit/needle/accuracy@128",
+        "evalkit/needle/answer_logprob@128",
+        "evalkit/needle/effective_length",
+        "evalkit/needle/seconds",
+    ):
         assert f"train/{name}" in tags
     accuracy = accumulator.Scalars("train/evalkit/needle/answer_logprob@128")
     assert [e.step for e in accuracy] == [2, 4]
     summary = pd.read_csv(runs / "step-4" / "needle" / "summary.csv")
-    assert accuracy[-1].value == pytest.approx(float(summary.answer_logprob.iloc[0]), rel=1e-6)  # float32 in the event file
+    assert accuracy[-1].value == pytest.approx(
+        float(summary.answer_logprob.iloc[0]), rel=1e-6
+    )  # float32 in the event file
 
 
 def test_plain_loop_helper(tmp_path, tokenizer):
     model = make_llama(len(tokenizer), seed=6)
     logged = []
-    evaluator = TrainingEvaluator(tasks=["needle", "perplexity"], every=2, out=tmp_path / "runs", lengths="128",
-                                  task_options={"needle": {"depths": "50", "trials": 1}}, log=lambda m, s: logged.append((s, m)))
+    evaluator = TrainingEvaluator(
+        tasks=["needle", "perplexity"],
+        every=2,
+        out=tmp_path / "runs",
+        lengths="128",
+        task_options={"needle": {"depths": "50", "trials": 1}},
+        log=lambda m, s: logged.append((s, m)),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     model.train()
     for step in range(1, 5):
@@ -84,11 +105,17 @@ def test_plain_loop_helper(tmp_path, tokenizer):
         evaluator.maybe_evaluate(model, tokenizer, step)
     assert [s for s, _ in logged] == [2, 4]
     names = set(logged[0][1])
-    assert {"evalkit/needle/accuracy@128", "evalkit/perplexity/perplexity@128", "evalkit/needle/seconds",
-            "evalkit/perplexity/seconds"} <= names
+    assert {
+        "evalkit/needle/accuracy@128",
+        "evalkit/perplexity/perplexity@128",
+        "evalkit/needle/seconds",
+        "evalkit/perplexity/seconds",
+    } <= names
     summary = pd.read_csv(tmp_path / "runs" / "model" / "step-4" / "perplexity" / "summary.csv")
     assert logged[1][1]["evalkit/perplexity/perplexity@128"] == pytest.approx(float(summary.perplexity.iloc[0]))
-    assert logged[0][1]["evalkit/perplexity/perplexity@128"] != logged[1][1]["evalkit/perplexity/perplexity@128"]  # trained
+    assert (
+        logged[0][1]["evalkit/perplexity/perplexity@128"] != logged[1][1]["evalkit/perplexity/perplexity@128"]
+    )  # trained
     again = evaluator.evaluate(model, tokenizer, 4)  # a step evaluated before is read back, not rerun
     assert again["evalkit/perplexity/perplexity@128"] == logged[1][1]["evalkit/perplexity/perplexity@128"]
 
@@ -103,13 +130,27 @@ def test_options_checked_before_training():
 
 
 def test_headline_names_with_several_variants():
-    summary = pd.DataFrame({"attention": ["softmax", "softmax", "ssmax", "ssmax"], "context_length": [64, "all", 64, "all"],
-                            "accuracy": [0.5, 0.5, 1.0, 1.0], "accuracy_ci_low": [0.1, 0.1, 0.6, 0.6],
-                            "accuracy_ci_high": [0.9, 0.9, 1.0, 1.0], "threshold": [None, 0.856, None, 0.856],
-                            "effective_length": [None, None, None, 64], "effective_length_ci_low": [None] * 4,
-                            "effective_length_ci_high": [None, None, None, 64]})
+    summary = pd.DataFrame(
+        {
+            "attention": ["softmax", "softmax", "ssmax", "ssmax"],
+            "context_length": [64, "all", 64, "all"],
+            "accuracy": [0.5, 0.5, 1.0, 1.0],
+            "accuracy_ci_low": [0.1, 0.1, 0.6, 0.6],
+            "accuracy_ci_high": [0.9, 0.9, 1.0, 1.0],
+            "threshold": [None, 0.856, None, 0.856],
+            "effective_length": [None, None, None, 64],
+            "effective_length_ci_low": [None] * 4,
+            "effective_length_ci_high": [None, None, None, 64],
+        }
+    )
     assert headline_metrics(summary, "needle") == {
-        "softmax/accuracy@64": 0.5, "softmax/effective_length": 0.0, "softmax/effective_length_ci_low": 0.0,
-        "softmax/effective_length_ci_high": 0.0, "ssmax/accuracy@64": 1.0, "ssmax/effective_length": 64.0,
-        "ssmax/effective_length_ci_low": 0.0, "ssmax/effective_length_ci_high": 64.0}
+        "softmax/accuracy@64": 0.5,
+        "softmax/effective_length": 0.0,
+        "softmax/effective_length_ci_low": 0.0,
+        "softmax/effective_length_ci_high": 0.0,
+        "ssmax/accuracy@64": 1.0,
+        "ssmax/effective_length": 64.0,
+        "ssmax/effective_length_ci_low": 0.0,
+        "ssmax/effective_length_ci_high": 64.0,
+    }
     assert headline_metrics(summary, "needle", bounds=True)["ssmax/accuracy_ci_low@64"] == 0.6

@@ -16,7 +16,19 @@ from tests.conftest import make_llama
 
 runner = CliRunner()
 APP = cli.register_tasks()
-GRID = ["--task", "needle", "--lengths", "128,192", "--set", "depths=0,100", "--trials", "2", "--device", "cpu", "--quiet"]
+GRID = [
+    "--task",
+    "needle",
+    "--lengths",
+    "128,192",
+    "--set",
+    "depths=0,100",
+    "--trials",
+    "2",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 def _save(folder, tokenizer, seed, step=None):
@@ -69,7 +81,9 @@ def test_track_resume_figures_and_compare(series, tmp_path, tokenizer):
     assert sorted(rows.step.unique()) == [100, 200, 300]
     assert list(rows.columns[:7]) == ["run_id", "task", "model", "series", "step", "attention", "context_length"]
     summary = pd.read_csv(out / "track_summary.csv")
-    assert {"step", "series", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "effective_length"} <= set(summary.columns)
+    assert {"step", "series", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "effective_length"} <= set(
+        summary.columns
+    )
     for step in (100, 200, 300):  # each step's numbers are that run's own summary.csv
         own = pd.read_csv(out / series.name / f"step-{step}" / "needle" / "summary.csv")
         assert summary[summary.step == step].answer_logprob.tolist() == pytest.approx(own.answer_logprob.tolist())
@@ -89,8 +103,13 @@ def test_track_resume_figures_and_compare(series, tmp_path, tokenizer):
     at = logprob[(logprob.step == 200) & (logprob.context_length == 128)].value.iloc[0]
     assert at == pytest.approx(own[own.context_length.astype(str) == "128"].answer_logprob.iloc[0])
 
-    result = runner.invoke(APP, ["compare", str(out), "--baseline", "step=100", "--candidate", "step=300", "--format", "json"])
+    result = runner.invoke(
+        APP, ["compare", str(out), "--baseline", "step=100", "--candidate", "step=300", "--format", "json"]
+    )
     assert result.exit_code in (0, 1), result.output
     report = json.loads(result.output)
-    assert report["summary"]["baseline_model"] == "checkpoint-100" and report["summary"]["candidate_model"] == "checkpoint-300"
+    assert (
+        report["summary"]["baseline_model"] == "checkpoint-100"
+        and report["summary"]["candidate_model"] == "checkpoint-300"
+    )
     assert "paired" in report["summary"]["pairing"] and "unpaired" not in report["summary"]["pairing"]

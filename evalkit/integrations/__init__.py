@@ -6,8 +6,8 @@ transformers, and no logger (TensorBoard, Weights & Biases, MLflow) is ever requ
 callback logs through whatever the Trainer's ``report_to`` set up.
 
 - ``EvalkitCallback(tasks=["needle"], every=500, lengths="1k..8k")``: ``Trainer(callbacks=[...])``.
-- ``TrainingEvaluator(tasks=..., every=..., out=..., log=writer_fn)``: ``evaluator.maybe_evaluate(model, tokenizer, step)``
-  in a loop of your own.
+- ``TrainingEvaluator(tasks=..., every=..., out=..., log=writer_fn)``: in a loop of your own,
+  ``evaluator.maybe_evaluate(model, tokenizer, step)``.
 - ``headline_metrics(summary, task)``: the ``<metric>@<length>`` numbers both log.
 """
 
@@ -16,9 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_LAZY = {"EvalkitCallback": "evalkit.integrations.hf", "TrainingEvaluator": "evalkit.integrations.loop",
-         "headline_metrics": "evalkit.integrations.metrics", "metric_names": "evalkit.integrations.metrics"}
-__all__ = sorted(_LAZY)
+_LAZY = {
+    "EvalkitCallback": "evalkit.integrations.hf",
+    "TrainingEvaluator": "evalkit.integrations.loop",
+    "headline_metrics": "evalkit.integrations.metrics",
+    "metric_names": "evalkit.integrations.metrics",
+}
+__all__ = ["EvalkitCallback", "TrainingEvaluator", "headline_metrics", "metric_names"]
 
 if TYPE_CHECKING:
     from evalkit.integrations.hf import EvalkitCallback

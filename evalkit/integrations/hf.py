@@ -35,16 +35,29 @@ class EvalkitCallback(TrainerCallback):
     keywords as ``TrainingEvaluator`` (task options such as ``lengths``, ``trials``; ``attention``,
     ``task_options``, ``small_grid``, ``bounds``, ``distributed``, ``series``)."""
 
-    def __init__(self, tasks: Sequence[str] = ("needle",), every: int | str = "save", *, out: str | Path | None = None,
-                 at_start: bool = False, tokenizer: Any = None, trainer: Any = None, **options: Any):
+    def __init__(
+        self,
+        tasks: Sequence[str] = ("needle",),
+        every: int | str = "save",
+        *,
+        out: str | Path | None = None,
+        at_start: bool = False,
+        tokenizer: Any = None,
+        trainer: Any = None,
+        **options: Any,
+    ):
         from evalkit.integrations.loop import TrainingEvaluator
 
         if every != "save" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ConfigError(f"bad every={every!r}", 'give a number of steps, or "save" to evaluate at each checkpoint save')
+            raise ConfigError(
+                f"bad every={every!r}", 'give a number of steps, or "save" to evaluate at each checkpoint save'
+            )
         self.every, self.at_start, self.tokenizer, self.trainer = every, at_start, tokenizer, trainer
         self._out = out
         self._options = {"tasks": tasks, **options}
-        self.evaluator = TrainingEvaluator(every=None, out=out or "results/training", **self._options)  # checks options now
+        self.evaluator = TrainingEvaluator(
+            every=None, out=out or "results/training", **self._options
+        )  # checks options now
         self._evaluated: set[int] = set()
 
     @property
@@ -78,8 +91,10 @@ class EvalkitCallback(TrainerCallback):
         model = kwargs.get("model")
         tokenizer = self.tokenizer or kwargs.get("processing_class")
         if tokenizer is None or not hasattr(tokenizer, "encode"):
-            raise ConfigError("EvalkitCallback needs the model's tokenizer",
-                              "pass processing_class=tokenizer to the Trainer, or tokenizer= to the callback")
+            raise ConfigError(
+                "EvalkitCallback needs the model's tokenizer",
+                "pass processing_class=tokenizer to the Trainer, or tokenizer= to the callback",
+            )
         metrics = self.evaluator.evaluate(model, tokenizer, step)
         if metrics and state.is_world_process_zero:
             if self.trainer is not None:

@@ -24,8 +24,11 @@ from typing import Any, Callable, Sequence
 from evalkit.errors import ConfigError
 
 # The default grid per task: a few prompts per length, minutes at most on a small model.
-SMALL_GRID: dict[str, dict[str, Any]] = {"needle": {"trials": 2, "depths": "0,50,100"}, "perplexity": {"samples": 2},
-                                         "focus": {"trials": 1, "depths": "0,50,100"}}
+SMALL_GRID: dict[str, dict[str, Any]] = {
+    "needle": {"trials": 2, "depths": "0,50,100"},
+    "perplexity": {"samples": 2},
+    "focus": {"trials": 1, "depths": "0,50,100"},
+}
 
 
 class TrainingEvaluator:
@@ -39,10 +42,21 @@ class TrainingEvaluator:
     torchrun job (every rank must call it at the same step); by default the caller evaluates alone.
     """
 
-    def __init__(self, tasks: Sequence[str] = ("needle",), every: int | None = 500, out: str | Path = "results/training",
-                 *, attention: str | Sequence[str] = "auto", series: str = "model", small_grid: bool = True,
-                 task_options: dict[str, dict[str, Any]] | None = None, log: Callable[[dict, int], Any] | None = None,
-                 bounds: bool = False, distributed: bool = False, **options: Any):
+    def __init__(
+        self,
+        tasks: Sequence[str] = ("needle",),
+        every: int | None = 500,
+        out: str | Path = "results/training",
+        *,
+        attention: str | Sequence[str] = "auto",
+        series: str = "model",
+        small_grid: bool = True,
+        task_options: dict[str, dict[str, Any]] | None = None,
+        log: Callable[[dict, int], Any] | None = None,
+        bounds: bool = False,
+        distributed: bool = False,
+        **options: Any,
+    ):
         from evalkit.api import ATTENTION_FLAGS, RUN_SETTINGS, known_options
         from evalkit.registry import get_task
 
@@ -50,22 +64,31 @@ class TrainingEvaluator:
         if not self.tasks:
             raise ConfigError("no tasks to evaluate", 'give tasks=["needle"] (or perplexity, focus, ruler)')
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ConfigError(f"bad every={every!r}", "give a positive number of steps (or None to evaluate only when asked)")
+            raise ConfigError(
+                f"bad every={every!r}", "give a positive number of steps (or None to evaluate only when asked)"
+            )
         self.every, self.out, self.series, self.log, self.bounds = every, Path(out), series, log, bounds
         self.attention, self.distributed = attention, distributed
         shared = set(ATTENTION_FLAGS) | set(RUN_SETTINGS)
         for key in options:
             if key not in shared and not any(key in known_options(t) for t in self.tasks):
                 known = sorted({k for t in self.tasks for k in known_options(t)})
-                raise ConfigError(f"no task in {', '.join(self.tasks)} takes the option {key!r}", f"known: {', '.join(known)}")
+                raise ConfigError(
+                    f"no task in {', '.join(self.tasks)} takes the option {key!r}", f"known: {', '.join(known)}"
+                )
         for key in ("out", "resume", "name", "progress", "distributed"):
             if key in options:
-                raise ConfigError(f"{key}= is set by the evaluator", "leave it out (out= of the evaluator names the folder)")
+                raise ConfigError(
+                    f"{key}= is set by the evaluator", "leave it out (out= of the evaluator names the folder)"
+                )
         self.options: dict[str, dict[str, Any]] = {}
         for task in self.tasks:
             fields = {f.name for f in dataclasses.fields(get_task(task).Options)}
-            mine = {**(SMALL_GRID.get(task, {}) if small_grid else {}),
-                    **{k: v for k, v in options.items() if k in fields or k in shared}, **(task_options or {}).get(task, {})}
+            mine = {
+                **(SMALL_GRID.get(task, {}) if small_grid else {}),
+                **{k: v for k, v in options.items() if k in fields or k in shared},
+                **(task_options or {}).get(task, {}),
+            }
             self.options[task] = mine
         self._check()
         self.history: list[dict[str, Any]] = []  # one entry per evaluation: step, metrics
@@ -80,8 +103,14 @@ class TrainingEvaluator:
             task_options = {k: v for k, v in options.items() if k not in ATTENTION_FLAGS and k not in RUN_SETTINGS}
             from evalkit.api import _option_value
 
-            check_config(RunConfig(task=task, model="in-memory", attention=attention_requests(self.attention, **flags),
-                                   task_options={k: _option_value(k, v) for k, v in task_options.items()}))
+            check_config(
+                RunConfig(
+                    task=task,
+                    model="in-memory",
+                    attention=attention_requests(self.attention, **flags),
+                    task_options={k: _option_value(k, v) for k, v in task_options.items()},
+                )
+            )
 
     def due(self, step: int) -> bool:
         return self.every is not None and step > 0 and step % self.every == 0
@@ -106,8 +135,17 @@ class TrainingEvaluator:
             if is_finished(folder):
                 run = load_run(folder)
             else:
-                run = evaluate(model, tokenizer, task=task, attention=self.attention, out=folder, resume=folder.exists(),
-                               progress=False, distributed=self.distributed, **self.options[task])
+                run = evaluate(
+                    model,
+                    tokenizer,
+                    task=task,
+                    attention=self.attention,
+                    out=folder,
+                    resume=folder.exists(),
+                    progress=False,
+                    distributed=self.distributed,
+                    **self.options[task],
+                )
                 if run.interrupted:
                     raise KeyboardInterrupt
                 if run.rows is None:  # a non-zero rank of a distributed evaluation: rank 0 reports

@@ -12,8 +12,12 @@ import math
 from typing import Any
 
 # summary columns (each with _ci_low/_ci_high) a log carries per task; a plugin task's: all of them
-HEADLINE_COLUMNS = {"needle": ("accuracy", "answer_logprob"), "perplexity": ("perplexity",), "focus": ("needle_mass",),
-                    "ruler": ("score",)}
+HEADLINE_COLUMNS = {
+    "needle": ("accuracy", "answer_logprob"),
+    "perplexity": ("perplexity",),
+    "focus": ("needle_mass",),
+    "ruler": ("score",),
+}
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
 
 
@@ -36,7 +40,7 @@ def headline_metrics(summary: Any, task: str, bounds: bool = False) -> dict[str,
                 out[f"{prefix}{column}"] = float(row[column]) if _finite(row.get(column)) else 0.0
             continue
         for column in wanted:
-            for suffix in (("", "_ci_low", "_ci_high") if bounds else ("",)):
+            for suffix in ("", "_ci_low", "_ci_high") if bounds else ("",):
                 value = row.get(f"{column}{suffix}")
                 if _finite(value):
                     out[f"{prefix}{column}{suffix}@{int(length)}"] = float(value)  # a later row (ruler's average) wins

@@ -35,9 +35,14 @@ def step_points(folders: list[str], metric: str | None = None) -> tuple[pd.DataF
             task = run.task.name
             name = metric or HEADLINE_COLUMN.get(task) or HEADLINE.get(task) or str(run.frame.metric.iloc[0])
             curve = points(run, name)
-            base = {"task": task, "series": run.manifest.get("series") or run.model, "step": int(run.manifest["step"]),
-                    "run": str(run_folder), "metric": SUMMARY_COLUMN.get(name, name),
-                    "train_length": (run.manifest.get("model") or {}).get("training_length")}  # recorded, not the position limit
+            base = {
+                "task": task,
+                "series": run.manifest.get("series") or run.model,
+                "step": int(run.manifest["step"]),
+                "run": str(run_folder),
+                "metric": SUMMARY_COLUMN.get(name, name),
+                "train_length": (run.manifest.get("model") or {}).get("training_length"),
+            }  # recorded, not the position limit
             if curve is not None and not curve.empty:
                 per_length.append(curve.assign(**base))
             if metric is None and "effective_length" in run.summary:
@@ -46,14 +51,26 @@ def step_points(folders: list[str], metric: str | None = None) -> tuple[pd.DataF
                     row = row._asdict()
                     # no tested length at or above the threshold: 0 tokens, drawn at the axis
                     values = [float(row[c]) if _finite(row.get(c)) else 0.0 for c in EFFECTIVE]
-                    effective.append({**base, "metric": "effective_length", "attention": row["attention"],
-                                      "context_length": "all", "value": values[0], "ci_low": values[1],
-                                      "ci_high": values[2], "n": row.get("n"), "units": row.get("units"),
-                                      "threshold": row.get("threshold")})
+                    effective.append(
+                        {
+                            **base,
+                            "metric": "effective_length",
+                            "attention": row["attention"],
+                            "context_length": "all",
+                            "value": values[0],
+                            "ci_low": values[1],
+                            "ci_high": values[2],
+                            "n": row.get("n"),
+                            "units": row.get("units"),
+                            "threshold": row.get("threshold"),
+                        }
+                    )
     if not per_length and not effective:
-        raise ResultsError(f"no run below {', '.join(folders)} has the metric {metric!r}", "leave --metric out, or pick one the runs have")
-    return (pd.concat(per_length, ignore_index=True) if per_length else pd.DataFrame(),
-            pd.DataFrame(effective))
+        raise ResultsError(
+            f"no run below {', '.join(folders)} has the metric {metric!r}",
+            "leave --metric out, or pick one the runs have",
+        )
+    return (pd.concat(per_length, ignore_index=True) if per_length else pd.DataFrame(), pd.DataFrame(effective))
 
 
 def plot_steps(folders: list[str], out: str, metric: str | None = None) -> list[Path]:
@@ -84,8 +101,17 @@ def _draw_lines(ax, part: pd.DataFrame, all_series: list[str]) -> None:
     for k, ((series, attention), line) in enumerate(part.groupby(["series", "attention"], sort=True)):
         style = plots.VARIANT_STYLES[all_series.index(series) % len(plots.VARIANT_STYLES)]
         marker = plots.MARKERS[all_series.index(series) % len(plots.MARKERS)]
-        plots.line_with_band(ax, line.step, line.value, line.ci_low, line.ci_high, plots.variant_colour(attention),
-                             style, marker, _line_label(series, attention, all_series))
+        plots.line_with_band(
+            ax,
+            line.step,
+            line.value,
+            line.ci_low,
+            line.ci_high,
+            plots.variant_colour(attention),
+            style,
+            marker,
+            _line_label(series, attention, all_series),
+        )
 
 
 def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
@@ -96,7 +122,9 @@ def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
     columns = min(3, len(lengths))
     rows = math.ceil(len(lengths) / columns)
     plt = plots._pyplot()
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False, sharex=True, sharey=True
+    )
     train = part.train_length.dropna()
     train = int(train.iloc[0]) if len(train) else None
     for ax, length in zip(axes.flat, lengths):
@@ -106,7 +134,7 @@ def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
         ax.set_title(f"{plots.length_label(length)} tokens{factor}", fontsize=9)
         if ylim:
             ax.set_ylim(*ylim)
-    for ax in list(axes.flat)[len(lengths):]:
+    for ax in list(axes.flat)[len(lengths) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("training step")
@@ -114,8 +142,10 @@ def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
         ax.set_ylabel(ylabel, fontsize=8)
     axes.flat[0].legend(fontsize=7)
     caption = plots.n_caption(part.n, part.units)
-    fig.suptitle(f"{task}: {column} vs training step, per context length (95% bands)" + (f"; {caption}" if caption else ""),
-                 fontsize=10)
+    fig.suptitle(
+        f"{task}: {column} vs training step, per context length (95% bands)" + (f"; {caption}" if caption else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     return _save(fig, stem, part)
 
@@ -132,14 +162,23 @@ def _effective_figure(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
     train = part.train_length.dropna()
     if len(train):
         ax.axhline(int(train.iloc[0]), color="grey", linestyle=":", linewidth=1)
-        ax.annotate("training length", (part.step.min(), int(train.iloc[0])), fontsize=7, color="grey",
-                    xytext=(2, 2), textcoords="offset points")
+        ax.annotate(
+            "training length",
+            (part.step.min(), int(train.iloc[0])),
+            fontsize=7,
+            color="grey",
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
     threshold = part.threshold.dropna()
     ax.set_xlabel("training step")
     ax.set_ylabel("effective context length (tokens)")
     level = f" {threshold.iloc[0]:.3g}" if len(threshold) else ""
-    ax.set_title(f"{task}: effective length (longest length with accuracy >={level}) vs step\n"
-                 f"band: from the accuracy intervals' ends; {plots.n_caption(part.n, part.units)}", fontsize=9)
+    ax.set_title(
+        f"{task}: effective length (longest length with accuracy >={level}) vs step\n"
+        f"band: from the accuracy intervals' ends; {plots.n_caption(part.n, part.units)}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, stem, part)
@@ -164,8 +203,9 @@ def _save(fig, stem: Path, table: pd.DataFrame) -> list[Path]:
     plots._pyplot().close(fig)
     csv = stem.with_suffix(".csv")
     columns = [c for c in [*COLUMNS, "metric", "threshold"] if c in table.columns]
-    ordered = (table.assign(_length=table.context_length.astype(str))
-               .sort_values(["series", "attention", "_length", "step"], kind="stable"))
+    ordered = table.assign(_length=table.context_length.astype(str)).sort_values(
+        ["series", "attention", "_length", "step"], kind="stable"
+    )
     atomic_write(csv, lambda tmp: ordered[columns].to_csv(tmp, index=False))
     return written + [csv]
 
