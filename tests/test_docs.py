@@ -38,7 +38,7 @@ def _links():
                 yield page, target
 
 
-PLACEHOLDER = re.compile(r"^([A-Z][A-Z_]+|<[^>]+>|\.\.\.)$")
+PLACEHOLDER = re.compile(r"^([A-Z][A-Z_]*|<[^>]+>|\.\.\.)$")
 
 
 def _commands():
@@ -98,10 +98,13 @@ def _problem(command: str, whole: bool) -> str | None:
     if words[:1] != ["evalkit"]:
         return "does not start with evalkit"
     if not whole:  # a mention in prose: up to its first placeholder, and it may name a group or a command alone
-        words = words[: next((i for i, w in enumerate(words) if PLACEHOLDER.match(w)), len(words))]
+        cut = next((i for i, w in enumerate(words) if PLACEHOLDER.match(w)), len(words))
+        words = words[: cut - 1] if cut < len(words) and words[cut - 1].startswith("--") else words[:cut]
     node = typer.main.get_command(cli.register_tasks())
     path, args = ["evalkit"], words[1:]
     while hasattr(node, "get_command"):  # a group: walk down to the command
+        if args == ["--help"]:
+            return None
         if not args:
             return None if not whole else f"names no command under {' '.join(path)}"
         ctx = node.make_context(" ".join(path), [], resilient_parsing=True)

@@ -24,12 +24,13 @@ def reference_train(
     positions: Annotated[str, typer.Option(help="rope (RoPE on every layer), nope (no positional encoding) or irope (local RoPE layers with a sliding window + global NoPE layers).")] = "rope",
     window: Annotated[Optional[int], typer.Option(help="irope: keys a local layer sees, at most the training length (default: the recipe's).")] = None,
     pattern: Annotated[Optional[str], typer.Option(help="irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE (default: the recipe's, lg).")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Also save both models every N steps as OUT/checkpoints/{softmax,ssmax}/checkpoint-N (for evalkit track).")] = None,
 ) -> None:
     """Train two tiny models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits."""
     from evalkit.reference import train_reference_pair
 
     summary = train_reference_pair(Path(out), recipe=recipe, steps=steps, seed=seed, device=device, log=typer.echo,
-                                   positions=positions, window=window, pattern=pattern)
+                                   positions=positions, window=window, pattern=pattern, save_every=save_every)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -31,7 +31,7 @@ def _report(module, result, fmt: ReportFormat, junit: Optional[str]) -> None:
 def compare_command(
     baseline: Annotated[str, typer.Argument(help="Baseline run folder (or a folder of runs, e.g. a sweep's out).")],
     candidate: Annotated[Optional[str], typer.Argument(help="Candidate run folder; omit to take both sides from BASELINE with the selectors.")] = None,
-    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run or seed (repeatable; VALUE may be a comma list).")] = None,
+    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run, seed, or step and series (evalkit track's runs) (repeatable; VALUE may be a comma list).")] = None,
     cand_select: Annotated[Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|.")] = None,
     relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
@@ -81,17 +81,28 @@ class Aggregate(str, Enum):
     seeds = "seeds"
 
 
+class XAxis(str, Enum):
+    length = "length"
+    step = "step"
+
+
 def plot_command(
     runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
     out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
     metric: Annotated[Optional[str], typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline.")] = None,
     label: Annotated[Optional[list[str]], typer.Option(help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder.")] = None,
     aggregate: Annotated[Optional[Aggregate], typer.Option(help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds.")] = None,
+    x: Annotated[XAxis, typer.Option(help="length: metric vs context length; step: metric and effective length vs training step, from evalkit track's (or the training callback's) folder, one panel per length.")] = XAxis.length,
 ) -> None:
     """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points also as CSV."""
+    from evalkit.core.errors import ConfigError
     from evalkit.report.figures import plot_runs
+    from evalkit.report.steps import plot_steps
 
-    for path in plot_runs(runs, out, metric, label, aggregate.value if aggregate else None):
+    if x is XAxis.step and (label or aggregate):
+        raise ConfigError("--label and --aggregate apply to --x length", "leave them out with --x step")
+    paths = plot_steps(runs, out, metric) if x is XAxis.step else plot_runs(runs, out, metric, label, aggregate.value if aggregate else None)
+    for path in paths:
         typer.echo(str(path))
 
 

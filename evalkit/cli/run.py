@@ -184,8 +184,41 @@ def export_command(
     typer.echo(f"{count} prompts written to {prompts}")
 
 
+def track_command(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint folders or globs (ckpts/checkpoint-*); the step comes from trainer_state.json's global_step, else the folder name.")],
+    task: Annotated[list[str], typer.Option(help="Task(s) to run on every checkpoint (repeat, or comma-separated).")] = ["needle"],
+    lengths: Annotated[Optional[str], typer.Option(help="Context lengths, for every task that has them (1k..16k).")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Needle/focus trials per (length, depth).")] = None,
+    set_option: Annotated[Optional[list[str]], typer.Option("--set", help="Any other task option, OPTION=VALUE (repeatable): --set depths=0,50,100.")] = None,
+    attention: Annotated[str, typer.Option(help="Attention variant(s), comma-separated; auto = each checkpoint's own.")] = "auto",
+    ssmax_s: Annotated[Optional[str], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")] = None,
+    out: Annotated[str, typer.Option(help="Track folder: OUT/<series>/step-<N>/<task>/ runs, track.parquet, track_summary.csv, figures/.")] = "results/track",
+    resume: Annotated[bool, typer.Option(help="Continue the track in --out: finished runs are skipped, new checkpoints added.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    seed: Annotated[int, typer.Option(help="Seed for sample selection (the same prompts at every step).")] = 1234,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free device memory).")] = None,
+    allow_extrapolation: Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Evaluate a series of checkpoints, one model at a time: metric and effective length vs training step."""
+    from evalkit.run.track import parse_set, run_track
+
+    options = {**({"lengths": lengths} if lengths else {}), **({"trials": trials} if trials is not None else {}), **parse_set(set_option)}
+    outcome = run_track(checkpoints, tasks=task, options=options, attention=attention, ssmax_s=ssmax_s, out=out, resume=resume,
+                        device=device, dtype=dtype.value, seed=seed, batch_tokens=batch_tokens,
+                        allow_extrapolation=allow_extrapolation, quiet=quiet, console=make_console(stderr=True), log=typer.echo)
+    if outcome.interrupted:
+        typer.echo(f"interrupted; continue with:\n  {continue_command()}", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"{len(outcome.evaluated)} run(s) evaluated, {len(outcome.skipped)} done before; tables: {outcome.folder}/track_summary.csv")
+    for path in outcome.figures:
+        typer.echo(str(path))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(run_app, name="run")
     app.command("tasks")(tasks_command)
     app.command("sweep")(user_errors(sweep_command))
     app.command("export")(user_errors(export_command))
+    app.command("track")(user_errors(track_command))

@@ -413,8 +413,13 @@ def train_reference_pair(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], Any] = print,
+    save_every: int | None = None,
 ) -> dict[str, Any]:
     """Train the Softmax / SSMax pair and write ``out/{softmax,ssmax}``, the log, the figure.
+
+    ``save_every``: also save both models every that many steps (and at the last step) as
+    ``out/checkpoints/{softmax,ssmax}/checkpoint-<step>/`` with a ``trainer_state.json``, the
+    Trainer's layout, so ``evalkit track out/checkpoints/*/checkpoint-*`` reads the series.
 
     ``recipe``: "cpu", "gpu" or a ``Recipe`` (e.g. ``RECIPES["cpu"].replace(layers=1)``);
     ``steps``, ``window`` and ``pattern`` override the recipe's; ``positions`` (rope, nope, irope)
@@ -430,6 +435,8 @@ def train_reference_pair(
     if changes:
         recipe = recipe.replace(**changes)
     out = Path(out)
+    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+        raise ConfigError(f"bad --save-every {save_every!r}", "give a positive number of steps")
     torch_device = pick_device(device)
     out.mkdir(parents=True, exist_ok=True)
     log(f"reference pair, {recipe.name} recipe: {recipe.describe()}; device {torch_device}, seed {seed}")
@@ -455,6 +462,9 @@ def train_reference_pair(
                 for variant, stats in zip(trainers, results):
                     rows.append((step, variant, stats.loss, stats.recall_loss, lr, stats.recall_accuracy))
                     bars.advance(variant, stats)
+                if save_every and ((step + 1) % save_every == 0 or step + 1 == recipe.steps):
+                    for variant, model in models.items():
+                        save_intermediate(model, out / "checkpoints" / variant, step + 1, recipe, seed, variant)
                 if not progress and (step + 1) % every == 0:  # quiet runs (logs, CI) still show the curve
                     recent = rows[-2 * every:]
                     log(f"step {step + 1}/{recipe.steps}, lr {lr:.2e}, recall loss / accuracy: " + ", ".join(
@@ -539,6 +549,19 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def save_intermediate(model, series: Path, step: int, recipe: Recipe, seed: int, variant: str) -> Path:
+    """``series/checkpoint-<step>/`` from a copy of the model in training: saving re-applies the
+    SSMax table (``_save_checkpoint``), which would swap the Parameters the optimizer holds."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar through the training bars
+    folder = series / f"checkpoint-{step}"
+    snapshot = copy.deepcopy(model).cpu()
+    _save_checkpoint(snapshot, make_char_tokenizer(), folder, recipe, seed, variant)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": recipe.steps}) + "\n")
+    return folder
 
 
 def plot_training(frame, path: Path, title: str) -> Path:

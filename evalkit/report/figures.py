@@ -158,7 +158,8 @@ def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tu
 
 def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: list[str] | None = None,
               aggregate: str | None = None) -> list[Path]:
-    """Figures of each task's headline metric (or ``metric``), with their points as CSV."""
+    """Figures of each task's headline metric (or ``metric``) against context length, with their points
+    as CSV. Against training step: ``evalkit.report.steps.plot_steps``."""
     if aggregate not in (None, "seeds"):
         raise ConfigError(f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run")
     runs = [load_run(Path(f)) for f in folders]

@@ -23,8 +23,8 @@ HEADLINE_METRICS = {  # what compare judges; a plugin task's metrics are all com
     "focus": {"needle_mass", "entropy_norm", "top1_in_needle"},
 }
 ACCURACY_METRICS = ("greedy_correct", "contains", "exact_match")  # the first present is "accuracy" (ECL)
-NOT_PROVENANCE = {"run_id", "run", "seed", "generated", "position_end", "scored_tokens"}
-SELECTOR_KEYS = ("attention", "model", "run", "seed")
+NOT_PROVENANCE = {"run_id", "run", "seed", "generated", "position_end", "scored_tokens", "step", "series"}
+SELECTOR_KEYS = ("attention", "model", "run", "seed", "step", "series")  # step, series: evalkit track's runs
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,9 @@ def load_run(folder: str | Path) -> Run:
     frame = frame.assign(run=folder.name)
     if "seed" not in frame.columns:
         frame["seed"] = manifest.get("seed")
+    for key in ("step", "series"):  # a run of a checkpoint series (evalkit track, the training callback)
+        if key not in frame.columns:
+            frame[key] = manifest.get(key)
     return Run(folder, frame, str(tasks[0]), keys, manifest)
 
 

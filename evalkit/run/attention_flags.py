@@ -163,22 +163,29 @@ def prefix_limits(config, variants: list[ResolvedVariant]) -> tuple[tuple[int, s
 
 def attention_flag_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None,
                             ssmax_n=None, **extra) -> tuple[dict, ...]:
-    """``--attention a,b`` and the shared attention flags, as typed on the command line, as one request
-    per variant (a list of values, ``--ssmax-s 0.3,0.4``, expands into one variant each)."""
+    """``--attention a,b`` and the shared attention flags as one request per variant, for the command line
+    and the Python API alike: ``attention`` is "softmax,ssmax" or a list, and a flag given as a list
+    (``ssmax_s=[0.3, 0.4]``) or "0.3,0.4" expands into one variant per value (a calibration sweep)."""
     from evalkit.run.calibration import expand, parse_values
 
-    names = [a.strip() for a in attention.split(",")]
-    if not all(names):
+    names = [a.strip() for a in (attention.split(",") if isinstance(attention, str) else attention)]
+    if not names or not all(names):
         raise ConfigError(f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax")
     if ssmax_n is not None and ssmax_n not in ("position", "length"):
         raise ConfigError(f"bad --ssmax-n {ssmax_n!r}", "use position or length")
     if attention_params is not None and not Path(attention_params).is_file():
         raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
-    values = {"s": parse_values("--ssmax-s", ssmax_s), "b": parse_values("--ssmax-b", ssmax_b),
-              "train_length": parse_values("--train-length", train_length, length=True), **_variant_scalars(**extra)}
+    values = {"s": parse_values("--ssmax-s", _joined(ssmax_s)), "b": parse_values("--ssmax-b", _joined(ssmax_b)),
+              "train_length": parse_values("--train-length", _joined(train_length), length=True),
+              **_variant_scalars(**{k: _joined(v) for k, v in extra.items()})}
     fixed = {k: v for k, v in {"params_file": attention_params, "n_mode": ssmax_n, "layers": values.pop("layers")}.items()
              if v is not None}
     return tuple({**request, **fixed} for request in expand(names, values))
+
+
+def _joined(value):
+    """A list of values as the command line writes it: [0.3, 0.4] -> "0.3,0.4"."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
 def _variant_scalars(attn_scale=None, floor_scale=None, beta=None, original_length=None, attention_layers=None) -> dict:

@@ -120,9 +120,13 @@ def load_for(config: RunConfig, log=print):
                                                 rope=config.rope, device_map=config.device_map), log=log)
 
 
-def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
+def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOutcome:
     """Validate, then touch disk, then load: every check that needs no model runs before the run
-    folder is created or the model loaded, and the folder is created only once the run can start."""
+    folder is created or the model loaded, and the folder is created only once the run can start.
+
+    ``loaded``: a model already loaded (a sweep's, or a model object from ``evalkit.api``);
+    ``world``: the ranks sharing the run (default: the launcher's; ``World()`` runs this process
+    alone, as a rank-0-only evaluation inside a data-parallel training job must)."""
     from rich.console import Console
 
     from evalkit.run.distributed import current_world
@@ -141,7 +145,7 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
 
     model_free = getattr(task_cls, "model_free", None)
     model_free = bool(model_free and model_free(options))
-    world = current_world()
+    world = world or current_world()
     if world.size > 1:  # one GPU per process; rank 0 alone reports progress
         config = dataclasses.replace(config, device=world.device(config.device), quiet=config.quiet or not world.is_main)
     folder = world.broadcast(Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model))
