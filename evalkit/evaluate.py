@@ -184,6 +184,10 @@ def evaluate(config: RunConfig, console=None, loaded=None) -> RunOutcome:
                                          loaded.training_length, prefix_limits(loaded.model.config, variants)))
     samples = task.samples()
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
+    if getattr(options, "evaluator", None):  # LongPPL's key tokens chosen by another checkpoint, in a run of its own
+        from evalkit.evaluator import run_evaluator
+
+        task.evaluator_frame = run_evaluator(config, loaded, folder, console, log)
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
@@ -235,6 +239,7 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     from evalkit.models.adapter import ModelAdapter
     from evalkit.progress import ProgressReporter, quiet_library_warnings
     from evalkit.runner import Runner, default_batch_tokens
+    from evalkit.task import runs_under
 
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
@@ -242,7 +247,8 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     manifest.update({"run_id": store.run_id, "model": loaded.describe(),
                      "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
                      "attention": [v.describe for v in variants], "device": device_description(loaded.device),
-                     "batch_tokens": batch_tokens, "samples": len(samples)})
+                     "batch_tokens": batch_tokens, "samples": len(samples),
+                     "planned_answers": sum(runs_under(s, k) for k in range(len(variants)) for s in samples)})
     manifest.update(task.provenance())  # e.g. how perplexity's token stream was built, and its fingerprint
     if world.is_main:
         store.write_manifest(manifest)
@@ -313,7 +319,7 @@ def check_inputs(task_cls, options, config: RunConfig) -> None:
 
 def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings, draw: bool = True) -> RunOutcome:
     """Tables, plots and the final manifest, from whatever the journals hold."""
-    frame = store.frame(common, task.key_columns)
+    frame = task.derive(store.frame(common, task.key_columns))
     summary = task.summarize(frame) if len(frame) else None
     store.write_tables(frame, summary)
     plots = task.plot(frame, title, store.folder / "plots") if draw and len(frame) and not interrupted else []

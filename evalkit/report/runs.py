@@ -18,7 +18,7 @@ from evalkit.errors import ConfigError, ResultsError, did_you_mean
 
 WITHIN_SAMPLE_KEYS = {"position_bin", "layer", "head"}  # parts of one prompt, averaged first
 HEADLINE_METRICS = {  # what compare judges; a plugin task's metrics are all compared
-    "perplexity": {"mean_nll"},
+    "perplexity": {"mean_nll", "key_nll"},  # key_nll: LongPPL's key tokens (--metric longppl), one row each
     "needle": {"greedy_correct", "exact_match", "contains", "answer_logprob"},
     "focus": {"needle_mass", "entropy_norm", "top1_in_needle"},
 }
@@ -89,12 +89,13 @@ def completeness(run: Run) -> str | None:
     planned = m.get("samples")
     variants = len(m.get("attention") or []) or 1
     finished = m.get("finished_samples")
-    count = f" ({finished} of {planned * variants} samples finished)" if planned is not None and finished is not None else ""
+    expected = m.get("planned_answers", planned * variants if planned is not None else None)  # some samples run under one variant
+    count = f" ({finished} of {expected} samples finished)" if expected is not None and finished is not None else ""
     if m.get("interrupted"):
         return f"run {run.folder} was interrupted{count}; finish it with `evalkit run ... --resume`"
     if "interrupted" not in m:
         return f"run {run.folder} did not finish (its manifest has no end record: still running, or killed)"
-    if count and finished < planned * variants:
+    if count and finished < expected:
         return f"run {run.folder} is incomplete{count}; finish it with `evalkit run ... --resume`"
     return None
 
