@@ -71,7 +71,7 @@ class PerplexityTask(Task):
     name = "perplexity"
     description = "Loss vs token position and perplexity at each context length (or classic sliding-window perplexity)."
     Options = PerplexityOptions
-    key_columns = ("sample", "position_bin", "position")
+    key_columns = ("sample", "position_bin")  # + "position" with --metric longppl (one row per candidate token)
 
     @classmethod
     def unit_columns(cls, options) -> tuple[str, ...]:
@@ -91,6 +91,8 @@ class PerplexityTask(Task):
         self.stream_info: dict = {}
         self.windows = self._window_mode()
         self.short = self._short_context()
+        if self.short:
+            self.key_columns = (*type(self).key_columns, "position")
         self.evaluator_frame = None  # an --evaluator's token rows, set by the run before the rows are derived
 
     def _short_context(self) -> tuple[int, int] | None:
