@@ -153,3 +153,14 @@ def test_variants_are_scored_on_the_same_key_tokens_and_compare_pairs_them(tiny_
     assert bool(cells.loc[(128, "key_nll"), "paired"]) and bool(cells.loc[(128, "longppl"), "paired"])
     row = outcome.summary.set_index(["attention", "context_length"])
     assert cells.loc[(128, "longppl"), "candidate"] == pytest.approx(row.loc[("ssmax", 128), "longppl"])
+
+
+def test_bench_reports_the_cost_over_perplexity(tiny_checkpoint, text_file):
+    from evalkit.bench_longppl import bench_longppl
+
+    frame = bench_longppl(str(tiny_checkpoint), "128", "cpu", "float32", samples=1, short_context=str(SHORT),
+                          short_stride=str(STRIDE), rounds=1, dataset=str(text_file)).set_index("metric")
+    extra = longppl.short_context_tokens(128, SHORT, STRIDE)  # windows at 16, 32, .., 80, 48 tokens each
+    assert extra == 5 * 48 and frame.loc["longppl", "tokens_computed"] == 128 + extra
+    assert frame.loc["longppl", "tokens_vs_perplexity"] == round((128 + extra) / 128, 3)
+    assert frame.loc["perplexity", "time_vs_perplexity"] == 1.0 and frame.loc["longppl", "seconds_per_run"] > 0
