@@ -190,7 +190,7 @@ class PerplexityTask(Task):
         """Every window's tokens (each length at each offset), however the run grouped its passes."""
         from evalkit.export import _text, token_records
 
-        records = token_records(self)
+        records = [r for r in token_records(self) if "short_start" not in r]  # LongPPL's short passes: spans of a window
         if self.windows["used"] != "nested":
             return records
         return [{**record, "id": f"L{length}-w{record['sample']}", "context_length": length,

@@ -75,7 +75,7 @@ def longppl_vs_length(summary, short, title, train, path):
     keys = ", ".join(f"{format_length(int(n))}: {int(t)}" for n, t in
                      summary.drop_duplicates("context_length")[["context_length", "key_tokens"]].itertuples(index=False))
     ax.set_title(f"LongPPL and perplexity vs context length — {title}\nshort context {format_length(short[0])} "
-                 f"(stride {format_length(short[1])}); key tokens per length (first variant's row) {keys}; "
+                 f"(stride {format_length(short[1])}); key tokens (shared by the variants) {keys}; "
                  f"{plots.n_caption(summary.n, summary.units)}", fontsize=9)
     ax.legend(title="95% band over windows", fontsize=7, title_fontsize=8)
     return plots.save(fig, path)
