@@ -164,3 +164,33 @@ def test_bench_reports_the_cost_over_perplexity(tiny_checkpoint, text_file):
     assert extra == 5 * 48 and frame.loc["longppl", "tokens_computed"] == 128 + extra
     assert frame.loc["longppl", "tokens_vs_perplexity"] == round((128 + extra) / 128, 3)
     assert frame.loc["perplexity", "time_vs_perplexity"] == 1.0 and frame.loc["longppl", "seconds_per_run"] > 0
+
+
+def test_an_evaluator_checkpoint_chooses_the_keys_and_another_tokenizer_is_refused(tiny_checkpoint, tmp_path, text_file):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import cli
+    from tests.conftest import make_llama, make_tokenizer
+
+    copy = tmp_path / "copy"  # the same weights and tokenizer: the evaluator's keys are the model's own
+    shutil.copytree(tiny_checkpoint, copy)
+    self_chosen = run(tiny_checkpoint, tmp_path / "self", text_file).frame
+    outcome = run(tiny_checkpoint, tmp_path / "ext", text_file, evaluator=str(copy))
+    at = ["context_length", "sample", "position"]
+    keys = lambda f: sorted(f.loc[f.metric == "key_nll", at].astype(int).itertuples(index=False, name=None))  # noqa: E731
+    assert keys(outcome.frame) == keys(self_chosen) and len(keys(self_chosen))
+    assert not (outcome.frame.metric == "short_nll").any()  # the evaluator's run holds them
+    assert (tmp_path / "ext-evaluator" / "results.parquet").is_file()
+
+    other = tmp_path / "other"
+    tokenizer = make_tokenizer(vocab_size=280)
+    make_llama(len(tokenizer)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    result = CliRunner().invoke(cli.register_tasks(), [
+        "run", "perplexity", "--model", str(tiny_checkpoint), "--dataset", str(text_file), "--lengths", "64", "--samples", "1",
+        "--metric", "longppl", "--short-context", "32", "--evaluator", str(other), "--device", "cpu", "--quiet",
+        "--out", str(tmp_path / "refused")])
+    assert result.exit_code == 2 and "another tokenizer" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "refused-evaluator").exists()
