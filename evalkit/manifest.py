@@ -67,6 +67,8 @@ def dataset_hash(options) -> str | None:
         return files_hash([Path(samples_file)])
     if not hasattr(options, "dataset"):
         return None
+    if hasattr(options, "resolved_dataset"):  # a task whose default corpus depends on its other options
+        dataset = options.resolved_dataset()
     if dataset is None or dataset.startswith("builtin"):
         from evalkit.data.corpus import PYTHON_STDLIB, load_corpus
 

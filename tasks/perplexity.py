@@ -28,7 +28,7 @@ import numpy as np
 
 from evalkit.data.corpus import JOINED, LM_EVAL, load_corpus, stream_provenance, token_stream
 from evalkit.data.options import CorpusOptions
-from evalkit.data.corpus import PYTHON_STDLIB
+from evalkit.data.corpus import PYDOC_TOPICS, PYTHON_STDLIB
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
 from evalkit.errors import ConfigError
 from evalkit.grid import parse_length, parse_lengths
@@ -47,7 +47,7 @@ class PerplexityOptions(CorpusOptions):
     match: str = option("none", "lm-eval: lm-eval's loglikelihood_rolling windows (each document alone after a BOS/EOS prefix, L tokens in, stride L) and its word/byte perplexity.", choices=("none", "lm-eval"))
     windows: str = option("nested", "Random windows: nested (one pass of the longest length per offset gives every length's rows; exact under causal attention, else independent by itself) or independent (one pass per length and offset).", choices=("nested", "independent"))
     bins: str = option("log", "Position bins for the per-position loss: log (powers of two) or linear (32 equal bins).", choices=("log", "linear"))
-    dataset: str | None = option(PYTHON_STDLIB, "Text source: builtin:python-stdlib (the interpreter's standard library source: long documents), builtin:pydoc-topics (Python's documentation topics: short ones), a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name.")
+    dataset: str | None = option(None, "Text source: builtin:python-stdlib (the interpreter's standard library source: long documents), builtin:pydoc-topics (Python's documentation topics: short ones), a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: builtin:python-stdlib; with --stride or --match lm-eval, which score every token of the corpus, builtin:pydoc-topics (113k SmolLM2 tokens, not 3.3M).")
     documents: str = option("inside", "Random windows: inside (each window inside one document long enough to hold it, windows disjoint; shorter documents are skipped) or joined (anywhere in the documents joined by end-of-text tokens).", choices=("inside", "joined"))
     metric: str = option("perplexity", "longppl: also LongPPL (Fang et al. 2025), perplexity over the key tokens whose loss depends on the long context, beside perplexity.", choices=("perplexity", "longppl"))
     lsd_threshold: float = option(longppl.LSD_THRESHOLD, "LongPPL: a key token's long-short difference, loss(short context) - loss(full), must exceed this (nats).")
@@ -55,6 +55,12 @@ class PerplexityOptions(CorpusOptions):
     short_context: str = option("4k", "LongPPL: the short context: each token is rescored with between SHORT and SHORT + STRIDE - 1 tokens before it; positions below it are never key.")
     short_stride: str = option("1k", "LongPPL: stride of the short-context windows (tokens sharing one short window).")
     evaluator: str | None = option(None, "LongPPL: the model that chooses the key tokens (a local checkpoint with the same tokenizer); default: the model itself under its first --attention variant.")
+
+    def resolved_dataset(self) -> str:
+        """The corpus read: ``dataset``, else the default of the window mode."""
+        if self.dataset:
+            return self.dataset
+        return PYDOC_TOPICS if self.stride is not None or self.match == "lm-eval" else PYTHON_STDLIB
 
 
 def bin_edges(length: int, kind: str) -> np.ndarray:
@@ -116,7 +122,7 @@ class PerplexityTask(Task):
         return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {})}
 
     def samples(self) -> list[Sample]:
-        corpus = load_corpus(self.options.dataset, self.options.text_field, self.options.split)
+        corpus = load_corpus(self.options.resolved_dataset(), self.options.text_field, self.options.split)
         style = LM_EVAL if self.options.match == "lm-eval" else JOINED
         stream = token_stream(corpus, self.context.tokenizer, style=style)
         self.stream_info = stream_provenance(corpus, stream, self.context.tokenizer, style)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from evalkit.data.corpus import TokenStream
+from evalkit.data.windows import check_fits
 from evalkit.errors import DataError
 
 
@@ -30,6 +31,7 @@ def document_spans(stream: TokenStream) -> tuple[np.ndarray, np.ndarray]:
 def inside_documents(stream: TokenStream, length: int, count: int, seed: int) -> list[tuple[int, int]]:
     """``count`` disjoint windows of ``length`` tokens, each inside one document: (document, stream offset),
     sorted by offset."""
+    check_fits(stream, length)  # the whole corpus too short: the message every window mode gives
     starts, sizes = document_spans(stream)
     slots = np.maximum(sizes // length, 0)  # (D,) disjoint windows each document can hold
     total = int(slots.sum())
