@@ -65,6 +65,10 @@ def longppl_vs_length(summary, short, title, train, path):
         x = part.context_length.astype(float)
         plots.line_with_band(ax, x, part.longppl, part.longppl_ci_low, part.longppl_ci_high, colour, "-", "o",
                              label=f"{variant}: LongPPL (key tokens)")
+        # a lone length with key tokens (the rest at or below the short context) has no band to draw: bars show it
+        y, low, high = (part[c].to_numpy(dtype=float) for c in ("longppl", "longppl_ci_low", "longppl_ci_high"))
+        ok = np.isfinite(y) & np.isfinite(low) & np.isfinite(high)
+        ax.errorbar(x[ok], y[ok], yerr=[y[ok] - low[ok], high[ok] - y[ok]], fmt="none", ecolor=colour, capsize=4, lw=1.2)
         plots.line_with_band(ax, x, part.perplexity, part.perplexity_ci_low, part.perplexity_ci_high, colour, "--", "s",
                              label=f"{variant}: perplexity (all tokens)")
     lengths = sorted(summary.context_length.astype(int).unique())

@@ -133,6 +133,10 @@ def test_key_tokens_and_longppl_match_a_naive_recomputation(tiny_checkpoint, tmp
     assert manifest["longppl"]["short_context"] == SHORT and manifest["token_stream"]["windows"]["documents"] == "inside"
 
 
+def row_keys(outcome, length):
+    return int(outcome.summary.set_index(["attention", "context_length"]).loc[("softmax", length), "key_tokens"])
+
+
 def test_variants_are_scored_on_the_same_key_tokens_and_compare_pairs_them(tiny_checkpoint, tmp_path, text_file):
     from evalkit.report.compare import compare_runs
 
@@ -151,6 +155,8 @@ def test_variants_are_scored_on_the_same_key_tokens_and_compare_pairs_them(tiny_
     c = compare_runs(outcome.folder, base_select=["attention=softmax"], cand_select=["attention=ssmax"])
     cells = c.rows.set_index(["context_length", "metric"])
     assert bool(cells.loc[(128, "key_nll"), "paired"]) and bool(cells.loc[(128, "longppl"), "paired"])
+    # key tokens pair one by one, clustered by window: 2 windows, however many key tokens
+    assert cells.loc[(128, "key_nll"), "units"] == 2 and cells.loc[(128, "key_nll"), "pairs"] == row_keys(outcome, 128)
     row = outcome.summary.set_index(["attention", "context_length"])
     assert cells.loc[(128, "longppl"), "candidate"] == pytest.approx(row.loc[("ssmax", 128), "longppl"])
 

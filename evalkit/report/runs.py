@@ -170,9 +170,11 @@ def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], 
     prov = [c for c in frame.columns[value_at + 1 :] if c not in NOT_PROVENANCE and c not in keys]
     grouped = frame.groupby(cell + sample_keys, dropna=False, sort=True)
     out = grouped["value"].mean().reset_index()
-    out["sample"] = _joined(out, ["context_length"] + sample_keys)
+    # the unit first: a task's "sample" column may be a unit column, which the joined sample id replaces
     present = [c for c in units if c in out.columns]  # none (a model-free run): each sample is its own unit
-    out["unit"] = _joined(out, ["seed"] + present) if present else out["sample"]
+    unit = _joined(out, ["seed"] + present) if present else None
+    out["sample"] = _joined(out, ["context_length"] + sample_keys)
+    out["unit"] = unit if unit is not None else out["sample"]
     out["prov"] = _joined(grouped[prov].first().reset_index(), prov).to_numpy() if prov else ""
     return out
 
