@@ -27,12 +27,26 @@ def run_evaluator(config, loaded, folder: Path, console, log):
     path = config.task_options["evaluator"]
     other = load_for(dataclasses.replace(config, model=path), log)
     if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
-        raise ConfigError(f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token stream",
-                          "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose")
-    sub = RunConfig(task=config.task, model=path, task_options={**config.task_options, "evaluator": None},
-                    out=str(evaluator_folder(folder)), resume=config.resume, device=config.device, dtype=config.dtype,
-                    batch_tokens=config.batch_tokens, seed=config.seed, allow_extrapolation=config.allow_extrapolation,
-                    allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code, quiet=config.quiet, plots=False)
+        raise ConfigError(
+            f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token stream",
+            "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
+        )
+    sub = RunConfig(
+        task=config.task,
+        model=path,
+        task_options={**config.task_options, "evaluator": None},
+        out=str(evaluator_folder(folder)),
+        resume=config.resume,
+        device=config.device,
+        dtype=config.dtype,
+        batch_tokens=config.batch_tokens,
+        seed=config.seed,
+        allow_extrapolation=config.allow_extrapolation,
+        allow_pickle=config.allow_pickle,
+        trust_remote_code=config.trust_remote_code,
+        quiet=config.quiet,
+        plots=False,
+    )
     outcome = evaluate(sub, console=console, loaded=other)
     if outcome.interrupted:
         raise KeyboardInterrupt  # the key tokens need every evaluator window; a resume continues it

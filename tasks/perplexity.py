@@ -26,9 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.data.corpus import JOINED, LM_EVAL, load_corpus, stream_provenance, token_stream
+from evalkit.data.corpus import (
+    JOINED,
+    LM_EVAL,
+    PYDOC_TOPICS,
+    PYTHON_STDLIB,
+    load_corpus,
+    stream_provenance,
+    token_stream,
+)
 from evalkit.data.options import CorpusOptions
-from evalkit.data.corpus import PYDOC_TOPICS, PYTHON_STDLIB
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
 from evalkit.errors import ConfigError
 from evalkit.grid import parse_length, parse_lengths

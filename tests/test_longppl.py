@@ -32,7 +32,11 @@ def test_short_windows_follow_the_paper_plan():
     assert longppl.short_windows(20, 8, 4) == [(4, 16, 12), (8, 20, 16)]
     assert longppl.short_windows(22, 8, 4) == [(4, 16, 12), (8, 20, 16), (12, 22, 20)]
     assert longppl.short_windows(8, 8, 4) == [] and longppl.short_windows(12, 8, 4) == []
-    for n, s, k in [(8192, 4096, 1024), (100, 32, 16), (97, 20, 7)]:  # every position >= s scored once, context in [s, s + k)
+    for n, s, k in [
+        (8192, 4096, 1024),
+        (100, 32, 16),
+        (97, 20, 7),
+    ]:  # every position >= s scored once, context in [s, s + k)
         scored = [p for b, e, first in longppl.short_windows(n, s, k) for p in range(first, e)]
         assert scored == list(range(s + k, n)) and all(s <= p - (p - s) // k * k for p in scored)
     assert longppl.short_context_tokens(8192, 4096, 1024) == 3 * 5120
@@ -46,15 +50,34 @@ def test_longppl_from_hand_made_rows():
     full = {("a", 0): [1.0, 0.5, 3.0], ("a", 1): [1.5, 0.1, 0.2], ("b", 0): [2.0, 1.0, 1.0], ("b", 1): [0.7, 0.3, 0.9]}
     short = {0: [3.5, 1.0, 6.0], 1: [3.6, 2.2, 0.3]}  # the evaluator "a": keys (0, 4), (1, 4), (1, 5)
     for (variant, sample), values in full.items():
-        rows += [{"attention": variant, "context_length": 8, "sample": sample, "position": 4 + i, "metric": "token_nll", "value": v}
-                 for i, v in enumerate(values)]
-    rows += [{"attention": "a", "context_length": 8, "sample": s, "position": 4 + i, "metric": "short_nll", "value": v}
-             for s, values in short.items() for i, v in enumerate(values)]
-    rows += [{"attention": v, "context_length": 8, "sample": s, "position": None, "metric": "mean_nll", "value": 1.0}
-             for v in "ab" for s in (0, 1)]
+        rows += [
+            {
+                "attention": variant,
+                "context_length": 8,
+                "sample": sample,
+                "position": 4 + i,
+                "metric": "token_nll",
+                "value": v,
+            }
+            for i, v in enumerate(values)
+        ]
+    rows += [
+        {"attention": "a", "context_length": 8, "sample": s, "position": 4 + i, "metric": "short_nll", "value": v}
+        for s, values in short.items()
+        for i, v in enumerate(values)
+    ]
+    rows += [
+        {"attention": v, "context_length": 8, "sample": s, "position": None, "metric": "mean_nll", "value": 1.0}
+        for v in "ab"
+        for s in (0, 1)
+    ]
     frame = longppl.derive(pd.DataFrame(rows), None, Options())
     keys = frame[frame.metric == "key_nll"]
-    assert sorted(keys[keys.attention == "a"][["sample", "position"]].itertuples(index=False, name=None)) == [(0, 4), (1, 4), (1, 5)]
+    assert sorted(keys[keys.attention == "a"][["sample", "position"]].itertuples(index=False, name=None)) == [
+        (0, 4),
+        (1, 4),
+        (1, 5),
+    ]
     b = keys[keys.attention == "b"].sort_values(["sample", "position"])
     assert b.value.tolist() == [2.0, 0.7, 0.3] and b.lsd.round(6).tolist() == [2.5, 2.1, 2.1]  # b scored on a's keys
     cols = longppl.summary_columns(frame[frame.attention == "b"], 8, ("context_length", "sample"))
@@ -75,10 +98,27 @@ def text_file(tmp_path_factory):
 
 
 def run(checkpoint, out, text_file, attention=({"name": "softmax"},), **extra):
-    options = {"lengths": "64,128", "samples": 2, "dataset": str(text_file), "metric": "longppl", "short_context": str(SHORT),
-               "short_stride": str(STRIDE), "lsd_threshold": LSD, "loss_threshold": LOSS, **extra}
-    config = RunConfig("perplexity", str(checkpoint), task_options=options, attention=attention, out=str(out),
-                       device="cpu", dtype="float32", quiet=True)
+    options = {
+        "lengths": "64,128",
+        "samples": 2,
+        "dataset": str(text_file),
+        "metric": "longppl",
+        "short_context": str(SHORT),
+        "short_stride": str(STRIDE),
+        "lsd_threshold": LSD,
+        "loss_threshold": LOSS,
+        **extra,
+    }
+    config = RunConfig(
+        "perplexity",
+        str(checkpoint),
+        task_options=options,
+        attention=attention,
+        out=str(out),
+        device="cpu",
+        dtype="float32",
+        quiet=True,
+    )
     return evaluate(config)
 
 
@@ -130,7 +170,9 @@ def test_key_tokens_and_longppl_match_a_naive_recomputation(tiny_checkpoint, tmp
     marked = frame[frame.metric == "token_nll"]
     assert int(marked.key.sum()) == len(got)
     manifest = json.loads((outcome.folder / "manifest.json").read_text())
-    assert manifest["longppl"]["short_context"] == SHORT and manifest["token_stream"]["windows"]["documents"] == "inside"
+    assert (
+        manifest["longppl"]["short_context"] == SHORT and manifest["token_stream"]["windows"]["documents"] == "inside"
+    )
 
 
 def row_keys(outcome, length):
@@ -151,7 +193,9 @@ def test_variants_are_scored_on_the_same_key_tokens_and_compare_pairs_them(tiny_
     assert soft[at].to_numpy().tolist() == ssmax[at].to_numpy().tolist() and len(soft)
     assert not np.allclose(soft.value, ssmax.value)  # each variant's own loss on the shared key tokens
     alone = run(tiny_checkpoint, tmp_path / "one", text_file)  # same windows, softmax alone: same keys and LongPPL
-    pd.testing.assert_series_equal(alone.summary.longppl, outcome.summary[outcome.summary.attention == "softmax"].longppl)
+    pd.testing.assert_series_equal(
+        alone.summary.longppl, outcome.summary[outcome.summary.attention == "softmax"].longppl
+    )
     c = compare_runs(outcome.folder, base_select=["attention=softmax"], cand_select=["attention=ssmax"])
     cells = c.rows.set_index(["context_length", "metric"])
     assert bool(cells.loc[(128, "key_nll"), "paired"]) and bool(cells.loc[(128, "longppl"), "paired"])
@@ -164,15 +208,26 @@ def test_variants_are_scored_on_the_same_key_tokens_and_compare_pairs_them(tiny_
 def test_bench_reports_the_cost_over_perplexity(tiny_checkpoint, text_file):
     from evalkit.bench_longppl import bench_longppl
 
-    frame = bench_longppl(str(tiny_checkpoint), "128", "cpu", "float32", samples=1, short_context=str(SHORT),
-                          short_stride=str(STRIDE), rounds=1, dataset=str(text_file)).set_index("metric")
+    frame = bench_longppl(
+        str(tiny_checkpoint),
+        "128",
+        "cpu",
+        "float32",
+        samples=1,
+        short_context=str(SHORT),
+        short_stride=str(STRIDE),
+        rounds=1,
+        dataset=str(text_file),
+    ).set_index("metric")
     extra = longppl.short_context_tokens(128, SHORT, STRIDE)  # windows at 16, 32, .., 80, 48 tokens each
     assert extra == 5 * 48 and frame.loc["longppl", "tokens_computed"] == 128 + extra
     assert frame.loc["longppl", "tokens_vs_perplexity"] == round((128 + extra) / 128, 3)
     assert frame.loc["perplexity", "time_vs_perplexity"] == 1.0 and frame.loc["longppl", "seconds_per_run"] > 0
 
 
-def test_an_evaluator_checkpoint_chooses_the_keys_and_another_tokenizer_is_refused(tiny_checkpoint, tmp_path, text_file):
+def test_an_evaluator_checkpoint_chooses_the_keys_and_another_tokenizer_is_refused(
+    tiny_checkpoint, tmp_path, text_file
+):
     import shutil
 
     from typer.testing import CliRunner
@@ -185,7 +240,7 @@ def test_an_evaluator_checkpoint_chooses_the_keys_and_another_tokenizer_is_refus
     self_chosen = run(tiny_checkpoint, tmp_path / "self", text_file).frame
     outcome = run(tiny_checkpoint, tmp_path / "ext", text_file, evaluator=str(copy))
     at = ["context_length", "sample", "position"]
-    keys = lambda f: sorted(f.loc[f.metric == "key_nll", at].astype(int).itertuples(index=False, name=None))  # noqa: E731
+    keys = lambda f: sorted(f.loc[f.metric == "key_nll", at].astype(int).itertuples(index=False, name=None))
     assert keys(outcome.frame) == keys(self_chosen) and len(keys(self_chosen))
     assert not (outcome.frame.metric == "short_nll").any()  # the evaluator's run holds them
     assert (tmp_path / "ext-evaluator" / "results.parquet").is_file()
@@ -194,9 +249,33 @@ def test_an_evaluator_checkpoint_chooses_the_keys_and_another_tokenizer_is_refus
     tokenizer = make_tokenizer(vocab_size=280)
     make_llama(len(tokenizer)).save_pretrained(other)
     tokenizer.save_pretrained(other)
-    result = CliRunner().invoke(cli.register_tasks(), [
-        "run", "perplexity", "--model", str(tiny_checkpoint), "--dataset", str(text_file), "--lengths", "64", "--samples", "1",
-        "--metric", "longppl", "--short-context", "32", "--evaluator", str(other), "--device", "cpu", "--quiet",
-        "--out", str(tmp_path / "refused")])
-    assert result.exit_code == 2 and "another tokenizer" in result.output and len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(
+        cli.register_tasks(),
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(tiny_checkpoint),
+            "--dataset",
+            str(text_file),
+            "--lengths",
+            "64",
+            "--samples",
+            "1",
+            "--metric",
+            "longppl",
+            "--short-context",
+            "32",
+            "--evaluator",
+            str(other),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(tmp_path / "refused"),
+        ],
+    )
+    assert (
+        result.exit_code == 2 and "another tokenizer" in result.output and len(result.output.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "refused-evaluator").exists()

@@ -15,10 +15,16 @@ def test_stdlib_corpus_is_sorted_non_test_source_with_its_version_and_file_list(
     corpus = load_corpus("builtin:python-stdlib")
     files = stdlib.stdlib_files()
     assert files == sorted(files) and len(corpus.documents) == len(files) > 300
-    assert not any("/test/" in f"/{f}" or f.rsplit("/", 1)[-1].startswith("test_") or "site-packages" in f for f in files)
+    assert not any(
+        "/test/" in f"/{f}" or f.rsplit("/", 1)[-1].startswith("test_") or "site-packages" in f for f in files
+    )
     assert "typing.py" in files and "pydoc_data/topics.py" not in files
-    assert corpus.documents[files.index("typing.py")] == (stdlib.stdlib_root() / "typing.py").read_text(encoding="utf-8")
-    assert corpus.details["file_list_sha256"] == stdlib.file_list_hash(files) and corpus.details["python"] in corpus.recipe
+    assert corpus.documents[files.index("typing.py")] == (stdlib.stdlib_root() / "typing.py").read_text(
+        encoding="utf-8"
+    )
+    assert (
+        corpus.details["file_list_sha256"] == stdlib.file_list_hash(files) and corpus.details["python"] in corpus.recipe
+    )
     assert load_corpus("builtin:python-stdlib").fingerprint == corpus.fingerprint  # deterministic
     assert load_corpus("builtin:pydoc-topics").name == load_corpus().name == "builtin:pydoc-topics"  # kept by name
 

@@ -37,9 +37,11 @@ def inside_documents(stream: TokenStream, length: int, count: int, seed: int) ->
     total = int(slots.sum())
     if total < count:
         long_enough = int((sizes >= length).sum())
-        raise DataError(f"corpus {stream.corpus} has {long_enough} document(s) of at least {length} tokens, room for {total} "
-                        f"disjoint window(s) inside documents, fewer than the {count} asked",
-                        "ask fewer --samples or shorter --lengths, give a corpus of longer documents, or pass --documents joined")
+        raise DataError(
+            f"corpus {stream.corpus} has {long_enough} document(s) of at least {length} tokens, room for {total} "
+            f"disjoint window(s) inside documents, fewer than the {count} asked",
+            "ask fewer --samples or shorter --lengths, give a corpus of longer documents, or pass --documents joined",
+        )
     rng = np.random.default_rng([seed, length, 1])
     owner = np.repeat(np.arange(len(slots)), slots)  # (total,) the document of each slot
     per_doc = np.bincount(owner[rng.choice(total, size=count, replace=False)], minlength=len(slots))
@@ -56,5 +58,9 @@ def eligible(stream: TokenStream, length: int) -> dict:
     """What the manifest records about the documents a window of ``length`` can sit in."""
     _, sizes = document_spans(stream)
     long_enough = sizes >= length
-    return {"documents_long_enough": int(long_enough.sum()), "documents_total": int(len(sizes)),
-            "tokens_in_them": int(sizes[long_enough].sum()), "disjoint_slots": int((sizes // length).sum())}
+    return {
+        "documents_long_enough": int(long_enough.sum()),
+        "documents_total": int(len(sizes)),
+        "tokens_in_them": int(sizes[long_enough].sum()),
+        "disjoint_slots": int((sizes // length).sum()),
+    }

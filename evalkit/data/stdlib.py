@@ -64,11 +64,17 @@ def load(root: Path | None = None):
     root = root or stdlib_root()
     files = stdlib_files(root)
     if not files:
-        raise DataError(f"no standard library source under {root}", "use an interpreter that ships its .py files, or --dataset")
+        raise DataError(
+            f"no standard library source under {root}", "use an interpreter that ships its .py files, or --dataset"
+        )
     docs = tuple((root / f).read_text(encoding="utf-8", errors="replace") for f in files)
     version, listing = python_version(), file_list_hash(files)
-    recipe = (f"{version} standard library ({root}): every *.py file sorted by relative POSIX path, one file per "
-              "document read as UTF-8, text kept as is; left out: path parts test/tests/idle_test, files test_*.py, "
-              f"site-packages, pydoc_data/topics.py; {len(files)} files, file list sha256[:16] {listing}")
+    recipe = (
+        f"{version} standard library ({root}): every *.py file sorted by relative POSIX path, one file per "
+        "document read as UTF-8, text kept as is; left out: path parts test/tests/idle_test, files test_*.py, "
+        f"site-packages, pydoc_data/topics.py; {len(files)} files, file list sha256[:16] {listing}"
+    )
     details = {"python": version, "files": len(files), "file_list_sha256": listing}
-    return Corpus(name=NAME, fingerprint=_hash_texts(docs, version, listing), documents=docs, recipe=recipe, details=details)
+    return Corpus(
+        name=NAME, fingerprint=_hash_texts(docs, version, listing), documents=docs, recipe=recipe, details=details
+    )

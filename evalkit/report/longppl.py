@@ -70,7 +70,9 @@ def derive(frame, evaluator, options, first_variant: str | None = None):
     short = evaluator[evaluator.metric == "short_nll"].set_index(at)["value"].rename("evaluator_short_nll")
     scores = pd.concat([full, short], axis=1).dropna()
     scores["lsd"] = scores.evaluator_short_nll - scores.evaluator_nll
-    scores["key"] = key_mask(scores.evaluator_short_nll, scores.evaluator_nll, options.lsd_threshold, options.loss_threshold)
+    scores["key"] = key_mask(
+        scores.evaluator_short_nll, scores.evaluator_nll, options.lsd_threshold, options.loss_threshold
+    )
     index = pd.MultiIndex.from_frame(tokens[at].astype("int64"))
     key = scores["key"].reindex(index).fillna(False).to_numpy(dtype=bool)
     out = frame.copy()
@@ -92,6 +94,10 @@ def summary_columns(part, length: int, units) -> dict:
     scored = windows * (length - 1)
     keys = part[part.metric == "key_nll"]
     nll = stats.clipped(stats.mean(keys["value"], stats.unit_keys(keys, units)), 0.0, math.inf)
-    return {"key_tokens": len(keys), "key_share": len(keys) / scored if scored else math.nan,
-            "key_windows": int(keys["sample"].nunique()), **stats.columns(nll, "key_nll"),
-            **stats.columns(nll.exp(), "longppl")}
+    return {
+        "key_tokens": len(keys),
+        "key_share": len(keys) / scored if scored else math.nan,
+        "key_windows": int(keys["sample"].nunique()),
+        **stats.columns(nll, "key_nll"),
+        **stats.columns(nll.exp(), "longppl"),
+    }
