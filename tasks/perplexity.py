@@ -59,7 +59,7 @@ class PerplexityOptions(CorpusOptions):
     metric: str = option("perplexity", "longppl: also LongPPL (Fang et al. 2025), perplexity over the key tokens whose loss depends on the long context, beside perplexity.", choices=("perplexity", "longppl"))
     lsd_threshold: float = option(longppl.LSD_THRESHOLD, "LongPPL: a key token's long-short difference, loss(short context) - loss(full), must exceed this (nats).")
     loss_threshold: float = option(longppl.LOSS_THRESHOLD, "LongPPL: a key token's full-context loss must be below this (nats).")
-    short_context: str = option("4k", "LongPPL: the short context: each token is rescored with between SHORT and SHORT + STRIDE - 1 tokens before it; positions below it are never key.")
+    short_context: str = option("4k", "LongPPL: the short context: each token is rescored with between SHORT and SHORT + STRIDE - 1 tokens before it; positions below SHORT + STRIDE are never key (below SHORT + STRIDE the short window is the full window's own prefix).")
     short_stride: str = option("1k", "LongPPL: stride of the short-context windows (tokens sharing one short window).")
     evaluator: str | None = option(None, "LongPPL: the model that chooses the key tokens (a local checkpoint with the same tokenizer); default: the model itself under its first --attention variant.")
 
