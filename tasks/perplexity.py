@@ -10,6 +10,12 @@ Random windows of every length start at the same offsets. Under a causal model t
 position p depends only on tokens 0..p, so by default (``--windows nested``) one pass of the
 longest length per offset gives every shorter length's rows: its first L positions are the window
 of L. Where that is not exact (``TaskContext.prefix_limits``) each length runs its own pass.
+
+Windows stay inside one document of the default long-document corpus (``builtin:python-stdlib``;
+``evalkit.data.doc_windows``), drawn without overlap; ``--documents joined`` draws them anywhere in
+the documents joined by end-of-text tokens. ``--metric longppl`` adds LongPPL (``evalkit.report.longppl``):
+short-context passes (only under the evaluator: the run's first variant, or ``--evaluator``) give each
+token's long-short difference, and every variant is scored on the key tokens chosen once.
 """
 
 from __future__ import annotations
@@ -20,13 +26,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.data.corpus import JOINED, LM_EVAL, load_corpus, stream_provenance, token_stream
+from evalkit.data.corpus import (
+    JOINED,
+    LM_EVAL,
+    PYDOC_TOPICS,
+    PYTHON_STDLIB,
+    load_corpus,
+    stream_provenance,
+    token_stream,
+)
 from evalkit.data.options import CorpusOptions
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
 from evalkit.core.errors import ConfigError
-from evalkit.core.grid import parse_lengths
+from evalkit.core.grid import parse_length, parse_lengths
 from evalkit.models.requests import TokenLossRequest
-from evalkit.report import stats
+from evalkit.report import longppl, stats
 from evalkit.core.task import Sample, Task, option
 
 LINEAR_BINS = 32
@@ -40,6 +54,20 @@ class PerplexityOptions(CorpusOptions):
     match: str = option("none", "lm-eval: lm-eval's loglikelihood_rolling windows (each document alone after a BOS/EOS prefix, L tokens in, stride L) and its word/byte perplexity.", choices=("none", "lm-eval"))
     windows: str = option("nested", "Random windows: nested (one pass of the longest length per offset gives every length's rows; exact under causal attention, else independent by itself) or independent (one pass per length and offset).", choices=("nested", "independent"))
     bins: str = option("log", "Position bins for the per-position loss: log (powers of two) or linear (32 equal bins).", choices=("log", "linear"))
+    dataset: str | None = option(None, "Text source: builtin:python-stdlib (the interpreter's standard library source: long documents), builtin:pydoc-topics (Python's documentation topics: short ones), a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: builtin:python-stdlib; with --stride or --match lm-eval, which score every token of the corpus, builtin:pydoc-topics (113k SmolLM2 tokens, not 3.3M).")
+    documents: str = option("inside", "Random windows: inside (each window inside one document long enough to hold it, windows disjoint; shorter documents are skipped) or joined (anywhere in the documents joined by end-of-text tokens).", choices=("inside", "joined"))
+    metric: str = option("perplexity", "longppl: also LongPPL (Fang et al. 2025), perplexity over the key tokens whose loss depends on the long context, beside perplexity.", choices=("perplexity", "longppl"))
+    lsd_threshold: float = option(longppl.LSD_THRESHOLD, "LongPPL: a key token's long-short difference, loss(short context) - loss(full), must exceed this (nats).")
+    loss_threshold: float = option(longppl.LOSS_THRESHOLD, "LongPPL: a key token's full-context loss must be below this (nats).")
+    short_context: str = option("4k", "LongPPL: the short context: each token is rescored with between SHORT and SHORT + STRIDE - 1 tokens before it; positions below SHORT + STRIDE are never key (below SHORT + STRIDE the short window is the full window's own prefix).")
+    short_stride: str = option("1k", "LongPPL: stride of the short-context windows (tokens sharing one short window).")
+    evaluator: str | None = option(None, "LongPPL: the model that chooses the key tokens (a local checkpoint with the same tokenizer); default: the model itself under its first --attention variant.")
+
+    def resolved_dataset(self) -> str:
+        """The corpus read: ``dataset``, else the default of the window mode."""
+        if self.dataset:
+            return self.dataset
+        return PYDOC_TOPICS if self.stride is not None or self.match == "lm-eval" else PYTHON_STDLIB
 
 
 def bin_edges(length: int, kind: str) -> np.ndarray:
@@ -56,7 +84,11 @@ class PerplexityTask(Task):
     name = "perplexity"
     description = "Loss vs token position and perplexity at each context length (or classic sliding-window perplexity)."
     Options = PerplexityOptions
-    key_columns = ("sample", "position_bin")
+    key_columns = ("sample", "position_bin")  # + "position" with --metric longppl (one row per candidate token)
+
+    @classmethod
+    def unit_columns(cls, options) -> tuple[str, ...]:
+        return ("context_length", "sample")  # a window: its positions (bins, LongPPL's tokens) share text
 
     def __init__(self, options: PerplexityOptions, context):
         super().__init__(options, context)
@@ -71,6 +103,20 @@ class PerplexityTask(Task):
         self.lengths = parse_lengths(options.lengths)
         self.stream_info: dict = {}
         self.windows = self._window_mode()
+        self.short = self._short_context()
+        if self.short:
+            self.key_columns = (*type(self).key_columns, "position")
+        self.evaluator_frame = None  # an --evaluator's token rows, set by the run before the rows are derived
+
+    def _short_context(self) -> tuple[int, int] | None:
+        if self.options.metric != "longppl":
+            if self.options.evaluator:
+                raise ConfigError("--evaluator chooses LongPPL's key tokens", "add --metric longppl, or drop --evaluator")
+            return None
+        if self.options.stride or self.options.match == "lm-eval":
+            raise ConfigError("--metric longppl scores random windows", "drop --stride / --match lm-eval")
+        short, stride = parse_length(self.options.short_context), parse_length(self.options.short_stride)
+        return short, stride
 
     def _window_mode(self) -> dict:
         """Nested passes where they give exactly the rows of separate ones; the manifest records why not."""
@@ -83,10 +129,15 @@ class PerplexityTask(Task):
         return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {})}
 
     def samples(self) -> list[Sample]:
-        corpus = load_corpus(self.options.dataset, self.options.text_field, self.options.split)
+        corpus = load_corpus(self.options.resolved_dataset(), self.options.text_field, self.options.split)
         style = LM_EVAL if self.options.match == "lm-eval" else JOINED
         stream = token_stream(corpus, self.context.tokenizer, style=style)
         self.stream_info = stream_provenance(corpus, stream, self.context.tokenizer, style)
+        if style == JOINED and not self.options.stride:
+            from evalkit.data.doc_windows import eligible
+
+            self.stream_info["windows"] = {"documents": self.options.documents, **(
+                eligible(stream, max(self.lengths)) if self.options.documents == "inside" else {})}
         if style == LM_EVAL:
             return [s for length in self.lengths for s in self._lm_eval_samples(corpus, stream, length)]
         if not self.options.stride:
@@ -107,13 +158,32 @@ class PerplexityTask(Task):
     def _random_samples(self, stream) -> list[Sample]:
         """Window k of every length starts at offset o_k (drawn so the longest fits): one Sample per
         offset holding the longest window when nested, else one per length and offset."""
-        longest = max(self.lengths)
-        offsets = random_offsets(stream, longest, self.options.samples or 4, self.context.seed)
+        from evalkit.data.doc_windows import inside_documents
+
+        longest, count = max(self.lengths), self.options.samples or 4
+        if self.options.documents == "inside":
+            drawn = inside_documents(stream, longest, count, self.context.seed)
+        else:
+            drawn = [(None, o) for o in random_offsets(stream, longest, count, self.context.seed)]
         nested = self.windows["used"] == "nested"
-        return [Sample(f"{'nested-' if nested else ''}L{length}-w{k}", TokenLossRequest(stream.tokens[begin : begin + length]),
-                       {"context_length": length, "sample": k},
-                       {"source": stream.corpus, "offset": begin, "pass_length": length})
-                for length in ([longest] if nested else self.lengths) for k, begin in enumerate(offsets)]
+        out = []
+        for length in [longest] if nested else self.lengths:
+            for k, (doc, begin) in enumerate(drawn):
+                meta = {"source": stream.corpus, "offset": begin, "pass_length": length,
+                        **({"document": doc} if doc is not None else {})}
+                out.append(Sample(f"{'nested-' if nested else ''}L{length}-w{k}", TokenLossRequest(stream.tokens[begin : begin + length]),
+                                  {"context_length": length, "sample": k}, meta))
+                if self.short and not self.options.evaluator:  # an --evaluator's run scores the short contexts
+                    out += self._short_samples(stream, length, k, meta)
+        return out
+
+    def _short_samples(self, stream, length: int, k: int, meta: dict) -> list[Sample]:
+        """The evaluator's short-context passes over window k (``longppl.short_windows``), first variant only."""
+        begin = meta["offset"]
+        return [Sample(f"short-L{length}-w{k}-b{start}", TokenLossRequest(stream.tokens[begin + start : begin + end]),
+                       {"context_length": length, "sample": k}, {**meta, "short_start": start, "scored_from": first},
+                       first_variant_only=True)
+                for start, end, first in longppl.short_windows(length, *self.short)]
 
     def _lm_eval_samples(self, corpus, stream, length: int) -> list[Sample]:
         """lm-eval's windows of ``length`` model inputs (``length + 1`` tokens with the last target)."""
@@ -133,7 +203,7 @@ class PerplexityTask(Task):
         """Every window's tokens (each length at each offset), however the run grouped its passes."""
         from evalkit.store.records import decode_text, token_records
 
-        records = token_records(self)
+        records = [r for r in token_records(self) if "short_start" not in r]  # LongPPL's short passes: spans of a window
         if self.windows["used"] != "nested":
             return records
         return [{**record, "id": f"L{length}-w{record['sample']}", "context_length": length,
@@ -141,10 +211,25 @@ class PerplexityTask(Task):
                 for length in self.lengths for record in records]
 
     def provenance(self) -> dict:
-        return {"token_stream": self.stream_info, "windows": self.windows}
+        out = {"token_stream": self.stream_info, "windows": self.windows}
+        if self.short:
+            short, stride = self.short
+            longest = max(self.lengths)
+            out["longppl"] = {"lsd_threshold": self.options.lsd_threshold, "loss_threshold": self.options.loss_threshold,
+                              "short_context": short, "short_stride": stride,
+                              "evaluator": self.options.evaluator or "the model itself, under the first --attention variant",
+                              "short_tokens_per_window": longppl.short_context_tokens(longest, short, stride),
+                              "full_tokens_per_window": longest}
+        return out
+
+    def derive(self, frame):
+        """LongPPL's key status and key-token rows (``longppl.derive``), from the evaluator's token rows."""
+        return longppl.derive(frame, self.evaluator_frame, self.options) if self.short else frame
 
     def rows(self, sample: Sample, answer: np.ndarray) -> list[dict]:
         keys, meta = sample.keys, {**sample.meta, "seed": self.context.seed}
+        if "short_start" in meta:
+            return self._token_rows(sample, answer, "short_nll", meta["short_start"], meta["scored_from"])
         if "scored_from" in meta:
             scored = answer[meta["scored_from"] - 1 :]  # answer[j] is the NLL of position j + 1
             total = float(scored.astype(np.float64).sum())
@@ -157,7 +242,20 @@ class PerplexityTask(Task):
             # answer[j] is the NLL of position j + 1, which depends on tokens 0..j + 1 only: the
             # window of ``length`` at the same offset has answer[: length - 1]
             rows += self._window_rows({**keys, "context_length": length}, meta, answer[: length - 1], length)
+        if self.short:
+            rows += self._token_rows(sample, answer, "token_nll", 0, self.short[0])
         return rows
+
+    def _token_rows(self, sample: Sample, answer: np.ndarray, metric: str, start: int, first: int) -> list[dict]:
+        """One row per position p >= ``first`` (LongPPL's candidates) of each nested length the pass serves:
+        the pass starts at window position ``start``, so answer[p - start - 1] is position p's NLL."""
+        length = sample.keys["context_length"]
+        nested = [n for n in self.lengths if n <= length] if self.windows["used"] == "nested" else [length]
+        meta = {k: v for k, v in sample.meta.items() if k not in ("scored_from", "pass_length")}
+        end = start + len(answer) + 1
+        return [{**sample.keys, "context_length": n, "position": p, "metric": metric, "value": float(answer[p - start - 1]),
+                 **meta, "seed": self.context.seed}
+                for n in nested for p in range(first, min(end, n))]
 
     def _window_rows(self, keys: dict, meta: dict, answer: np.ndarray, length: int) -> list[dict]:
         edges = bin_edges(length, self.options.bins)
@@ -217,6 +315,8 @@ class PerplexityTask(Task):
                 last_nll = stats.mean(last["value"], stats.unit_keys(last, units))
                 row.update(stats.columns(stats.clipped(last_nll, 0.0, math.inf), "nll_last_bin"))
                 row["last_bin"] = f"{int(last.position_bin.iloc[0])}-{int(last.position_end.iloc[0]) - 1}"
+            if self.short:
+                row.update(longppl.summary_columns(part, int(length), units))
             groups.append(row)
         return pd.DataFrame(groups)
 
@@ -232,4 +332,8 @@ class PerplexityTask(Task):
         if not summary.empty:
             mode = "sliding window" if self.options.stride else "lm-eval rolling windows" if self.options.match == "lm-eval" else ""
             written.append(perplexity_vs_length(summary, mode, title, train, plots_dir / "perplexity_vs_length.png"))
+            if self.short:
+                from tasks.perplexity_plots import longppl_vs_length
+
+                written.append(longppl_vs_length(summary, self.short, title, train, plots_dir / "longppl_vs_length.png"))
         return written

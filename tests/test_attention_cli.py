@@ -21,7 +21,7 @@ APP = cli.register_tasks()
 
 def run_ppl(model, out, *extra):
     args = ["run", "perplexity", "--model", str(model), "--lengths", "96", "--samples", "2", "--out", str(out),
-            "--device", "cpu", "--quiet", *map(str, extra)]
+            "--device", "cpu", "--quiet", "--dataset", "builtin:pydoc-topics", *map(str, extra)]
     return runner.invoke(APP, args)
 
 

@@ -22,7 +22,7 @@ def run_cli(*args):
 
 def base_args(checkpoint, out):
     return ["run", "perplexity", "--model", checkpoint, "--lengths", "64,128", "--samples", "3", "--out", out,
-            "--device", "cpu", "--quiet"]
+            "--device", "cpu", "--quiet", "--dataset", "builtin:pydoc-topics"]
 
 
 def test_run_writes_every_file(tiny_checkpoint, tmp_path):
@@ -63,7 +63,7 @@ def test_windows_recompute_from_recorded_offsets(tiny_checkpoint, tmp_path, toke
     assert run_cli(*base_args(tiny_checkpoint, out)).exit_code == 0
     frame = pd.read_parquet(out / "results.parquet")
     row = frame[(frame.metric == "mean_nll") & (frame.context_length == 128)].iloc[1]
-    stream = token_stream(load_corpus(), tokenizer)
+    stream = token_stream(load_corpus("builtin:pydoc-topics"), tokenizer)
     adapter = ModelAdapter(load_model(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None))
     window = stream.tokens[row.offset : row.offset + 128]
     assert abs(float(adapter.token_losses([TokenLossRequest(window)])[0].mean()) - row.value) < 1e-5
@@ -96,7 +96,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
 
     monkeypatch.setattr(ModelAdapter, "answer", flaky)
     config = RunConfig(task="perplexity", model=str(tiny_checkpoint), out=str(part), device="cpu", quiet=True,
-                       batch_tokens=128, task_options={"lengths": "64,128", "samples": 3})
+                       batch_tokens=128, task_options={"lengths": "64,128", "samples": 3, "dataset": "builtin:pydoc-topics"})
     outcome = evaluate(config)
     assert outcome.interrupted
     kept = pd.read_parquet(part / "results.parquet")

@@ -100,7 +100,7 @@ def test_focus_rows_carry_span_depth_and_seed(tiny_checkpoint, tmp_path):
 
 def test_perplexity_windows_export_and_seed(tiny_checkpoint, tokenizer, tmp_path):
     out = tmp_path / "ppl"
-    run_task("perplexity", tiny_checkpoint, out, "--lengths", "64", "--samples", "2")
+    run_task("perplexity", tiny_checkpoint, out, "--lengths", "64", "--samples", "2", "--dataset", "builtin:pydoc-topics")
     rows = pd.read_parquet(out / "results.parquet")
     assert (rows.seed == 7).all()
     invoke("export", out, "--prompts", tmp_path / "windows.jsonl")

@@ -17,7 +17,7 @@ KEYS = ["context_length", "sample", "position_bin", "metric"]
 
 
 def run(checkpoint, out, quiet=True, **options):
-    settings = {"lengths": "32,64,128", "samples": 3, **options}
+    settings = {"lengths": "32,64,128", "samples": 3, "dataset": "builtin:pydoc-topics", **options}
     attention = settings.pop("attention", ({"name": "auto"},))
     dtype = settings.pop("dtype", "float32")
     config = RunConfig(task="perplexity", model=str(checkpoint), out=str(out), device="cpu", dtype=dtype, quiet=quiet,
@@ -49,7 +49,7 @@ def test_nested_rows_equal_independent_passes(tiny_checkpoint, tmp_path, dtype, 
 
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=getattr(torch, dtype)).eval()
     row = nested[(nested.metric == "mean_nll") & (nested.context_length == 32) & (nested["sample"] == 2)].iloc[0]
-    stream = token_stream(load_corpus(), AutoTokenizer.from_pretrained(tiny_checkpoint))
+    stream = token_stream(load_corpus("builtin:pydoc-topics"), AutoTokenizer.from_pretrained(tiny_checkpoint))
     ids = torch.from_numpy(stream.tokens[row.offset : row.offset + 32]).long()[None]
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss.item()
@@ -134,7 +134,8 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
     monkeypatch.setattr(ModelAdapter, "answer", flaky)
     part = tmp_path / "part"
     config = RunConfig(task="perplexity", model=str(tiny_checkpoint), out=str(part), device="cpu", quiet=True,
-                       batch_tokens=128, task_options={"lengths": "32,64,128", "samples": 3})
+                       batch_tokens=128, task_options={"lengths": "32,64,128", "samples": 3,
+                                                         "dataset": "builtin:pydoc-topics"})
     assert evaluate(config).interrupted
     journal = [json.loads(line) for line in (part / "journal.jsonl").read_text().splitlines()]
     assert [entry["sample_id"] for entry in journal] == ["nested-L128-w0"]  # one pass: every length of offset 0

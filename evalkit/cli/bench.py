@@ -96,6 +96,26 @@ def bench_nested_command(
     print_frame(make_console(), frame, frame.attrs["caption"])
 
 
+@bench_app.command("longppl")
+@user_errors
+def bench_longppl_command(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="The perplexity grid, e.g. 1k..8k.")] = "8k",
+    samples: Annotated[int, typer.Option(help="Windows per length.")] = 1,
+    short_context: Annotated[str, typer.Option(help="LongPPL's short context.")] = "4k",
+    short_stride: Annotated[str, typer.Option(help="LongPPL's short-context stride.")] = "1k",
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.auto,
+    rounds: Annotated[int, typer.Option(help="Rounds; both metrics take a turn in each, the median counts.")] = 3,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_longppl.csv into.")] = None,
+) -> None:
+    """What --metric longppl costs over plain perplexity, end to end (its short-context passes)."""
+    from evalkit.bench.longppl import bench_longppl
+
+    frame = bench_longppl(model, lengths, device, dtype.value, out, samples, short_context, short_stride, rounds=rounds)
+    print_frame(make_console(), frame, frame.attrs["caption"])
+
+
 @bench_app.command("queries")
 @user_errors
 def bench_queries_command(

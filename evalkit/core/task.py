@@ -23,6 +23,12 @@ class Sample:
     request: Any  # a typed request from evalkit.models.requests
     keys: dict[str, Any]  # task key columns shared by all its rows (context_length, ...)
     meta: dict[str, Any] = field(default_factory=dict)  # recorded, not keys (source, offset, ...)
+    first_variant_only: bool = False  # answered under the run's first attention variant only (LongPPL's evaluator passes)
+
+
+def runs_under(sample: Sample, variant_index: int) -> bool:
+    """Whether a sample is answered under the run's ``variant_index``-th attention variant."""
+    return variant_index == 0 or not sample.first_variant_only
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ class Task:
     def summarize(self, frame):
         """The headline numbers per (attention, context_length), from the rows DataFrame."""
         raise NotImplementedError
+
+    def derive(self, frame):
+        """Rows computed from other rows once a run's rows are in (LongPPL's key tokens); stored with them."""
+        return frame
 
     def provenance(self) -> dict[str, Any]:
         """What the manifest should record about the task's data (after ``samples``): how to rebuild it."""

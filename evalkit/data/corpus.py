@@ -1,9 +1,11 @@
 """Text sources, in one place for every task.
 
 A corpus is an ordered list of documents (strings) with a stable name and fingerprint:
-- ``builtin``: the Python documentation topics that ship with Python itself
-  (``pydoc_data.topics``: the language reference's prose, ~465k characters, about 113k
-  SmolLM2 tokens), so evalkit runs with no download;
+- ``builtin`` (``builtin:pydoc-topics``): the Python documentation topics that ship with Python
+  itself (``pydoc_data.topics``: the language reference's prose, ~465k characters, about 113k
+  SmolLM2 tokens, median document 393 tokens), so evalkit runs with no download;
+- ``builtin:python-stdlib``: the interpreter's standard library source, long documents
+  (``evalkit.data.stdlib``; perplexity's default);
 - a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, or a folder of them;
 - a Hugging Face dataset by name or path, through ``datasets`` (``--split``).
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from evalkit.core.errors import DataError
 from evalkit.core.paths import cache_dir
 
 BUILTIN = "builtin"
+PYDOC_TOPICS = "builtin:pydoc-topics"
+PYTHON_STDLIB = "builtin:python-stdlib"
 _FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
@@ -35,6 +39,7 @@ class Corpus:
     fingerprint: str
     documents: tuple[str, ...]
     recipe: str = ""  # how the documents were read, in order: enough to rebuild them by hand
+    details: dict = field(default_factory=dict)  # what else identifies the source (python-stdlib: version, file list hash)
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,14 @@ class TokenStream:
 
 
 def load_corpus(dataset: str | None = None, text_field: str = "text", split: str = "train") -> Corpus:
-    if dataset is None or dataset == BUILTIN:
+    if dataset is None or dataset in (BUILTIN, PYDOC_TOPICS):
         return _builtin_corpus()
+    if dataset == PYTHON_STDLIB:
+        from evalkit.data import stdlib
+
+        docs, recipe, details = stdlib.read()
+        fingerprint = _hash_texts(docs, details["python"], details["file_list_sha256"])
+        return Corpus(name=PYTHON_STDLIB, fingerprint=fingerprint, documents=docs, recipe=recipe, details=details)
     path = Path(dataset).expanduser()
     if path.exists():
         return _local_corpus(path, text_field)
@@ -219,7 +230,7 @@ def stream_provenance(corpus: Corpus, stream: TokenStream, tokenizer, style: str
         joining = (f"tokenizer(text, add_special_tokens=False) per document, each followed by "
                    f"{tokenizer.convert_ids_to_tokens(sep)!r} (id {sep}), all concatenated")
     return {"corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint, "documents": len(corpus.documents),
-            "document_order": corpus.recipe, "joining": joining, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "document_order": corpus.recipe, **({"source": corpus.details} if corpus.details else {}), "joining": joining, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
             "tokens": int(len(stream.tokens)), "tokens_sha256": token_hash(stream.tokens)}
 
 

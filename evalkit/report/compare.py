@@ -40,7 +40,7 @@ from evalkit.report.runs import (ACCURACY_METRICS, HEADLINE_METRICS, Run, comple
                                  option_differences, parse_selector, samples, select, unit_columns)
 
 METRIC_DIRECTIONS: dict[str, int] = {
-    **dict.fromkeys(["nll", "mean_nll", "perplexity", "entropy", "entropy_norm", "needle_rank", "answer_rank"], -1),
+    **dict.fromkeys(["nll", "mean_nll", "perplexity", "key_nll", "longppl", "entropy", "entropy_norm", "needle_rank", "answer_rank"], -1),
     **dict.fromkeys(["greedy_correct", "accuracy", "answer_logprob", "answer_mean_logprob", "needle_mass",
                      "max_weight", "top1_in_needle", "exact_match", "contains"], +1),
 }  # +1: higher is better, -1: lower is better; any other metric is reported, never a regression
@@ -222,6 +222,9 @@ def _cells_of(frame: pd.DataFrame) -> str:
     return "; ".join(f"{a}@{','.join(str(n) for n in p.context_length)}" for a, p in parts.groupby("attention"))
 
 
+EXP_OF = {"mean_nll": "perplexity", "key_nll": "longppl"}  # NLL metrics also shown through exp
+
+
 def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: float):
     """Per (attention, context_length, metric): both sides' means and the Difference, paired when the prompts match."""
     key = ["attention", "context_length", "metric"]
@@ -248,9 +251,9 @@ def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: f
             diff = stats.unpaired_difference(bp.value, cp.value, one_each(bp), one_each(cp), confidence)
             test, means = diff.test, (bp.value.mean(), cp.value.mean())
         cells.append(_cell_row(cell, means, diff, test, paired=test.startswith(("exact", "paired"))))
-        if cell[2] == "mean_nll":  # perplexity: the same test through exp, so the two rows agree by construction
+        if cell[2] in EXP_OF:  # perplexity / LongPPL: the same test through exp, so the two rows agree by construction
             scale = math.exp(means[0])
-            cells.append(_cell_row((cell[0], cell[1], "perplexity"), (scale, math.exp(means[1])), diff, test,
+            cells.append(_cell_row((cell[0], cell[1], EXP_OF[cell[2]]), (scale, math.exp(means[1])), diff, test,
                                    paired=cells[-1]["paired"], through=lambda d: scale * math.expm1(d)))
     return pd.DataFrame(cells, columns=[c for c in ROW_COLUMNS if c not in ("rel_delta", "direction", "tolerance",
                                                                             "regression", "improvement")]), problems, missing, extra

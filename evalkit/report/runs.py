@@ -18,7 +18,7 @@ from evalkit.core.errors import ConfigError, ResultsError, did_you_mean
 
 WITHIN_SAMPLE_KEYS = {"position_bin", "layer", "head"}  # parts of one prompt, averaged first
 HEADLINE_METRICS = {  # what compare judges; a plugin task's metrics are all compared
-    "perplexity": {"mean_nll"},
+    "perplexity": {"mean_nll", "key_nll"},  # key_nll: LongPPL's key tokens (--metric longppl), one row each
     "needle": {"greedy_correct", "exact_match", "contains", "answer_logprob"},
     "focus": {"needle_mass", "entropy_norm", "top1_in_needle"},
 }
@@ -92,12 +92,13 @@ def completeness(run: Run) -> str | None:
     planned = m.get("samples")
     variants = len(m.get("attention") or []) or 1
     finished = m.get("finished_samples")
-    count = f" ({finished} of {planned * variants} samples finished)" if planned is not None and finished is not None else ""
+    expected = m.get("planned_answers", planned * variants if planned is not None else None)  # some samples run under one variant
+    count = f" ({finished} of {expected} samples finished)" if expected is not None and finished is not None else ""
     if m.get("interrupted"):
         return f"run {run.folder} was interrupted{count}; finish it with `evalkit run ... --resume`"
     if "interrupted" not in m:
         return f"run {run.folder} did not finish (its manifest has no end record: still running, or killed)"
-    if count and finished < planned * variants:
+    if count and finished < expected:
         return f"run {run.folder} is incomplete{count}; finish it with `evalkit run ... --resume`"
     return None
 
@@ -172,9 +173,11 @@ def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], 
     prov = [c for c in frame.columns[value_at + 1 :] if c not in NOT_PROVENANCE and c not in keys]
     grouped = frame.groupby(cell + sample_keys, dropna=False, sort=True)
     out = grouped["value"].mean().reset_index()
-    out["sample"] = _joined(out, ["context_length"] + sample_keys)
+    # the unit first: a task's "sample" column may be a unit column, which the joined sample id replaces
     present = [c for c in units if c in out.columns]  # none (a model-free run): each sample is its own unit
-    out["unit"] = _joined(out, ["seed"] + present) if present else out["sample"]
+    unit = _joined(out, ["seed"] + present) if present else None
+    out["sample"] = _joined(out, ["context_length"] + sample_keys)
+    out["unit"] = unit if unit is not None else out["sample"]
     out["prov"] = _joined(grouped[prov].first().reset_index(), prov).to_numpy() if prov else ""
     return out
 

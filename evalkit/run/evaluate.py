@@ -188,6 +188,8 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
                                          loaded.training_length, prefix_limits(loaded.model.config, variants)))
     samples = task.samples()
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
+    if getattr(options, "evaluator", None):  # LongPPL's key tokens chosen by another checkpoint, in a run of its own
+        task.evaluator_frame = run_evaluator(config, loaded, folder, console, log)
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
@@ -239,6 +241,7 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     from evalkit.models.adapter import ModelAdapter
     from evalkit.run.progress import ProgressReporter, quiet_library_warnings
     from evalkit.run.runner import Runner, default_batch_tokens
+    from evalkit.core.task import runs_under
 
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
@@ -246,7 +249,8 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     manifest.update({"run_id": store.run_id, "model": loaded.describe(),
                      "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
                      "attention": [v.describe for v in variants], "device": device_description(loaded.device),
-                     "batch_tokens": batch_tokens, "samples": len(samples)})
+                     "batch_tokens": batch_tokens, "samples": len(samples),
+                     "planned_answers": sum(runs_under(s, k) for k in range(len(variants)) for s in samples)})
     manifest.update(task.provenance())  # e.g. how perplexity's token stream was built, and its fingerprint
     if world.is_main:
         store.write_manifest(manifest)
@@ -317,7 +321,7 @@ def check_inputs(task_cls, options, config: RunConfig) -> None:
 
 def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings, draw: bool = True) -> RunOutcome:
     """Tables, plots and the final manifest, from whatever the journals hold."""
-    frame = store.frame(common, task.key_columns)
+    frame = task.derive(store.frame(common, task.key_columns))
     summary = task.summarize(frame) if len(frame) else None
     store.write_tables(frame, summary)
     plots = task.plot(frame, title, store.folder / "plots") if draw and len(frame) and not interrupted else []
@@ -343,3 +347,45 @@ def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool
         raise ConfigError(f"a {tokens}-token prompt needs {widest.positions} positions with its answer (+{extra}), beyond the "
                           f"model's max_position_embeddings ({max_positions}): that is extrapolation",
                           f"use prompts of at most {max_positions - extra} tokens, or pass --allow-extrapolation")
+
+
+def evaluator_folder(folder: Path) -> Path:
+    return folder.with_name(folder.name + "-evaluator")
+
+
+def run_evaluator(config, loaded, folder: Path, console, log):
+    """LongPPL's key tokens chosen by another checkpoint (``--evaluator``), as in the paper: the
+    evaluator's rows (``token_nll`` and ``short_nll``) for the run's windows. It scores the same
+    windows (same corpus, seed, lengths: the same offsets), full and short context, in a perplexity
+    run of its own beside the run's folder (``<run>-evaluator``; resumed with it). Key tokens are
+    positions, so the evaluator must read the same tokens: another tokenizer is refused first."""
+    from evalkit.data.corpus import tokenizer_fingerprint
+
+    path = config.task_options["evaluator"]
+    other = load_for(dataclasses.replace(config, model=path), log)
+    if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
+        raise ConfigError(
+            f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token stream",
+            "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
+        )
+    sub = RunConfig(
+        task=config.task,
+        model=path,
+        task_options={**config.task_options, "evaluator": None},
+        out=str(evaluator_folder(folder)),
+        resume=config.resume,
+        device=config.device,
+        dtype=config.dtype,
+        batch_tokens=config.batch_tokens,
+        seed=config.seed,
+        allow_extrapolation=config.allow_extrapolation,
+        allow_pickle=config.allow_pickle,
+        trust_remote_code=config.trust_remote_code,
+        quiet=config.quiet,
+        plots=False,
+    )
+    outcome = evaluate(sub, console=console, loaded=other)
+    if outcome.interrupted:
+        raise KeyboardInterrupt  # the key tokens need every evaluator window; a resume continues it
+    frame = outcome.frame
+    return frame[frame.metric.isin(["token_nll", "short_nll"])]

@@ -18,7 +18,7 @@ from typing import Callable
 
 from evalkit.core.errors import EvalkitError
 from evalkit.store.results import RunStore
-from evalkit.core.task import Sample, Task
+from evalkit.core.task import Sample, Task, runs_under
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ class Runner:
         self.branched: set[int] = set()  # ids of the groups answered by branching off their trunk
 
     def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
-        pending = {v.label: [s for s in samples if not self.store.is_done(v.label, s.id)] for v in variants}
+        pending = {v.label: [s for s in samples if runs_under(s, k) and not self.store.is_done(v.label, s.id)]
+                   for k, v in enumerate(variants)}
         plans = {}
         for variant in variants:  # planned under the variant itself: its n convention decides whether prefixes share
             if pending[variant.label]:
@@ -105,7 +106,8 @@ class Runner:
         total_cost = sum(sum(sum(self._group_costs(run, scale)) for run in runs) + sum(span_cost(0, s.request.length, scale) for s in alone)
                          for runs, alone in plans.values())
         if self.progress:
-            self.progress.start(total, total_cost, skipped=len(samples) * len(variants) - total)
+            planned = sum(runs_under(s, k) for k in range(len(variants)) for s in samples)
+            self.progress.start(total, total_cost, skipped=planned - total)
         for variant in variants:
             if not pending[variant.label]:
                 continue

@@ -67,10 +67,12 @@ def dataset_hash(options) -> str | None:
         return files_hash([Path(samples_file)])
     if not hasattr(options, "dataset"):
         return None
-    if dataset is None or dataset == "builtin":
-        from evalkit.data.corpus import load_corpus
+    if hasattr(options, "resolved_dataset"):  # a task whose default corpus depends on its other options
+        dataset = options.resolved_dataset()
+    if dataset is None or dataset.startswith("builtin"):
+        from evalkit.data.corpus import PYTHON_STDLIB, load_corpus
 
-        return "builtin:" + load_corpus().fingerprint
+        return ("builtin:python-stdlib:" if dataset == PYTHON_STDLIB else "builtin:") + load_corpus(dataset).fingerprint
     path = Path(dataset).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".parquet"))
