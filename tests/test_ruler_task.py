@@ -43,7 +43,7 @@ def test_mean_of_means_by_hand():
 
 
 def test_samples_are_exact_and_paired(tokenizer):
-    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off"),
+    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off", fill="exact"),
                      TaskContext(tokenizer, 4096, False, 5))
     samples = task.samples()
     assert all(len(s.request.prompt) == 520 for s in samples)
@@ -65,7 +65,7 @@ def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
 
     out = tmp_path / "ruler"
     config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_single_2,qa_1", "lengths": "300,380",
-                                                        "samples": 2, "threshold": "0.5"},
+                                                        "samples": 2, "threshold": "0.5", "fill": "exact"},
                        out=str(out), device="cpu", quiet=True)
     outcome = evaluate(config)
     frame = pd.read_parquet(out / "results.parquet")
