@@ -268,7 +268,7 @@ def search(make, count, probe: int, lowest: int, max_len: int, budget: int, esti
     return best if best is not None else lowest
 
 
-def fit(make, count, units: int, incremental: int, max_len: int, budget: int, tries: int = 1000):
+def fit(make, count, units: int, incremental: int, max_len: int, budget: int, tries: int = 200):
     """RULER's per-sample loop: draw at ``units``; while too long, draw again with ``incremental`` fewer (never below it)."""
     for _ in range(tries):
         text, *rest = make(units)
@@ -398,11 +398,12 @@ def build_many(source: Source, name: str, length: int, samples: int) -> list[Bui
     """The first ``samples`` prompts RULER's generator writes for ``name`` at ``length`` (they depend on each other)."""
     from evalkit.data.ruler import nvidia_other
 
-    if name in NIAH:
-        return niah(source, name, length, samples)
-    build = {"vt": nvidia_other.vt, "cwe": nvidia_other.cwe, "fwe": nvidia_other.fwe,
-             "qa_1": nvidia_other.qa, "qa_2": nvidia_other.qa}[name]
-    return build(source, name, length, samples)
+    build = niah if name in NIAH else {"vt": nvidia_other.vt, "cwe": nvidia_other.cwe, "fwe": nvidia_other.fwe,
+                                       "qa_1": nvidia_other.qa, "qa_2": nvidia_other.qa}[name]
+    try:
+        return build(source, name, length, samples)
+    except ConfigError as e:
+        raise ConfigError(f"{name} at {length} tokens: {e.problem}", e.fix) from None
 
 
 def prompt_ids(tokenizer, built: Built) -> list[int]:
