@@ -8,9 +8,11 @@ topics, evalkit's built-in corpus) and RULER-format ``squad.json`` / ``hotpotqa.
 Only their output is stored. Every task reaches the first level: the same ``input``, ``answer_prefix``,
 ``outputs`` and ``length`` strings and numbers, so the same tokens.
 
-The tokenizer is read from evalkit's model cache (``evalkit models fetch smollm2-135m``); without it these
-tests skip. The essay tasks need NLTK's punkt: the untrained splitter (no punkt_tab data installed) splits
-this text exactly as RULER's trained one (checked when the fixture was made), so they match either way.
+SmolLM2-135M-Instruct's tokenizer (Apache-2.0) is shipped in tests/data/smollm2_tokenizer/, so these tests run
+offline on any machine (no model cache, no ``~/nltk_data``). The essay tasks split sentences with NLTK's punkt:
+with punkt_tab installed RULER's trained splitter runs, without it the untrained one, which splits this text
+exactly as the trained one (checked when the fixture was made); ``test_essay_prompts_with_untrained_punkt``
+holds the untrained path on machines that have the data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from evalkit.data.ruler import nvidia
 
 DATA = Path(__file__).parent / "data" / "ruler_golden"
+TOKENIZER = Path(__file__).parent / "data" / "smollm2_tokenizer"  # the conftest fixture smollm2_tokenizer reads it
 
 
 def _golden() -> list[dict]:
@@ -33,19 +36,6 @@ def _golden() -> list[dict]:
 
 GOLDEN = _golden()
 CELLS = sorted({(r["template"], r["max_seq_length"], r["task"]) for r in GOLDEN})
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    from platformdirs import user_cache_dir
-
-    # the user's own cache (the suite isolates EVALKIT_CACHE): only the tokenizer files are read
-    folder = Path(user_cache_dir("evalkit", appauthor=False)) / "models" / "smollm2-135m"
-    if not (folder / "tokenizer.json").is_file():
-        pytest.skip("SmolLM2's tokenizer is not cached (evalkit models fetch smollm2-135m)")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +55,36 @@ def test_prompts_match_rulers_generator(smollm2_tokenizer, essay, template, leng
         assert b.length == g["length"] <= length  # prompt + the generation budget within the length
         ids = nvidia.prompt_ids(smollm2_tokenizer, b)
         assert ids == smollm2_tokenizer(g["input"] + g["answer_prefix"])["input_ids"]
+
+
+ESSAY_TASKS = ("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery")
+
+
+@pytest.mark.parametrize("task", ESSAY_TASKS)
+def test_essay_prompts_with_untrained_punkt(monkeypatch, smollm2_tokenizer, task):
+    """What a machine without NLTK's punkt_tab data builds (the default offline): the same golden prompts."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    monkeypatch.setattr(nvidia, "splitter", lambda: (PunktSentenceTokenizer().tokenize, "nltk punkt, untrained"))
+    essay = nvidia.essay_from(str(DATA / "PaulGrahamEssays.json"))
+    assert essay.splitter == "nltk punkt, untrained"
+    gold = [r for r in GOLDEN if (r["template"], r["max_seq_length"], r["task"]) == ("base", 1024, task)]
+    built = nvidia.build_many(nvidia.Source(smollm2_tokenizer, "base", 42, essay), task, 1024, len(gold))
+    assert [(b.input, b.answer_prefix, list(b.answers), b.length) for b in built] == [
+        (g["input"], g["answer_prefix"], g["outputs"], g["length"]) for g in gold]
+
+
+def test_shipped_tokenizer_is_the_cached_one(smollm2_tokenizer):
+    """The shipped tokenizer.json is byte for byte the one ``evalkit models fetch smollm2-135m`` caches."""
+    import hashlib
+
+    with gzip.open(TOKENIZER / "tokenizer.json.gz", "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    assert digest == "bf346d64f6f0fbcefb4c1b6928a98241467dff36c6fbae5fe1785c4ff90667f4"
+    assert len(smollm2_tokenizer) == 49152 and smollm2_tokenizer.eos_token == "<|im_end|>"
+    # ids read off the cached tokenizer; a trailing space splits off as its own token, 216
+    ids = smollm2_tokenizer("The special magic number is ", add_special_tokens=False)["input_ids"]
+    assert ids == [504, 1767, 9019, 1230, 314, 216]
 
 
 def test_golden_covers_every_task():
