@@ -1,14 +1,14 @@
 """RULER (NVIDIA, arXiv 2404.06654): its 13 synthetic tasks, its scores, its average and effective length.
 
-Each (task, length, index) is one prompt and one independent unit. ``--fill nvidia`` (the default) builds
-the prompts as NVIDIA's generator does (``evalkit.data.ruler.nvidia``: prompt + generation budget within
-the length, RULER's templates, haystack search and draws), so scores sit beside published tables;
-``--fill exact`` builds evalkit's exact-length prompts (``evalkit.data.ruler``), labelled not RULER-comparable. The greedy output, up to RULER's generation budget for the
-task, is scored by RULER's string match (all references, or any for QA): the RULER score. Where
-the answer is one span, a second request on the same prompt scores it teacher-forced (evalkit's
-``greedy_correct`` and answer log-prob); the runner shares prefixes within one request kind, so
-that prompt is computed once for each of the two. A task that cannot run (QA without ``--qa-dataset``) is skipped with a note in the
-summary and the manifest.
+Each (task, length, index) is one prompt and one independent unit. ``--fill nvidia`` (the default) builds the
+prompts as NVIDIA's generator does (``evalkit.data.ruler.nvidia``: prompt + generation budget within the
+length, RULER's templates, haystack search and draws), so scores sit beside published tables; ``--fill exact``
+builds evalkit's exact-length prompts (``evalkit.data.ruler``), labelled not RULER-comparable. The greedy
+output, up to RULER's generation budget for the task, is scored by RULER's string match (all references, or
+any for QA): the RULER score. Where the answer is one span, a second request on the same prompt scores it
+teacher-forced (evalkit's ``greedy_correct`` and answer log-prob); the runner shares prefixes within one
+request kind, so that prompt is computed once for each of the two. A task that cannot run (QA without
+``--qa-dataset``) is skipped with a note in the summary and the manifest.
 """
 
 from __future__ import annotations
@@ -36,9 +36,14 @@ class RulerOptions(CorpusOptions):
     tasks: str = option("all", "RULER tasks: all, or a comma list of niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2.")
     lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 4k,8k or 4k..32k.", grid=True)
     samples: int = option(10, "Samples per task and length (RULER reports 500).", grid=True)
-    fill: str = option("nvidia", "nvidia: prompts as NVIDIA's RULER generator builds them (prompt + generation budget within the length; comparable with published tables); exact: evalkit's exact-length prompts (not RULER-comparable).", choices=("nvidia", "exact"))
-    template: str = option("base", "RULER's model template (--fill nvidia): base, meta-chat, vicuna-chat, lwm-chat, command-r-chat, chatglm-chat, RWKV, Phi3, meta-llama3, jamba, nemotron5-instruct, or hf-chat for the tokenizer's own chat template.")
-    chat: str = option("auto", "--fill exact only: wrap each prompt in the tokenizer's chat template: auto (when it has one), on, off.", choices=("auto", "on", "off"))
+    fill: str = option("nvidia", "nvidia: prompts as NVIDIA's RULER generator builds them (prompt + generation budget "
+                                 "within the length; comparable with published tables); exact: evalkit's exact-length "
+                                 "prompts (not RULER-comparable).", choices=("nvidia", "exact"))
+    template: str = option("base", "RULER's model template (--fill nvidia): base, meta-chat, vicuna-chat, lwm-chat, "
+                                   "command-r-chat, chatglm-chat, RWKV, Phi3, meta-llama3, jamba, nemotron5-instruct, "
+                                   "or hf-chat for the tokenizer's own chat template.")
+    chat: str = option("auto", "--fill exact only: wrap each prompt in the tokenizer's chat template: auto (when it "
+                               "has one), on, off.", choices=("auto", "on", "off"))
     qa_dataset: list[str] | None = option(None, "Local SQuAD v2 and/or HotpotQA JSON files for qa_1/qa_2 (repeat the option, or a comma list); without them QA is skipped with a note.")
     threshold: str = option(str(stats.RULER_THRESHOLD), "Effective context length: the longest length whose average score stays at or above this (RULER's 0.856), or rel:F for F x the variant's average at its shortest length.", summary=True)
 
@@ -84,7 +89,8 @@ class RulerTask(Task):
                 model_template(options.template, None)  # a bad name fails before the model loads
         elif options.template != "base":
             raise ConfigError(f"--template {options.template} is RULER's protocol, not --fill exact's",
-                              f"drop --template (exact uses --chat), or use --fill nvidia; templates: {', '.join(TEMPLATE_CHOICES)}")
+                              f"drop --template (exact uses --chat), or use --fill nvidia; templates: "
+                              f"{', '.join(TEMPLATE_CHOICES)}")
         self.skipped: dict[str, str] = {}
         self._essay = None
 
@@ -132,16 +138,19 @@ class RulerTask(Task):
         return found
 
     def _nvidia_built(self) -> dict:
-        """{(task, length): [nvidia.Built]} for every task that can run (built together: RULER's draws are sequential)."""
+        """{(task, length): [nvidia.Built]} for every task that can run (built together: RULER's draws are
+        sequential)."""
         from evalkit.data.ruler import SkipTask, nvidia
 
-        source = nvidia.Source(self.context.tokenizer, self.options.template, self.ruler_seed, None, self.options.qa_files())
+        source = nvidia.Source(self.context.tokenizer, self.options.template, self.ruler_seed, None,
+                               self.options.qa_files())
         built = {}
         for name in self.tasks:
             if name in nvidia.NIAH and nvidia.NIAH[name].haystack == "essay":
                 source.essay = self.essay()
             try:
-                built.update({(name, n): nvidia.build_many(source, name, n, self.options.samples) for n in self.lengths})
+                built.update({(name, n): nvidia.build_many(source, name, n, self.options.samples)
+                              for n in self.lengths})
             except SkipTask as exc:
                 self.skipped[name] = str(exc)
         return built
@@ -161,9 +170,11 @@ class RulerTask(Task):
                                                   "haystack_units": b.units, **b.info}, default=str)}
                 sid = f"{name}-L{length}-i{index}"
                 out.append(Sample(f"{sid}-gen", GenerateRequest(prompt, TASKS[name].max_new_tokens), keys, meta))
-                answer = nvidia.answer_ids(tok, ids, b.input + b.answer_prefix, b.answers[0]) if len(b.answers) == 1 else None
+                answer = (nvidia.answer_ids(tok, ids, b.input + b.answer_prefix, b.answers[0])
+                          if len(b.answers) == 1 else None)
                 if answer:
-                    out.append(Sample(f"{sid}-score", AnswerScoreRequest(prompt, np.asarray(answer, np.int64)), keys, meta))
+                    out.append(Sample(f"{sid}-score", AnswerScoreRequest(prompt, np.asarray(answer, np.int64)),
+                                      keys, meta))
         if not out:
             raise ConfigError("no RULER task can run: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()),
                               "choose other --tasks, or give what they need (--qa-dataset for qa_1/qa_2)")
@@ -177,7 +188,8 @@ class RulerTask(Task):
             records = []
             for sample in self.samples():
                 if isinstance(sample.request, GenerateRequest):
-                    ids = sample.request.prompt.tolist() if hasattr(sample.request, "prompt") else list(sample.request.tokens)
+                    ids = (sample.request.prompt.tolist() if hasattr(sample.request, "prompt")
+                           else list(sample.request.tokens))
                     records.append({"id": sample.id, "task": sample.keys["ruler_task"], **sample.keys,
                                     "protocol": "exact", "template": f"chat {self.options.chat}",
                                     "text": self.context.tokenizer.decode(ids), "prompt_ids": ids,
@@ -187,8 +199,9 @@ class RulerTask(Task):
         for (name, length), built in self._nvidia_built().items():
             for index, b in enumerate(built):
                 ids = nvidia.prompt_ids(tok, b)
-                records.append({"id": f"{name}-L{length}-i{index}", "task": name, "context_length": length, "index": index,
-                                "protocol": "nvidia", "template": self.options.template, "ruler_seed": self.ruler_seed,
+                records.append({"id": f"{name}-L{length}-i{index}", "task": name, "context_length": length,
+                                "index": index, "protocol": "nvidia", "template": self.options.template,
+                                "ruler_seed": self.ruler_seed,
                                 "input": b.input, "answer_prefix": b.answer_prefix, "outputs": list(b.answers),
                                 "length": b.length, "prompt_ids": ids, "prompt_tokens": len(ids),
                                 "max_new_tokens": nvidia.TASK_TEXT[_family(name)].tokens_to_generate})
@@ -288,7 +301,8 @@ class RulerTask(Task):
             for row in averages:
                 row["comparable"] = label
             if label != "RULER-comparable" and "effective_length" in averages[-1]:
-                averages[-1]["note"] = f"effective length {label} (85.6 is RULER's 13-task threshold under its protocol)"
+                averages[-1]["note"] = (f"effective length {label} "
+                                        "(85.6 is RULER's 13-task threshold under its protocol)")
             rows += averages
         rows += [{"ruler_task": name, "note": f"skipped: {why}"} for name, why in self.skipped.items()]
         return stats.lengths_as_integers(pd.DataFrame(rows))

@@ -46,7 +46,8 @@ def essay():
 @pytest.mark.parametrize("template,length,task", CELLS)
 def test_prompts_match_rulers_generator(smollm2_tokenizer, essay, template, length, task):
     gold = [r for r in GOLDEN if (r["template"], r["max_seq_length"], r["task"]) == (template, length, task)]
-    source = nvidia.Source(smollm2_tokenizer, template, 42, essay, (str(DATA / "squad.json"), str(DATA / "hotpotqa.json")))
+    qa_files = (str(DATA / "squad.json"), str(DATA / "hotpotqa.json"))
+    source = nvidia.Source(smollm2_tokenizer, template, 42, essay, qa_files)
     built = nvidia.build_many(source, task, length, len(gold))
     for g, b in zip(gold, built):
         assert b.input == g["input"]

@@ -43,7 +43,8 @@ def test_mean_of_means_by_hand():
 
 
 def test_samples_are_exact_and_paired(tokenizer):
-    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off", fill="exact"),
+    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off",
+                                  fill="exact"),
                      TaskContext(tokenizer, 4096, False, 5))
     samples = task.samples()
     assert all(len(s.request.prompt) == 520 for s in samples)
@@ -110,8 +111,9 @@ def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path,
     from evalkit.export import export_prompts
 
     out = tmp_path / "ruler-nvidia"
-    config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_multikey_2,fwe", "lengths": "1000,1300",
-                                                        "samples": 2}, out=str(out), device="cpu", quiet=True,
+    config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_multikey_2,fwe",
+                                                        "lengths": "1000,1300", "samples": 2},
+                       out=str(out), device="cpu", quiet=True,
                        allow_extrapolation=True)
     evaluate(config)
     summary = pd.read_csv(out / "summary.csv")
@@ -139,6 +141,7 @@ def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path,
     for r in records:
         assert r["protocol"] == "nvidia" and r["template"] == "base"
         assert r["prompt_ids"] == tok(r["input"] + r["answer_prefix"])["input_ids"]
-        assert r["length"] == len(tok(r["input"] + r["answer_prefix"], add_special_tokens=False)["input_ids"]) + r["max_new_tokens"]
+        unspecial = tok(r["input"] + r["answer_prefix"], add_special_tokens=False)["input_ids"]
+        assert r["length"] == len(unspecial) + r["max_new_tokens"]
         assert r["length"] <= r["context_length"]
         assert json.loads(generated[(r["task"], r["context_length"], r["index"])].answers) == r["outputs"]

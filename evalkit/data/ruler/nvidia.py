@@ -36,8 +36,8 @@ RULER_SEED = 42  # RULER's --random_seed default; evalkit's --seed S runs RULER'
 MODEL_TEMPLATES = {
     "base": "{task_template}",
     "meta-chat": "[INST] {task_template} [/INST]",
-    "vicuna-chat": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-                   "detailed, and polite answers to the user's questions. USER: {task_template} ASSISTANT:",
+    "vicuna-chat": "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                   "helpful, detailed, and polite answers to the user's questions. USER: {task_template} ASSISTANT:",
     "lwm-chat": "You are a helpful assistant. USER: {task_template} ASSISTANT: ",
     "command-r-chat": "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|USER_TOKEN|>{task_template}<|END_OF_TURN_TOKEN|>"
                       "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
@@ -63,14 +63,17 @@ class TaskText:
 # RULER's task templates (scripts/data/synthetic/constants.py)
 TASK_TEXT = {
     "niah": TaskText(
-        "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will quiz you "
+        "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I will "
+        "quiz you "
         "about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} for {query} "
         "mentioned in the provided text?",
         " The special magic {type_needle_v} for {query} mentioned in the provided text are", 128),
     "variable_tracking": TaskText(
-        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: Find "
+        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: "
+        "Find "
         "all variables that are assigned the value {query} in the text above.",
-        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned the "
+        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned "
+        "the "
         "value {query}, they are: ", 30),
     "common_words_extraction": TaskText(
         "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that "
@@ -78,12 +81,15 @@ TASK_TEXT = {
         " Answer: The top 10 words that appear most often in the list are:", 120),
     "freq_words_extraction": TaskText(
         "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
-        "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What "
+        "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
+        "What "
         "are the three most frequently appeared words in the above coded text?",
         " Answer: According to the coded text above, the three most frequently appeared words are:", 50),
     "qa": TaskText(
-        "Answer the question based on the given documents. Only give me the answer and do not output any other words.\n\n"
-        "The following are given documents.\n\n{context}\n\nAnswer the question based on the given documents. Only give me "
+        "Answer the question based on the given documents. Only give me the answer and do not output any other "
+        "words.\n\n"
+        "The following are given documents.\n\n{context}\n\nAnswer the question based on the given documents. Only "
+        "give me "
         "the answer and do not output any other words.\n\nQuestion: {query}", " Answer:", 32),
 }
 
@@ -103,7 +109,8 @@ def model_template(name: str, tokenizer) -> str:
 
     parts = _chat_parts(tokenizer, "on")
     # the chat text is literal: braces in it must survive str.format
-    return parts[0].replace("{", "{{").replace("}", "}}") + "{task_template}" + parts[1].replace("{", "{{").replace("}", "}}")
+    return (parts[0].replace("{", "{{").replace("}", "}}") + "{task_template}"
+            + parts[1].replace("{", "{{").replace("}", "}}"))
 
 
 def full_template(task: str, template: str, tokenizer) -> str:
@@ -124,7 +131,8 @@ def _wonderwords(name: str) -> list[str]:
 
 
 class WordPairs:
-    """``sorted(set(f"{adj}-{noun}"))`` over wonderwords' adjectives x nouns (6,171,620 keys), indexed without building it.
+    """``sorted(set(f"{adj}-{noun}"))`` over wonderwords' adjectives x nouns (6,171,620 keys), indexed without
+    building it.
 
     RULER draws ``random.choice(words)`` from that sorted list (28 s and 800 MB to build in Python). Strings of
     adjectives that share the prefix ``root-`` interleave (and collide: ``a-b`` + ``c`` = ``a`` + ``b-c``); those
@@ -165,7 +173,8 @@ def word_pairs() -> WordPairs:
 @lru_cache(maxsize=1)
 def cwe_words() -> tuple[str, ...]:
     """RULER's cwe vocabulary: sorted(set(nouns + adjectives + verbs)) (8,166 words), before its seeded shuffle."""
-    return tuple(sorted(set(_wonderwords("nounlist.txt") + _wonderwords("adjectivelist.txt") + _wonderwords("verblist.txt"))))
+    return tuple(sorted(set(_wonderwords("nounlist.txt") + _wonderwords("adjectivelist.txt")
+                            + _wonderwords("verblist.txt"))))
 
 
 # ---------------------------------------------------------------- essay haystack
@@ -186,7 +195,8 @@ def essay_from(dataset: str | None, text_field: str = "text", split: str = "trai
         try:
             data = json.loads(Path(dataset).expanduser().read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read {dataset}: {e}", "give RULER's PaulGrahamEssays.json ({\"text\": ...})") from None
+            raise DataError(f"cannot read {dataset}: {e}",
+                            "give RULER's PaulGrahamEssays.json ({\"text\": ...})") from None
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
             raise DataError(f"{dataset} is not RULER's essay file", "give a JSON object with a \"text\" string "
                             "(what RULER's download_paulgraham_essay.py writes)")
@@ -196,7 +206,8 @@ def essay_from(dataset: str | None, text_field: str = "text", split: str = "trai
 
         corpus = load_corpus(dataset, text_field, split)
         text = "\n\n".join(corpus.documents)
-        source = corpus.name + ("" if dataset else " (built-in stand-in for Paul Graham's essays, which need the network)")
+        source = corpus.name + ("" if dataset else
+                                " (built-in stand-in for Paul Graham's essays, which need the network)")
     words = tuple(re.sub(r"\s+", " ", text).split(" "))
     if len(words) < 2:
         raise DataError(f"the essay haystack from {source} has no words", "give a text with words")
@@ -269,7 +280,8 @@ def search(make, count, probe: int, lowest: int, max_len: int, budget: int, esti
 
 
 def fit(make, count, units: int, incremental: int, max_len: int, budget: int, tries: int = 200):
-    """RULER's per-sample loop: draw at ``units``; while too long, draw again with ``incremental`` fewer (never below it)."""
+    """RULER's per-sample loop: draw at ``units``; while too long, draw again with ``incremental`` fewer (never
+    below it)."""
     for _ in range(tries):
         text, *rest = make(units)
         length = count(text) + budget
@@ -383,7 +395,8 @@ def niah(source: Source, name: str, length: int, samples: int) -> list[Built]:
     if spec.haystack != "essay" and length < 4096:
         incremental = 5
     budget = TASK_TEXT["niah"].tokens_to_generate
-    size = search(lambda n: make(n)[0], source.count, incremental, incremental, length, budget, lambda per: int(length / per * 3))
+    size = search(lambda n: make(n)[0], source.count, incremental, incremental, length, budget,
+                  lambda per: int(length / per * 3))
     out = []
     for _ in range(samples):
         text, (answers, info), total, used = fit(make, source.count, size, incremental, length, budget)
@@ -407,11 +420,13 @@ def build_many(source: Source, name: str, length: int, samples: int) -> list[Bui
 
 
 def prompt_ids(tokenizer, built: Built) -> list[int]:
-    """What the model sees: ``input + answer_prefix`` through ``tokenizer(text)`` (RULER's HF wrapper; BOS when the tokenizer adds one)."""
+    """What the model sees: ``input + answer_prefix`` through ``tokenizer(text)`` (RULER's HF wrapper; BOS when the
+    tokenizer adds one)."""
     return list(tokenizer(built.input + built.answer_prefix)["input_ids"])
 
 
 def answer_ids(tokenizer, prompt: list[int], text: str, answer: str) -> tuple[int, ...] | None:
-    """The single answer's tokens as they follow the prompt (its leading space included), None when they do not split cleanly."""
+    """The single answer's tokens as they follow the prompt (its leading space included), None when they do not
+    split cleanly."""
     full = list(tokenizer(text + " " + answer)["input_ids"])
     return tuple(full[len(prompt):]) if full[:len(prompt)] == prompt and len(full) > len(prompt) else None

@@ -78,8 +78,8 @@ def vt(source: Source, name: str, length: int, samples: int) -> list[Built]:
 
     incremental = 5 if length < 4096 else 10
     make = _vt_make(rnd, nrs, template, icl=False)
-    size = search(lambda n: make(n)[0], count, incremental, incremental, length, example_tokens + task.tokens_to_generate,
-                  lambda per: int(length / per * 3))
+    size = search(lambda n: make(n)[0], count, incremental, incremental, length,
+                  example_tokens + task.tokens_to_generate, lambda per: int(length / per * 3))
 
     def with_example(n: int):
         text, chain = make(n)
@@ -108,7 +108,8 @@ def cwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
     def example(n: int, common: int, uncommon: int):
         if n > len(words):
             raise DataError(f"cwe at {length} tokens needs more than the {len(words)} wonderwords words: RULER then "
-                            "samples its english_words.json list, which evalkit does not ship", "use shorter --lengths for cwe")
+                            "samples its english_words.json list, which evalkit does not ship",
+                            "use shorter --lengths for cwe")
         picked = rnd.sample(words, n)
         items = picked[:NUM_CW] * common + picked[NUM_CW:] * uncommon
         random.Random(source.seed).shuffle(items)
@@ -128,7 +129,8 @@ def cwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
     out = []
     for _ in range(samples):
         text, (answer,), total, used = fit(make, source.count, size, 10, length, budget)
-        out.append(Built(*split_prefix(text, "common_words_extraction"), tuple(answer), total, used, {"searched_units": size}))
+        out.append(Built(*split_prefix(text, "common_words_extraction"), tuple(answer), total, used,
+                         {"searched_units": size}))
     return out
 
 
@@ -229,7 +231,8 @@ def qa(source: Source, name: str, length: int, samples: int) -> list[Built]:
     kind = "squad" if name == "qa_1" else "hotpotqa"
     path = next((p for p in source.qa_files if load(p).format == kind), None)
     if path is None:
-        raise SkipTask(f"{name} needs a local {'SQuAD v2' if kind == 'squad' else 'HotpotQA'} JSON file: pass --qa-dataset FILE.json")
+        raise SkipTask(f"{name} needs a local {'SQuAD v2' if kind == 'squad' else 'HotpotQA'} JSON file: "
+                       "pass --qa-dataset FILE.json")
     qas, docs = source._cache.get(path) or source._cache.setdefault(path, _read_qa(path, kind))
     if samples > len(qas):
         raise ConfigError(f"{path} has {len(qas)} answerable questions, fewer than --samples {samples}",
