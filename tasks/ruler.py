@@ -34,7 +34,9 @@ DEFAULT_SEED = 1234  # evalkit run's --seed default: it maps to RULER's --random
 @dataclass(frozen=True)
 class RulerOptions(CorpusOptions):
     tasks: str = option("all", "RULER tasks: all, or a comma list of niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2.")
-    lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 4k,8k or 4k..32k.", grid=True)
+    lengths: str = option("1k,2k,4k", "Context lengths, 4k,8k or 4k..32k: --fill nvidia fits prompt + the task's "
+                          "generation budget within each (RULER's); exact makes the prompt (chat template included) "
+                          "exactly that long.", grid=True)
     samples: int = option(10, "Samples per task and length (RULER reports 500).", grid=True)
     fill: str = option("nvidia", "nvidia: prompts as NVIDIA's RULER generator builds them (prompt + generation budget "
                                  "within the length; comparable with published tables); exact: evalkit's exact-length "
