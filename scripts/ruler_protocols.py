@@ -58,8 +58,8 @@ def figure(frame: pd.DataFrame, path: str) -> None:
     protocols = list(dict.fromkeys(frame.protocol))
     lengths = sorted(frame.context_length.unique())
     tasks = list(dict.fromkeys(t for t in frame.ruler_task if t != "average")) + ["average"]
-    fig, axes = plt.subplots(1, len(lengths), figsize=(4.2 * len(lengths), 0.38 * len(tasks) + 1.6), sharey=True,
-                             squeeze=False, layout="constrained")
+    size = (max(4.2 * len(lengths), 6.5), 0.38 * len(tasks) + 2.4)
+    fig, axes = plt.subplots(1, len(lengths), figsize=size, sharey=True, squeeze=False, layout="constrained")
     for ax, n in zip(axes[0], lengths):
         for k, p in enumerate(protocols):
             part = frame[(frame.context_length == n) & (frame.protocol == p)].set_index("ruler_task")
@@ -81,9 +81,10 @@ def figure(frame: pd.DataFrame, path: str) -> None:
         ax.set_xlabel("RULER score (95% interval)")
     axes[0][0].set_yticks(range(len(tasks)), tasks, fontsize=8)
     axes[0][0].invert_yaxis()
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("RULER on SmolLM2-135M: NVIDIA's protocol vs evalkit's exact-length prompts "
-                 "(dotted: RULER's 0.856)", fontsize=10)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize=8, title="95% intervals", title_fontsize=8)
+    fig.suptitle("RULER on SmolLM2-135M: NVIDIA's protocol vs evalkit's exact-length prompts\n"
+                 "(dotted line: RULER's 0.856 threshold)", fontsize=10)
     fig.savefig(path, dpi=130)
 
 
