@@ -50,5 +50,7 @@ def average_vs_length(summary, title, train, path):
 
     average = summary[summary.ruler_task == AVERAGE].rename(columns=lambda c: c.replace("score", "accuracy"))
     tasks = int(average.tasks.max()) if "tasks" in average and average.tasks.notna().any() else 0
-    return accuracy_vs_length(average, title, train, path, heading=f"RULER average over {tasks} tasks vs length",
+    label = next(iter(average.comparable.dropna()), "") if "comparable" in average else ""
+    heading = f"RULER average over {tasks} of 13 tasks vs length" + (f" ({label})" if label else "")
+    return accuracy_vs_length(average, title, train, path, heading=heading,
                               ylabel="average RULER score")

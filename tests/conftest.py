@@ -51,6 +51,24 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory):
+    """SmolLM2-135M-Instruct's real tokenizer from the files shipped in tests/data/smollm2_tokenizer (Apache-2.0):
+    tests that compare against prompts other code made with it run offline, without the model cache."""
+    import gzip
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shipped = Path(__file__).parent / "data" / "smollm2_tokenizer"
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    with gzip.open(shipped / "tokenizer.json.gz", "rb") as f:  # gzipped: 0.6 MB in the repository, not 3.5 MB
+        (folder / "tokenizer.json").write_bytes(f.read())
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        shutil.copyfile(shipped / name, folder / name)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tokenizer) -> Path:
     """A tiny random Llama + tokenizer saved as a safetensors checkpoint folder."""
     folder = tmp_path_factory.mktemp("tiny-llama")

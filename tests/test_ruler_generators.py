@@ -212,17 +212,6 @@ def test_too_short_lengths_say_so(tokenizer, task, length):
         generator(task)(RulerSource(tokenizer), length, 0)
 
 
-SMOLLM2 = Path.home() / ".cache/evalkit/models/smollm2-135m"
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    if not (SMOLLM2 / "tokenizer.json").exists():
-        pytest.skip("the cached SmolLM2 tokenizer is not here")
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(SMOLLM2)
-
-
 @pytest.mark.parametrize("task", ["vt", "cwe", "fwe"])
 def test_chat_prompts_are_exact_with_a_real_tokenizer(smollm2_tokenizer, task):
     tok = smollm2_tokenizer

@@ -43,7 +43,8 @@ def test_mean_of_means_by_hand():
 
 
 def test_samples_are_exact_and_paired(tokenizer):
-    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off"),
+    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off",
+                                  fill="exact"),
                      TaskContext(tokenizer, 4096, False, 5))
     samples = task.samples()
     assert all(len(s.request.prompt) == 520 for s in samples)
@@ -65,7 +66,7 @@ def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
 
     out = tmp_path / "ruler"
     config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_single_2,qa_1", "lengths": "300,380",
-                                                        "samples": 2, "threshold": "0.5"},
+                                                        "samples": 2, "threshold": "0.5", "fill": "exact"},
                        out=str(out), device="cpu", quiet=True)
     outcome = evaluate(config)
     frame = pd.read_parquet(out / "results.parquet")
@@ -102,3 +103,45 @@ def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
     for name in ("ruler_score_per_task.png", "ruler_average_vs_length.png"):
         assert (out / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert outcome.summary is not None
+
+
+def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path, ruler_registered):
+    """--fill nvidia (the default): prompts + budget within the length, the 3-of-13 label everywhere, export."""
+    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.export import export_prompts
+
+    out = tmp_path / "ruler-nvidia"
+    config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_multikey_2,fwe",
+                                                        "lengths": "1000,1300", "samples": 2},
+                       out=str(out), device="cpu", quiet=True,
+                       allow_extrapolation=True)
+    evaluate(config)
+    summary = pd.read_csv(out / "summary.csv")
+    average = summary[summary.ruler_task == "average"]
+    assert set(average.comparable) == {"not RULER-comparable: 3 of 13 tasks"}
+    pooled = average[average.context_length.astype(str) == "all"].iloc[0]
+    assert "not RULER-comparable" in pooled.note
+    frame = pd.read_parquet(out / "results.parquet")
+    scores = frame[frame.metric == "string_match"]
+    per = scores.groupby(["context_length", "ruler_task"]).value.mean().groupby("context_length").mean().sort_index()
+    assert pooled.wavg_inc == pytest.approx((per.iloc[0] * 1 + per.iloc[1] * 2) / 3)  # RULER's wAvg (inc): weights 1..N
+    assert pooled.wavg_dec == pytest.approx((per.iloc[0] * 2 + per.iloc[1] * 1) / 3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ruler"]["protocol"] == "nvidia" and manifest["ruler"]["template"] == "base"
+    assert manifest["ruler"]["comparable"] == "not RULER-comparable: 3 of 13 tasks"
+
+    count = export_prompts(out, tmp_path / "prompts.jsonl", log=lambda *a: None)
+    records = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert count == len(records) == 3 * 2 * 2
+    generated = {(r.ruler_task, r.context_length, r.index): r for r in
+                 frame[frame.metric == "string_match"].itertuples()}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    for r in records:
+        assert r["protocol"] == "nvidia" and r["template"] == "base"
+        assert r["prompt_ids"] == tok(r["input"] + r["answer_prefix"])["input_ids"]
+        unspecial = tok(r["input"] + r["answer_prefix"], add_special_tokens=False)["input_ids"]
+        assert r["length"] == len(unspecial) + r["max_new_tokens"]
+        assert r["length"] <= r["context_length"]
+        assert json.loads(generated[(r["task"], r["context_length"], r["index"])].answers) == r["outputs"]

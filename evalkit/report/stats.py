@@ -488,3 +488,22 @@ def _number(v) -> str:
     if pd.isna(v):
         return "-"
     return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f"{float(v):.4g}"
+
+
+def ruler_weighted_average(values, tasks, lengths, clusters=None, increasing: bool = True,
+                           confidence: float = CONFIDENCE) -> Estimate:
+    """RULER's wAvg (inc / dec): the per-length averages over tasks weighted linearly by length rank, 1..N from
+    the shortest length (inc) or N..1 (dec), with ``weighted_mean``'s cluster-robust interval: each row weighs
+    its length's weight / (tasks at that length x rows of its task there)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"value": np.asarray(values, dtype=float), "task": np.asarray(tasks, dtype=object),
+                          "length": np.asarray(lengths)})
+    frame = frame[~frame.value.isna()]
+    order = sorted(frame.length.unique())
+    rank = {n: (k + 1 if increasing else len(order) - k) for k, n in enumerate(order)}
+    rows = frame.groupby(["task", "length"]).value.transform("size").to_numpy(dtype=float)
+    per_length_tasks = frame.groupby("length").task.transform("nunique").to_numpy(dtype=float)
+    weights = frame.length.map(rank).to_numpy(dtype=float) / (rows * per_length_tasks)
+    codes = None if clusters is None else np.asarray(clusters, dtype=object)[~np.isnan(np.asarray(values, dtype=float))]
+    return weighted_mean(frame.value.to_numpy(), weights, codes, confidence)
