@@ -152,11 +152,12 @@ def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimat
     """Mean of 0/1 values with a cluster-adjusted Wilson interval: one continuous rule.
 
     The effective sample size is n / deff (Kish's design effect from the between-cluster
-    variance, at least 1), and the quantile is Student's t with k - 1 degrees of freedom
-    without clusters): the variance is estimated from k units whatever deff turns out to be, so
-    there is no switch at deff 1. Wilson's interval narrows as t^2 / n_eff grows, so the t
-    interval on the cluster-robust standard error bounds it from outside. Where clustering cannot be estimated (every row 0 or every row 1, with fewer clusters than
-    rows) the clusters are the sample: the exact (Clopper-Pearson) bound for k of k units.
+    variance, at least 1) and the quantile is Student's t with k - 1 degrees of freedom: the
+    variance is estimated from k units whatever deff turns out to be, so there is no switch at
+    deff 1. Wilson's interval narrows as t^2 / n_eff grows, so the t interval on the
+    cluster-robust standard error bounds it from outside. Where clustering cannot be estimated
+    (every row 0 or every row 1, fewer clusters than rows) the clusters are the sample: the exact
+    (Clopper-Pearson) bound for k of k units. Independent rows (one per cluster): plain Wilson.
     """
     from scipy.stats import beta as beta_dist
 
