@@ -215,3 +215,24 @@ def option_differences(base: list[Run], cand: list[Run]) -> list[str]:
             if bt and ct and bt != ct:
                 problems.append(f"tokenizers differ: {bt} in {b.name} vs {ct} in {c.name}")
     return list(dict.fromkeys(problems))
+
+
+def device_class(device) -> str | None:
+    """cpu, cuda, mps...: the kernels a run used differ by class, not by card."""
+    return None if not device else str(device).split(":")[0].lower()
+
+
+def setup_differences(base: list[Run], cand: list[Run]) -> list[str]:
+    """dtype and device class that differ between the two sides' runs (auto dtype is bf16 on CUDA and
+    fp32 on CPU, so a CPU baseline vs a GPU candidate differs in both)."""
+    problems = []
+    for b in base:
+        for c in cand:
+            bm, cm = b.manifest.get("model") or {}, c.manifest.get("model") or {}
+            if bm.get("dtype") and cm.get("dtype") and bm["dtype"] != cm["dtype"]:
+                problems.append(f"dtype differs: {bm['dtype']} in {b.name} vs {cm['dtype']} in {c.name} "
+                                "(--allow-dtype-change if you mean it)")
+            bd, cd = device_class(bm.get("device")), device_class(cm.get("device"))
+            if bd and cd and bd != cd:
+                problems.append(f"device class differs: {bd} in {b.name} vs {cd} in {c.name}")
+    return list(dict.fromkeys(problems))
