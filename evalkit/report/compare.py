@@ -466,7 +466,10 @@ def _display(c: Comparison) -> pd.DataFrame:
         "metric": order.metric, "baseline": order.baseline.map(lambda v: fmt(v, ".4g")),
         "candidate": order.candidate.map(lambda v: fmt(v, ".4g")), "delta": order.delta.map(lambda v: fmt(v, "+.3g")),
         f"{c.summary['confidence']:.0%} CI": [interval(lo, hi, "+.3g") for lo, hi in zip(order.ci_low, order.ci_high)],
-        "p": order.p_value.map(lambda v: fmt(v, ".2g")), "test": order.test.map(_short_test),
+        "p (one-sided)": order.p_worse.map(lambda v: fmt(v, ".2g")), "adj. p": order.p_adjusted.map(lambda v: fmt(v, ".2g")),
+        "detectable": [("–" if not d else fmt(v, ".3g")) if not note else "⚠ " + fmt(v, ".3g")
+                       for v, d, note in zip(order.minimal_detectable, order.direction, order.power_note)],
+        "test": order.test.map(_short_test),
         "pairs" if order.paired.all() else "n": order.pairs.astype(str), "units": order.units.astype(str),
         "beyond noise": order.beyond_noise.map({True: "yes", False: "no"}),
     }).astype(str)
@@ -494,9 +497,12 @@ def _sides(c: Comparison) -> str:
 
 def _method(c: Comparison) -> str:
     s = c.summary
-    return (f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}. A regression is worse by more "
-            f"than the tolerance ({s['tolerance']}) and beyond noise at {s['confidence']:.0%} confidence"
-            + (" (--strict: noise or not)." if s["strict"] else "."))
+    return (f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}, one-sided (only worse fails). "
+            f"A regression is worse by more than the tolerance ({s['tolerance']}) and beyond noise at "
+            f"{s['confidence']:.0%} confidence after the family-wise correction: {s['correction']} (adj. p; raw "
+            f"one-sided p beside it)" + (" (--strict: noise or not)." if s["strict"] else ".")
+            + f" Power: 'detectable' is the smallest worsening each cell sees with {s['power']:.0%} probability"
+            + " (⚠: underpowered).")
 
 
 def to_markdown(c: Comparison, limit: int = 50) -> str:
@@ -505,6 +511,9 @@ def to_markdown(c: Comparison, limit: int = 50) -> str:
              f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} beyond noise."]
     if c.failed_checks:
         parts += ["", "**Failed checks**", ""] + [f"- {ch['check']}: {ch['reason']}" for ch in c.failed_checks]
+    warnings = [ch for ch in c.checks if ch.get("warning")]
+    if warnings:
+        parts += ["", "**Warnings**", ""] + [f"- ⚠ {ch['check']}: {ch['reason']}" for ch in warnings]
     if c.notes:
         parts += ["", "Notes:"] + [f"- {note}" for note in c.notes]
     if not c.lengths.empty:
@@ -525,15 +534,23 @@ def to_junit(c: Comparison) -> str:
         case = {"classname": f"evalkit.compare.{task}.checks", "name": ch["check"]}
         if not ch["passed"]:
             case["failure"] = f"{ch['check']}: {ch['reason']}"
+        elif ch.get("warning"):
+            case["system_out"] = f"warning: {ch['reason']}"
         cases.append(case)
     for row in records(c.rows):
         case = {"classname": f"evalkit.compare.{task}.{row['attention']}", "name": f"{row['metric']}@{row['context_length']}"}
         if row["regression"]:
             case["failure"] = (f"{row['metric']} went from {fmt(row['baseline'])} to {fmt(row['candidate'])} (delta "
                                f"{fmt(row['delta'], '+.3g')}, {c.summary['confidence']:.0%} CI "
-                               f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, p {fmt(row['p_value'], '.2g')}, "
+                               f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, one-sided p {fmt(row['p_worse'], '.2g')}, "
+                               f"adjusted p {fmt(row['p_adjusted'], '.2g')} ({c.summary['correction']}), "
                                f"tolerance {fmt(row['tolerance'], '.3g')}; {row['test']})")
             case["text"] = dumps(row)
+        elif row["direction"]:
+            case["system_out"] = (f"one-sided p {fmt(row['p_worse'], '.2g')}, adjusted p {fmt(row['p_adjusted'], '.2g')} "
+                                  f"({c.summary['correction']}); minimal detectable worsening "
+                                  f"{fmt(row['minimal_detectable'], '.3g')}" + (f"; underpowered: {row['power_note']}"
+                                                                                   if row["power_note"] else ""))
         cases.append(case)
     return junit_xml(f"evalkit compare {task}", cases)
 
