@@ -12,7 +12,7 @@ from scipy.stats import binomtest, t as t_dist
 
 from evalkit.report import family, runs, stats
 from evalkit.report.compare import Tolerance, _verdicts, compare_cells, compare_runs, to_json, to_junit, to_markdown
-from tests.test_compare import needle_rows, write_run
+from test_compare import needle_rows, write_run
 
 
 def test_holm_and_bonferroni_by_hand():
@@ -127,7 +127,7 @@ def test_without_correction_noise_fails_large_grids():
 def test_detection_at_the_size_plan_predicts():
     """A shift of D on one cell, at the trials the power formula asks for: detected about 80% of the time."""
     detect, trials, depths = 0.25, None, 5
-    sd = family.binary_unit_se(0.7, 1, detect)  # per-unit sd of a difference, units as the sample
+    sd = family.binary_unit_sd(0.7, detect)  # per-unit sd of a difference, units as the sample
     trials = family.units_needed(sd, detect, 0.05, 0.8)
     rng = np.random.default_rng(3)
     hits, reps = 0, 80

@@ -378,7 +378,7 @@ def _power(row, level: float, power: float, detect: float | None) -> tuple[float
         return math.nan, f"cannot reach p < {level:.2g} with {row.units} units (exact floor {row.p_floor:.2g})"
     se = row.se
     if row.metric in ("greedy_correct", "accuracy", "exact_match", "contains") or (0 <= row.baseline <= 1 and row.p_floor > 0):
-        se = max(se if math.isfinite(se) else 0.0, family.binary_unit_se(row.baseline, row.units))
+        se = max(se if math.isfinite(se) else 0.0, family.binary_unit_sd(row.baseline, 0.0, row.units) / math.sqrt(max(row.units, 1)))
     value = family.minimal_detectable(se, row.units, level, power)
     if row.derived and math.isfinite(value):  # perplexity: the NLL's detectable shift through exp
         value = row.baseline * math.expm1(value)

@@ -142,13 +142,16 @@ def minimal_detectable(se: float, units: int, level: float, power: float = 0.8) 
     return float((t.ppf(1 - level, df) + t.ppf(power, df)) * se)
 
 
-def binary_unit_se(p: float, units: int, detect: float = 0.0) -> float:
-    """Planning standard error of a paired accuracy difference when the units (trials) are the
+def binary_unit_sd(p: float, detect: float = 0.0, units: int | None = None) -> float:
+    """Planning spread of one unit's paired accuracy difference when the units (trials) are the
     sample: each side's unit mean varies like one Bernoulli draw at the accuracy midway through the
-    drop, the two sides independently (no credit for pairing)."""
+    drop, the two sides independently (no credit for pairing). With ``units``, the accuracy is kept
+    half a unit away from 0 and 1, so a cell at 100% still has a spread to plan with."""
     mid = min(max(p - detect / 2, 0.0), 1.0)
-    var = max(mid * (1 - mid), 1.0 / (4 * max(units, 1)))
-    return math.sqrt(2 * var / max(units, 1))
+    if units is not None:
+        edge = 0.5 / (units + 1)
+        mid = min(max(mid, edge), 1 - edge)
+    return math.sqrt(2 * mid * (1 - mid))
 
 
 def units_needed(sd_difference: float, detect: float, level: float, power: float = 0.8, binary: bool = True,
