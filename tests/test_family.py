@@ -207,3 +207,22 @@ def test_power_is_in_every_output(tmp_path):
     assert compare_runs(base, base, detect=0.1, require_power=True).exit_code == 1
     md, js, ju = to_markdown(c), to_json(c), to_junit(c)
     assert "minimal_detectable" in js and "detectable" in md and "underpowered" in ju
+
+
+def test_dtype_and_device_mismatch_fail_in_every_output(tmp_path):
+    import json
+
+    base = collapse_run(tmp_path / "base", {1024: 0.96, 2048: 0.96})
+    cand = collapse_run(tmp_path / "cand", {1024: 0.96, 2048: 0.96})
+    for folder, dtype, device in ((base, "float32", "cpu"), (cand, "bfloat16", "cuda:0")):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["model"].update(dtype=dtype, device=device)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    c = compare_runs(base, cand)
+    assert c.exit_code == 1
+    for text in (to_markdown(c), to_json(c), to_junit(c)):
+        assert "dtype differs" in text and "device class differs" in text
+    allowed = compare_runs(base, cand, allow_dtype_change=True)
+    assert allowed.exit_code == 1 and any("dtype" in n for n in allowed.notes)  # the device still differs
+    assert compare_runs(base, cand, unpaired=True).exit_code == 0
+    assert any("device class differs" in n for n in compare_runs(base, cand, unpaired=True).notes)
