@@ -101,7 +101,8 @@ def adjust(p_worse: np.ndarray, correction: str, unit_data: list | None = None, 
     p_worse = np.asarray(p_worse, dtype=float)
     m = int(np.isfinite(p_worse).sum())
     if correction == "none" or m <= 1:
-        return p_worse.copy(), "none" if correction == "none" else f"{correction} over {m} cell{'s' * (m != 1)}"
+        name = "none" if correction == "none" else f"{correction} over {m} cell{'s' * (m != 1)}"
+        return p_worse.copy(), name
     if correction == "bonferroni":
         return bonferroni(p_worse), f"Bonferroni over {m} cells"
     present = [k for k in range(len(p_worse)) if np.isfinite(p_worse[k])]

@@ -350,7 +350,7 @@ def sign_flip_ps(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float, fl
             float(np.mean(flipped >= observed - eps)))
 
 
-PERMUTATIONS = 20000  # random relabellings when the exact enumeration is larger than this
+PERMUTATIONS = 4000  # random relabellings when the exact enumeration is larger than this
 
 
 def cluster_permutation_ps(base_sums, base_counts, cand_sums, cand_counts, seed: int = 0) -> tuple[float, float, float]:
