@@ -571,7 +571,8 @@ def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
 def compact(summary):
     """A summary for the terminal: each X, X_ci_low, X_ci_high folded into one 'X [low, high]' column;
     columns empty in every row (a metric that no shown task has) left out, but for the effective
-    length, whose empty value says that even the shortest length is below the threshold."""
+    length, whose empty value says that even the shortest length is below the threshold; values a
+    row has not (the threshold belongs to the "all" row only) shown as "-", never "nan"."""
     import pandas as pd
 
     empty = [c for c in summary.columns if summary[c].isna().all() and not c.startswith("effective_length")]
@@ -583,6 +584,8 @@ def compact(summary):
         table[name] = [_number(v) + ("" if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f" [{_number(lo)}, {_number(hi)}]")
                        for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])]
         table = table.drop(columns=[low, f"{name}_ci_high"])
+    for name in [c for c in table.columns if table[c].dtype.kind == "f" and table[c].isna().any()]:
+        table[name] = table[name].map(_number)  # a value a row does not have (the threshold of one length) reads "-"
     return table
 
 
