@@ -40,3 +40,37 @@ def test_relative_gate_table_shows_its_threshold(tiny_checkpoint, tmp_path):
     for name in ("cand", "other"):  # "other": a failing (baseline comparable) row without a threshold
         result = runner.invoke(APP, ["gate", "--config", str(gates), str(runs[name])], env={"COLUMNS": "200"})
         assert f"{threshold:.5g}" in result.output and not re.search(r"\bnan\b", result.output, re.IGNORECASE)
+
+
+def _run_ppl(model, out, dataset):
+    return runner.invoke(APP, ["run", "perplexity", "--model", str(model), "--lengths", "64", "--samples", "1",
+                               "--out", str(out), "--device", "cpu", "--quiet", "--dataset", str(dataset)])
+
+
+def test_binary_file_as_text_dataset_is_refused(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    from evalkit.data.corpus import load_corpus
+    from evalkit.errors import DataError
+
+    weights = tmp_path / "weights.txt"  # a checkpoint renamed: NUL bytes
+    weights.write_bytes(np.random.default_rng(0).standard_normal(4096).astype(np.float32).tobytes())
+    archive = tmp_path / "notes.txt"  # compressed data without a NUL byte: mostly not UTF-8
+    archive.write_bytes(bytes(range(128, 256)) * 64)
+    for file, words in ((weights, "binary file"), (archive, "not utf-8 text")):
+        result = _run_ppl(tiny_checkpoint, tmp_path / f"o-{file.stem}", file)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and words in lines[0].lower() and str(file.name) in lines[0], result.output
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_bytes(weights.read_bytes())
+    try:
+        load_corpus(str(jsonl))
+    except DataError as error:
+        assert "binary" in str(error)
+    else:
+        raise AssertionError("a binary .jsonl was read")
+    # real text with a stray Latin-1 byte still reads, the byte as U+FFFD
+    text = tmp_path / "latin.txt"
+    text.write_bytes(("word " * 2000).encode() + b"caf\xe9 " + ("more " * 2000).encode())
+    assert "caf\ufffd" in load_corpus(str(text)).documents[0]
