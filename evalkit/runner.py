@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from evalkit.errors import EvalkitError
+from evalkit.progress import length_label
 from evalkit.results import RunStore
 from evalkit.task import Sample, Task
 
@@ -214,7 +215,7 @@ class Runner:
             if self.progress:
                 now = time.perf_counter()
                 self.progress.advance(1, sample.request.length, now - started,
-                                      f"{variant.label} L={sample.request.length} (shared prefix)", cost)
+                                      f"{variant.label} {length_label([sample])} (shared prefix)", cost)
                 started = now
 
     @staticmethod
@@ -245,7 +246,7 @@ class Runner:
                 self.store.append(variant.label, sample.id, task.rows(sample, answer))
             if self.progress:
                 self.progress.advance(len(batch), len(batch) * length, time.perf_counter() - started,
-                                      f"{variant.label} L={length}", len(batch) * span_cost(0, length, scale))
+                                      f"{variant.label} {length_label(batch)}", len(batch) * span_cost(0, length, scale))
             index += len(batch)
 
     def _does_not_fit(self, length: int) -> EvalkitError:

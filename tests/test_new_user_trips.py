@@ -74,3 +74,25 @@ def test_binary_file_as_text_dataset_is_refused(tiny_checkpoint, tmp_path):
     text = tmp_path / "latin.txt"
     text.write_bytes(("word " * 2000).encode() + b"caf\xe9 " + ("more " * 2000).encode())
     assert "caf\ufffd" in load_corpus(str(text)).documents[0]
+
+
+def test_progress_label_is_the_grid_length(tiny_checkpoint, tmp_path, monkeypatch):
+    # a needle prompt of L tokens is scored on L + answer tokens; the label names the grid's L
+    from evalkit.progress import ProgressReporter
+
+    labels = []
+    original = ProgressReporter.advance
+
+    def record(self, samples, tokens, seconds, label, cost=None):
+        labels.append(label)
+        return original(self, samples, tokens, seconds, label, cost)
+
+    monkeypatch.setattr(ProgressReporter, "advance", record)
+    for cache in ("--prefix-cache", "--no-prefix-cache"):
+        result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96,128",
+                                     "--depths", "0,100", "--trials", "1", "--out", str(tmp_path / cache),
+                                     "--device", "cpu", cache])
+        assert result.exit_code == 0, result.output
+    lengths = {int(part) for label in labels for word in label.split() if word.startswith("L=")
+               for part in word[2:].split(",")}
+    assert lengths == {96, 128}, labels
