@@ -96,3 +96,60 @@ def test_progress_label_is_the_grid_length(tiny_checkpoint, tmp_path, monkeypatc
     lengths = {int(part) for label in labels for word in label.split() if word.startswith("L=")
                for part in word[2:].split(",")}
     assert lengths == {96, 128}, labels
+
+
+def _write_tiny_gguf(path, tokenizer):
+    """A 2-layer Llama GGUF (F32 tensors, the tokenizer's BPE vocabulary and merges), as llama.cpp writes one."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [t for t, _ in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    vocab, hidden, inter, heads, kv = len(tokens), 64, 128, 4, 2
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(512)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(2)
+    writer.add_feed_forward_length(inter)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * vocab)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd": (vocab, hidden), "output": (vocab, hidden), "output_norm": (hidden,)}
+    for i in range(2):
+        shapes.update({f"blk.{i}.attn_q": (hidden, hidden), f"blk.{i}.attn_k": (kv * hidden // heads, hidden),
+                       f"blk.{i}.attn_v": (kv * hidden // heads, hidden), f"blk.{i}.attn_output": (hidden, hidden),
+                       f"blk.{i}.ffn_gate": (inter, hidden), f"blk.{i}.ffn_up": (inter, hidden),
+                       f"blk.{i}.ffn_down": (hidden, inter), f"blk.{i}.attn_norm": (hidden,),
+                       f"blk.{i}.ffn_norm": (hidden,)})
+    for name, shape in shapes.items():
+        weight = np.ones(shape) if len(shape) == 1 else rng.standard_normal(shape) * 0.02
+        writer.add_tensor(f"{name}.weight", weight.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_load_draws_no_progress_bar_per_tensor(tokenizer, tmp_path, capfd):
+    # transformers' de-quantization bar is tqdm's own: in a log it wrote one line per tensor
+    model = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(model, tokenizer)
+    result = runner.invoke(APP, ["run", "perplexity", "--model", str(model), "--lengths", "64", "--samples", "1",
+                                 "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    for text in (result.output, captured.out, captured.err):
+        assert "GGUF tensors" not in text and "it/s" not in text, text
