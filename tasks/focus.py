@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
+from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
 from evalkit.errors import ConfigError
 from evalkit.grid import parse_lengths
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
@@ -55,6 +55,9 @@ class FocusTask(Task):
             self.n_values = parse_lengths(options.n)
             return
         self.lengths, self.depths = options.validate()
+        if not isinstance(parse_trials(options.trials), int):
+            raise ConfigError(f"--trials {options.trials}: auto sizes a needle grid for an accuracy drop",
+                              "give focus a number of trials")
         self.layers = None
         if options.layers != "all":
             try:

@@ -62,6 +62,27 @@ def plan(baseline: str | Path | None = None, accuracies: list[float] | None = No
     return Plan(frame, most, summary)
 
 
+def auto_trials(detect: float, cells: int, accuracy: float | None = None, baseline: str | Path | None = None,
+                power: float = 0.8, confidence: float = stats.CONFIDENCE) -> tuple[int, str]:
+    """``--trials auto:D``: the trials ``plan`` says a compare of ``cells`` judged cells needs to see an
+    accuracy drop of ``detect``, and the rule as a command that prints the same number.
+
+    From a baseline run, its own spread (and its judged cells); else at the stated accuracy, or at
+    the worst case: the accuracy whose drop passes through 50%, where a trial's 0/1 outcome varies
+    most, so that the number suffices at any baseline accuracy."""
+    if baseline is not None:
+        found = plan(baseline=baseline, detect=detect, power=power, confidence=confidence)
+        rule = f"evalkit plan --baseline {baseline} --detect {detect:g} --power {power:g}"
+    else:
+        at = accuracy if accuracy is not None else min(1.0, 0.5 + detect / 2)
+        found = plan(accuracies=[at], detect=detect, power=power, confidence=confidence, cells=cells)
+        rule = f"evalkit plan --accuracy {at:g} --detect {detect:g} --cells {cells} --power {power:g}"
+    if found.units_needed is None:
+        raise ConfigError(f"--trials auto:{detect:g}: no feasible number of trials detects that drop ({rule})",
+                          "plan for a larger drop, or give --trials a number")
+    return found.units_needed, rule
+
+
 def _baseline_cells(folder) -> pd.DataFrame:
     from evalkit.report.compare import METRIC_DIRECTIONS
     from evalkit.report.runs import HEADLINE_METRICS, find_runs, samples, unit_columns
