@@ -80,7 +80,11 @@ class PerplexityTask(Task):
         why += [reason for limit, reason in self.context.prefix_limits if longest > limit]
         why = [w for w in why if w]
         used = "nested" if self.options.windows == "nested" and not why else "independent"
-        return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {})}
+        # what makes the units independent (random_offsets draws disjoint windows)
+        overlap = ("none: random windows share no token" if not (self.options.stride or self.options.match == "lm-eval")
+                   else "context only: each token is scored in one window")
+        return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {}),
+                "overlap": overlap}
 
     def samples(self) -> list[Sample]:
         corpus = load_corpus(self.options.dataset, self.options.text_field, self.options.split)
