@@ -353,6 +353,10 @@ def compare_command(
     cand_select: Annotated[Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|.")] = None,
     relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
+    nll_tolerance: Annotated[Optional[float], typer.Option(
+        help="Perplexity tolerance given once, in NLL (nats per token); the perplexity row follows through exp.")] = None,
+    tolerances: Annotated[Optional[str], typer.Option(
+        help="TOML file of per-metric tolerances: metric = absolute, or { absolute = A, relative = R }.")] = None,
     confidence: Annotated[float, typer.Option(help="A regression must be beyond noise at this confidence (p < 1 - confidence).")] = 0.95,
     strict: Annotated[bool, typer.Option(help="Fail on any worsening beyond the tolerance, noise or not.")] = False,
     allow_missing: Annotated[bool, typer.Option(help="Pass although the candidate lacks cells the baseline has.")] = False,
@@ -380,7 +384,8 @@ def compare_command(
                                   tolerance=tolerance, relative=relative, confidence=confidence, strict=strict,
                                   allow_missing=allow_missing, unpaired=unpaired, threshold=threshold,
                                   correction=correction, detect=detect, power=power, require_power=require_power,
-                                  allow_dtype_change=allow_dtype_change)
+                                  allow_dtype_change=allow_dtype_change, nll_tolerance=nll_tolerance,
+                                  tolerances_file=tolerances)
     _report(compare, result, format, junit)
 
 

@@ -117,12 +117,13 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
                  strict: bool = False, allow_missing: bool = False, unpaired: bool = False,
                  threshold: str | float = stats.RULER_THRESHOLD, correction: str = "holm", power: float = 0.8,
                  detect: float | None = None, require_power: bool = False, allow_dtype_change: bool = False,
-                 nll_tolerance: float | None = None) -> Comparison:
+                 nll_tolerance: float | None = None, tolerances_file: str | Path | None = None) -> Comparison:
     """Baseline vs candidate (see the module docstring). ``correction`` controls the family-wise error
     over the judged cells; ``detect`` (a worsening in metric units) makes cells that cannot see it
     underpowered; ``require_power`` fails on an underpowered cell instead of warning;
     ``nll_tolerance`` is the perplexity tolerance given once, in NLL (the perplexity row follows
-    through exp); ``allow_dtype_change`` turns a dtype difference into a note."""
+    through exp); ``tolerances_file`` adds per-metric tolerances from a TOML file
+    (``evalkit.report.tolerances``); ``allow_dtype_change`` turns a dtype difference into a note."""
     from evalkit.report import family
 
     if correction not in family.CORRECTIONS:
@@ -131,6 +132,12 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
         raise ConfigError(f"bad --power {power}", "give a probability in (0, 1), e.g. 0.8")
     default = Tolerance(relative=tolerance or 0.0) if relative else Tolerance(absolute=tolerance or 0.0)
     tolerances = dict(metric_tolerances or {})
+    if tolerances_file is not None:
+        from evalkit.report.tolerances import load_tolerances
+
+        tolerances.update(load_tolerances(tolerances_file))
+    if nll_tolerance is not None and "mean_nll" in tolerances:
+        raise ConfigError("--nll-tolerance and a mean_nll tolerance both set the NLL tolerance", "give it once")
     if nll_tolerance is not None:
         tolerances["mean_nll"] = Tolerance(absolute=nll_tolerance)
     for name, tol in [("default", default), *tolerances.items()]:
