@@ -58,6 +58,14 @@ class PerplexityTask(Task):
     Options = PerplexityOptions
     key_columns = ("sample", "position_bin")
 
+    @classmethod
+    def unit_columns(cls, options) -> tuple[str, ...]:
+        """A window, but under --match lm-eval a document: its windows share its text (and compare
+        and gate then count the units summary.csv counts)."""
+        if options.match == "lm-eval":
+            return ("context_length", "document")
+        return super().unit_columns(options)
+
     def __init__(self, options: PerplexityOptions, context):
         super().__init__(options, context)
         if options.bins not in ("log", "linear"):
@@ -180,8 +188,6 @@ class PerplexityTask(Task):
         import pandas as pd
 
         units = self.unit_columns(self.options)
-        if self.options.match == "lm-eval":  # windows of one document share its text: the document is the unit
-            units = ("context_length", "document")
         groups = []
         order = {name: k for k, name in enumerate(pd.unique(frame["attention"]))}  # variants in run order
         for (attention, length), part in sorted(frame.groupby(["attention", "context_length"]),

@@ -184,9 +184,23 @@ def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Esti
         return None, (f"selects nothing: no {gate.metric} for {where}{hint}; the run has metrics "
                       f"{', '.join(names) or 'none'} at lengths "
                       f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}")
-    est = stats.estimate(part.value, part.unit)
+    weights = _scored_tokens(table, part)
+    est = stats.estimate(part.value, part.unit) if weights is None else stats.weighted_mean(part.value, weights, part.unit)
     est = est.exp() if gate.metric == "perplexity" else est
     return est, None if math.isfinite(est.value) else f"{gate.metric} is {est.value}"
+
+
+def _scored_tokens(table: pd.DataFrame, part: pd.DataFrame):
+    """Tokens each window scores, where windows score different numbers (--stride, --match lm-eval):
+    summary.csv's NLL is then the token-weighted mean (the NLL sum over the tokens scored), and so is
+    the gate's. None where windows score alike (random windows: the plain mean is the same)."""
+    counts = table[table.metric == "scored_tokens"]
+    if counts.empty or part.metric.iloc[0] != "mean_nll":
+        return None
+    # one row per window: a unit may hold several (a document under --match lm-eval)
+    keys = [k for k in ("attention", "model", "context_length", "seed", "sample", "unit") if k in table.columns]
+    weights = part[keys].merge(counts[keys + ["value"]].drop_duplicates(keys), on=keys, how="left")["value"]
+    return None if weights.isna().any() else weights.to_numpy()
 
 
 def _comparable(base: Run, cand: Run) -> str | None:

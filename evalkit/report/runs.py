@@ -171,7 +171,11 @@ def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], 
     out = grouped["value"].mean().reset_index()
     out["sample"] = _joined(out, ["context_length"] + sample_keys)
     present = [c for c in units if c in out.columns]  # none (a model-free run): each sample is its own unit
-    out["unit"] = _joined(out, ["seed"] + present) if present else out["sample"]
+    # a unit column that is provenance, not a key (lm-eval's document): taken per sample, as summary.csv does
+    recorded = [c for c in units if c not in out.columns and c in frame.columns]
+    by_unit = out.assign(**{c: grouped[c].first().to_numpy() for c in recorded})
+    present += recorded
+    out["unit"] = _joined(by_unit, ["seed"] + present) if present else out["sample"]
     out["prov"] = _joined(grouped[prov].first().reset_index(), prov).to_numpy() if prov else ""
     return out
 
