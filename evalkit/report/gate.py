@@ -185,7 +185,8 @@ def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Esti
                       f"{', '.join(names) or 'none'} at lengths "
                       f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}")
     weights = _scored_tokens(table, part)
-    est = stats.estimate(part.value, part.unit) if weights is None else stats.weighted_mean(part.value, weights, part.unit)
+    est = (stats.estimate(part.value, part.unit) if weights is None
+           else stats.weighted_mean(part.value, weights, part.unit))
     est = est.exp() if gate.metric == "perplexity" else est
     return est, None if math.isfinite(est.value) else f"{gate.metric} is {est.value}"
 
