@@ -80,3 +80,10 @@ def test_plan_baseline_and_focus_refuse_what_they_cannot_use(tiny_checkpoint, tm
     result = runner.invoke(APP, ["run", "focus", "--model", str(tiny_checkpoint), "--trials", "auto:0.5",
                                  "--out", str(tmp_path / "f"), "--quiet"])
     assert result.exit_code == 2 and "give focus a number of trials" in result.output
+
+
+def test_a_run_started_with_int_trials_resumes():
+    from evalkit.results import _differences
+
+    assert _differences({"trials": 2, "lengths": "1k"}, {"trials": "2", "lengths": "1k"}) == []
+    assert _differences({"trials": 2}, {"trials": "3"}) == ["trials: 2 -> '3'"]
