@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths
+from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
 from evalkit.report import stats
 from evalkit.core.task import Sample, Task, option
@@ -55,6 +55,9 @@ class FocusTask(Task):
             self.n_values = parse_lengths(options.n)
             return
         self.lengths, self.depths = options.validate()
+        if not isinstance(parse_trials(options.trials), int):
+            raise ConfigError(f"--trials {options.trials}: auto sizes a needle grid for an accuracy drop",
+                              "give focus a number of trials")
         self.layers = None
         if options.layers != "all":
             try:

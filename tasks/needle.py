@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from evalkit.data.options import NeedleGridOptions, needle_samples, provenance
+from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
+from evalkit.core.errors import ConfigError
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
 from evalkit.core.scoring import parse_answer
@@ -23,9 +24,13 @@ from evalkit.core.task import Sample, Task, option
 class NeedleOptions(NeedleGridOptions):
     scoring: str = option("logprob", "logprob: one teacher-forced pass; generate: greedy generation, answer parsed.", choices=("logprob", "generate"))
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
+    plan_baseline: str | None = option(
+        None, "With --trials auto:D: size the grid from this baseline run's own spread across trials and its "
+              "judged cells (evalkit plan --baseline).", grid=True)
     threshold: str = option(str(stats.RULER_THRESHOLD), "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.", summary=True)
 
     def __post_init__(self):
+        super().__post_init__()
         stats.threshold_level(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
 
 
@@ -44,11 +49,35 @@ class NeedleTask(Task):
     def __init__(self, options: NeedleOptions, context):
         super().__init__(options, context)
         self.lengths, self.depths = options.validate()
+        self.trials, self.trials_rule = self._resolve_trials()
+
+    # judged metrics per length in a compare: greedy_correct and answer_logprob, or exact_match and contains
+    JUDGED_PER_LENGTH = 2
+
+    def _resolve_trials(self) -> tuple[int, str | None]:
+        """``--trials`` as a number, before any sample is built; ``auto:D`` through ``evalkit plan``."""
+        spec = parse_trials(self.options.trials)
+        if self.options.plan_baseline and isinstance(spec, int):
+            raise ConfigError("--plan-baseline sizes --trials auto:D only",
+                              "give --trials auto:D, or drop --plan-baseline")
+        if isinstance(spec, int):
+            return spec, None
+        if self.options.samples_file:
+            raise ConfigError("--trials auto:D sizes a generated grid; --samples-file prompts are fixed",
+                              "drop --trials, or --samples-file")
+        from evalkit.report.power import auto_trials
+
+        cells = self.JUDGED_PER_LENGTH * len(self.lengths)
+        return auto_trials(spec.detect, cells, spec.accuracy, self.options.plan_baseline)
+
+    def provenance(self) -> dict:
+        return {"trials": {"spec": self.options.trials, "resolved": self.trials, "rule": self.trials_rule}}
 
     def _numbered(self) -> list[tuple[str, object]]:
         """(sample id, NeedleSample) for the grid, ids stable across runs with the same options."""
         return [(f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
-                for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths))]
+                for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths,
+                                                     self.trials))]
 
     def samples(self) -> list[Sample]:
         out = []

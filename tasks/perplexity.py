@@ -88,7 +88,11 @@ class PerplexityTask(Task):
 
     @classmethod
     def unit_columns(cls, options) -> tuple[str, ...]:
-        return ("context_length", "sample")  # a window: its positions (bins, LongPPL's tokens) share text
+        """A window: its positions (bins, LongPPL's tokens) share text; under --match lm-eval a document,
+        whose windows share its text (so compare and gate count the units summary.csv counts)."""
+        if options.match == "lm-eval":
+            return ("context_length", "document")
+        return ("context_length", "sample")
 
     def __init__(self, options: PerplexityOptions, context):
         super().__init__(options, context)
@@ -126,7 +130,11 @@ class PerplexityTask(Task):
         why += [reason for limit, reason in self.context.prefix_limits if longest > limit]
         why = [w for w in why if w]
         used = "nested" if self.options.windows == "nested" and not why else "independent"
-        return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {})}
+        # what makes the units independent (random_offsets draws disjoint windows)
+        overlap = ("none: random windows share no token" if not (self.options.stride or self.options.match == "lm-eval")
+                   else "context only: each token is scored in one window")
+        return {"requested": self.options.windows, "used": used, **({"why": "; ".join(why)} if why else {}),
+                "overlap": overlap}
 
     def samples(self) -> list[Sample]:
         corpus = load_corpus(self.options.resolved_dataset(), self.options.text_field, self.options.split)
@@ -274,8 +282,6 @@ class PerplexityTask(Task):
         import pandas as pd
 
         units = self.unit_columns(self.options)
-        if self.options.match == "lm-eval":  # windows of one document share its text: the document is the unit
-            units = ("context_length", "document")
         groups = []
         order = {name: k for k, name in enumerate(pd.unique(frame["attention"]))}  # variants in run order
         for (attention, length), part in sorted(frame.groupby(["attention", "context_length"]),

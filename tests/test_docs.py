@@ -131,6 +131,6 @@ def test_the_command_checker_refuses_what_would_not_run():
     assert _problem("evalkit run needle --model ckpt/ --trials 5", True) is None
     assert "no such option" in _problem("evalkit run needle --model ckpt/ --trails 5", True).lower()
     assert "no command" in _problem("evalkit rn needle", True)
-    assert "integer" in _problem("evalkit run needle --trials five", True)
+    assert "integer" in _problem("evalkit run needle --digits five", True)
     assert "missing" in _problem("evalkit export", True).lower()
     assert _problem("evalkit export", False) is None  # a mention of the command in prose

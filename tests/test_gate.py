@@ -128,21 +128,15 @@ op = ">="
 value = 0.0
 
 [[gate]]
-task = "needle"
-metric = "acuracy"
-op = ">="
-value = 0.0
-
-[[gate]]
 task = "perplexity"
 metric = "perplexity"
 op = "<="
 value = 100
 """))
     report = check_gates(run, gates)
-    assert list(report.rows.status) == ["fail", "fail", "skipped"] and report.exit_code == 1
+    assert list(report.rows.status) == ["fail", "skipped"] and report.exit_code == 1
     assert "selects nothing" in report.rows.reason[0] and "2048" in report.rows.reason[0]
-    only_other_task = check_gates(run, gates[2:])
+    only_other_task = check_gates(run, gates[1:])
     assert only_other_task.exit_code == 1 and "no gate" in only_other_task.rows.reason.iloc[-1]
 
 
@@ -166,3 +160,22 @@ def test_bad_gate_files(tmp_path, text, problem):
 def test_missing_gate_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_gates(tmp_path / "nope.toml")
+
+
+def test_misspelt_metric_is_a_bad_gate_file(tmp_path):
+    run = needle_run(tmp_path / "run", [1, 1])
+    gates = load_gates(gate_file(tmp_path, '[[gate]]\ntask = "needle"\nmetric = "acuracy"\nop = ">="\nvalue = 0.5\n'))
+    with pytest.raises(ConfigError, match="acuracy.*greedy_correct|greedy_correct") as info:
+        check_gates(run, gates)
+    assert "greedy_correct" in str(info.value)
+
+
+def test_relative_gate_refuses_a_baseline_that_is_not_comparable(tmp_path):
+    base = needle_run(tmp_path / "base", [1, 1], seed=1)
+    cand = needle_run(tmp_path / "cand", [1, 1], seed=2)
+    gates = load_gates(gate_file(tmp_path, '[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = ">="\n'
+                                           'baseline_delta = -0.1\n'))
+    report = check_gates(cand, gates, baseline_dir=base)
+    row = report.rows[report.rows.gate == "(baseline comparable)"]
+    assert report.exit_code == 1 and len(row) == 1 and "seeds differ" in row.reason.iloc[0]
+    assert "seeds differ" in to_junit(report) and "seeds differ" in to_markdown(report)

@@ -212,7 +212,7 @@ def test_resume_with_another_grid_names_the_options(tiny_checkpoint, tmp_path):
     assert invoke(*needle_args(tiny_checkpoint, "--out", out)).exit_code == 0
     line = one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--lengths", "128,256",
                                               "--trials", "2")), "holds a different run")
-    assert "lengths: '128' -> '128,256'" in line and "trials: 1 -> 2" in line
+    assert "lengths: '128' -> '128,256'" in line and "trials: '1' -> '2'" in line
     one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--needle", "kv")), "needle: 'passkey' -> 'kv'")
     one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--attention", "softmax,ssmax", "--ssmax-s", "0.5")),
                    "attention auto: {'name': 'auto'} -> not given")

@@ -13,6 +13,7 @@ import pytest
 from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.models.adapter import ModelAdapter
 
+NO_OVERLAP = "none: random windows share no token"
 KEYS = ["context_length", "sample", "position_bin", "metric"]
 
 
@@ -32,8 +33,8 @@ def run(checkpoint, out, quiet=True, **options):
 def test_nested_rows_equal_independent_passes(tiny_checkpoint, tmp_path, dtype, tolerance):
     _, nested_manifest, nested = run(tiny_checkpoint, tmp_path / "nested", dtype=dtype)
     _, independent_manifest, independent = run(tiny_checkpoint, tmp_path / "independent", dtype=dtype, windows="independent")
-    assert nested_manifest["windows"] == {"requested": "nested", "used": "nested"}
-    assert independent_manifest["windows"] == {"requested": "independent", "used": "independent"}
+    assert nested_manifest["windows"] == {"requested": "nested", "used": "nested", "overlap": NO_OVERLAP}
+    assert independent_manifest["windows"] == {"requested": "independent", "used": "independent", "overlap": NO_OVERLAP}
     assert (nested_manifest["samples"], independent_manifest["samples"]) == (3, 9)  # one pass per offset vs per length
     assert set(nested.pass_length) == {128} and (independent.pass_length == independent.context_length).all()
     # same windows: sample k of every length starts at the same offset, in both modes

@@ -167,3 +167,29 @@ def test_lm_eval_mode_and_stride_are_exclusive(tiny_checkpoint, tmp_path):
     result = runner.invoke(APP, ["run", "perplexity", "--model", str(tiny_checkpoint), "--match", "lm-eval", "--stride", "8",
                                  "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"])
     assert result.exit_code == 2 and "--stride" in result.output
+
+
+def test_random_windows_share_no_token_and_runs_without_overlap_keep_their_offsets():
+    from evalkit.data.windows import random_offsets
+    from evalkit.core.errors import DataError
+
+    stream = TokenStream("s", np.arange(10_000, dtype=np.int64), np.array([0]))
+    redrawn = 0
+    for seed in range(300):
+        offsets = random_offsets(stream, 1024, 8, seed)  # 8 of 1024 in 10,000: a plain draw overlaps most times
+        assert len(offsets) == 8 and offsets == sorted(offsets) and offsets[0] >= 0 and offsets[-1] <= 10_000 - 1024
+        assert all(b - a >= 1024 for a, b in zip(offsets, offsets[1:])), (seed, offsets)
+        plain = sorted(np.random.default_rng([seed, 1024]).choice(10_000 - 1023, size=8, replace=False).tolist())
+        disjoint = all(b - a >= 1024 for a, b in zip(plain, plain[1:]))
+        if disjoint:
+            assert offsets == plain  # a plain draw without overlap is kept as it was
+        redrawn += not disjoint
+    assert redrawn > 100
+    # uniform over placements: the first start's mean matches the disjoint placements' (slack / (count + 1))
+    firsts = [random_offsets(stream, 1024, 8, seed)[0] for seed in range(2000)]
+    slack = 10_000 - 8 * 1024
+    assert abs(np.mean(firsts) - slack / 9) < 4 * np.std(firsts) / np.sqrt(2000)
+    assert random_offsets(stream, 1000, 10, 0) == [1000 * i for i in range(10)]  # exactly full
+    with pytest.raises(DataError, match="at most --samples 9"):
+        random_offsets(stream, 1024, 10, 0)
+    assert len(random_offsets(stream, 1024, 12, 0, disjoint=False)) == 12  # timing benches may overlap

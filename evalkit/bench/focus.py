@@ -13,6 +13,7 @@ def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: floa
 
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.core.grid import parse_lengths
+    from evalkit.models.body import decoder_body
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.probe import run_probes
     from evalkit.models.requests import ProbeRequest
@@ -27,7 +28,7 @@ def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: floa
 
         def plain():
             with torch.inference_mode():
-                loaded.model.get_decoder()(input_ids=ids, use_cache=False)
+                decoder_body(loaded.model)(input_ids=ids, use_cache=False)
 
         def probed():
             run_probes(loaded.model, ids, [request])

@@ -42,7 +42,7 @@ def bench_perplexity(model: str, lengths: str, device: str, dtype: str, batch_to
     rows = []
     for length in parse_lengths(lengths):
         batch = max(1, budget // length)
-        windows = [stream.tokens[o : o + length] for o in random_offsets(stream, length, batch, seed=0)]
+        windows = [stream.tokens[o : o + length] for o in random_offsets(stream, length, batch, seed=0, disjoint=False)]
         requests = [TokenLossRequest(w) for w in windows]
         ids = torch.from_numpy(np.stack(windows[:1])).to(loaded.device)  # (1, T): the batch-1 peers' window
 

@@ -40,6 +40,15 @@ def compare_command(
     allow_missing: Annotated[bool, typer.Option(help="Pass although the candidate lacks cells the baseline has.")] = False,
     unpaired: Annotated[bool, typer.Option(help="Treat the sides as independent samples; differing task options or tokenizers become notes, not failures.")] = False,
     threshold: Annotated[str, typer.Option(help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the accuracy at the shortest length.")] = "0.856",
+    nll_tolerance: Annotated[Optional[float], typer.Option(
+        help="Perplexity tolerance given once, in NLL (nats per token); the perplexity row follows through exp.")] = None,
+    tolerances: Annotated[Optional[str], typer.Option(
+        help="TOML file of per-metric tolerances: metric = absolute, or { absolute = A, relative = R }.")] = None,
+    correction: Annotated[str, typer.Option(help="Family-wise error control over the judged cells: holm (default), bonferroni or none.")] = "holm",
+    detect: Annotated[Optional[float], typer.Option(help="A worsening each cell must be able to detect (metric units); cells that cannot are underpowered.")] = None,
+    power: Annotated[float, typer.Option(help="Power for each cell's minimal detectable worsening.")] = 0.8,
+    require_power: Annotated[bool, typer.Option(help="Fail (exit 1) on an underpowered cell instead of warning.")] = False,
+    allow_dtype_change: Annotated[bool, typer.Option(help="A dtype difference between the runs is a note, not a failing check.")] = False,
     format: Annotated[ReportFormat, typer.Option(help="table, markdown (for a pull-request comment) or json.")] = ReportFormat.table,
     junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
 ) -> None:
@@ -55,8 +64,25 @@ def compare_command(
 
     result = compare.compare_runs(baseline, candidate, base_select=base_select, cand_select=cand_select,
                                   tolerance=tolerance, relative=relative, confidence=confidence, strict=strict,
-                                  allow_missing=allow_missing, unpaired=unpaired, threshold=threshold)
+                                  allow_missing=allow_missing, unpaired=unpaired, threshold=threshold,
+                                  correction=correction, detect=detect, power=power, require_power=require_power,
+                                  allow_dtype_change=allow_dtype_change, nll_tolerance=nll_tolerance,
+                                  tolerances_file=tolerances)
     _report(compare, result, format, junit)
+
+
+def plan_command(
+    baseline: Annotated[Optional[str], typer.Option(help="A baseline run: its own spread across units sizes the grid.")] = None,
+    accuracy: Annotated[Optional[list[float]], typer.Option(help="Or stated accuracies (repeatable), the units as the sample.")] = None,
+    detect: Annotated[float, typer.Option(help="The worsening to detect, in metric units (0.10 = ten accuracy points).")] = 0.1,
+    power: Annotated[float, typer.Option(help="Probability of detecting it.")] = 0.8,
+    confidence: Annotated[float, typer.Option(help="As compare's --confidence.")] = 0.95,
+    cells: Annotated[Optional[int], typer.Option(help="Cells in the compare's family (default: the baseline's judged cells, or 6).")] = None,
+) -> None:
+    """How many trials (needle) or windows (perplexity) a grid needs to detect a drop at a power."""
+    from evalkit.report import power as planning
+
+    typer.echo(planning.to_text(planning.plan(baseline, accuracy, detect, power, confidence, cells)))
 
 
 def gate_command(
@@ -108,5 +134,6 @@ def plot_command(
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(user_errors(compare_command))
+    app.command("plan")(user_errors(plan_command))
     app.command("gate")(user_errors(gate_command))
     app.command("plot")(user_errors(plot_command))

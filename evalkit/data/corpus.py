@@ -88,27 +88,46 @@ def _local_corpus(path: Path, text_field: str) -> Corpus:
     if not docs:
         raise DataError(f"{path} holds no text", f"check the files, or the field name given to --text-field (now {text_field!r})")
     recipe = ("files sorted by path; a .txt file is one document, a .jsonl line or parquet row one record "
-              f"(field {text_field!r}); text kept as is, blank documents dropped")
+              f"(field {text_field!r}); text kept as is (a stray non-UTF-8 byte as U+FFFD), blank documents dropped")
     return Corpus(name=str(path), fingerprint=_hash_texts(docs), documents=tuple(docs), recipe=recipe)
+
+
+# Share of bytes that may fail UTF-8 decoding before a file counts as binary: a stray Latin-1 byte
+# in a text file is replaced by U+FFFD; an image, archive or checkpoint fails in most of its bytes.
+_MAX_INVALID_SHARE = 1e-3
+
+
+def _read_text(file: Path) -> str:
+    """A text file's content, or a DataError for a binary one (NUL bytes, or mostly not UTF-8)."""
+    data = file.read_bytes()
+    if b"\x00" in data:
+        raise DataError(f"{file} is a binary file (it holds NUL bytes), not text",
+                        "give --dataset a UTF-8 text file (.txt, .jsonl) or a .parquet table")
+    text = data.decode("utf-8", errors="replace")
+    invalid = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    if invalid > _MAX_INVALID_SHARE * max(len(data), 1):
+        raise DataError(f"{file} is not UTF-8 text ({invalid} of {len(data)} bytes do not decode)",
+                        "convert it to UTF-8 (iconv -t utf-8), or give a .parquet table")
+    return text
 
 
 def _read_file(file: Path, text_field: str) -> list[str]:
     if file.suffix == ".txt":
-        return [file.read_text(encoding="utf-8", errors="replace")]
+        return [_read_text(file)]
     if file.suffix == ".jsonl":
         docs = []
-        with file.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise DataError(f"{file} line {line_no} is not valid JSON", "fix or remove that line") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                    raise DataError(f"{file} line {line_no} has no field {text_field!r} (it has: {keys})", "name the text field with --text-field")
-                docs.append(str(record[text_field]))
+        for line_no, line in enumerate(_read_text(file).split("\n"), 1):  # not splitlines: JSON may hold U+2028
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{file} line {line_no} is not valid JSON", "fix or remove that line") from None
+            if not isinstance(record, dict) or text_field not in record:
+                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(f"{file} line {line_no} has no field {text_field!r} (it has: {keys})",
+                                "name the text field with --text-field")
+            docs.append(str(record[text_field]))
         return docs
     import pandas as pd
 

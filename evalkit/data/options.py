@@ -28,7 +28,10 @@ class NeedleGridOptions(CorpusOptions):
 
     lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True)
     depths: str = option("0:100:25", "Needle depths in percent: START:STOP:STEP or a list.", grid=True)
-    trials: int = option(2, "Samples per (length, depth); each trial draws its own needle and haystack.", grid=True)
+    trials: str = option("2", "Samples per (length, depth); each trial draws its own needle and haystack. "
+                         "needle: auto:D (or auto:D@A) runs the trials `evalkit plan` says a compare needs to see "
+                         "an accuracy drop of D at 80% power (at baseline accuracy A; default: the worst case, "
+                         "or --plan-baseline's spread); the manifest records the number and the rule.", grid=True)
     draw: str = option("trial", "trial: one needle and haystack per trial, shared by every depth and length (Kamradt's layout; the common prompt prefix is computed once); sample: a fresh draw for every (length, depth, trial).", choices=("trial", "sample"))
     needle: str = option("passkey", "Needle kind.", choices=("passkey", "kv", "abcdigits"))
     haystack: str = option("corpus", "Haystack: corpus text, RULER noise sentences, or one passage repeated.", choices=("corpus", "noise", "repeat"))
@@ -39,8 +42,15 @@ class NeedleGridOptions(CorpusOptions):
     chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file prompts, used verbatim), on, off.", choices=("auto", "on", "off"))
     samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and answer_ids (evalkit export writes them).")
 
+    def __post_init__(self):
+        # an int from Python or a sweep TOML (trials = 5) is the same option as "5" from the CLI
+        object.__setattr__(self, "trials", str(self.trials).strip())
+
     def validate(self) -> tuple[list[int], list[float]]:
-        for name in ("trials", "values", "queries", "digits"):
+        spec = parse_trials(self.trials)
+        if isinstance(spec, int) and spec < 1:
+            raise ConfigError(f"bad --trials {spec}", "give at least 1, or auto:D (e.g. auto:0.10)")
+        for name in ("values", "queries", "digits"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad --{name} {getattr(self, name)}", "give at least 1")
         if self.distractors < 0:
@@ -52,8 +62,36 @@ class NeedleGridOptions(CorpusOptions):
         return parse_lengths(self.lengths), parse_percentages(self.depths)
 
 
-def needle_samples(options: NeedleGridOptions, context, lengths, depths):
-    """The grid's ``NeedleSample``s, deterministic from the run's seed."""
+@dataclass(frozen=True)
+class AutoTrials:
+    """``--trials auto:D[@A]``: as many trials as a compare needs to see an accuracy drop of D."""
+
+    detect: float
+    accuracy: float | None = None  # the baseline accuracy planned at; None: the worst case
+
+
+def parse_trials(text: str) -> int | AutoTrials:
+    """``--trials``: a number of trials, or ``auto:D`` / ``auto:D@A`` (D the drop to detect, A the
+    baseline accuracy, both in (0, 1])."""
+    text = str(text).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    hint = "give a number of trials, or auto:D with D the accuracy drop to detect (auto:0.10), or auto:D@A"
+    if not text.startswith("auto:"):
+        raise ConfigError(f"bad --trials {text!r}", hint)
+    detect, at, accuracy = text[len("auto:") :].partition("@")
+    try:
+        spec = AutoTrials(float(detect), float(accuracy) if at else None)
+    except ValueError:
+        raise ConfigError(f"bad --trials {text!r}", hint) from None
+    if not 0 < spec.detect <= 1 or (spec.accuracy is not None and not spec.detect <= spec.accuracy <= 1):
+        raise ConfigError(f"bad --trials {text!r}: D must be in (0, 1] and A in [D, 1] (a drop of D from A)", hint)
+    return spec
+
+
+def needle_samples(options: NeedleGridOptions, context, lengths, depths, trials: int | None = None):
+    """The grid's ``NeedleSample``s, deterministic from the run's seed; ``trials`` resolved from an
+    ``auto:D`` spec by the task (``--trials`` itself when it is a number)."""
     from evalkit.data import haystack
 
     if options.samples_file:
@@ -64,7 +102,11 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths):
     settings = haystack.HaystackOptions(haystack=options.haystack, needle=options.needle, distractors=options.distractors,
                                         values=options.values, queries=options.queries, digits=options.digits,
                                         chat=options.chat, draw=options.draw)
-    return haystack.build_samples(context.tokenizer, settings, lengths, depths, options.trials, context.seed, stream=stream)
+    if trials is None:
+        trials = parse_trials(options.trials)
+        if not isinstance(trials, int):
+            raise ConfigError(f"--trials {options.trials} is not resolved here", "give a number of trials")
+    return haystack.build_samples(context.tokenizer, settings, lengths, depths, trials, context.seed, stream=stream)
 
 
 def needle_unit_columns(options: NeedleGridOptions) -> tuple[str, ...]:

@@ -14,13 +14,29 @@ def check_fits(stream: TokenStream, length: int) -> None:
                         "give a larger --dataset or shorter --lengths")
 
 
-def random_offsets(stream: TokenStream, length: int, count: int, seed: int) -> list[int]:
-    """``count`` window starts for windows of ``length`` tokens, the same for the same seed."""
+def random_offsets(stream: TokenStream, length: int, count: int, seed: int, disjoint: bool = True) -> list[int]:
+    """``count`` window starts for windows of ``length`` tokens, the same for the same seed.
+
+    ``disjoint``: no two windows share a token, so each window is an independent unit of the
+    intervals (two windows sharing 728 of 1,024 tokens are nearly one measurement, counted twice).
+    The draw is uniform over the disjoint placements: the plain draw when it is disjoint (so runs
+    whose windows never overlapped keep their offsets), else one from the gaps between windows.
+    """
     check_fits(stream, length)
-    choices = len(stream.tokens) - length + 1
+    total = len(stream.tokens)
+    choices = total - length + 1
     rng = np.random.default_rng([seed, length])  # per length, so adding a length keeps the others
-    offsets = rng.choice(choices, size=count, replace=count > choices)
-    return sorted(int(o) for o in offsets)
+    offsets = sorted(int(o) for o in rng.choice(choices, size=count, replace=count > choices))
+    if not disjoint or all(b - a >= length for a, b in zip(offsets, offsets[1:])):
+        return offsets
+    if count * length > total:
+        raise DataError(f"{count} windows of {length} tokens do not fit in corpus {stream.corpus} ({total} tokens) "
+                        "without sharing tokens", f"give at most --samples {total // length}, or a larger --dataset")
+    # count distinct draws from (slack + count) places, each later window shifted past the ones before:
+    # window i starts at u_i + i * (length - 1), so starts are >= length apart and the last ends by the end
+    slack = total - count * length
+    places = np.sort(np.random.default_rng([seed, length, 1]).choice(slack + count, size=count, replace=False))
+    return [int(u) + i * (length - 1) for i, u in enumerate(places)]
 
 
 def effective_stride(length: int, stride: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.models.body import decoder_body
 from evalkit.models.loading import LoadedModel
 from evalkit.models.requests import AnswerScore, AnswerScoreRequest, GenerateRequest, ProbeRequest, TokenLossRequest
 
@@ -68,7 +69,7 @@ class ModelAdapter:
         ids = self._batch([np.concatenate([r.prompt, r.answer[:-1]]) for r in requests])  # (B, P+A-1)
         gold = self._batch([r.answer for r in requests])  # (B, A)
         with torch.inference_mode():
-            hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A-1, D)
+            hidden = decoder_body(self.model)(input_ids=ids, use_cache=False).last_hidden_state  # (B, P+A-1, D)
             return self._answer_scores(hidden[:, p - 1 : p + a - 1], gold)
 
     def answer_shared(self, requests: list):
@@ -104,7 +105,7 @@ class ModelAdapter:
         p, a = len(request.prompt), len(request.answer)
         # the answer but its last token runs, as in score_answers, so "length" n conventions see the same row
         ids = torch.from_numpy(np.concatenate([request.prompt, request.answer[:-1]])[keep:]).to(self.device)[None]
-        body = self.model.get_decoder()
+        body = decoder_body(self.model)
         hidden = body(input_ids=ids, use_cache=True, **{self._cache_kwarg(): cache}).last_hidden_state
         gold = torch.from_numpy(request.answer).to(self.device)[None]  # (1, A)
         return self._answer_scores(hidden[:, p - 1 - keep : p + a - 1 - keep], gold)[0]
@@ -123,7 +124,8 @@ class ModelAdapter:
         import inspect
 
         if not hasattr(self, "_cache_name"):
-            forward = inspect.signature(self.model.get_decoder().forward).parameters  # follows the decorators' __wrapped__
+            # inspect.signature follows the decorators' __wrapped__
+            forward = inspect.signature(decoder_body(self.model).forward).parameters
             self._cache_name = "cache" if "cache" in forward else "past_key_values"
         return self._cache_name
 
@@ -207,7 +209,7 @@ class ModelAdapter:
         import torch
         import torch.nn.functional as F
 
-        body = self.model.get_decoder()
+        body = decoder_body(self.model)
         hidden = body(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, D)
         batch, length, width = hidden.shape
         hidden = hidden[:, :-1].reshape(-1, width)  # (B*(T-1), D)

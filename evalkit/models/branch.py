@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.models.body import decoder_body
 from evalkit.models.prefix import common_prefix, shared_sequence
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 
@@ -77,7 +78,7 @@ class _PackedCache:
             self.body()(input_ids=ids, use_cache=True, **{adapter._cache_kwarg(): self.cache})
 
     def body(self):
-        return self.adapter.model.get_decoder()
+        return decoder_body(self.adapter.model)
 
     def run(self, ids: np.ndarray, positions: np.ndarray, owners: np.ndarray, columns: list[np.ndarray]):
         """Hidden states (1, Q, D) of tokens ``ids`` appended to the cache at ``positions``: token q sees

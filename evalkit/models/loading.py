@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,10 +238,11 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
 
             changes = override_rope(config, **options.rope)  # before the rotary embedding is built
         placement = {"device_map": options.device_map} if options.device_map else {}
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, config=config, dtype=dtype, attn_implementation="sdpa", **placement,
-            use_safetensors=None if (options.allow_pickle or source.gguf_file) else True, **common,
-        )
+        with _quiet_gguf_conversion() if source.gguf_file else nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location, config=config, dtype=dtype, attn_implementation="sdpa", **placement,
+                use_safetensors=None if (options.allow_pickle or source.gguf_file) else True, **common,
+            )
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
     except ModelLoadError:
         raise
@@ -252,6 +254,28 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
     if source.gguf_file:
         _drop_gguf_markers(model)
     return model, tokenizer, changes
+
+
+@contextmanager
+def _quiet_gguf_conversion():
+    """Without transformers' GGUF de-quantization bar. It is tqdm's own (not behind
+    ``disable_progress_bar``), and in a log, where tqdm cannot redraw, it wrote one line per tensor."""
+    from functools import partial
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # a transformers without GGUF support has no bar to silence
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def load_tokenizer_only(spec: str, log=print):

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from evalkit.models.body import decoder_body
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest, ProbeResult
 
 
@@ -82,7 +83,7 @@ def run_probes(model, ids, requests: list[ProbeRequest]) -> list[ProbeResult]:
         per_layer[len(per_layer) if inputs.layer_idx is None else inputs.layer_idx] = stats
 
     with probing(model, modules, callback), torch.inference_mode():
-        model.get_decoder()(input_ids=ids, use_cache=False)
+        decoder_body(model)(input_ids=ids, use_cache=False)
     layers = sorted(per_layer)
     results = []
     for b in range(len(requests)):

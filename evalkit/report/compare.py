@@ -31,40 +31,20 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evalkit.core.errors import ConfigError
 from evalkit.report import stats
 from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
+from evalkit.report.tolerances import FLOAT_TOLERANCE, METRIC_DIRECTIONS, Tolerance, load_tolerances
 from evalkit.report.runs import (ACCURACY_METRICS, HEADLINE_METRICS, Run, completeness, describe_selector, find_runs,
-                                 option_differences, parse_selector, samples, select, unit_columns)
+                                 option_differences, parse_selector, samples, select, setup_differences, unit_columns)
 
-METRIC_DIRECTIONS: dict[str, int] = {
-    **dict.fromkeys(["nll", "mean_nll", "perplexity", "key_nll", "longppl", "entropy", "entropy_norm", "needle_rank", "answer_rank"], -1),
-    **dict.fromkeys(["greedy_correct", "accuracy", "answer_logprob", "answer_mean_logprob", "needle_mass",
-                     "max_weight", "top1_in_needle", "exact_match", "contains"], +1),
-}  # +1: higher is better, -1: lower is better; any other metric is reported, never a regression
 ROW_COLUMNS = ["attention", "context_length", "metric", "baseline", "candidate", "delta", "rel_delta", "direction",
-               "tolerance", "ci_low", "ci_high", "p_value", "beyond_noise", "regression", "improvement", "paired",
-               "pairs", "units", "test"]
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Allowed worsening: ``absolute`` in metric units plus ``relative`` times |baseline| (numpy's atol + rtol)."""
-
-    absolute: float | None = None
-    relative: float | None = None
-
-    def allowed(self, baseline: float) -> float:
-        return (self.absolute or 0.0) + (self.relative or 0.0) * abs(baseline)
-
-
-# Always added to the user's tolerance. The same prompts scored on another device, batch size or
-# kernel differ in float32 by ~1e-7 relative (transformers' sdpa vs eager: 2e-7, design.md); a
-# mean over a few thousand such values keeps that order. 1e-6 relative is 5x above it and 1e-4 of
-# the smallest accuracy step of a 100-trial cell; 1e-9 absolute covers baselines at zero.
-FLOAT_TOLERANCE = Tolerance(absolute=1e-9, relative=1e-6)
+               "tolerance", "ci_low", "ci_high", "p_value", "p_worse", "p_adjusted", "beyond_noise", "regression",
+               "improvement", "minimal_detectable", "power_note", "paired", "pairs", "units", "test"]
+CELL_EXTRA = ["p_less", "p_greater", "se", "p_floor", "derived", "unit_data"]  # compare_cells' working columns
 
 
 @dataclass
@@ -113,9 +93,29 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
                  cand_select: list[str] | None = None, tolerance: float | None = None, relative: bool = False,
                  metric_tolerances: dict[str, Tolerance] | None = None, confidence: float = stats.CONFIDENCE,
                  strict: bool = False, allow_missing: bool = False, unpaired: bool = False,
-                 threshold: str | float = stats.RULER_THRESHOLD) -> Comparison:
+                 threshold: str | float = stats.RULER_THRESHOLD, correction: str = "holm", power: float = 0.8,
+                 detect: float | None = None, require_power: bool = False, allow_dtype_change: bool = False,
+                 nll_tolerance: float | None = None, tolerances_file: str | Path | None = None) -> Comparison:
+    """Baseline vs candidate (see the module docstring). ``correction`` controls the family-wise error
+    over the judged cells; ``detect`` (a worsening in metric units) makes cells that cannot see it
+    underpowered; ``require_power`` fails on an underpowered cell instead of warning;
+    ``nll_tolerance`` is the perplexity tolerance given once, in NLL (the perplexity row follows
+    through exp); ``tolerances_file`` adds per-metric tolerances from a TOML file
+    (``evalkit.report.tolerances``); ``allow_dtype_change`` turns a dtype difference into a note."""
+    from evalkit.report import family
+
+    if correction not in family.CORRECTIONS:
+        raise ConfigError(f"bad --correction {correction!r}", f"use one of {', '.join(family.CORRECTIONS)}")
+    if not 0 < power < 1:
+        raise ConfigError(f"bad --power {power}", "give a probability in (0, 1), e.g. 0.8")
     default = Tolerance(relative=tolerance or 0.0) if relative else Tolerance(absolute=tolerance or 0.0)
     tolerances = dict(metric_tolerances or {})
+    if tolerances_file is not None:
+        tolerances.update(load_tolerances(tolerances_file))
+    if nll_tolerance is not None and "mean_nll" in tolerances:
+        raise ConfigError("--nll-tolerance and a mean_nll tolerance both set the NLL tolerance", "give it once")
+    if nll_tolerance is not None:
+        tolerances["mean_nll"] = Tolerance(absolute=nll_tolerance)
     for name, tol in [("default", default), *tolerances.items()]:
         if any(v is not None and (v < 0 or not math.isfinite(v)) for v in (tol.absolute, tol.relative)):
             raise ConfigError(f"tolerance for {name} must be a finite number >= 0", "e.g. --tolerance 0.01")
@@ -156,19 +156,24 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
     same_runs = {r.folder for r in b_runs} == {r.folder for r in c_runs}
     differences = [] if same_runs else option_differences(b_runs, c_runs)
     b_seeds, c_seeds = sorted(map(str, b.seed.unique())), sorted(map(str, c.seed.unique()))
-    pairing_wanted = not unpaired and b_seeds == c_seeds
+    if b_seeds != c_seeds:
+        differences.insert(0, f"seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)}): "
+                              "other prompts or windows")
+    setup = [] if same_runs else setup_differences(b_runs, c_runs)
+    dtype_notes = [d for d in setup if d.startswith("dtype") and allow_dtype_change]
+    setup = [d for d in setup if d not in dtype_notes]
+    notes += [f"{d} (allowed by --allow-dtype-change)" for d in dtype_notes]
+    pairing_wanted = not unpaired and not differences
     if unpaired:
-        notes += differences
+        notes += [f"{d} (compared unpaired: --unpaired)" for d in differences + setup]
         pairing = "unpaired (--unpaired): the sides are independent samples"
-    elif differences:
-        checks.append(_check("same task options and tokenizer", "; ".join(differences), ""))
-        pairing_wanted = False
-        pairing = "unpaired: the runs differ (see the failed check)"
     else:
-        checks.append(_check("same task options and tokenizer", None, "the runs' task options and tokenizers agree"))
+        checks.append(_check("comparable runs (seed, windows, task options, tokenizer, dtype, device)",
+                             "; ".join(differences + setup) + "; pass --unpaired if you mean to compare them"
+                             if differences or setup else None,
+                             "same seed, task options, tokenizer, dtype and device class"))
         pairing = (f"paired prompt by prompt (seed {', '.join(b_seeds)} on both sides, same task options and tokenizer)"
-                   if pairing_wanted else
-                   f"unpaired: the seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)})")
+                   if pairing_wanted else "unpaired: the runs differ (see the failed check)")
 
     cells, prompt_problems, missing, extra = compare_cells(b, c, pairing_wanted, confidence)
     if pairing_wanted:
@@ -188,7 +193,9 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
         raise ConfigError(f"no cell in common: baseline has {_cells_of(b)}; candidate has {_cells_of(c)}",
                           "run the candidate on the baseline's lengths and metrics, or select other rows")
 
-    rows = _verdicts(cells, default, tolerances, strict)
+    rows, procedure = _verdicts(cells, default, tolerances, strict, correction, confidence, power, detect)
+    weak = rows[rows.direction.ne(0) & rows.power_note.ne("")]
+    checks.append(_power_check(weak, len(rows[rows.direction.ne(0)]), require_power, detect))
     lengths = _effective_lengths(b, c, threshold_kind, threshold_value, confidence)
     if not lengths.empty:
         checks += _length_checks(lengths, strict)
@@ -200,6 +207,8 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
         "baseline_model": models[0], "candidate_model": models[1], "baseline_runs": [str(r.folder) for r in b_runs],
         "candidate_runs": [str(r.folder) for r in c_runs], "pairing": pairing, "unit": "+".join(["seed", *units]),
         "confidence": confidence, "strict": strict, "tolerance": _describe_tolerance(default),
+        "correction": procedure, "one_sided": True, "power": power, "detect": detect,
+        "underpowered": int(len(weak)),
         "threshold": f"rel:{threshold_value:g}" if threshold_kind == "rel" else threshold_value,
         "cells": len(rows), "regressions": int(rows.regression.sum()), "improvements": int(rows.improvement.sum()),
         "beyond_noise": int(rows.beyond_noise.sum()), "tests": sorted(set(rows.test.map(_short_test))),
@@ -241,44 +250,140 @@ def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: f
         if len(differ):
             problems.append(f"{cell[0]}@{cell[1]} {cell[2]}: {len(differ)} of {len(joined)} prompts differ "
                             f"(e.g. sample {differ['sample'].iloc[0]}: {differ.prov_b.iloc[0]} vs {differ.prov_c.iloc[0]})")
+        unit_data = None
         if len(joined) and not len(differ):
             diff = stats.paired_difference(joined.value_b, joined.value_c, joined.unit_b, confidence)
             left_out = len(bp) + len(cp) - 2 * len(joined)
             test = diff.test + (f"; {left_out} unpaired prompt(s) left out" if left_out else "")
             means = joined.value_b.mean(), joined.value_c.mean()
+            per_unit = (joined.value_c - joined.value_b).groupby(joined.unit_b.to_numpy(), sort=True).agg(["sum", "count"])
+            per_unit = per_unit[per_unit["count"] > 0]
+            unit_data = (per_unit.index.astype(str).to_numpy(), per_unit["sum"].to_numpy(float), per_unit["count"].to_numpy(float))
         else:
             one_each = lambda p: None if p.unit.is_unique else p.unit  # noqa: E731 - Newcombe needs no clusters
             diff = stats.unpaired_difference(bp.value, cp.value, one_each(bp), one_each(cp), confidence)
             test, means = diff.test, (bp.value.mean(), cp.value.mean())
-        cells.append(_cell_row(cell, means, diff, test, paired=test.startswith(("exact", "paired"))))
+        floor = _p_floor(diff, bp, cp, unit_data is not None)
+        cells.append(_cell_row(cell, means, diff, test, paired=test.startswith(("exact", "paired")), floor=floor,
+                               unit_data=unit_data))
         if cell[2] in EXP_OF:  # perplexity / LongPPL: the same test through exp, so the two rows agree by construction
             scale = math.exp(means[0])
             cells.append(_cell_row((cell[0], cell[1], EXP_OF[cell[2]]), (scale, math.exp(means[1])), diff, test,
-                                   paired=cells[-1]["paired"], through=lambda d: scale * math.expm1(d)))
-    return pd.DataFrame(cells, columns=[c for c in ROW_COLUMNS if c not in ("rel_delta", "direction", "tolerance",
-                                                                            "regression", "improvement")]), problems, missing, extra
+                                   paired=cells[-1]["paired"], through=lambda d: scale * math.expm1(d), floor=floor,
+                                   derived=True))
+    columns = [c for c in ROW_COLUMNS if c not in ("rel_delta", "direction", "tolerance", "regression", "improvement",
+                                                   "p_worse", "p_adjusted", "minimal_detectable", "power_note")]
+    return pd.DataFrame(cells, columns=columns + CELL_EXTRA), problems, missing, extra
 
 
-def _cell_row(cell, means, diff: stats.Difference, test: str, paired: bool, through=lambda d: d) -> dict:
+def _p_floor(diff: stats.Difference, bp: pd.DataFrame, cp: pd.DataFrame, paired: bool) -> float:
+    """The smallest one-sided p the cell's test can reach: exact 0/1 tests have a floor."""
+    binary = stats.is_binary(bp.value.dropna()) and stats.is_binary(cp.value.dropna())
+    if not binary:
+        return 0.0
+    if paired:  # McNemar on n pairs or the exact sign flip on k units: 1 / 2^units at best
+        return 0.5 ** diff.units if diff.units <= stats.SIGN_FLIP_MAX_UNITS or diff.units == diff.pairs else 0.0
+    kb, kc = bp.unit.nunique(), cp.unit.nunique()
+    if bp.unit.is_unique and cp.unit.is_unique:
+        return 0.0  # the z test on independent rows has no floor
+    return 1.0 / math.comb(kb + kc, kb)
+
+
+def _cell_row(cell, means, diff: stats.Difference, test: str, paired: bool, through=lambda d: d, floor: float = 0.0,
+              unit_data=None, derived: bool = False) -> dict:
     return {"attention": cell[0], "context_length": cell[1], "metric": cell[2], "baseline": float(means[0]),
             "candidate": float(means[1]), "delta": float(means[1] - means[0]), "ci_low": through(diff.ci_low),
             "ci_high": through(diff.ci_high), "p_value": diff.p_value, "beyond_noise": diff.beyond_noise,
-            "paired": paired, "pairs": diff.pairs, "units": diff.units, "test": test}
+            "paired": paired, "pairs": diff.pairs, "units": diff.units, "test": test, "p_less": diff.p_less,
+            "p_greater": diff.p_greater, "se": diff.se, "p_floor": floor, "derived": derived, "unit_data": unit_data}
 
 
-def _verdicts(cells: pd.DataFrame, default: Tolerance, tolerances: dict[str, Tolerance], strict: bool) -> pd.DataFrame:
-    rows = cells.copy()
+def _verdicts(cells: pd.DataFrame, default: Tolerance, tolerances: dict[str, Tolerance], strict: bool,
+              correction: str = "holm", confidence: float = stats.CONFIDENCE, power: float = 0.8,
+              detect: float | None = None) -> tuple[pd.DataFrame, str]:
+    """Each cell's verdict: worse than its tolerance AND, one-sided and adjusted over the family of
+    judged cells, beyond noise. The perplexity row shares its mean_nll row's test and verdict."""
+    from evalkit.report import family
+
+    rows = cells.copy().reset_index(drop=True)
     b, c = rows.baseline.astype(float), rows.candidate.astype(float)
     rows["rel_delta"] = (rows.delta / b.abs()).where(b != 0)
     rows["direction"] = rows.metric.map(METRIC_DIRECTIONS).fillna(0).astype(int)
-    rows["tolerance"] = [tolerances.get(m, default).allowed(v) + FLOAT_TOLERANCE.allowed(v) for m, v in zip(rows.metric, b)]
-    worse = -rows.direction * rows.delta
-    counts = rows.beyond_noise | strict
+    # one tolerance per quantity: a row shown through exp (perplexity, LongPPL) carries the tolerance of the NLL
+    # row just before it (mean_nll, key_nll) through exp, unless the file names the derived metric itself
+    own = {k: tolerances.get(m, default).allowed(v) for k, m, v in zip(rows.index, rows.metric, b)}
+    rows["tolerance"] = [
+        (math.exp(math.log(v) + own[k - 1]) - v if d and m not in tolerances else own[k]) + FLOAT_TOLERANCE.allowed(v)
+        for k, m, v, d in zip(rows.index, rows.metric, b, rows.derived)]
     judged = rows.direction != 0
+    lower_is_worse = rows.direction > 0
+    rows["p_worse"] = np.where(judged, np.where(lower_is_worse, rows.p_less, rows.p_greater), np.nan)
+    p_better = np.where(judged, np.where(lower_is_worse, rows.p_greater, rows.p_less), np.nan)
+    family_rows = (judged & ~rows.derived).to_numpy()  # a perplexity row is its mean_nll row's test, not another one
+    alpha = 1 - confidence
+    adjusted, better = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
+    units = [None if not rows.paired[k] else _oriented(rows.unit_data[k], rows.direction[k]) for k in range(len(rows))]
+    picked = np.flatnonzero(family_rows)
+    floors = rows.p_floor.to_numpy()[picked]
+    adjusted[picked], procedure = family.adjust(rows.p_worse.to_numpy()[picked], correction, [units[k] for k in picked],
+                                                floors, alpha)
+    flipped = [None if u is None else (u[0], -u[1], u[2]) for u in units]
+    better[picked], _ = family.adjust(p_better[picked], correction, [flipped[k] for k in picked], floors, alpha)
+    for k in np.flatnonzero(rows.derived.to_numpy()):  # derived rows follow the row they come from
+        adjusted[k], better[k] = adjusted[k - 1], better[k - 1]
+    rows["p_adjusted"] = adjusted
+    worse = -rows.direction * rows.delta
+    seen_worse, seen_better = adjusted < alpha, better < alpha
+    rows["beyond_noise"] = np.where(judged, seen_worse | seen_better, rows.beyond_noise)
     broke = c.isna() & b.notna()  # a metric that turned NaN cannot be trusted to have held up
-    rows["regression"] = judged & ((worse > rows.tolerance) & counts | broke)
-    rows["improvement"] = judged & (-worse > rows.tolerance) & counts
-    return rows[ROW_COLUMNS].reset_index(drop=True)
+    rows["regression"] = judged & ((worse > rows.tolerance) & (seen_worse | strict) | broke)
+    rows["improvement"] = judged & (-worse > rows.tolerance) & (seen_better | strict)
+    m = max(int(family_rows.sum()), 1)
+    mdd, notes = [], []
+    for r in rows.itertuples():
+        value, note = _power(r, alpha / m if correction != "none" else alpha, power, detect)
+        mdd.append(value)
+        notes.append(note if r.direction else "")
+    rows["minimal_detectable"], rows["power_note"] = mdd, notes
+    return rows[ROW_COLUMNS].reset_index(drop=True), procedure
+
+
+def _oriented(unit_data, direction: int):
+    """Per-unit sums oriented so that positive is worse."""
+    if unit_data is None:
+        return None
+    ids, sums, counts = unit_data
+    return ids, -direction * np.asarray(sums, dtype=float), counts
+
+
+def _power(row, level: float, power: float, detect: float | None) -> tuple[float, str]:
+    """(minimal detectable worsening at ``power``, note): the note says why a cell is underpowered."""
+    from evalkit.report import family
+
+    if row.p_floor >= level:
+        return math.nan, f"cannot reach p < {level:.2g} with {row.units} units (exact floor {row.p_floor:.2g})"
+    se = row.se
+    if row.metric in ("greedy_correct", "accuracy", "exact_match", "contains") or (0 <= row.baseline <= 1 and row.p_floor > 0):
+        se = max(se if math.isfinite(se) else 0.0, family.binary_unit_sd(row.baseline, 0.0, row.units) / math.sqrt(max(row.units, 1)))
+    value = family.minimal_detectable(se, row.units, level, power)
+    if row.derived and math.isfinite(value):  # perplexity: the NLL's detectable shift through exp
+        value = row.baseline * math.expm1(value)
+    if not math.isfinite(value):
+        return value, f"no power estimate with {row.units} unit(s)"
+    if detect is not None and value > detect and not row.derived:
+        return value, f"detects only {value:.3g} at {power:.0%} power, above --detect {detect:g}"
+    return value, ""
+
+
+def _power_check(weak: pd.DataFrame, judged: int, require: bool, detect: float | None) -> dict:
+    if weak.empty:
+        return {**_check("power", None, f"every one of {judged} judged cells can detect "
+                                        + (f"a worsening of {detect:g}" if detect is not None else "a worsening")), "warning": False}
+    cells = ", ".join(f"{r.attention}@{r.context_length} {r.metric} ({r.power_note})" for r in weak.head(6).itertuples())
+    text = (f"{len(weak)} of {judged} judged cells underpowered: {cells}" + (" …" if len(weak) > 6 else "")
+            + "; size the grid with `evalkit plan`")
+    return {"check": "power", "passed": not require, "reason": text + ("" if require else " (warning; --require-power fails)"),
+            "warning": not require}
 
 
 def _describe_tolerance(default: Tolerance) -> str:
@@ -347,7 +452,10 @@ def _display(c: Comparison) -> pd.DataFrame:
         "metric": order.metric, "baseline": order.baseline.map(lambda v: fmt(v, ".4g")),
         "candidate": order.candidate.map(lambda v: fmt(v, ".4g")), "delta": order.delta.map(lambda v: fmt(v, "+.3g")),
         f"{c.summary['confidence']:.0%} CI": [interval(lo, hi, "+.3g") for lo, hi in zip(order.ci_low, order.ci_high)],
-        "p": order.p_value.map(lambda v: fmt(v, ".2g")), "test": order.test.map(_short_test),
+        "p (one-sided)": order.p_worse.map(lambda v: fmt(v, ".2g")), "adj. p": order.p_adjusted.map(lambda v: fmt(v, ".2g")),
+        "detectable": [("–" if not d else fmt(v, ".3g")) if not note else "⚠ " + fmt(v, ".3g")
+                       for v, d, note in zip(order.minimal_detectable, order.direction, order.power_note)],
+        "test": order.test.map(_short_test),
         "pairs" if order.paired.all() else "n": order.pairs.astype(str), "units": order.units.astype(str),
         "beyond noise": order.beyond_noise.map({True: "yes", False: "no"}),
     }).astype(str)
@@ -375,9 +483,12 @@ def _sides(c: Comparison) -> str:
 
 def _method(c: Comparison) -> str:
     s = c.summary
-    return (f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}. A regression is worse by more "
-            f"than the tolerance ({s['tolerance']}) and beyond noise at {s['confidence']:.0%} confidence"
-            + (" (--strict: noise or not)." if s["strict"] else "."))
+    return (f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}, one-sided (only worse fails). "
+            f"A regression is worse by more than the tolerance ({s['tolerance']}) and beyond noise at "
+            f"{s['confidence']:.0%} confidence after the family-wise correction: {s['correction']} (adj. p; raw "
+            f"one-sided p beside it)" + (" (--strict: noise or not)." if s["strict"] else ".")
+            + f" Power: 'detectable' is the smallest worsening each cell sees with {s['power']:.0%} probability"
+            + " (⚠: underpowered).")
 
 
 def to_markdown(c: Comparison, limit: int = 50) -> str:
@@ -386,6 +497,9 @@ def to_markdown(c: Comparison, limit: int = 50) -> str:
              f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} beyond noise."]
     if c.failed_checks:
         parts += ["", "**Failed checks**", ""] + [f"- {ch['check']}: {ch['reason']}" for ch in c.failed_checks]
+    warnings = [ch for ch in c.checks if ch.get("warning")]
+    if warnings:
+        parts += ["", "**Warnings**", ""] + [f"- ⚠ {ch['check']}: {ch['reason']}" for ch in warnings]
     if c.notes:
         parts += ["", "Notes:"] + [f"- {note}" for note in c.notes]
     if not c.lengths.empty:
@@ -406,15 +520,23 @@ def to_junit(c: Comparison) -> str:
         case = {"classname": f"evalkit.compare.{task}.checks", "name": ch["check"]}
         if not ch["passed"]:
             case["failure"] = f"{ch['check']}: {ch['reason']}"
+        elif ch.get("warning"):
+            case["system_out"] = f"warning: {ch['reason']}"
         cases.append(case)
     for row in records(c.rows):
         case = {"classname": f"evalkit.compare.{task}.{row['attention']}", "name": f"{row['metric']}@{row['context_length']}"}
         if row["regression"]:
             case["failure"] = (f"{row['metric']} went from {fmt(row['baseline'])} to {fmt(row['candidate'])} (delta "
                                f"{fmt(row['delta'], '+.3g')}, {c.summary['confidence']:.0%} CI "
-                               f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, p {fmt(row['p_value'], '.2g')}, "
+                               f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, one-sided p {fmt(row['p_worse'], '.2g')}, "
+                               f"adjusted p {fmt(row['p_adjusted'], '.2g')} ({c.summary['correction']}), "
                                f"tolerance {fmt(row['tolerance'], '.3g')}; {row['test']})")
             case["text"] = dumps(row)
+        elif row["direction"]:
+            case["system_out"] = (f"one-sided p {fmt(row['p_worse'], '.2g')}, adjusted p {fmt(row['p_adjusted'], '.2g')} "
+                                  f"({c.summary['correction']}); minimal detectable worsening "
+                                  f"{fmt(row['minimal_detectable'], '.3g')}" + (f"; underpowered: {row['power_note']}"
+                                                                                   if row["power_note"] else ""))
         cases.append(case)
     return junit_xml(f"evalkit compare {task}", cases)
 

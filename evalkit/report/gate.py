@@ -184,9 +184,36 @@ def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Esti
         return None, (f"selects nothing: no {gate.metric} for {where}{hint}; the run has metrics "
                       f"{', '.join(names) or 'none'} at lengths "
                       f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}")
-    est = stats.estimate(part.value, part.unit)
+    weights = _scored_tokens(table, part)
+    est = (stats.estimate(part.value, part.unit) if weights is None
+           else stats.weighted_mean(part.value, weights, part.unit))
     est = est.exp() if gate.metric == "perplexity" else est
     return est, None if math.isfinite(est.value) else f"{gate.metric} is {est.value}"
+
+
+def _scored_tokens(table: pd.DataFrame, part: pd.DataFrame):
+    """Tokens each window scores, where windows score different numbers (--stride, --match lm-eval):
+    summary.csv's NLL is then the token-weighted mean (the NLL sum over the tokens scored), and so is
+    the gate's. None where windows score alike (random windows: the plain mean is the same)."""
+    counts = table[table.metric == "scored_tokens"]
+    if counts.empty or part.metric.iloc[0] != "mean_nll":
+        return None
+    # one row per window: a unit may hold several (a document under --match lm-eval)
+    keys = [k for k in ("attention", "model", "context_length", "seed", "sample", "unit") if k in table.columns]
+    weights = part[keys].merge(counts[keys + ["value"]].drop_duplicates(keys), on=keys, how="left")["value"]
+    return None if weights.isna().any() else weights.to_numpy()
+
+
+def _comparable(base: Run, cand: Run) -> str | None:
+    """Why a baseline run's value is no fair reference for this candidate, or None."""
+    from evalkit.report.runs import option_differences, setup_differences
+
+    problems = []
+    b_seeds, c_seeds = sorted(map(str, base.frame.seed.unique())), sorted(map(str, cand.frame.seed.unique()))
+    if b_seeds != c_seeds:
+        problems.append(f"seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)}): other prompts or windows")
+    problems += option_differences([base], [cand]) + setup_differences([base], [cand])
+    return "; ".join(problems) or None
 
 
 def _decide(gate: Gate, est: stats.Estimate, threshold: float) -> tuple[bool, str]:
@@ -210,6 +237,13 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
                           "set baseline = \"results/...\" in the gate file, or pass --baseline")
     run, table = _samples(candidate_dir)
     task = run.task
+    known = sorted(set(table.metric) | ({"perplexity"} if "mean_nll" in set(table.metric) else set()))
+    unknown = [g for g in gates if g.task == task and g.metric not in known]
+    if unknown:  # a misspelt metric is a bad gate file (exit 2), not a failing row that reads like a regression
+        names = ", ".join(sorted({g.metric for g in unknown}))
+        close = difflib.get_close_matches(unknown[0].metric, known, n=1)
+        raise ConfigError(f"gate metric {names} is not in run {candidate_dir}" + (f" (did you mean {close[0]}?)" if close else ""),
+                          f"the run's metrics: {', '.join(known)}")
     baselines: dict[str, tuple[Run, pd.DataFrame]] = {}
     rows = []
     unsafe = completeness(run)  # an interrupted or incomplete run is never a pass, whatever its numbers
@@ -236,6 +270,12 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
                     if base_run.task != task:
                         raise ConfigError(f"baseline {folder} is a {base_run.task} run; the candidate is {task}",
                                           "give a baseline of the same task")
+                    comparable = _comparable(base_run, run)
+                    if comparable:
+                        rows.append({"gate": "(baseline comparable)", "task": task, "metric": "", "op": "",
+                                     "context_length": "all", "attention": "*", "status": "fail",
+                                     "reason": f"baseline {folder}: {comparable}; a relative threshold needs the "
+                                               "same seed, windows, options, tokenizer, dtype and device class"})
                     if completeness(base_run):
                         rows.append({"gate": "(baseline complete)", "task": task, "metric": "", "op": "",
                                      "context_length": "all", "attention": "*", "status": "fail",

@@ -72,6 +72,6 @@ def rich_table(table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series,
 
 def checks_table(checks: list[dict], title: str):
     """Run-level checks (complete, cells present, same options) as a rich table: failures in red."""
-    frame = pd.DataFrame({"": ["❌ fail" if not c["passed"] else "✅ pass" for c in checks],
+    frame = pd.DataFrame({"": ["❌ fail" if not c["passed"] else "⚠ warn" if c.get("warning") else "✅ pass" for c in checks],
                           "check": [c["check"] for c in checks], "reason": [c["reason"] for c in checks]})
     return rich_table(frame, title, frame[""].str.startswith("❌"), frame[""].str.startswith("✅"), limit=len(frame))

@@ -175,7 +175,11 @@ def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], 
     out = grouped["value"].mean().reset_index()
     # the unit first: a task's "sample" column may be a unit column, which the joined sample id replaces
     present = [c for c in units if c in out.columns]  # none (a model-free run): each sample is its own unit
-    unit = _joined(out, ["seed"] + present) if present else None
+    # a unit column that is provenance, not a key (lm-eval's document): taken per sample, as summary.csv does
+    recorded = [c for c in units if c not in out.columns and c in frame.columns]
+    by_unit = out.assign(**{c: grouped[c].first().to_numpy() for c in recorded})
+    present += recorded
+    unit = _joined(by_unit, ["seed"] + present) if present else None
     out["sample"] = _joined(out, ["context_length"] + sample_keys)
     out["unit"] = unit if unit is not None else out["sample"]
     out["prov"] = _joined(grouped[prov].first().reset_index(), prov).to_numpy() if prov else ""
@@ -220,4 +224,25 @@ def option_differences(base: list[Run], cand: list[Run]) -> list[str]:
             bt, ct = tokenizer_of(b.manifest), tokenizer_of(c.manifest)
             if bt and ct and bt != ct:
                 problems.append(f"tokenizers differ: {bt} in {b.name} vs {ct} in {c.name}")
+    return list(dict.fromkeys(problems))
+
+
+def device_class(device) -> str | None:
+    """cpu, cuda, mps...: the kernels a run used differ by class, not by card."""
+    return None if not device else str(device).split(":")[0].lower()
+
+
+def setup_differences(base: list[Run], cand: list[Run]) -> list[str]:
+    """dtype and device class that differ between the two sides' runs (auto dtype is bf16 on CUDA and
+    fp32 on CPU, so a CPU baseline vs a GPU candidate differs in both)."""
+    problems = []
+    for b in base:
+        for c in cand:
+            bm, cm = b.manifest.get("model") or {}, c.manifest.get("model") or {}
+            if bm.get("dtype") and cm.get("dtype") and bm["dtype"] != cm["dtype"]:
+                problems.append(f"dtype differs: {bm['dtype']} in {b.name} vs {cm['dtype']} in {c.name} "
+                                "(--allow-dtype-change if you mean it)")
+            bd, cd = device_class(bm.get("device")), device_class(cm.get("device"))
+            if bd and cd and bd != cd:
+                problems.append(f"device class differs: {bd} in {b.name} vs {cd} in {c.name}")
     return list(dict.fromkeys(problems))

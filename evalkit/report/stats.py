@@ -74,7 +74,9 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Difference:
-    """candidate - baseline with its interval, and a two-sided p-value for "no difference"."""
+    """candidate - baseline with its interval, a two-sided p-value for "no difference", and the two
+    one-sided ones: ``p_less`` for "candidate below baseline", ``p_greater`` for "above". A regression
+    test is one-sided (only "worse" fails), so compare reads the one for the metric's bad direction."""
 
     delta: float
     ci_low: float
@@ -84,6 +86,12 @@ class Difference:
     units: int  # independent clusters behind the interval
     test: str  # which test and unit, for the report
     confidence: float = CONFIDENCE
+    p_less: float = math.nan
+    p_greater: float = math.nan
+    se: float = math.nan  # standard error of delta (NaN where the test has none)
+
+    def p_one_sided(self, worse_when_lower: bool) -> float:
+        return self.p_less if worse_when_lower else self.p_greater
 
     @property
     def beyond_noise(self) -> bool:
@@ -141,21 +149,40 @@ def is_binary(values) -> bool:
 
 
 def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
-    """Mean of 0/1 values with a cluster-adjusted Wilson interval."""
+    """Mean of 0/1 values with a cluster-adjusted Wilson interval: one continuous rule.
+
+    The effective sample size is n / deff (Kish's design effect from the between-cluster
+    variance, at least 1) and the quantile is Student's t with k - 1 degrees of freedom: the
+    variance is estimated from k units whatever deff turns out to be, so there is no switch at
+    deff 1. Wilson's interval narrows as t^2 / n_eff grows, so the t interval on the
+    cluster-robust standard error bounds it from outside. Where clustering cannot be estimated
+    (every row 0 or every row 1, fewer clusters than rows) the clusters are the sample: the exact
+    (Clopper-Pearson) bound for k of k units. Independent rows (one per cluster): plain Wilson.
+    """
+    from scipy.stats import beta as beta_dist
+
     values, codes = _present(values, clusters)
     n = len(values)
     if n == 0:
         return Estimate(math.nan, math.nan, math.nan, 0, 0, "wilson", confidence)
     sums, counts = _cluster_sums(values, codes)
     p = float(values.mean())
-    deff = 1.0
     k = len(sums)
-    if 1 < k < n and 0 < p < 1:  # the same k / (k - 1) correction on both sides: no clustering, deff 1
-        deff = max(1.0, _ratio_se(sums, counts) ** 2 / (p * (1 - p) / n * k / (k - 1)))
-    # few clusters: the design effect's variance estimate is itself uncertain, so the t quantile
-    # (k - 1 df) widens the interval; with no clustering measured (deff 1, or p at 0 or 1) it is Wilson's
-    low, high = wilson(p * n / deff, n / deff, confidence, df=k - 1 if deff > 1 else None)
-    method = "wilson" if deff == 1.0 else f"wilson, design effect {deff:.2f}"
+    alpha = 1 - confidence
+    if p in (0.0, 1.0) and k < n:  # no spread to measure the clustering from: the k units are the sample
+        bound = float(beta_dist.ppf(alpha / 2, k, 1)) if k else math.nan  # exact for k of k (or 0 of k mirrored)
+        low, high = (bound, 1.0) if p == 1.0 else (0.0, 1 - bound)
+        return Estimate(p, low, high, n, k, f"exact on {k} units (no spread to estimate clustering)", confidence)
+    if k == n:  # independent rows: Wilson's own interval
+        low, high = wilson(p * n, n, confidence)
+        return Estimate(p, float(low), float(high), n, k, "wilson", confidence)
+    robust = _ratio_se(sums, counts)
+    deff = max(1.0, robust ** 2 / (p * (1 - p) / n * k / (k - 1)))  # the same k / (k - 1) on both sides
+    n_eff, df = n / deff, max(k - 1, 1)  # the variance comes from k units, whatever deff says
+    low, high = wilson(p * n_eff, n_eff, confidence, df=df)
+    half = _t(confidence, df) * max(robust, math.sqrt(p * (1 - p) / n))
+    low, high = max(0.0, min(low, p - half)), min(1.0, max(high, p + half))
+    method = "wilson (t)" if deff == 1.0 else f"wilson (t), design effect {deff:.2f}"
     return Estimate(p, float(low), float(high), n, k, method, confidence)
 
 
@@ -210,6 +237,18 @@ def mcnemar_exact(base, cand) -> float:
     return float(min(1.0, 2 * binom.cdf(min(lost, gained), m, 0.5)))
 
 
+def mcnemar_one_sided(base, cand) -> tuple[float, float]:
+    """Exact one-sided McNemar p-values (p_less: candidate below baseline, p_greater: above)."""
+    from scipy.stats import binom
+
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
+    lost, gained = int(((base == 1) & (cand == 0)).sum()), int(((base == 0) & (cand == 1)).sum())
+    m = lost + gained
+    if m == 0:
+        return 1.0, 1.0
+    return float(binom.sf(lost - 1, m, 0.5)), float(binom.sf(gained - 1, m, 0.5))
+
+
 def newcombe_paired(base, cand, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Newcombe's (1998) method 10 interval for p_cand - p_base on paired 0/1 outcomes."""
     base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
@@ -238,15 +277,17 @@ def newcombe_unpaired(base, cand, confidence: float = CONFIDENCE) -> tuple[float
     return float(max(-1.0, d - math.hypot(p1 - l1, u2 - p2))), float(min(1.0, d + math.hypot(u1 - p1, p2 - l2)))
 
 
-def _t_test(centre: float, se: float, df: float, confidence: float) -> tuple[float, float, float]:
+def _t_test(centre: float, se: float, df: float, confidence: float) -> tuple[float, float, float, float, float]:
+    """(low, high, two-sided p, p_less, p_greater) of a t statistic centre / se."""
     from scipy.stats import t
 
     if not math.isfinite(se) or df < 1:
-        return math.nan, math.nan, math.nan
+        return (math.nan,) * 5
     if se == 0:
-        return centre, centre, (1.0 if centre == 0 else 0.0)
+        return centre, centre, (1.0 if centre == 0 else 0.0), (0.0 if centre < 0 else 1.0), (0.0 if centre > 0 else 1.0)
     half = _t(confidence, df) * se
-    return float(centre - half), float(centre + half), float(2 * t.sf(abs(centre) / se, df))
+    return (float(centre - half), float(centre + half), float(2 * t.sf(abs(centre) / se, df)),
+            float(t.cdf(centre / se, df)), float(t.sf(centre / se, df)))
 
 
 def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE) -> Difference:
@@ -265,20 +306,24 @@ def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE)
     delta = float(cand.mean() - base.mean())
     if is_binary(base) and is_binary(cand) and k == n:
         low, high = newcombe_paired(base, cand, confidence)
+        p_less, p_greater = mcnemar_one_sided(base, cand)
         return Difference(delta, low, high, mcnemar_exact(base, cand), n, k,
-                          f"exact McNemar, Newcombe paired interval; {n} pairs", confidence)
+                          f"exact McNemar, Newcombe paired interval; {n} pairs", confidence, p_less, p_greater,
+                          math.sqrt(max((cand - base).var(ddof=1), 0.0) / n) if n > 1 else math.nan)
     sums, counts = _cluster_sums(cand - base, codes)
-    low, high, p = _t_test(delta, _ratio_se(sums, counts), k - 1, confidence)
+    se = _ratio_se(sums, counts)
+    low, high, p, p_less, p_greater = _t_test(delta, se, k - 1, confidence)
     test = "paired t on per-cluster differences"
     if is_binary(base) and is_binary(cand):
         low, high = max(low, -1.0), min(high, 1.0)
         if k <= SIGN_FLIP_MAX_UNITS and math.isfinite(p):
             # 0/1 outcomes make equal unit differences likely (three trials that each lose one depth:
             # variance 0, t's p = 0); the exact sign-flip test needs no variance estimate.
-            p = max(p, sign_flip_p(sums, counts))
+            flip_two, flip_less, flip_greater = sign_flip_ps(sums, counts)
+            p, p_less, p_greater = max(p, flip_two), max(p_less, flip_less), max(p_greater, flip_greater)
             test += " with exact sign-flip p"
     unit = "pairs" if k == n else f"units ({n} pairs)"
-    return Difference(delta, low, high, p, n, k, f"{test}; {k} {unit}", confidence)
+    return Difference(delta, low, high, p, n, k, f"{test}; {k} {unit}", confidence, p_less, p_greater, se)
 
 
 SIGN_FLIP_MAX_UNITS = 16  # 2**16 sign patterns enumerated exactly; above this the t test is good
@@ -292,6 +337,49 @@ def sign_flip_p(sums: np.ndarray, counts: np.ndarray) -> float:
     signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
     flipped = np.abs(signs @ sums) / counts.sum()
     return float(np.mean(flipped >= observed - 1e-12 * max(1.0, observed)))
+
+
+def sign_flip_ps(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float, float]:
+    """(two-sided, p_less, p_greater) exact sign-flip p-values of a paired mean difference."""
+    k = len(sums)
+    observed = sums.sum() / counts.sum()
+    signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
+    flipped = signs @ sums / counts.sum()
+    eps = 1e-12 * max(1.0, abs(observed))
+    return (float(np.mean(np.abs(flipped) >= abs(observed) - eps)), float(np.mean(flipped <= observed + eps)),
+            float(np.mean(flipped >= observed - eps)))
+
+
+PERMUTATIONS = 4000  # random relabellings when the exact enumeration is larger than this
+
+
+def cluster_permutation_ps(base_sums, base_counts, cand_sums, cand_counts, seed: int = 0) -> tuple[float, float, float]:
+    """(two-sided, p_less, p_greater) of candidate - baseline mean under relabelling whole clusters
+    between the sides: exact when the relabellings number at most PERMUTATIONS, else that many
+    random ones (the observed labelling counted in, so p >= 1 / (draws + 1))."""
+    from itertools import combinations
+
+    sums = np.concatenate([base_sums, cand_sums]).astype(float)
+    counts = np.concatenate([base_counts, cand_counts]).astype(float)
+    kb, k = len(base_sums), len(sums)
+    if math.comb(k, kb) <= PERMUTATIONS:
+        labels = np.zeros((math.comb(k, kb), k), dtype=bool)  # True: baseline
+        for row, picked in enumerate(combinations(range(k), kb)):
+            labels[row, list(picked)] = True
+    else:
+        rng = np.random.default_rng(seed)
+        order = np.argsort(rng.random((PERMUTATIONS, k)), axis=1)
+        labels = np.zeros((PERMUTATIONS + 1, k), dtype=bool)
+        np.put_along_axis(labels[1:], order[:, :kb], True, axis=1)
+        labels[0, :kb] = True  # the observed labelling
+    base_mean = (labels @ sums) / (labels @ counts)
+    cand_mean = (~labels @ sums) / (~labels @ counts)
+    null = cand_mean - base_mean  # (labellings,)
+    observed = cand_sums.sum() / cand_counts.sum() - base_sums.sum() / base_counts.sum()
+    eps = 1e-12 * max(1.0, abs(observed))
+    centre = null.mean()
+    return (float(np.mean(np.abs(null - centre) >= abs(observed - centre) - eps)), float(np.mean(null <= observed + eps)),
+            float(np.mean(null >= observed - eps)))
 
 
 def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
@@ -308,14 +396,30 @@ def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
         pooled = (base.sum() + cand.sum()) / (len(base) + len(cand))
         se = math.sqrt(pooled * (1 - pooled) * (1 / len(base) + 1 / len(cand)))
         p = 1.0 if se == 0 else float(2 * norm.sf(abs(delta) / se))
-        return Difference(delta, low, high, p, min(b.n, c.n), units, "two-proportion z, Newcombe interval (unpaired)", confidence)
+        # se 0: both sides all 0 or all 1 alike, nothing differs
+        p_less, p_greater = (1.0, 1.0) if se == 0 else (float(norm.cdf(delta / se)), float(norm.sf(delta / se)))
+        return Difference(delta, low, high, p, min(b.n, c.n), units, "two-proportion z, Newcombe interval (unpaired)",
+                          confidence, p_less, p_greater, se)
     t_b, t_c = _t(confidence, max(b.units - 1, 1)), _t(confidence, max(c.units - 1, 1))
     se_b, se_c = (b.value - b.ci_low) / t_b, (c.value - c.ci_low) / t_c
     se = math.hypot(se_b, se_c)
     # Welch-Satterthwaite degrees of freedom
     df = se ** 4 / ((se_b ** 4 / max(b.units - 1, 1)) + (se_c ** 4 / max(c.units - 1, 1))) if se > 0 else 1.0
-    low, high, p = _t_test(delta, se, df, confidence)
-    return Difference(delta, low, high, p, min(b.n, c.n), units, "Welch t on cluster means (unpaired)", confidence)
+    low, high, p, p_less, p_greater = _t_test(delta, se, df, confidence)
+    test = "Welch t on cluster means (unpaired)"
+    if is_binary(base) and is_binary(cand):
+        # 0/1 values on few clusters: Welch's p can fall far below what any relabelling of the clusters
+        # allows (5 vs 5 trials: no exact test goes below 1/252), and is 0 when both sides have no spread
+        vb, bc = _present(base, base_clusters)
+        vc, cc = _present(cand, cand_clusters)
+        (bs, bn), (cs, cn) = _cluster_sums(vb, bc), _cluster_sums(vc, cc)
+        two, less, greater = cluster_permutation_ps(bs, bn, cs, cn)
+        p = two if not math.isfinite(p) else max(p, two)
+        p_less = less if not math.isfinite(p_less) else max(p_less, less)
+        p_greater = greater if not math.isfinite(p_greater) else max(p_greater, greater)
+        low, high = max(low, -1.0) if math.isfinite(low) else -1.0, min(high, 1.0) if math.isfinite(high) else 1.0
+        test = "Welch t with cluster permutation p (unpaired)"
+    return Difference(delta, low, high, p, min(b.n, c.n), units, test, confidence, p_less, p_greater, se)
 
 
 # -- effective context length --------------------------------------------------------------------
@@ -467,7 +571,8 @@ def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
 def compact(summary):
     """A summary for the terminal: each X, X_ci_low, X_ci_high folded into one 'X [low, high]' column;
     columns empty in every row (a metric that no shown task has) left out, but for the effective
-    length, whose empty value says that even the shortest length is below the threshold."""
+    length, whose empty value says that even the shortest length is below the threshold; values a
+    row has not (the threshold belongs to the "all" row only) shown as "-", never "nan"."""
     import pandas as pd
 
     empty = [c for c in summary.columns if summary[c].isna().all() and not c.startswith("effective_length")]
@@ -479,6 +584,8 @@ def compact(summary):
         table[name] = [_number(v) + ("" if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f" [{_number(lo)}, {_number(hi)}]")
                        for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])]
         table = table.drop(columns=[low, f"{name}_ci_high"])
+    for name in [c for c in table.columns if table[c].dtype.kind == "f" and table[c].isna().any()]:
+        table[name] = table[name].map(_number)  # a value a row does not have (the threshold of one length) reads "-"
     return table
 
 

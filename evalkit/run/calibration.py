@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,13 @@ def parse_values(flag: str, value: Any, length: bool = False) -> list | None:
                                                     f"{'512,1k' if length else '0.3,0.4,0.5'}") from None
     if len(set(values)) < len(values):
         raise ConfigError(f"{flag} {value!r} lists a value twice", "list each value once")
+    if flag in POSITIVE_FLAGS and not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConfigError(f"bad {flag} {value!r}: {POSITIVE_FLAGS[flag]}", f"give positive numbers, e.g. {flag} 0.43")
     return values
+
+
+# a scale that is zero or negative turns attention uniform or inverts it: never what SSMax means
+POSITIVE_FLAGS = {"--ssmax-s": "the SSMax scale s multiplies log n, and s <= 0 flattens or inverts attention"}
 
 
 def _text(value) -> str:

@@ -15,6 +15,13 @@ HEARTBEAT_SECONDS = 30.0  # a log line at least this often when stderr is not a 
 HEARTBEAT_FRACTION = 0.1  # ... and at every tenth of the work
 
 
+def length_label(samples) -> str:
+    """``L=`` the grid's context length of the samples (their ``context_length`` key), not their
+    request's tokens: a needle prompt of 4096 tokens with a 5-token answer is scored on 4101."""
+    lengths = sorted({s.keys.get("context_length", s.request.length) for s in samples}, key=str)
+    return "L=" + ",".join(map(str, lengths))
+
+
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)

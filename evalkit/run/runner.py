@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from evalkit.core.errors import EvalkitError
-from evalkit.store.results import RunStore
 from evalkit.core.task import Sample, Task, runs_under
+from evalkit.run.progress import length_label
+from evalkit.store.results import RunStore
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class Runner:
             if self.progress:
                 now = time.perf_counter()
                 self.progress.advance(1, sample.request.length, now - started,
-                                      f"{variant.label} L={sample.request.length} (shared prefix)", cost)
+                                      f"{variant.label} {length_label([sample])} (shared prefix)", cost)
                 started = now
 
     @staticmethod
@@ -247,7 +248,7 @@ class Runner:
                 self.store.append(variant.label, sample.id, task.rows(sample, answer))
             if self.progress:
                 self.progress.advance(len(batch), len(batch) * length, time.perf_counter() - started,
-                                      f"{variant.label} L={length}", len(batch) * span_cost(0, length, scale))
+                                      f"{variant.label} {length_label(batch)}", len(batch) * span_cost(0, length, scale))
             index += len(batch)
 
     def _does_not_fit(self, length: int) -> EvalkitError:

@@ -116,7 +116,7 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
         old, new = stored.get(key), wanted.get(key)
         if key == "attention" and isinstance(old, dict) and isinstance(new, dict):
             out += [f"attention {k}: {old[k]} -> {new.get(k, 'not given')}" for k in sorted(old) if old[k] != new.get(k)]
-        elif old != new:
+        elif old != new and not (isinstance(old, int) and str(old) == new):  # --trials was an int before auto:D
             out.append(f"{key}: {old!r} -> {new!r}")
     return out
 
