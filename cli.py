@@ -13,8 +13,13 @@ import typer
 
 from evalkit.cli import attention, bench, models, reference, report, run
 
-app = typer.Typer(rich_markup_mode=None, help="Long-context evaluation harness: Softmax vs Scalable-Softmax attention.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Long-context evaluation harness: Softmax vs Scalable-Softmax attention.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
 for group in (run, models, report, reference, attention, bench):
     group.register(app)
 

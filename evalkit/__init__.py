@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # public name -> the module that defines it, imported when the name is first used
-_LAZY = {"evaluate": "evalkit.api", "load_run": "evalkit.api", "Run": "evalkit.api", "integrations": "evalkit.integrations"}
+_LAZY = {
+    "evaluate": "evalkit.api",
+    "load_run": "evalkit.api",
+    "Run": "evalkit.api",
+    "integrations": "evalkit.integrations",
+}
 __all__ = ["Run", "evaluate", "integrations", "load_run", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily

@@ -83,8 +83,11 @@ def figure(frame: pd.DataFrame, path: str) -> None:
     axes[0][0].invert_yaxis()
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", fontsize=8, title="95% intervals", title_fontsize=8)
-    fig.suptitle("RULER on SmolLM2-135M: NVIDIA's protocol vs evalkit's exact-length prompts\n"
-                 "(dotted line: RULER's 0.856 threshold)", fontsize=10)
+    fig.suptitle(
+        "RULER on SmolLM2-135M: NVIDIA's protocol vs evalkit's exact-length prompts\n"
+        "(dotted line: RULER's 0.856 threshold)",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=130)
 
 

@@ -26,10 +26,20 @@ TOP_HEADS = 5
 @dataclass(frozen=True)
 class FocusOptions(NeedleGridOptions):
     layers: str = option("all", "Layers to probe: all, or indices like 0,6,11.")
-    query: str = option("last", "Query rows: last (the last prompt token) or answer (each gold answer position).", choices=("last", "answer"))
-    analytic: bool = option(False, "Model-free: top attention weight of Softmax vs SSMax as n grows (the paper's Figure 1).")
+    query: str = option(
+        "last",
+        "Query rows: last (the last prompt token) or answer (each gold answer position).",
+        choices=("last", "answer"),
+    )
+    analytic: bool = option(
+        False, "Model-free: top attention weight of Softmax vs SSMax as n grows (the paper's Figure 1)."
+    )
     n: str = option("16..1m", "Analytic mode: numbers of keys, e.g. 16..1m (doubling).")
-    logits: str = option("onehot", "Analytic mode: one logit GAP above n-1 zeros (onehot), or n i.i.d. normal logits with std GAP (normal).", choices=("onehot", "normal"))
+    logits: str = option(
+        "onehot",
+        "Analytic mode: one logit GAP above n-1 zeros (onehot), or n i.i.d. normal logits with std GAP (normal).",
+        choices=("onehot", "normal"),
+    )
     gap: float = option(2.0, "Analytic mode: the large logit's margin (onehot) or the logits' std (normal).")
 
 
@@ -56,8 +66,10 @@ class FocusTask(Task):
             return
         self.lengths, self.depths = options.validate()
         if not isinstance(parse_trials(options.trials), int):
-            raise ConfigError(f"--trials {options.trials}: auto sizes a needle grid for an accuracy drop",
-                              "give focus a number of trials")
+            raise ConfigError(
+                f"--trials {options.trials}: auto sizes a needle grid for an accuracy drop",
+                "give focus a number of trials",
+            )
         self.layers = None
         if options.layers != "all":
             try:
@@ -67,24 +79,35 @@ class FocusTask(Task):
 
     def _numbered(self) -> list[tuple[str, object]]:
         """(sample id, NeedleSample) for the grid."""
-        return [(f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
-                for s in needle_samples(self.options, self.context, self.lengths, self.depths)]
+        return [
+            (f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
+            for s in needle_samples(self.options, self.context, self.lengths, self.depths)
+        ]
 
     def samples(self) -> list[Sample]:
         out = []
         for sample_id, s in self._numbered():
             if not s.needle_spans:
-                raise ConfigError("a sample has no needle span to measure attention on", "give needle text in the samples file")
+                raise ConfigError(
+                    "a sample has no needle span to measure attention on", "give needle text in the samples file"
+                )
             prompt = len(s.prompt_ids)
             if self.options.query == "answer":
                 tokens = np.concatenate([s.prompt_ids, s.answer_ids])
-                rows = tuple(range(prompt - 1, prompt + len(s.answer_ids) - 1))  # positions predicting each answer token
+                rows = tuple(
+                    range(prompt - 1, prompt + len(s.answer_ids) - 1)
+                )  # positions predicting each answer token
             else:
                 tokens, rows = s.prompt_ids, (prompt - 1,)
             start, end = s.needle_spans[0]
-            out.append(Sample(sample_id, ProbeRequest(tokens, rows, (start, end), self.layers),
-                              {"context_length": s.context_length, "depth": s.depth, "trial": s.trial},
-                              provenance(s, self.context.seed)))
+            out.append(
+                Sample(
+                    sample_id,
+                    ProbeRequest(tokens, rows, (start, end), self.layers),
+                    {"context_length": s.context_length, "depth": s.depth, "trial": s.trial},
+                    provenance(s, self.context.seed),
+                )
+            )
         return out
 
     def export_records(self) -> list[dict]:
@@ -97,8 +120,16 @@ class FocusTask(Task):
         for metric in PROBE_METRICS:
             values = answer.metrics[metric]  # (layers, heads)
             for (i, head), value in np.ndenumerate(values):
-                rows.append({**sample.keys, "layer": answer.layers[i], "head": head, "metric": metric, "value": float(value),
-                             **sample.meta})
+                rows.append(
+                    {
+                        **sample.keys,
+                        "layer": answer.layers[i],
+                        "head": head,
+                        "metric": metric,
+                        "value": float(value),
+                        **sample.meta,
+                    }
+                )
         return rows
 
     # -- model-free mode ------------------------------------------------------------------
@@ -112,9 +143,20 @@ class FocusTask(Task):
             if o.logits == "onehot":
                 weights = analytic_max_weight(np.array(self.n_values), o.gap, scale)
             else:
-                weights = analytic_random_max_weight(self.n_values, scale, samples=64, seed=self.context.seed, scale=o.gap)
-            rows = [{"context_length": int(n), "metric": "max_weight", "value": float(w), "logits": o.logits, "gap": o.gap,
-                     "s": scale} for n, w in zip(self.n_values, weights)]
+                weights = analytic_random_max_weight(
+                    self.n_values, scale, samples=64, seed=self.context.seed, scale=o.gap
+                )
+            rows = [
+                {
+                    "context_length": int(n),
+                    "metric": "max_weight",
+                    "value": float(w),
+                    "logits": o.logits,
+                    "gap": o.gap,
+                    "s": scale,
+                }
+                for n, w in zip(self.n_values, weights)
+            ]
             out.append((label, f"analytic-{o.logits}", rows))
         return out
 
@@ -155,12 +197,18 @@ class FocusTask(Task):
                 values = samples[samples.metric == metric]
                 e = stats.clipped(stats.mean(values.value, stats.unit_keys(values, units)), 0.0, 1.0)  # fractions
                 row.update({"n": e.n, "units": e.units, **stats.columns(e, metric)})
-            row.update({"needle_mass_top_heads": part[in_top & (part.metric == "needle_mass")].value.mean(),
-                        "entropy": part[part.metric == "entropy"].value.mean(),
-                        "top_heads": " ".join(f"L{l}H{h}" for l, h in zip(heads["layer"], heads["head"]))})
+            row.update(
+                {
+                    "needle_mass_top_heads": part[in_top & (part.metric == "needle_mass")].value.mean(),
+                    "entropy": part[part.metric == "entropy"].value.mean(),
+                    "top_heads": " ".join(f"L{l}H{h}" for l, h in zip(heads["layer"], heads["head"])),
+                }
+            )
             rows.append(row)
         order = {a: k for k, a in enumerate(pd.unique(frame.attention))}
-        return pd.DataFrame(rows).sort_values(["attention", "context_length"], key=lambda c: c.map(order) if c.name == "attention" else c)
+        return pd.DataFrame(rows).sort_values(
+            ["attention", "context_length"], key=lambda c: c.map(order) if c.name == "attention" else c
+        )
 
     def per_sample(self, frame):
         """One value per (sample, metric): the mean over the sample's layers and heads."""
@@ -174,7 +222,16 @@ class FocusTask(Task):
             return [focus_plots.analytic(frame, self.options, plots_dir / "analytic_max_weight.png")]
         train = self.context.marked_length
         summary = self.summarize(frame)
-        return [focus_plots.mass_vs_length(frame, summary, self.top_heads(frame), self.in_heads, title, train,
-                                           plots_dir / "needle_mass_vs_length.png"),
-                focus_plots.layer_head_heatmap(frame, title, plots_dir / "needle_mass_layer_head.png"),
-                focus_plots.entropy_vs_length(summary, title, train, plots_dir / "entropy_norm_vs_length.png")]
+        return [
+            focus_plots.mass_vs_length(
+                frame,
+                summary,
+                self.top_heads(frame),
+                self.in_heads,
+                title,
+                train,
+                plots_dir / "needle_mass_vs_length.png",
+            ),
+            focus_plots.layer_head_heatmap(frame, title, plots_dir / "needle_mass_layer_head.png"),
+            focus_plots.entropy_vs_length(summary, title, train, plots_dir / "entropy_norm_vs_length.png"),
+        ]

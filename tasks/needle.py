@@ -22,12 +22,23 @@ from evalkit.core.task import Sample, Task, option
 
 @dataclass(frozen=True)
 class NeedleOptions(NeedleGridOptions):
-    scoring: str = option("logprob", "logprob: one teacher-forced pass; generate: greedy generation, answer parsed.", choices=("logprob", "generate"))
+    scoring: str = option(
+        "logprob",
+        "logprob: one teacher-forced pass; generate: greedy generation, answer parsed.",
+        choices=("logprob", "generate"),
+    )
     max_new_tokens: int | None = option(None, "Generation budget with --scoring generate (default: answer tokens + 8).")
     plan_baseline: str | None = option(
-        None, "With --trials auto:D: size the grid from this baseline run's own spread across trials and its "
-              "judged cells (evalkit plan --baseline).", grid=True)
-    threshold: str = option(str(stats.RULER_THRESHOLD), "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.", summary=True)
+        None,
+        "With --trials auto:D: size the grid from this baseline run's own spread across trials and its "
+        "judged cells (evalkit plan --baseline).",
+        grid=True,
+    )
+    threshold: str = option(
+        str(stats.RULER_THRESHOLD),
+        "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.",
+        summary=True,
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -58,13 +69,16 @@ class NeedleTask(Task):
         """``--trials`` as a number, before any sample is built; ``auto:D`` through ``evalkit plan``."""
         spec = parse_trials(self.options.trials)
         if self.options.plan_baseline and isinstance(spec, int):
-            raise ConfigError("--plan-baseline sizes --trials auto:D only",
-                              "give --trials auto:D, or drop --plan-baseline")
+            raise ConfigError(
+                "--plan-baseline sizes --trials auto:D only", "give --trials auto:D, or drop --plan-baseline"
+            )
         if isinstance(spec, int):
             return spec, None
         if self.options.samples_file:
-            raise ConfigError("--trials auto:D sizes a generated grid; --samples-file prompts are fixed",
-                              "drop --trials, or --samples-file")
+            raise ConfigError(
+                "--trials auto:D sizes a generated grid; --samples-file prompts are fixed",
+                "drop --trials, or --samples-file",
+            )
         from evalkit.report.power import auto_trials
 
         cells = self.JUDGED_PER_LENGTH * len(self.lengths)
@@ -75,9 +89,10 @@ class NeedleTask(Task):
 
     def _numbered(self) -> list[tuple[str, object]]:
         """(sample id, NeedleSample) for the grid, ids stable across runs with the same options."""
-        return [(f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
-                for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths,
-                                                     self.trials))]
+        return [
+            (f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
+            for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths, self.trials))
+        ]
 
     def samples(self) -> list[Sample]:
         out = []
@@ -86,9 +101,14 @@ class NeedleTask(Task):
                 request = GenerateRequest(s.prompt_ids, self.options.max_new_tokens or len(s.answer_ids) + 8)
             else:
                 request = AnswerScoreRequest(s.prompt_ids, s.answer_ids)
-            out.append(Sample(sample_id, request,
-                              {"context_length": s.context_length, "depth": s.depth, "trial": s.trial, "needle": s.needle_kind},
-                              {"answer": s.answer_text, **provenance(s, self.context.seed)}))
+            out.append(
+                Sample(
+                    sample_id,
+                    request,
+                    {"context_length": s.context_length, "depth": s.depth, "trial": s.trial, "needle": s.needle_kind},
+                    {"answer": s.answer_text, **provenance(s, self.context.seed)},
+                )
+            )
         return out
 
     def export_records(self) -> list[dict]:
@@ -101,12 +121,16 @@ class NeedleTask(Task):
         if isinstance(sample.request, GenerateRequest):
             text = self.context.tokenizer.decode(answer, skip_special_tokens=True)
             gold = " ".join(sample.meta["answer"].split())
-            return [{**base, "metric": "exact_match", "value": float(parse_answer(text, gold) == gold), "generated": text},
-                    {**base, "metric": "contains", "value": float(gold in text), "generated": text}]
-        return [{**base, "metric": "greedy_correct", "value": float(answer.greedy_correct)},
-                {**base, "metric": "answer_logprob", "value": answer.logprob},
-                {**base, "metric": "answer_mean_logprob", "value": answer.mean_logprob},
-                {**base, "metric": "answer_rank", "value": float(answer.first_token_rank)}]
+            return [
+                {**base, "metric": "exact_match", "value": float(parse_answer(text, gold) == gold), "generated": text},
+                {**base, "metric": "contains", "value": float(gold in text), "generated": text},
+            ]
+        return [
+            {**base, "metric": "greedy_correct", "value": float(answer.greedy_correct)},
+            {**base, "metric": "answer_logprob", "value": answer.logprob},
+            {**base, "metric": "answer_mean_logprob", "value": answer.mean_logprob},
+            {**base, "metric": "answer_rank", "value": float(answer.first_token_rank)},
+        ]
 
     @property
     def accuracy_metric(self) -> str:
@@ -126,15 +150,24 @@ class NeedleTask(Task):
             for length, group in groups:
                 acc = group[group.metric == self.accuracy_metric]
                 e = stats.proportion(acc.value, stats.unit_keys(acc, units))
-                row = {"attention": attention, "context_length": length, "n": e.n, "units": e.units,
-                       **stats.columns(e, "accuracy")}
+                row = {
+                    "attention": attention,
+                    "context_length": length,
+                    "n": e.n,
+                    "units": e.units,
+                    **stats.columns(e, "accuracy"),
+                }
                 if self.options.scoring == "logprob":
                     logprob = group[group.metric == "answer_logprob"]
                     e = stats.mean(logprob.value, stats.unit_keys(logprob, units))
                     row.update(stats.columns(stats.clipped(e, -math.inf, 0.0), "answer_logprob"))  # a log-prob is <= 0
                     row["median_answer_rank"] = group[group.metric == "answer_rank"].value.median()
                 rows.append(row)
-            rows[-1].update(stats.effective_length_columns(pd.DataFrame(rows[-len(groups):-1]), "accuracy", self.options.threshold))
+            rows[-1].update(
+                stats.effective_length_columns(
+                    pd.DataFrame(rows[-len(groups) : -1]), "accuracy", self.options.threshold
+                )
+            )
         return stats.lengths_as_integers(pd.DataFrame(rows))
 
     def plot(self, frame, title, plots_dir):
@@ -143,8 +176,10 @@ class NeedleTask(Task):
         train = self.context.marked_length
         summary = self.summarize(frame)
         acc = frame[frame.metric == self.accuracy_metric]
-        written = [heatmaps(acc, title, train, plots_dir / "needle_heatmap.png"),
-                   accuracy_vs_length(summary, title, train, plots_dir / "accuracy_vs_length.png")]
+        written = [
+            heatmaps(acc, title, train, plots_dir / "needle_heatmap.png"),
+            accuracy_vs_length(summary, title, train, plots_dir / "accuracy_vs_length.png"),
+        ]
         if "answer_logprob" in summary:
             written.append(logprob_vs_length(summary, title, train, plots_dir / "answer_logprob_vs_length.png"))
         return written

@@ -22,8 +22,13 @@ def heatmaps(acc, title, train, path):
     depths = sorted(acc.depth.unique())
     cells = acc.groupby(["attention", "depth", "context_length"])["value"].agg(["mean", "count"])
     constant_n = cells["count"].nunique() == 1
-    fig, axes = plt.subplots(1, len(variants), figsize=(1.2 + 1.1 * len(lengths) * len(variants) + 1.2, 0.5 * len(depths) + 2.2),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(variants),
+        figsize=(1.2 + 1.1 * len(lengths) * len(variants) + 1.2, 0.5 * len(depths) + 2.2),
+        squeeze=False,
+        layout="constrained",
+    )
     cmap = plt.get_cmap(draw.HEATMAP)
     image = None
     for ax, variant in zip(axes[0], variants):
@@ -82,17 +87,33 @@ def accuracy_vs_length(summary, title, train, path, heading="Needle accuracy vs 
             if not shared or k == 0:
                 ax.axhline(row.threshold, color="grey" if shared else colour, linestyle=":", linewidth=1.2)
             if not pd.isna(row.effective_length):  # on the axis, stacked, so equal lengths stay visible
-                ax.annotate("▲", (row.effective_length, 0), xycoords=("data", "axes fraction"), xytext=(0, 1 + 10 * k),
-                            textcoords="offset points", ha="center", va="bottom", color=colour, fontsize=11)
+                ax.annotate(
+                    "▲",
+                    (row.effective_length, 0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, 1 + 10 * k),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    color=colour,
+                    fontsize=11,
+                )
         labels = {row.attention: f"{row.attention}: effective {effective_text(row)}" for row in pooled.itertuples()}
         handles, names = ax.get_legend_handles_labels()
-        ax.legend(handles, [labels.get(n, n) for n in names], title="attention (95% band); ▲ effective length, dotted: threshold",
-                  fontsize=8, title_fontsize=8, loc="best")
+        ax.legend(
+            handles,
+            [labels.get(n, n) for n in names],
+            title="attention (95% band); ▲ effective length, dotted: threshold",
+            fontsize=8,
+            title_fontsize=8,
+            loc="best",
+        )
     return draw.save(fig, path)
 
 
 def effective_text(row) -> str:
     """'2k [1k, 4k]', or '< shortest' where even the shortest length falls below the threshold."""
+
     def text(n):
         return "< shortest" if pd.isna(n) else format_length(int(n))
 
@@ -100,6 +121,11 @@ def effective_text(row) -> str:
 
 
 def logprob_vs_length(summary, title, train, path):
-    _, fig = summary_vs_length(summary, "answer_logprob", "answer log-prob (nats, higher is better)",
-                               f"Answer log-prob vs length — {title}", train)
+    _, fig = summary_vs_length(
+        summary,
+        "answer_logprob",
+        "answer log-prob (nats, higher is better)",
+        f"Answer log-prob vs length — {title}",
+        train,
+    )
     return draw.save(fig, path)

@@ -27,8 +27,16 @@ def loss_vs_position(bins, units, title, train, path):
         for colour, length in zip(colours, lengths):
             part = curve[(curve.attention == variant) & (curve.context_length == length)]
             if not part.empty:
-                draw.line_with_band(ax, part.position, part.value, part.ci_low, part.ci_high, colour, marker="o",
-                                     label=f"L = {format_length(length)}")
+                draw.line_with_band(
+                    ax,
+                    part.position,
+                    part.value,
+                    part.ci_low,
+                    part.ci_high,
+                    colour,
+                    marker="o",
+                    label=f"L = {format_length(length)}",
+                )
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_length(int(round(x)))))
         ax.grid(True, alpha=0.3)
@@ -63,23 +71,48 @@ def longppl_vs_length(summary, short, title, train, path):
     for k, (variant, part) in enumerate(summary.groupby("attention", sort=False)):
         colour = draw.variant_colour(variant)
         x = part.context_length.astype(float)
-        draw.line_with_band(ax, x, part.longppl, part.longppl_ci_low, part.longppl_ci_high, colour, "-", "o",
-                             label=f"{variant}: LongPPL (key tokens)")
+        draw.line_with_band(
+            ax,
+            x,
+            part.longppl,
+            part.longppl_ci_low,
+            part.longppl_ci_high,
+            colour,
+            "-",
+            "o",
+            label=f"{variant}: LongPPL (key tokens)",
+        )
         # a lone length with key tokens (the rest at or below the short context) has no band to draw: bars show it
         y, low, high = (part[c].to_numpy(dtype=float) for c in ("longppl", "longppl_ci_low", "longppl_ci_high"))
         ok = np.isfinite(y) & np.isfinite(low) & np.isfinite(high)
-        ax.errorbar(x[ok], y[ok], yerr=[y[ok] - low[ok], high[ok] - y[ok]], fmt="none", ecolor=colour, capsize=4, lw=1.2)
-        draw.line_with_band(ax, x, part.perplexity, part.perplexity_ci_low, part.perplexity_ci_high, colour, "--", "s",
-                             label=f"{variant}: perplexity (all tokens)")
+        ax.errorbar(
+            x[ok], y[ok], yerr=[y[ok] - low[ok], high[ok] - y[ok]], fmt="none", ecolor=colour, capsize=4, lw=1.2
+        )
+        draw.line_with_band(
+            ax,
+            x,
+            part.perplexity,
+            part.perplexity_ci_low,
+            part.perplexity_ci_high,
+            colour,
+            "--",
+            "s",
+            label=f"{variant}: perplexity (all tokens)",
+        )
     lengths = sorted(summary.context_length.astype(int).unique())
     draw.length_axis(ax, lengths)
     draw.mark_training_length(ax, lengths, train)
     ax.set_yscale("log")
     ax.set_ylabel("exp(mean NLL), log scale")
-    keys = ", ".join(f"{format_length(int(n))}: {int(t)}" for n, t in
-                     summary.drop_duplicates("context_length")[["context_length", "key_tokens"]].itertuples(index=False))
-    ax.set_title(f"LongPPL and perplexity vs context length — {title}\nshort context {format_length(short[0])} "
-                 f"(stride {format_length(short[1])}); key tokens (shared by the variants) {keys}; "
-                 f"{draw.n_caption(summary.n, summary.units)}", fontsize=9)
+    keys = ", ".join(
+        f"{format_length(int(n))}: {int(t)}"
+        for n, t in summary.drop_duplicates("context_length")[["context_length", "key_tokens"]].itertuples(index=False)
+    )
+    ax.set_title(
+        f"LongPPL and perplexity vs context length — {title}\nshort context {format_length(short[0])} "
+        f"(stride {format_length(short[1])}); key tokens (shared by the variants) {keys}; "
+        f"{draw.n_caption(summary.n, summary.units)}",
+        fontsize=9,
+    )
     ax.legend(title="95% band over windows", fontsize=7, title_fontsize=8)
     return draw.save(fig, path)

@@ -23,8 +23,13 @@ def score_per_task(summary, title, train, path):
     rows = _per_length(summary)
     tasks = [t for t in dict.fromkeys(rows.ruler_task) if t != AVERAGE]
     columns = min(4, len(tasks))
-    fig, axes = plt.subplots(math.ceil(len(tasks) / columns), columns, figsize=(3.6 * columns, 2.9 * math.ceil(len(tasks) / columns)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        math.ceil(len(tasks) / columns),
+        columns,
+        figsize=(3.6 * columns, 2.9 * math.ceil(len(tasks) / columns)),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, task in zip(axes.flat, tasks):
         part = rows[rows.ruler_task == task]
         ax.grid(True, alpha=0.3)
@@ -35,7 +40,7 @@ def score_per_task(summary, title, train, path):
         caption = draw.n_caption(part.n, part.get("units"))
         ax.set_title(f"{task}\n{caption}" if caption else task, fontsize=9)
         ax.set_ylabel("RULER score")
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     axes.flat[0].legend(title="attention (95% band)", fontsize=7, title_fontsize=7)
     skipped = summary[summary.get("note", pd.Series(dtype=object)).notna()] if "note" in summary else summary.iloc[:0]
@@ -52,5 +57,4 @@ def average_vs_length(summary, title, train, path):
     tasks = int(average.tasks.max()) if "tasks" in average and average.tasks.notna().any() else 0
     label = next(iter(average.comparable.dropna()), "") if "comparable" in average else ""
     heading = f"RULER average over {tasks} of 13 tasks vs length" + (f" ({label})" if label else "")
-    return accuracy_vs_length(average, title, train, path, heading=heading,
-                              ylabel="average RULER score")
+    return accuracy_vs_length(average, title, train, path, heading=heading, ylabel="average RULER score")

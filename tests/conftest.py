@@ -28,8 +28,12 @@ def make_tokenizer(vocab_size: int = 300):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(load_corpus().documents[:20], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
@@ -39,8 +43,17 @@ def make_llama(vocab_size: int, seed: int = 0, max_positions: int = 512, **overr
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    settings = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, eos_token_id=0, pad_token_id=0, bos_token_id=0, tie_word_embeddings=False)
+    settings = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=0,
+        tie_word_embeddings=False,
+    )
     config = LlamaConfig(vocab_size=vocab_size, max_position_embeddings=max_positions, **{**settings, **overrides})
     return LlamaForCausalLM(config).eval()
 

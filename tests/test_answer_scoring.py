@@ -40,7 +40,9 @@ def test_greedy_correct_is_exactly_whether_greedy_decoding_produces_the_answer()
     assert all(s.greedy_correct and s.first_token_rank == 1 for s in own)
     # ... and changing its last token makes it wrong
     wrong = [np.concatenate([g[:4], [(g[4] + 1) % 97]]) for g in generated]
-    assert not any(s.greedy_correct for s in adapter.score_answers([AnswerScoreRequest(p, w) for p, w in zip(prompts, wrong)]))
+    assert not any(
+        s.greedy_correct for s in adapter.score_answers([AnswerScoreRequest(p, w) for p, w in zip(prompts, wrong)])
+    )
 
 
 def test_generate_matches_transformers_generate_one_at_a_time():

@@ -12,13 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # floor of each folder: a folder may import from strictly lower floors only (and from itself)
 FLOORS = {
     "core": 0,
-    "attention": 1, "data": 1,
+    "attention": 1,
+    "data": 1,
     "models": 2,
     "store": 3,
     "report": 4,
-    "tasks": 5, "run": 5,
-    "bench": 6, "reference": 6, "api": 6,
-    "integrations": 7, "cli": 7,
+    "tasks": 5,
+    "run": 5,
+    "bench": 6,
+    "reference": 6,
+    "api": 6,
+    "integrations": 7,
+    "cli": 7,
 }
 
 

@@ -20,8 +20,24 @@ APP = cli.register_tasks()
 
 
 def run_ppl(model, out, *extra):
-    args = ["run", "perplexity", "--model", str(model), "--lengths", "96", "--samples", "2", "--out", str(out),
-            "--device", "cpu", "--quiet", "--dataset", "builtin:pydoc-topics", *map(str, extra)]
+    args = [
+        "run",
+        "perplexity",
+        "--model",
+        str(model),
+        "--lengths",
+        "96",
+        "--samples",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--dataset",
+        "builtin:pydoc-topics",
+        *map(str, extra),
+    ]
     return runner.invoke(APP, args)
 
 
@@ -45,7 +61,9 @@ def window_tokens(tokenizer, offset, length):
 
 def test_variants_share_samples_and_match_reference(tiny_checkpoint, tokenizer, tmp_path):
     out = tmp_path / "run"
-    result = run_ppl(tiny_checkpoint, out, "--attention", "softmax,ssmax,logn", "--ssmax-s", "0.6", "--train-length", "32")
+    result = run_ppl(
+        tiny_checkpoint, out, "--attention", "softmax,ssmax,logn", "--ssmax-s", "0.6", "--train-length", "32"
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     means = frame[frame.metric == "mean_nll"]
@@ -111,15 +129,18 @@ def test_rope_override_is_applied_and_recorded(tiny_checkpoint, tokenizer, tmp_p
     assert abs(b.value.iloc[0] - want) < 1e-5
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--attention", "ssmax"], ["needs --ssmax-s"]),
-    (["--attention", "ssmaxx"], ["unknown attention variant", "did you mean 'ssmax'"]),
-    (["--attention", "softmax,,ssmax"], ["empty name"]),
-    (["--attention", "softmax,auto"], ["appears twice"]),
-    (["--attention", "ssmax", "--ssmax-n", "row"], ["--ssmax-n"]),
-    (["--rope-scaling", "yarn"], ["needs a factor"]),
-    (["--attention", "ssmax", "--attention-params", "nope.json"], ["not found"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--attention", "ssmax"], ["needs --ssmax-s"]),
+        (["--attention", "ssmaxx"], ["unknown attention variant", "did you mean 'ssmax'"]),
+        (["--attention", "softmax,,ssmax"], ["empty name"]),
+        (["--attention", "softmax,auto"], ["appears twice"]),
+        (["--attention", "ssmax", "--ssmax-n", "row"], ["--ssmax-n"]),
+        (["--rope-scaling", "yarn"], ["needs a factor"]),
+        (["--attention", "ssmax", "--attention-params", "nope.json"], ["not found"]),
+    ],
+)
 def test_bad_attention_input(tiny_checkpoint, tmp_path, extra, words):
     result = run_ppl(tiny_checkpoint, tmp_path / "o", *extra)
     assert result.exit_code == 2, result.output

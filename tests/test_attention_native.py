@@ -25,11 +25,26 @@ def _llama4(temperature: bool = True, seed: int = 0):
 
     torch.manual_seed(seed)
     config = Llama4TextConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, intermediate_size_mlp=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
-        moe_layers=[], no_rope_layers=[1, 0], attention_chunk_size=None, max_position_embeddings=256,
-        attn_temperature_tuning=temperature, floor_scale=4, attn_scale=0.5,
-        pad_token_id=0, eos_token_id=0, bos_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=64,
+        intermediate_size_mlp=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        moe_layers=[],
+        no_rope_layers=[1, 0],
+        attention_chunk_size=None,
+        max_position_embeddings=256,
+        attn_temperature_tuning=temperature,
+        floor_scale=4,
+        attn_scale=0.5,
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
     )
     return Llama4ForCausalLM(config).eval()
 
@@ -39,11 +54,26 @@ def _ministral3(beta: float = 0.3, seed: int = 0):
 
     torch.manual_seed(seed)
     config = Ministral3Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=32,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8,
-                         "llama_4_scaling_beta": beta, "beta_fast": 32.0, "beta_slow": 1.0},
-        pad_token_id=0, eos_token_id=0, bos_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=32,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+            "llama_4_scaling_beta": beta,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        },
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
     )
     return Ministral3ForCausalLM(config).eval()
 
@@ -53,25 +83,69 @@ def _mistral4(beta: float = 0.3, seed: int = 0):
 
     torch.manual_seed(seed)
     config = Mistral4Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=2, num_experts_per_tok=1, n_group=1,
-        topk_group=1, n_shared_experts=1, first_k_dense_replace=2, kv_lora_rank=16, q_lora_rank=None,
-        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=16, max_position_embeddings=32,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8,
-                         "llama_4_scaling_beta": beta, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0,
-                         "mscale_all_dim": 1.0},
-        pad_token_id=0, eos_token_id=0, bos_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=2,
+        num_experts_per_tok=1,
+        n_group=1,
+        topk_group=1,
+        n_shared_experts=1,
+        first_k_dense_replace=2,
+        kv_lora_rank=16,
+        q_lora_rank=None,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        head_dim=16,
+        max_position_embeddings=32,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 8,
+            "llama_4_scaling_beta": beta,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
     )
     return Mistral4ForCausalLM(config).eval()
 
 
 FAMILIES = {
-    "llama4": (lambda: _llama4(True), lambda: _llama4(False), "llama4-temp",
-               {"attn_scale": 0.5, "floor_scale": 4}, "nope", [1]),
-    "ministral3": (lambda: _ministral3(0.3), lambda: _ministral3(0.0), "mistral-beta",
-                   {"beta": 0.3, "original_length": 8}, "all", [0, 1]),
-    "mistral4": (lambda: _mistral4(0.3), lambda: _mistral4(0.0), "mistral-beta",
-                 {"beta": 0.3, "original_length": 8}, "all", [0, 1]),
+    "llama4": (
+        lambda: _llama4(True),
+        lambda: _llama4(False),
+        "llama4-temp",
+        {"attn_scale": 0.5, "floor_scale": 4},
+        "nope",
+        [1],
+    ),
+    "ministral3": (
+        lambda: _ministral3(0.3),
+        lambda: _ministral3(0.0),
+        "mistral-beta",
+        {"beta": 0.3, "original_length": 8},
+        "all",
+        [0, 1],
+    ),
+    "mistral4": (
+        lambda: _mistral4(0.3),
+        lambda: _mistral4(0.0),
+        "mistral-beta",
+        {"beta": 0.3, "original_length": 8},
+        "all",
+        [0, 1],
+    ),
 }
 
 
@@ -199,11 +273,27 @@ def ministral3_checkpoint(tmp_path_factory):
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
     config = Ministral3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 16.0, "original_max_position_embeddings": 32,
-                         "llama_4_scaling_beta": 0.3, "beta_fast": 32.0, "beta_slow": 1.0},
-        pad_token_id=0, eos_token_id=0, bos_token_id=0, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 16.0,
+            "original_max_position_embeddings": 32,
+            "llama_4_scaling_beta": 0.3,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+        },
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
+        tie_word_embeddings=False,
     )
     folder = tmp_path_factory.mktemp("tiny-ministral3")
     Ministral3ForCausalLM(config).save_pretrained(folder)
@@ -220,15 +310,37 @@ def test_run_records_the_native_scaling_and_each_variants_use_of_it(ministral3_c
     import cli
 
     out = tmp_path / "run"
-    args = ["run", "needle", "--model", str(ministral3_checkpoint), "--lengths", "128", "--depths", "0,100",
-            "--trials", "1", "--attention", "auto,softmax,ssmax,mistral-beta", "--ssmax-s", "0.43",
-            "--out", str(out), "--device", "cpu", "--quiet"]
+    args = [
+        "run",
+        "needle",
+        "--model",
+        str(ministral3_checkpoint),
+        "--lengths",
+        "128",
+        "--depths",
+        "0,100",
+        "--trials",
+        "1",
+        "--attention",
+        "auto,softmax,ssmax,mistral-beta",
+        "--ssmax-s",
+        "0.43",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = CliRunner().invoke(cli.register_tasks(), args)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     native = manifest["model"]["native_scaling"]
     assert (native["variant"], native["beta"], native["original_length"], native["layer_indices"]) == (
-        "mistral-beta", 0.3, 32, [0, 1])
+        "mistral-beta",
+        0.3,
+        32,
+        [0, 1],
+    )
     by_label = {a["label"]: a for a in manifest["attention"]}
     assert set(by_label) == {"native", "softmax", "ssmax", "mistral-beta"}  # auto = native on this checkpoint
     assert by_label["native"]["native_scaling"]["active"] is True
@@ -236,8 +348,9 @@ def test_run_records_the_native_scaling_and_each_variants_use_of_it(ministral3_c
     # mistral-beta takes the checkpoint's beta and original length, not max_position_embeddings
     assert (by_label["mistral-beta"]["beta"], by_label["mistral-beta"]["original_length"]) == (0.3, 32)
     frame = pd.read_parquet(out / "results.parquet")
-    logprob = frame[frame.metric == "answer_logprob"].pivot_table(index=["context_length", "depth"], columns="attention",
-                                                                 values="value")
+    logprob = frame[frame.metric == "answer_logprob"].pivot_table(
+        index=["context_length", "depth"], columns="attention", values="value"
+    )
     # evalkit's mistral-beta with the detected parameters is the native scaling, through evalkit's code
     assert (logprob["mistral-beta"] - logprob["native"]).abs().max() < 1e-4
     assert (logprob["softmax"] - logprob["native"]).abs().max() > 1e-5  # and softmax really is without it

@@ -56,7 +56,9 @@ def test_mistral_beta_matches_transformers_get_llama_4_attn_scale():
     from transformers.models.ministral3.modeling_ministral3 import get_llama_4_attn_scale
 
     positions = torch.arange(0, 200).view(1, -1)  # (1, T)
-    ours = get_variant("mistral-beta").factor(positions.float()[:, None, :, None], 3, {"beta": 0.1, "original_length": 16})
+    ours = get_variant("mistral-beta").factor(
+        positions.float()[:, None, :, None], 3, {"beta": 0.1, "original_length": 16}
+    )
     theirs = get_llama_4_attn_scale(positions, 0.1, 16)  # (1, 1, T, 1)
     assert ours.shape == (1, 3, 200, 1)
     torch.testing.assert_close(ours, theirs.expand_as(ours), atol=1e-7, rtol=0)
@@ -122,7 +124,9 @@ def _decode(model, impl, ids, mask, new_tokens):
         for token in new_tokens.T:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache})
+            out = model(
+                input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}
+            )
             steps.append(out.logits[:, -1])
     return torch.stack(steps, dim=1)  # (B, steps, V)
 
@@ -149,11 +153,19 @@ def test_generate_with_left_padding_matches_reference():
     runs = {}
     for impl in ("evalkit", "evalkit_reference"):
         model.set_attn_implementation(impl)
-        runs[impl] = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                                    output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        runs[impl] = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=6,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
     assert torch.equal(runs["evalkit"].sequences, runs["evalkit_reference"].sequences)
-    torch.testing.assert_close(torch.stack(runs["evalkit"].logits, 1), torch.stack(runs["evalkit_reference"].logits, 1),
-                               atol=EXACT, rtol=0)
+    torch.testing.assert_close(
+        torch.stack(runs["evalkit"].logits, 1), torch.stack(runs["evalkit_reference"].logits, 1), atol=EXACT, rtol=0
+    )
 
 
 # --- --attention-layers -----------------------------------------------------------------------
@@ -190,10 +202,20 @@ def test_nope_and_rope_follow_no_rope_layers_and_round_trip(tmp_path):
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
     torch.manual_seed(0)
-    config = SmolLM3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=101, max_position_embeddings=512,
-                           no_rope_layers=[1, 0, 1, 0], initializer_range=0.1, pad_token_id=0, bos_token_id=0,
-                           eos_token_id=0)
+    config = SmolLM3Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=101,
+        max_position_embeddings=512,
+        no_rope_layers=[1, 0, 1, 0],
+        initializer_range=0.1,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = SmolLM3ForCausalLM(config).eval()
     layers = model.model.layers
     apply_attention(model, "mistral-beta", layers="nope", beta=0.6, original_length=5)
@@ -229,15 +251,44 @@ APP = cli.register_tasks()
 def test_attention_list_shows_the_position_variants():
     result = runner.invoke(APP, ["attention", "list"], terminal_width=250)
     assert result.exit_code == 0, result.output
-    for text in ("llama4-temp", "mistral-beta", "absolute position", "--floor-scale=8192", "--beta=0.1", "keys visible"):
+    for text in (
+        "llama4-temp",
+        "mistral-beta",
+        "absolute position",
+        "--floor-scale=8192",
+        "--beta=0.1",
+        "keys visible",
+    ):
         assert text in result.output
 
 
 def test_needle_run_writes_rows_per_variant(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96", "--depths", "0,100", "--trials", "1",
-            "--attention", "softmax,llama4-temp,mistral-beta", "--floor-scale", "16", "--original-length", "32",
-            "--attention-layers", "1", "--out", str(out), "--device", "cpu", "--quiet"]
+    args = [
+        "run",
+        "needle",
+        "--model",
+        str(tiny_checkpoint),
+        "--lengths",
+        "96",
+        "--depths",
+        "0,100",
+        "--trials",
+        "1",
+        "--attention",
+        "softmax,llama4-temp,mistral-beta",
+        "--floor-scale",
+        "16",
+        "--original-length",
+        "32",
+        "--attention-layers",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = runner.invoke(APP, args)
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
@@ -252,9 +303,27 @@ def test_needle_run_writes_rows_per_variant(tiny_checkpoint, tmp_path):
 
 
 def test_attention_layers_nope_on_a_plain_llama_exits_2(tiny_checkpoint, tmp_path):
-    args = ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96", "--depths", "0", "--trials", "1",
-            "--attention", "llama4-temp", "--attention-layers", "nope", "--out", str(tmp_path / "r"), "--device", "cpu",
-            "--quiet"]
+    args = [
+        "run",
+        "needle",
+        "--model",
+        str(tiny_checkpoint),
+        "--lengths",
+        "96",
+        "--depths",
+        "0",
+        "--trials",
+        "1",
+        "--attention",
+        "llama4-temp",
+        "--attention-layers",
+        "nope",
+        "--out",
+        str(tmp_path / "r"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     result = runner.invoke(APP, args)
     assert result.exit_code == 2, result.output
     assert "no_rope_layers" in result.output and "Traceback" not in result.output

@@ -19,8 +19,22 @@ APP = cli.register_tasks()
 
 
 def run_ppl(model, out, *extra):
-    args = ["run", "perplexity", "--model", str(model), "--lengths", "64", "--samples", "1", "--out", str(out),
-            "--device", "cpu", "--quiet", *map(str, extra)]
+    args = [
+        "run",
+        "perplexity",
+        "--model",
+        str(model),
+        "--lengths",
+        "64",
+        "--samples",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        *map(str, extra),
+    ]
     return runner.invoke(APP, args)
 
 
@@ -89,13 +103,16 @@ def test_unknown_task(tmp_path):
     assert result.exit_code == 2 and "perplexty" in result.output
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--bins", "cubic"], ["--bins", "log, linear"]),
-    (["--lengths", "4q"], ["bad context length", "4k"]),
-    (["--samples", "0"], ["--samples"]),
-    (["--attention", "sofmax"], ["unknown attention variant"]),
-    (["--device", "tpu"], ["bad device"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--bins", "cubic"], ["--bins", "log, linear"]),
+        (["--lengths", "4q"], ["bad context length", "4k"]),
+        (["--samples", "0"], ["--samples"]),
+        (["--attention", "sofmax"], ["unknown attention variant"]),
+        (["--device", "tpu"], ["bad device"]),
+    ],
+)
 def test_bad_option_values(tiny_checkpoint, tmp_path, extra, words):
     assert_user_error(run_ppl(tiny_checkpoint, tmp_path / "o", *extra), *words)
 

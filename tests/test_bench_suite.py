@@ -16,9 +16,12 @@ runner = CliRunner()
 APP = cli.register_tasks()
 
 
-TINY_ARGS = {"perplexity": dict(seconds=0.05, batch_tokens=256, attention="ssmax-pair"),
-             "needle": dict(depths="50", trials=1, batch_tokens=None), "focus": dict(seconds=0.05),
-             "nested": dict(samples=1, rounds=1)}
+TINY_ARGS = {
+    "perplexity": dict(seconds=0.05, batch_tokens=256, attention="ssmax-pair"),
+    "needle": dict(depths="50", trials=1, batch_tokens=None),
+    "focus": dict(seconds=0.05),
+    "nested": dict(samples=1, rounds=1),
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,23 +29,54 @@ def suite_run(tiny_checkpoint, tmp_path_factory):
     """The CLI on a tiny preset: the smoke preset's shape with the shortest timings, on the tiny model."""
     out = tmp_path_factory.mktemp("suite")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(PRESETS, "tiny", Preset("tiny", "cpu", "float32", 30, PRESETS["smoke"].models, "a test", probe_size=256))
+        patch.setitem(
+            PRESETS, "tiny", Preset("tiny", "cpu", "float32", 30, PRESETS["smoke"].models, "a test", probe_size=256)
+        )
         for entry in bench_suite.REGISTRY:
-            if entry.name in TINY_ARGS:  # the queries bench needs a 26-key haystack, longer than 128 tokens: its own test covers it
+            if (
+                entry.name in TINY_ARGS
+            ):  # the queries bench needs a 26-key haystack, longer than 128 tokens: its own test covers it
                 patch.setitem(entry.args, "tiny", TINY_ARGS[entry.name])
-        result = runner.invoke(APP, ["bench", "suite", "--out", str(out), "--preset", "tiny", "--model", str(tiny_checkpoint),
-                                     "--lengths", "128"])
+        result = runner.invoke(
+            APP,
+            [
+                "bench",
+                "suite",
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--model",
+                str(tiny_checkpoint),
+                "--lengths",
+                "128",
+            ],
+        )
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_suite_writes_a_report_and_one_csv_per_bench(suite_run, tiny_checkpoint):
-    assert sorted(p.name for p in suite_run.iterdir()) == ["bench_focus.csv", "bench_needle.csv", "bench_nested.csv", "bench_perplexity.csv", "report.md"]
+    assert sorted(p.name for p in suite_run.iterdir()) == [
+        "bench_focus.csv",
+        "bench_needle.csv",
+        "bench_nested.csv",
+        "bench_perplexity.csv",
+        "report.md",
+    ]
     report = (suite_run / "report.md").read_text()
     for heading in ("## Environment", "## Grid", "## perplexity", "## needle", "## focus"):
         assert heading in report
     assert f"evalkit bench suite --out {suite_run} --preset tiny --model {tiny_checkpoint} --lengths 128" in report
-    for fact in ("- device: cpu", "- CPU: ", "- dtype: float32", "- torch: ", "- transformers: ", "- lm-eval: ", "TFLOP/s measured"):
+    for fact in (
+        "- device: cpu",
+        "- CPU: ",
+        "- dtype: float32",
+        "- torch: ",
+        "- transformers: ",
+        "- lm-eval: ",
+        "TFLOP/s measured",
+    ):
         assert fact in report
     for name in ("perplexity", "needle", "focus"):
         table = pd.read_csv(suite_run / f"bench_{name}.csv")
@@ -74,7 +108,10 @@ def test_needle_and_focus_tables(suite_run):
     focus = pd.read_csv(suite_run / "bench_focus.csv")
     assert list(focus.columns[:4]) == ["model", "context_length", "plain_forward_s", "probed_forward_s"]
     report = (suite_run / "report.md").read_text()
-    assert "| model | context_length | samples | tokens_computed_shared | auto_samples_per_s | generate_samples_per_s | auto_vs_generate" in report
+    assert (
+        "| model | context_length | samples | tokens_computed_shared | auto_samples_per_s | generate_samples_per_s | auto_vs_generate"
+        in report
+    )
 
 
 def test_gpu_preset_plan():
@@ -83,13 +120,24 @@ def test_gpu_preset_plan():
     assert (preset.device, preset.dtype, preset.budget_s) == ("cuda", "bfloat16", 480)
     plan = plan_suite(preset)
     grid = {(job.model.shape, job.bench.name): job.kwargs["lengths"] for job in plan.jobs}
-    assert grid == {("llama-1b", "perplexity"): "8k,32k", ("llama-1b", "needle"): "8k,32k", ("llama-1b", "focus"): "8k,32k",
-                    ("smollm2-135m", "perplexity"): "2k,4k,8k,16k,32k,64k", ("smollm2-135m", "needle"): "2k,8k,32k",
-                    ("smollm2-135m", "focus"): "2k,16k,64k", ("llama-1b", "queries"): "8k", ("smollm2-135m", "queries"): "8k",
-                    ("llama-1b", "nested"): "1k..32k", ("smollm2-135m", "nested"): "1k..32k"}
+    assert grid == {
+        ("llama-1b", "perplexity"): "8k,32k",
+        ("llama-1b", "needle"): "8k,32k",
+        ("llama-1b", "focus"): "8k,32k",
+        ("smollm2-135m", "perplexity"): "2k,4k,8k,16k,32k,64k",
+        ("smollm2-135m", "needle"): "2k,8k,32k",
+        ("smollm2-135m", "focus"): "2k,16k,64k",
+        ("llama-1b", "queries"): "8k",
+        ("smollm2-135m", "queries"): "8k",
+        ("llama-1b", "nested"): "1k..32k",
+        ("smollm2-135m", "nested"): "1k..32k",
+    }
     perplexity = [job for job in plan.jobs if job.bench.name == "perplexity"]
     for job in perplexity:
-        assert [(v.name, v.options.s) for v in job.kwargs["attention"]] == [("softmax", None), ("ssmax", bench_suite.SSMAX_S)]
+        assert [(v.name, v.options.s) for v in job.kwargs["attention"]] == [
+            ("softmax", None),
+            ("ssmax", bench_suite.SSMAX_S),
+        ]
         assert job.kwargs["batch_tokens"] == 131072
     assert all(job.model.spec is None for job in plan.jobs)  # random weights, written on the GPU machine
 
@@ -121,8 +169,14 @@ def test_a_registered_bench_joins_with_one_entry_and_random_shapes_are_written_o
     shape = SuiteModel("smollm2 shape, 1 layer", {"*": "32"}, shape="smollm2-135m", layers=1)
     preset = Preset("tiny", "cpu", "float32", 60, (shape, shape), sized_for="a test", probe_size=128)
     plan = plan_suite(preset, benches=[extra])
-    tables = run_suite(plan, tmp_path / "out", "evalkit bench suite --preset tiny", tokenizer=str(tiny_checkpoint),
-                       checkpoints=tmp_path / "ckpt", log=lambda *a: None)
+    tables = run_suite(
+        plan,
+        tmp_path / "out",
+        "evalkit bench suite --preset tiny",
+        tokenizer=str(tiny_checkpoint),
+        checkpoints=tmp_path / "ckpt",
+        log=lambda *a: None,
+    )
     assert len(calls) == 2 and calls[0] == calls[1] and calls[0][1:] == ("32", "float32")
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["smollm2-135m-1-float32"]  # written once, reused
     assert list(tables["echo"].value) == [2, 2]
@@ -137,7 +191,10 @@ def test_nested_bench_times_the_two_window_modes_end_to_end(tiny_checkpoint, tmp
     frame = bench_nested(str(tiny_checkpoint), "32..128", "cpu", "float32", str(tmp_path), samples=2, rounds=1)
     rows = frame.set_index("windows")
     assert list(rows.windows_used) == ["nested", "independent"]
-    assert rows.loc["nested", "tokens_computed"] == 128 * 2 and rows.loc["independent", "tokens_computed"] == (32 + 64 + 128) * 2
+    assert (
+        rows.loc["nested", "tokens_computed"] == 128 * 2
+        and rows.loc["independent", "tokens_computed"] == (32 + 64 + 128) * 2
+    )
     assert rows.tokens_scored.nunique() == 1
     ratio = rows.loc["independent", "seconds_per_run"] / rows.loc["nested", "seconds_per_run"]
     assert rows.loc["nested", "speedup_vs_independent"] == pytest.approx(ratio, rel=0.05)  # seconds are shown to the ms

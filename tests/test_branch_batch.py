@@ -20,10 +20,18 @@ VOCAB = 120
 def _adapter(variant: str, seed: int = 0, **overrides) -> ModelAdapter:
     model = make_llama(VOCAB, seed=seed, max_positions=1024, **overrides).double()
     if variant != "softmax":
-        apply_attention(model, variant, s=0.4, b=0.1 if variant == "ssmax-bias" else None, train_length=64,
-                        beta=0.5 if variant == "mistral-beta" else None, original_length=64)
-    return ModelAdapter(LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"),
-                                    torch.float64, "none"))
+        apply_attention(
+            model,
+            variant,
+            s=0.4,
+            b=0.1 if variant == "ssmax-bias" else None,
+            train_length=64,
+            beta=0.5 if variant == "mistral-beta" else None,
+            original_length=64,
+        )
+    return ModelAdapter(
+        LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none")
+    )
 
 
 def _queries(count: int, trunk: int = 150, seed: int = 0):
@@ -56,7 +64,9 @@ def test_small_packs_and_gqa_heads_give_the_same_scores():
     assert len(packs(requests, 90, 12)) > 2
     # batch_tokens 100 forces packs of about 10 suffix tokens: the cache is cut back to the trunk between them
     for request, got in zip(requests, adapter.answer_branched(requests, batch_tokens=100)):
-        np.testing.assert_allclose(got.token_logprobs, adapter.score_answers([request])[0].token_logprobs, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(
+            got.token_logprobs, adapter.score_answers([request])[0].token_logprobs, rtol=0, atol=1e-10
+        )
 
 
 def test_trunk_stops_before_the_shortest_prompts_last_token():
@@ -96,8 +106,13 @@ def test_branch_prediction_by_hand():
     assert flops < 0.3 * sum(body_flops(config, r.length - 1, 0) for r in requests)
 
 
-@pytest.mark.parametrize("costs, path", [((1.0, 1e-12, 1.0, 1e-12), "branch"),    # calls dear: one trunk, one pack
-                                         ((1.0, 1e-12, 1e-6, 1e-12), "walk")])  # batched calls dear, steps cheap
+@pytest.mark.parametrize(
+    "costs, path",
+    [
+        ((1.0, 1e-12, 1.0, 1e-12), "branch"),  # calls dear: one trunk, one pack
+        ((1.0, 1e-12, 1e-6, 1e-12), "walk"),
+    ],
+)  # batched calls dear, steps cheap
 def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
     from evalkit.models import prefix_cost
     from evalkit.run.runner import Runner, Variant
@@ -110,7 +125,9 @@ def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
     runner = Runner(adapter, store, 512, None)
     runner.run(ScoreTask(None, None), samples, [Variant("ssmax", lambda m: None)])
     decision = runner.prefix_decision
-    assert decision["samples_branched"] == 12 * (path == "branch") and decision["samples_walked"] == 12 * (path == "walk")
+    assert decision["samples_branched"] == 12 * (path == "branch") and decision["samples_walked"] == 12 * (
+        path == "walk"
+    )
     assert "branching off its trunk" in decision["why"]
     alone = [adapter.score_answers([s.request])[0].logprob for s in samples]
     np.testing.assert_allclose([store.rows[s.id][0]["value"] for s in samples], alone, rtol=0, atol=1e-10)
@@ -127,7 +144,9 @@ def test_abcdigits_all_keys_share_one_haystack_and_ask_every_key(tokenizer):
     for s in samples:  # each key's line holds its answer, and the prompt ends on "K="
         start, end = s.needle_spans[0]
         assert tokenizer.decode(s.prompt_ids[start:end]) == f"{s.info['keys'][0]}={s.answer_text}\n"
-        assert tokenizer.decode(np.concatenate([s.prompt_ids[-4:], s.answer_ids])).endswith(f"{s.info['keys'][0]}={s.answer_text}")
+        assert tokenizer.decode(np.concatenate([s.prompt_ids[-4:], s.answer_ids])).endswith(
+            f"{s.info['keys'][0]}={s.answer_text}"
+        )
 
 
 def test_bench_queries_cli_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path):
@@ -136,8 +155,23 @@ def test_bench_queries_cli_on_a_tiny_checkpoint(tiny_checkpoint, tmp_path):
 
     import cli
 
-    result = CliRunner().invoke(cli.register_tasks(), ["bench", "queries", "--model", str(tiny_checkpoint), "--length", "400",
-                                                       "--device", "cpu", "--rounds", "1", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli.register_tasks(),
+        [
+            "bench",
+            "queries",
+            "--model",
+            str(tiny_checkpoint),
+            "--length",
+            "400",
+            "--device",
+            "cpu",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(tmp_path / "bench_queries.csv")
     assert len(frame) == 4 and (frame.queries == 26).all()

@@ -24,11 +24,20 @@ PPL = {"lengths": "64,128", "samples": 3}
 
 
 def test_lists_expand_to_one_labelled_variant_per_value():
-    requests = expand(["softmax", "ssmax", "ssmax-bias", "llama4-temp"],
-                      {"s": [0.3, 0.5], "b": [0.1], "floor_scale": [64.0, 128.0], "beta": None})
+    requests = expand(
+        ["softmax", "ssmax", "ssmax-bias", "llama4-temp"],
+        {"s": [0.3, 0.5], "b": [0.1], "floor_scale": [64.0, 128.0], "beta": None},
+    )
     labels = [r.get("label", r["name"]) for r in requests]
-    assert labels == ["softmax", "ssmax(s=0.3)", "ssmax(s=0.5)", "ssmax-bias(s=0.3)", "ssmax-bias(s=0.5)",
-                      "llama4-temp(floor_scale=64)", "llama4-temp(floor_scale=128)"]
+    assert labels == [
+        "softmax",
+        "ssmax(s=0.3)",
+        "ssmax(s=0.5)",
+        "ssmax-bias(s=0.3)",
+        "ssmax-bias(s=0.5)",
+        "llama4-temp(floor_scale=64)",
+        "llama4-temp(floor_scale=128)",
+    ]
     assert requests[2] == {"name": "ssmax", "s": 0.5, "b": 0.1, "label": "ssmax(s=0.5)"}
     assert parse_values("--original-length", "512,1k", length=True) == [512, 1024]
     with pytest.raises(ConfigError, match="no variant"):
@@ -40,8 +49,16 @@ def test_lists_expand_to_one_labelled_variant_per_value():
 
 
 def _run(checkpoint, out, attention, **kw):
-    config = RunConfig("perplexity", str(checkpoint), task_options=PPL, attention=attention, out=str(out),
-                       device="cpu", quiet=True, **kw)
+    config = RunConfig(
+        "perplexity",
+        str(checkpoint),
+        task_options=PPL,
+        attention=attention,
+        out=str(out),
+        device="cpu",
+        quiet=True,
+        **kw,
+    )
     return evaluate(config)
 
 
@@ -100,12 +117,18 @@ def test_ties_go_to_the_secondary_metric_then_the_first_listed():
 
     task_cls = get_task("needle")
     task = task_cls(task_cls.Options(lengths="64", depths="50", trials=2), TaskContext(None, None, True, 0))
-    rows = [{"attention": a, "context_length": 64, "depth": 50.0, "trial": t, "metric": m, "value": v}
-            for a, lp in (("ssmax(s=0.3)", -2.0), ("ssmax(s=0.4)", -1.0), ("ssmax(s=0.5)", -1.0))
-            for t in range(2) for m, v in (("greedy_correct", 1.0), ("answer_logprob", lp))]
+    rows = [
+        {"attention": a, "context_length": 64, "depth": 50.0, "trial": t, "metric": m, "value": v}
+        for a, lp in (("ssmax(s=0.3)", -2.0), ("ssmax(s=0.4)", -1.0), ("ssmax(s=0.5)", -1.0))
+        for t in range(2)
+        for m, v in (("greedy_correct", 1.0), ("answer_logprob", lp))
+    ]
     table = choose(pd.DataFrame(rows), task)
-    assert table.set_index("attention").selected.to_dict() == {"ssmax(s=0.3)": False, "ssmax(s=0.4)": True,
-                                                               "ssmax(s=0.5)": False}
+    assert table.set_index("attention").selected.to_dict() == {
+        "ssmax(s=0.3)": False,
+        "ssmax(s=0.4)": True,
+        "ssmax(s=0.5)": False,
+    }
 
 
 def test_cli_sweep_flags_and_bad_values(tiny_checkpoint, tmp_path):
@@ -114,17 +137,55 @@ def test_cli_sweep_flags_and_bad_values(tiny_checkpoint, tmp_path):
     app = cli.register_tasks()
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(app, ["run", "perplexity", "--model", str(tiny_checkpoint), "--attention", "softmax,mistral-beta",
-                                 "--beta", "0.1,0.4", "--original-length", "32", "--lengths", "64", "--samples", "2",
-                                 "--device", "cpu", "--out", str(out), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(tiny_checkpoint),
+            "--attention",
+            "softmax,mistral-beta",
+            "--beta",
+            "0.1,0.4",
+            "--original-length",
+            "32",
+            "--lengths",
+            "64",
+            "--samples",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     assert list(pd.unique(frame.attention)) == ["softmax", "mistral-beta(beta=0.1)", "mistral-beta(beta=0.4)"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [(a["label"], a.get("beta")) for a in manifest["attention"][1:]] == [("mistral-beta(beta=0.1)", 0.1),
-                                                                                ("mistral-beta(beta=0.4)", 0.4)]
-    bad = runner.invoke(app, ["run", "perplexity", "--model", str(tiny_checkpoint), "--attention", "ssmax",
-                              "--ssmax-s", "0.3,0.5", "--calibrate-on", "fold:3", "--device", "cpu"])
+    assert [(a["label"], a.get("beta")) for a in manifest["attention"][1:]] == [
+        ("mistral-beta(beta=0.1)", 0.1),
+        ("mistral-beta(beta=0.4)", 0.4),
+    ]
+    bad = runner.invoke(
+        app,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(tiny_checkpoint),
+            "--attention",
+            "ssmax",
+            "--ssmax-s",
+            "0.3,0.5",
+            "--calibrate-on",
+            "fold:3",
+            "--device",
+            "cpu",
+        ],
+    )
     assert bad.exit_code == 2 and "--calibrate-on" in bad.output
 
 

@@ -25,8 +25,26 @@ def test_ci_recipe_catches_a_collapse(tiny_checkpoint, tmp_path):
     trials = int(re.search(r"--trials (\d+)", planned.output).group(1))
     assert trials == 9
     cand = tmp_path / "candidate"
-    result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96,192", "--depths", "0:100:50",
-                                 "--trials", str(trials), "--out", str(cand), "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "needle",
+            "--model",
+            str(tiny_checkpoint),
+            "--lengths",
+            "96,192",
+            "--depths",
+            "0:100:50",
+            "--trials",
+            str(trials),
+            "--out",
+            str(cand),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     base = tmp_path / "baseline"
     shutil.copytree(cand, base)
@@ -42,7 +60,9 @@ def test_ci_recipe_catches_a_collapse(tiny_checkpoint, tmp_path):
     assert "Holm" in result.output and "greedy_correct" in junit.read_text()
 
     gates = tmp_path / "gates.toml"
-    gates.write_text('[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\ncontext_length = 192\nop = ">="\n'
-                     'value = 0.5\nrequire = "ci"\n')
+    gates.write_text(
+        '[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\ncontext_length = 192\nop = ">="\n'
+        'value = 0.5\nrequire = "ci"\n'
+    )
     assert runner.invoke(APP, ["gate", "--config", str(gates), str(base)]).exit_code == 0  # 27/27 from 9 trials
     assert runner.invoke(APP, ["gate", "--config", str(gates), str(cand)]).exit_code == 1

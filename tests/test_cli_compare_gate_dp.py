@@ -20,9 +20,30 @@ APP = cli.register_tasks()
 @pytest.fixture(scope="module")
 def needle_run(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("runs") / "base"
-    result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96,192", "--depths", "0,100",
-                                 "--trials", "2", "--attention", "softmax,ssmax", "--ssmax-s", "0.43", "--out", str(out), "--device", "cpu",
-                                 "--quiet"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "needle",
+            "--model",
+            str(tiny_checkpoint),
+            "--lengths",
+            "96,192",
+            "--depths",
+            "0,100",
+            "--trials",
+            "2",
+            "--attention",
+            "softmax,ssmax",
+            "--ssmax-s",
+            "0.43",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -41,8 +62,10 @@ def test_compare_exit_codes_and_reports(needle_run, tmp_path):
     assert runner.invoke(APP, ["compare", str(needle_run), str(needle_run)]).exit_code == 0
     worse = worse_copy(needle_run, tmp_path / "worse", "answer_logprob", -0.5)
     junit = tmp_path / "report.xml"
-    result = runner.invoke(APP, ["compare", str(needle_run), str(worse), "--tolerance", "0.1", "--format", "markdown",
-                                 "--junit", str(junit)])
+    result = runner.invoke(
+        APP,
+        ["compare", str(needle_run), str(worse), "--tolerance", "0.1", "--format", "markdown", "--junit", str(junit)],
+    )
     assert result.exit_code == 1, result.output
     assert "answer_logprob" in result.output and "❌" in result.output and "paired t" in result.output
     failures = [f.get("message") for f in ET.parse(junit).getroot().iter("failure")]
@@ -63,15 +86,27 @@ def test_compare_refuses_an_interrupted_candidate(needle_run, tmp_path):
     (cut / "manifest.json").write_text(json.dumps(manifest))
     junit = tmp_path / "report.xml"
     for fmt in ("table", "markdown", "json"):
-        result = runner.invoke(APP, ["compare", str(needle_run), str(cut), "--format", fmt, "--junit", str(junit)],
-                               env={"COLUMNS": "300"})
+        result = runner.invoke(
+            APP, ["compare", str(needle_run), str(cut), "--format", fmt, "--junit", str(junit)], env={"COLUMNS": "300"}
+        )
         assert result.exit_code == 1 and "interrupted" in result.output and "3 of 16" in result.output, result.output
         assert any("interrupted" in f.get("message") for f in ET.parse(junit).getroot().iter("failure"))
 
 
 def test_compare_variants_of_one_run(needle_run):
-    result = runner.invoke(APP, ["compare", str(needle_run), "--baseline", "attention=softmax", "--candidate",
-                                 "attention=ssmax", "--format", "markdown"])
+    result = runner.invoke(
+        APP,
+        [
+            "compare",
+            str(needle_run),
+            "--baseline",
+            "attention=softmax",
+            "--candidate",
+            "attention=ssmax",
+            "--format",
+            "markdown",
+        ],
+    )
     assert result.exit_code in (0, 1), result.output
     assert "softmax → ssmax" in result.output and "Pairing: paired prompt by prompt" in result.output
     assert "Effective context length" in result.output and "unit seed+trial" in result.output
@@ -92,16 +127,50 @@ def test_gate_exit_codes(needle_run, tmp_path):
 
 def test_torchrun_two_processes_equal_one_process(tiny_checkpoint, tmp_path):
     """2 CPU processes (gloo) shard the samples; rank 0 merges: the same rows as one process."""
-    args = ["run", "perplexity", "--model", str(tiny_checkpoint), "--lengths", "64,96", "--samples", "3", "--device", "cpu",
-            "--quiet"]
+    args = [
+        "run",
+        "perplexity",
+        "--model",
+        str(tiny_checkpoint),
+        "--lengths",
+        "64,96",
+        "--samples",
+        "3",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert runner.invoke(APP, [*args, "--out", str(tmp_path / "one")]).exit_code == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-                           "-m", "evalkit", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            "-m",
+            "evalkit",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "two" / "journal.rank1.jsonl").stat().st_size > 0  # rank 1 really did half the work
     keys = ["context_length", "sample", "position_bin", "metric"]
-    one, two = (pd.read_parquet(tmp_path / x / "results.parquet").drop(columns="run_id").sort_values(keys).reset_index(drop=True)
-                for x in ("one", "two"))
+    one, two = (
+        pd.read_parquet(tmp_path / x / "results.parquet")
+        .drop(columns="run_id")
+        .sort_values(keys)
+        .reset_index(drop=True)
+        for x in ("one", "two")
+    )
     pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-6)

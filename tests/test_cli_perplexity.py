@@ -21,25 +21,58 @@ def run_cli(*args):
 
 
 def base_args(checkpoint, out):
-    return ["run", "perplexity", "--model", checkpoint, "--lengths", "64,128", "--samples", "3", "--out", out,
-            "--device", "cpu", "--quiet", "--dataset", "builtin:pydoc-topics"]
+    return [
+        "run",
+        "perplexity",
+        "--model",
+        checkpoint,
+        "--lengths",
+        "64,128",
+        "--samples",
+        "3",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+        "--dataset",
+        "builtin:pydoc-topics",
+    ]
 
 
 def test_run_writes_every_file(tiny_checkpoint, tmp_path):
     out = tmp_path / "run"
     result = run_cli(*base_args(tiny_checkpoint, out))
     assert result.exit_code == 0, result.output
-    for name in ["results.parquet", "results.csv", "summary.csv", "manifest.json", "journal.jsonl",
-                 "plots/loss_vs_position.png", "plots/perplexity_vs_length.png"]:
+    for name in [
+        "results.parquet",
+        "results.csv",
+        "summary.csv",
+        "manifest.json",
+        "journal.jsonl",
+        "plots/loss_vs_position.png",
+        "plots/perplexity_vs_length.png",
+    ]:
         assert (out / name).is_file(), name
     frame = pd.read_parquet(out / "results.parquet")
-    assert list(frame.columns[:9]) == ["run_id", "task", "model", "attention", "context_length", "sample",
-                                      "position_bin", "metric", "value"]
+    assert list(frame.columns[:9]) == [
+        "run_id",
+        "task",
+        "model",
+        "attention",
+        "context_length",
+        "sample",
+        "position_bin",
+        "metric",
+        "value",
+    ]
     assert {"source", "offset"} <= set(frame.columns)
     assert set(frame.metric) == {"nll", "mean_nll", "perplexity"}
     assert sorted(frame.context_length.unique()) == [64, 128]
     # perplexity is exp(mean_nll) for every window, and mean_nll the token-weighted mean of the bins
-    wide = frame[frame.metric != "nll"].pivot_table(index=["context_length", "sample"], columns="metric", values="value")
+    wide = frame[frame.metric != "nll"].pivot_table(
+        index=["context_length", "sample"], columns="metric", values="value"
+    )
     np.testing.assert_allclose(wide.perplexity, np.exp(wide.mean_nll), rtol=1e-9)
     bins = frame[(frame.metric == "nll") & (frame.context_length == 64) & (frame["sample"] == 0)]
     widths = bins.position_end - bins.position_bin
@@ -95,8 +128,15 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
         return original(self, requests)
 
     monkeypatch.setattr(ModelAdapter, "answer", flaky)
-    config = RunConfig(task="perplexity", model=str(tiny_checkpoint), out=str(part), device="cpu", quiet=True,
-                       batch_tokens=128, task_options={"lengths": "64,128", "samples": 3, "dataset": "builtin:pydoc-topics"})
+    config = RunConfig(
+        task="perplexity",
+        model=str(tiny_checkpoint),
+        out=str(part),
+        device="cpu",
+        quiet=True,
+        batch_tokens=128,
+        task_options={"lengths": "64,128", "samples": 3, "dataset": "builtin:pydoc-topics"},
+    )
     outcome = evaluate(config)
     assert outcome.interrupted
     kept = pd.read_parquet(part / "results.parquet")
@@ -113,8 +153,23 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
 
 def test_stride_mode_scores_every_token_once(tiny_checkpoint, tmp_path, tokenizer):
     out = tmp_path / "stride"
-    result = run_cli("run", "perplexity", "--model", tiny_checkpoint, "--lengths", "128", "--stride", "64",
-                     "--samples", "5", "--out", out, "--device", "cpu", "--quiet")
+    result = run_cli(
+        "run",
+        "perplexity",
+        "--model",
+        tiny_checkpoint,
+        "--lengths",
+        "128",
+        "--stride",
+        "64",
+        "--samples",
+        "5",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     counts = frame[frame.metric == "scored_tokens"].sort_values("sample")
@@ -140,8 +195,23 @@ def test_several_models_one_folder_each(tiny_checkpoint, tmp_path):
     other = tmp_path / "other-model"
     shutil.copytree(tiny_checkpoint, other)
     out = tmp_path / "runs"
-    result = run_cli("run", "perplexity", "--model", tiny_checkpoint, "--model", other, "--lengths", "64", "--samples", "1",
-                     "--out", out, "--device", "cpu", "--quiet")
+    result = run_cli(
+        "run",
+        "perplexity",
+        "--model",
+        tiny_checkpoint,
+        "--model",
+        other,
+        "--lengths",
+        "64",
+        "--samples",
+        "1",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted([tiny_checkpoint.name, "other-model"])
     models = {pd.read_parquet(p / "results.parquet").model.iloc[0] for p in out.iterdir()}

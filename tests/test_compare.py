@@ -24,9 +24,20 @@ BINS = (1, 2, 4, 8)
 TOKENIZER = {"class": "Tok", "name_or_path": "x", "vocab_size": 100, "content_hash": "abc"}
 
 
-def write_run(folder, rows: list[dict], keys: list[str], task: str, provenance: tuple[str, ...] = (), *, model="tiny",
-              options: dict | None = None, seed: int = 1234, interrupted: bool = False, planned: int | None = None,
-              tokenizer: dict | None = None):
+def write_run(
+    folder,
+    rows: list[dict],
+    keys: list[str],
+    task: str,
+    provenance: tuple[str, ...] = (),
+    *,
+    model="tiny",
+    options: dict | None = None,
+    seed: int = 1234,
+    interrupted: bool = False,
+    planned: int | None = None,
+    tokenizer: dict | None = None,
+):
     """A run folder as `evalkit run` writes it: results.parquet in the documented order + manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows).assign(run_id=folder.name, task=task, model=model)
@@ -36,16 +47,32 @@ def write_run(folder, rows: list[dict], keys: list[str], task: str, provenance: 
     frame = frame[["run_id", "task", "model", "attention", "context_length", *keys, "metric", "value", *provenance]]
     frame.to_parquet(folder / "results.parquet", index=False)
     variants = sorted(frame.attention.unique())
-    per_variant = len(frame[["context_length", *[k for k in keys if k not in runs.WITHIN_SAMPLE_KEYS]]].drop_duplicates())
-    manifest = {"run_id": folder.name, "seed": seed, "task_options": options or {}, "attention": variants,
-                "model": {"name": model, "tokenizer": tokenizer or TOKENIZER}, "samples": planned or per_variant,
-                "finished_samples": per_variant * len(variants), "interrupted": interrupted}
+    per_variant = len(
+        frame[["context_length", *[k for k in keys if k not in runs.WITHIN_SAMPLE_KEYS]]].drop_duplicates()
+    )
+    manifest = {
+        "run_id": folder.name,
+        "seed": seed,
+        "task_options": options or {},
+        "attention": variants,
+        "model": {"name": model, "tokenizer": tokenizer or TOKENIZER},
+        "samples": planned or per_variant,
+        "finished_samples": per_variant * len(variants),
+        "interrupted": interrupted,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
 
-def perplexity_run(folder, shift: dict | None = None, attentions=("softmax", "ssmax"), lengths=(512, 1024),
-                   samples: int = 3, seed: int = 0, **kw):
+def perplexity_run(
+    folder,
+    shift: dict | None = None,
+    attentions=("softmax", "ssmax"),
+    lengths=(512, 1024),
+    samples: int = 3,
+    seed: int = 0,
+    **kw,
+):
     """mean_nll per window (+ shift[(attention, length)]), perplexity = exp(mean_nll), nll per bin."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -53,10 +80,27 @@ def perplexity_run(folder, shift: dict | None = None, attentions=("softmax", "ss
         for length in lengths:
             for sample in range(samples):
                 mean = 2.5 + 0.3 * rng.standard_normal() + (shift or {}).get((attention, length), 0.0)
-                base = {"attention": attention, "context_length": length, "sample": sample, "source": "builtin", "offset": 17 * sample}
-                rows += [{**base, "position_bin": b, "metric": "nll", "value": mean + 1 / b, "position_end": 2 * b} for b in BINS]
-                rows += [{**base, "position_bin": None, "metric": "mean_nll", "value": mean, "position_end": None},
-                         {**base, "position_bin": None, "metric": "perplexity", "value": math.exp(mean), "position_end": None}]
+                base = {
+                    "attention": attention,
+                    "context_length": length,
+                    "sample": sample,
+                    "source": "builtin",
+                    "offset": 17 * sample,
+                }
+                rows += [
+                    {**base, "position_bin": b, "metric": "nll", "value": mean + 1 / b, "position_end": 2 * b}
+                    for b in BINS
+                ]
+                rows += [
+                    {**base, "position_bin": None, "metric": "mean_nll", "value": mean, "position_end": None},
+                    {
+                        **base,
+                        "position_bin": None,
+                        "metric": "perplexity",
+                        "value": math.exp(mean),
+                        "position_end": None,
+                    },
+                ]
     return write_run(folder, rows, ["sample", "position_bin"], "perplexity", ("position_end", "source", "offset"), **kw)
 
 
@@ -66,11 +110,19 @@ def needle_rows(correct: dict, depths=(50,), logprob=None) -> list[dict]:
     for (attention, length), values in correct.items():
         for k, ok in enumerate(values):
             trial, depth = divmod(k, len(depths))
-            base = {"attention": attention, "context_length": length, "depth": depths[depth], "trial": trial,
-                    "needle": "passkey", "answer": f"{1000 + trial}"}
+            base = {
+                "attention": attention,
+                "context_length": length,
+                "depth": depths[depth],
+                "trial": trial,
+                "needle": "passkey",
+                "answer": f"{1000 + trial}",
+            }
             lp = -1.0 - 0.1 * (trial % 7) if logprob is None else logprob(attention, length, k)
-            rows += [{**base, "metric": "greedy_correct", "value": float(ok)},
-                     {**base, "metric": "answer_logprob", "value": lp}]
+            rows += [
+                {**base, "metric": "greedy_correct", "value": float(ok)},
+                {**base, "metric": "answer_logprob", "value": lp},
+            ]
     return rows
 
 
@@ -87,6 +139,7 @@ def base(tmp_path):
 
 # -- verdicts --------------------------------------------------------------------------------------
 
+
 def test_identical_runs_pass(base, tmp_path):
     c = compare_runs(base, perplexity_run(tmp_path / "same"))
     assert c.exit_code == 0 and c.regressions.empty and c.improvements.empty and not c.failed_checks
@@ -102,7 +155,9 @@ def test_worse_candidate_is_a_regression(base, tmp_path):
     c = compare_runs(base, cand, tolerance=0.05)
     assert c.exit_code == 1
     assert set(zip(c.regressions.attention, c.regressions.context_length, c.regressions.metric)) == {
-        ("ssmax", 1024, "mean_nll"), ("ssmax", 1024, "perplexity")}
+        ("ssmax", 1024, "mean_nll"),
+        ("ssmax", 1024, "perplexity"),
+    }
     row = c.regressions.set_index("metric").loc["mean_nll"]
     assert row.delta == pytest.approx(0.2) and row.direction == -1 and row.beyond_noise
     assert row.test.startswith("paired t")
@@ -162,8 +217,12 @@ def test_relative_tolerance(base, tmp_path):
     # perplexity row through exp, so the perplexity row (+1%) no longer fails on its own units
     c = compare_runs(base, cand, tolerance=0.005, relative=True)
     assert c.exit_code == 0 and c.regressions.empty
-    ppl = c.rows[(c.rows.metric == "perplexity") & (c.rows.attention == "softmax") & (c.rows.context_length == 1024)].iloc[0]
-    nll = c.rows[(c.rows.metric == "mean_nll") & (c.rows.attention == "softmax") & (c.rows.context_length == 1024)].iloc[0]
+    ppl = c.rows[
+        (c.rows.metric == "perplexity") & (c.rows.attention == "softmax") & (c.rows.context_length == 1024)
+    ].iloc[0]
+    nll = c.rows[
+        (c.rows.metric == "mean_nll") & (c.rows.attention == "softmax") & (c.rows.context_length == 1024)
+    ].iloc[0]
     assert ppl.tolerance == pytest.approx(ppl.baseline * math.expm1(nll.tolerance), rel=1e-3)
     c = compare_runs(base, cand, tolerance=0.002, relative=True)
     assert c.exit_code == 1 and sorted(c.regressions.metric) == ["mean_nll", "perplexity"]
@@ -171,6 +230,7 @@ def test_relative_tolerance(base, tmp_path):
 
 
 # -- CI safety -------------------------------------------------------------------------------------
+
 
 def assert_reason_everywhere(c, *words):
     markdown, data = to_markdown(c), json.loads(to_json(c))
@@ -210,9 +270,13 @@ def test_mismatched_options_and_tokenizer_fail(tmp_path):
     other_options = needle_run(tmp_path / "c", [1, 0] * 10, options={"draw": "sample", "needle": "city"})
     c = compare_runs(b, other_options)
     assert_reason_everywhere(c, "task options differ", "needle ('passkey' in b vs 'city' in c)")
-    other_tok = needle_run(tmp_path / "t", [1, 0] * 10, tokenizer={**TOKENIZER, "content_hash": "def", "vocab_size": 120})
+    other_tok = needle_run(
+        tmp_path / "t", [1, 0] * 10, tokenizer={**TOKENIZER, "content_hash": "def", "vocab_size": 120}
+    )
     assert_reason_everywhere(compare_runs(b, other_tok), "tokenizers differ", "vocab_size 120")
-    loose = compare_runs(b, other_tok, unpaired=True)  # asked not to pair: a note, and the numbers as independent samples
+    loose = compare_runs(
+        b, other_tok, unpaired=True
+    )  # asked not to pair: a note, and the numbers as independent samples
     assert loose.exit_code == 0 and "tokenizers differ" in to_markdown(loose) and not loose.rows.paired.any()
 
 
@@ -279,6 +343,7 @@ def test_reports(base, tmp_path):
 
 # -- pairing, selectors, McNemar -------------------------------------------------------------------
 
+
 def variants_run(folder, seed=1234, **kw):
     """One run, softmax and ssmax on the same 40 prompts (draw=sample: one prompt per unit)."""
     rng = np.random.default_rng(7)
@@ -286,8 +351,20 @@ def variants_run(folder, seed=1234, **kw):
     ss = np.where(rng.random(40) < 0.3, 1 - soft, soft)  # ~30% of the prompts flip
     ss[:8] = 1  # and ssmax wins more of them
     rows = needle_rows({("softmax", 1024): soft, ("ssmax", 1024): ss})
-    return write_run(folder, rows, ["depth", "trial", "needle"], "needle", ("answer",),
-                     options={"draw": "sample"}, seed=seed, **kw), soft, ss
+    return (
+        write_run(
+            folder,
+            rows,
+            ["depth", "trial", "needle"],
+            "needle",
+            ("answer",),
+            options={"draw": "sample"},
+            seed=seed,
+            **kw,
+        ),
+        soft,
+        ss,
+    )
 
 
 def test_variants_of_one_run_paired_by_mcnemar(tmp_path):
@@ -306,10 +383,21 @@ def test_two_runs_each_its_own_variant(tmp_path):
     frame = pd.read_parquet(run / "results.parquet")
     for name, attention, model in (("softmax", "softmax", "ref-softmax"), ("ssmax", "ssmax", "ref-ssmax")):
         part = frame[frame.attention == attention].drop(columns=["run_id", "task", "model"])
-        write_run(tmp_path / "ref" / name, part.to_dict("records"), ["depth", "trial", "needle"], "needle", ("answer",),
-                  options={"draw": "sample"}, model=model)
-    c = compare_runs(tmp_path / "ref" / "softmax", tmp_path / "ref" / "ssmax",
-                     base_select=["attention=softmax"], cand_select=["attention=ssmax"])
+        write_run(
+            tmp_path / "ref" / name,
+            part.to_dict("records"),
+            ["depth", "trial", "needle"],
+            "needle",
+            ("answer",),
+            options={"draw": "sample"},
+            model=model,
+        )
+    c = compare_runs(
+        tmp_path / "ref" / "softmax",
+        tmp_path / "ref" / "ssmax",
+        base_select=["attention=softmax"],
+        cand_select=["attention=ssmax"],
+    )
     row = c.rows.set_index("metric").loc["greedy_correct"]
     assert row.paired and c.summary["baseline_model"] == "ref-softmax" and c.summary["candidate_model"] == "ref-ssmax"
     gained, lost = int(((soft == 0) & (ss == 1)).sum()), int(((soft == 1) & (ss == 0)).sum())
@@ -337,7 +425,9 @@ def test_trials_are_clusters(tmp_path):
     soft = (rng.random((12, 5)) < p[:, None]).astype(int).ravel()
     ss = (rng.random((12, 5)) < p[:, None]).astype(int).ravel()
     rows = needle_rows({("softmax", 512): soft, ("ssmax", 512): ss}, depths=depths)
-    run = write_run(tmp_path / "t", rows, ["depth", "trial", "needle"], "needle", ("answer",), options={"draw": "trial"})
+    run = write_run(
+        tmp_path / "t", rows, ["depth", "trial", "needle"], "needle", ("answer",), options={"draw": "trial"}
+    )
     row = compare_runs(run, base_select=["attention=softmax"], cand_select=["attention=ssmax"]).rows.set_index("metric")
     acc = row.loc["greedy_correct"]
     assert acc.pairs == 60 and acc.units == 12 and acc.test.startswith("paired t")
@@ -347,13 +437,16 @@ def test_trials_are_clusters(tmp_path):
     # 12 units of 0/1 outcomes: the exact sign-flip p is checked too, and the larger p counts
     import itertools
 
-    flips = [abs((np.array(signs) * per_trial).mean()) >= abs(per_trial.mean()) - 1e-12
-             for signs in itertools.product([1, -1], repeat=12)]
+    flips = [
+        abs((np.array(signs) * per_trial).mean()) >= abs(per_trial.mean()) - 1e-12
+        for signs in itertools.product([1, -1], repeat=12)
+    ]
     expected = max(ttest_1samp(per_trial, 0).pvalue, np.mean(flips))
     assert acc.p_value == pytest.approx(expected, rel=1e-9)
 
 
 # -- calibration ---------------------------------------------------------------------------------
+
 
 def clustered_rows(rng, repeats, trials, depths, shift=0.0, p=None):
     """Needle-like rows, one cell per repeat: a trial's difficulty is shared by its depths (--draw
@@ -363,9 +456,19 @@ def clustered_rows(rng, repeats, trials, depths, shift=0.0, p=None):
     own = np.clip(p + 0.25 * rng.standard_normal((repeats, trials)) - shift, 0, 1)
     correct = rng.random((repeats, trials, depths)) < own[:, :, None]
     index = np.indices(correct.shape).reshape(3, -1)
-    frame = pd.DataFrame({"attention": "softmax", "model": "m", "context_length": index[0], "metric": "greedy_correct",
-                          "seed": 0, "depth": index[2], "trial": index[1], "value": correct.ravel().astype(float),
-                          "answer": index[1]})
+    frame = pd.DataFrame(
+        {
+            "attention": "softmax",
+            "model": "m",
+            "context_length": index[0],
+            "metric": "greedy_correct",
+            "seed": 0,
+            "depth": index[2],
+            "trial": index[1],
+            "value": correct.ravel().astype(float),
+            "answer": index[1],
+        }
+    )
     return frame, p
 
 
@@ -397,10 +500,15 @@ def test_real_shift_is_detected():
 
 # -- effective context length --------------------------------------------------------------------
 
+
 def ecl_run(folder, accuracy: dict, trials=40, **kw):
-    correct = {("softmax", n): [1] * round(a * trials) + [0] * (trials - round(a * trials)) for n, a in accuracy.items()}
+    correct = {
+        ("softmax", n): [1] * round(a * trials) + [0] * (trials - round(a * trials)) for n, a in accuracy.items()
+    }
     rows = needle_rows(correct)
-    return write_run(folder, rows, ["depth", "trial", "needle"], "needle", ("answer",), options={"draw": "sample"}, **kw)
+    return write_run(
+        folder, rows, ["depth", "trial", "needle"], "needle", ("answer",), options={"draw": "sample"}, **kw
+    )
 
 
 def test_effective_length(tmp_path):
@@ -409,8 +517,9 @@ def test_effective_length(tmp_path):
     ls = same.lengths.set_index("side")
     assert ls.loc["baseline", "effective_length"] == 256
     wilson = [stats.proportion([1] * round(a * 40) + [0] * (40 - round(a * 40))) for a in (1.0, 1.0, 0.95, 0.9, 0.3)]
-    expected = stats.effective_length_interval([32, 64, 128, 256, 512], [w.ci_low for w in wilson],
-                                               [w.ci_high for w in wilson], stats.RULER_THRESHOLD)
+    expected = stats.effective_length_interval(
+        [32, 64, 128, 256, 512], [w.ci_low for w in wilson], [w.ci_high for w in wilson], stats.RULER_THRESHOLD
+    )
     assert (ls.loc["baseline", "pessimistic"], ls.loc["baseline", "optimistic"]) == expected
     assert same.exit_code == 0 and "Effective context length" in to_markdown(same)
     worse = ecl_run(tmp_path / "c", {32: 1.0, 64: 0.5, 128: 0.3, 256: 0.2, 512: 0.1})
@@ -440,11 +549,26 @@ def test_tokenizer_identity_is_by_content(tokenizer, tmp_path):
 
 def test_focus_heads_are_averaged_within_samples(tmp_path):
     """A prompt's heads are one sample; under --draw trial a trial's depths are one unit."""
+
     def rows(shift):
-        return [{"attention": "softmax", "context_length": 1024, "depth": d, "trial": t, "layer": layer, "head": head,
-                 "metric": metric, "value": 0.1 * (t + 1) + 0.01 * head + 0.001 * d + shift * (t % 3)}
-                for t in range(4) for d in (0, 50) for layer in range(2) for head in range(3)
-                for metric in ("needle_mass", "entropy", "entropy_norm")]
+        return [
+            {
+                "attention": "softmax",
+                "context_length": 1024,
+                "depth": d,
+                "trial": t,
+                "layer": layer,
+                "head": head,
+                "metric": metric,
+                "value": 0.1 * (t + 1) + 0.01 * head + 0.001 * d + shift * (t % 3),
+            }
+            for t in range(4)
+            for d in (0, 50)
+            for layer in range(2)
+            for head in range(3)
+            for metric in ("needle_mass", "entropy", "entropy_norm")
+        ]
+
     keys = ["depth", "trial", "layer", "head"]
     base = write_run(tmp_path / "b", rows(0.0), keys, "focus", options={"draw": "trial"})
     cand = write_run(tmp_path / "c", rows(0.01), keys, "focus", options={"draw": "trial"})
@@ -464,7 +588,13 @@ def test_missing_provenance_on_both_sides_still_pairs(tmp_path):
     rng = np.random.default_rng(11)
     soft, ss = (rng.random(30) < 0.6).astype(int), (rng.random(30) < 0.4).astype(int)
     rows = [{**r, "haystack_offset": None} for r in needle_rows({("softmax", 64): soft, ("ssmax", 64): ss})]
-    run = write_run(tmp_path / "r", rows, ["depth", "trial", "needle"], "needle", ("answer", "haystack_offset"),
-                    options={"draw": "sample"})
+    run = write_run(
+        tmp_path / "r",
+        rows,
+        ["depth", "trial", "needle"],
+        "needle",
+        ("answer", "haystack_offset"),
+        options={"draw": "sample"},
+    )
     c = compare_runs(run, base_select=["attention=softmax"], cand_select=["attention=ssmax"])
     assert c.rows.paired.all() and not c.failed_checks

@@ -45,7 +45,7 @@ def test_tolerances_file_per_metric_and_its_errors(tmp_path):
     assert regressed == {"perplexity"}
     rel = _toml(tmp_path, "mean_nll = { relative = 0.01 }\n", "rel.toml")  # 1% of ~2.5 nats = 0.025 > 0.02
     assert compare(base, cand, "--tolerances", rel).exit_code == 0
-    bad = _toml(tmp_path, 'mean_nl = 0.01\nperplexity = -1\ngreedy_correct = { abs = 1 }\n', "bad.toml")
+    bad = _toml(tmp_path, "mean_nl = 0.01\nperplexity = -1\ngreedy_correct = { abs = 1 }\n", "bad.toml")
     result = runner.invoke(APP, ["compare", str(base), str(cand), "--tolerances", str(bad)])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "did you mean 'mean_nll'" in text and "perplexity: tolerances must be" in text

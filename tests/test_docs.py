@@ -121,7 +121,9 @@ def _problem(command: str, whole: bool) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("page,command,whole", list(_commands()), ids=lambda v: str(v).replace(str(ROOT) + "/", "")[:90])
+@pytest.mark.parametrize(
+    "page,command,whole", list(_commands()), ids=lambda v: str(v).replace(str(ROOT) + "/", "")[:90]
+)
 def test_command_parses(page, command, whole):
     problem = _problem(command, whole)
     assert problem is None, f"{page.name}: `{command}` {problem}"

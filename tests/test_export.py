@@ -45,7 +45,7 @@ def test_needle_rows_carry_seed_span_depth_and_haystack_offset(needle_run, token
     assert (rows.haystack_source == "builtin:pydoc-topics").all()
     # the haystack is the corpus stream (separators read as newlines) from haystack_offset, up to the needle
     stream = token_stream(load_corpus(), tokenizer).tokens
-    newline, = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    (newline,) = tokenizer("\n", add_special_tokens=False)["input_ids"]
     stream = np.where(stream == separator_id(tokenizer), newline, stream)
     by_key = {tuple(r[k] for k in KEYS): r for r in records}
     acc = rows[rows.metric == "greedy_correct"]
@@ -81,8 +81,9 @@ def test_exported_prompts_fed_back_reproduce_the_scores(needle_run, tiny_checkpo
     out, _, prompts = needle_run
     again = tmp_path / "again"
     run_task("needle", tiny_checkpoint, again, "--samples-file", prompts)
-    first, second = (pd.read_parquet(f / "results.parquet").set_index(KEYS + ["metric"])["value"].sort_index()
-                     for f in (out, again))
+    first, second = (
+        pd.read_parquet(f / "results.parquet").set_index(KEYS + ["metric"])["value"].sort_index() for f in (out, again)
+    )
     assert first.index.equals(second.index)
     assert np.allclose(first, second, atol=1e-5, rtol=0)
 
@@ -94,13 +95,15 @@ def test_focus_rows_carry_span_depth_and_seed(tiny_checkpoint, tmp_path):
     assert (rows.seed == 7).all() and (rows.needle_end > rows.needle_start).all()
     assert rows.actual_depth.between(40, 60).all() and rows.haystack_offset.notna().all()
     invoke("export", out, "--prompts", tmp_path / "focus.jsonl")
-    record, = (json.loads(line) for line in (tmp_path / "focus.jsonl").read_text().splitlines())
+    (record,) = (json.loads(line) for line in (tmp_path / "focus.jsonl").read_text().splitlines())
     assert (record["needle_start"], record["needle_end"]) == (rows.needle_start.iloc[0], rows.needle_end.iloc[0])
 
 
 def test_perplexity_windows_export_and_seed(tiny_checkpoint, tokenizer, tmp_path):
     out = tmp_path / "ppl"
-    run_task("perplexity", tiny_checkpoint, out, "--lengths", "64", "--samples", "2", "--dataset", "builtin:pydoc-topics")
+    run_task(
+        "perplexity", tiny_checkpoint, out, "--lengths", "64", "--samples", "2", "--dataset", "builtin:pydoc-topics"
+    )
     rows = pd.read_parquet(out / "results.parquet")
     assert (rows.seed == 7).all()
     invoke("export", out, "--prompts", tmp_path / "windows.jsonl")
@@ -141,16 +144,32 @@ def test_token_id_records_are_checked(tokenizer, tmp_path):
     from evalkit.core.errors import DataError
 
     path = tmp_path / "ids.jsonl"
-    good = {"prompt": "x", "answer": "7", "prompt_ids": [5, 6, 7], "answer_ids": [8], "needle_start": 1, "needle_end": 2,
-            "depth": 50, "actual_depth": 33.3, "trial": 4}
+    good = {
+        "prompt": "x",
+        "answer": "7",
+        "prompt_ids": [5, 6, 7],
+        "answer_ids": [8],
+        "needle_start": 1,
+        "needle_end": 2,
+        "depth": 50,
+        "actual_depth": 33.3,
+        "trial": 4,
+    }
     path.write_text(json.dumps(good) + "\n")
-    sample, = load_samples_file(path, tokenizer)
-    assert sample.prompt_ids.tolist() == [5, 6, 7] and sample.answer_ids.tolist() == [8] and sample.needle_spans == ((1, 2),)
+    (sample,) = load_samples_file(path, tokenizer)
+    assert (
+        sample.prompt_ids.tolist() == [5, 6, 7]
+        and sample.answer_ids.tolist() == [8]
+        and sample.needle_spans == ((1, 2),)
+    )
     assert (sample.depth, sample.actual_depth, sample.trial, sample.context_length) == (50, 33.3, 4, 3)
     with pytest.raises(DataError, match="used verbatim"):
         load_samples_file(path, tokenizer, chat="on")
-    for bad, message in (({"prompt_ids": [5, 10**6]}, "line 1: 'prompt_ids' must be a non-empty list of token ids below 300"),
-                         ({"answer_ids": []}, "'answer_ids' must be"), ({"needle_end": 9}, "needle span [1, 9)")):
+    for bad, message in (
+        ({"prompt_ids": [5, 10**6]}, "line 1: 'prompt_ids' must be a non-empty list of token ids below 300"),
+        ({"answer_ids": []}, "'answer_ids' must be"),
+        ({"needle_end": 9}, "needle span [1, 9)"),
+    ):
         path.write_text(json.dumps({**good, **bad}) + "\n")
         with pytest.raises(DataError, match=re.escape(message)):
             load_samples_file(path, tokenizer)

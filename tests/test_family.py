@@ -51,21 +51,33 @@ def test_unpaired_binary_clusters_have_a_permutation_floor():
     b, c = (rng.random(25) < 0.7).astype(float), (rng.random(25) < 0.4).astype(float)
     means = np.concatenate([b.reshape(5, 5).mean(1), c.reshape(5, 5).mean(1)])
     observed = means[5:].mean() - means[:5].mean()
-    null = [means[[i for i in range(10) if i not in s]].mean() - means[list(s)].mean()
-            for s in itertools.combinations(range(10), 5)]
-    assert stats.unpaired_difference(b, c, clusters, clusters).p_less >= np.mean(np.array(null) <= observed + 1e-12) - 1e-12
+    null = [
+        means[[i for i in range(10) if i not in s]].mean() - means[list(s)].mean()
+        for s in itertools.combinations(range(10), 5)
+    ]
+    assert (
+        stats.unpaired_difference(b, c, clusters, clusters).p_less
+        >= np.mean(np.array(null) <= observed + 1e-12) - 1e-12
+    )
 
 
 # -- coverage ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("trials, depths, mean, concentration", [
-    (5, 5, 0.84, 2.0), (5, 5, 0.5, 2.0), (5, 5, 0.84, 0.5), (10, 5, 0.84, 1.0), (5, 5, 0.97, None), (5, 5, 0.03, 1.0)])
+
+@pytest.mark.parametrize(
+    "trials, depths, mean, concentration",
+    [(5, 5, 0.84, 2.0), (5, 5, 0.5, 2.0), (5, 5, 0.84, 0.5), (10, 5, 0.84, 1.0), (5, 5, 0.97, None), (5, 5, 0.03, 1.0)],
+)
 def test_accuracy_interval_covers(trials, depths, mean, concentration):
     """>= 93% coverage at 5 trials, with strongly varying trials, and near 0% / 100%."""
     rng = np.random.default_rng(7)
     clusters, covered, reps = np.repeat(np.arange(trials), depths), 0, 600
     for _ in range(reps):
-        p = rng.beta(mean * concentration, (1 - mean) * concentration, trials) if concentration else np.full(trials, mean)
+        p = (
+            rng.beta(mean * concentration, (1 - mean) * concentration, trials)
+            if concentration
+            else np.full(trials, mean)
+        )
         e = stats.proportion((rng.random((trials, depths)) < p[:, None]).astype(float).ravel(), clusters)
         covered += e.ci_low <= mean <= e.ci_high
     assert covered / reps >= 0.93 - 2 * math.sqrt(0.93 * 0.07 / reps), covered / reps
@@ -74,18 +86,22 @@ def test_accuracy_interval_covers(trials, depths, mean, concentration):
 def test_interval_rule_is_continuous_and_extremes_use_units():
     clusters = np.repeat(np.arange(5), 5)
     at_one = stats.proportion(np.ones(10), np.repeat([0, 1], 5))  # 10/10 from 2 trials: 2 units, not 10
-    assert at_one.ci_low == pytest.approx(0.025 ** 0.5) and at_one.ci_high == 1.0
+    assert at_one.ci_low == pytest.approx(0.025**0.5) and at_one.ci_high == 1.0
     # 23/25 with the misses in two trials (design effect 1): t(4), not the normal quantile, as just above deff 1
     a = np.ones(25)
     a[[0, 5]] = 0
     e = stats.proportion(a, clusters)
     q = t_dist.ppf(0.975, 4)
     se = math.sqrt(0.92 * 0.08 / 25)
-    centre, half = (0.92 + q * q / 50) / (1 + q * q / 25), q * math.sqrt(0.92 * 0.08 / 25 + q ** 4 / 4 / 625 / q / q) / (1 + q * q / 25)
+    centre, half = (
+        (0.92 + q * q / 50) / (1 + q * q / 25),
+        q * math.sqrt(0.92 * 0.08 / 25 + q**4 / 4 / 625 / q / q) / (1 + q * q / 25),
+    )
     assert e.ci_low == pytest.approx(min(centre - half, 0.92 - q * se), rel=1e-9)
 
 
 # -- calibration by simulation ------------------------------------------------------------------
+
 
 def noise_cells(rng, cells: int, trials=8, depths=5):
     """Needle-like paired cells, one shared trial structure: both sides are the same model (no shift)."""
@@ -95,9 +111,21 @@ def noise_cells(rng, cells: int, trials=8, depths=5):
         own = np.clip(p + 0.2 * rng.standard_normal((cells, trials)), 0, 1)
         correct = rng.random((cells, trials, depths)) < own[:, :, None]
         index = np.indices(correct.shape).reshape(3, -1)
-        rows.append(pd.DataFrame({"attention": "softmax", "model": "m", "context_length": index[0], "metric": "greedy_correct",
-                                  "seed": 0, "depth": index[2], "trial": index[1], "value": correct.ravel().astype(float),
-                                  "answer": index[1]}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "attention": "softmax",
+                    "model": "m",
+                    "context_length": index[0],
+                    "metric": "greedy_correct",
+                    "seed": 0,
+                    "depth": index[2],
+                    "trial": index[1],
+                    "value": correct.ravel().astype(float),
+                    "answer": index[1],
+                }
+            )
+        )
     return [runs.samples(f, ("depth", "trial"), ("trial",), None) for f in rows]
 
 
@@ -107,7 +135,7 @@ def false_alarm_share(cells: int, compares: int, correction="holm", seed=0) -> f
     table = compare_cells(b, c, True, 0.95)[0]
     alarms = 0
     for k in range(compares):  # each compare decides on its own family of `cells` cells
-        part = table.iloc[k * cells:(k + 1) * cells]
+        part = table.iloc[k * cells : (k + 1) * cells]
         rows, _ = _verdicts(part, Tolerance(absolute=0.0), {}, False, correction)
         alarms += bool(rows.regression.any())
     return alarms / compares
@@ -142,13 +170,21 @@ def test_detection_at_the_size_plan_predicts():
 
 # -- done-when: a RULER-sized grid, and the collapse ---------------------------------------------
 
+
 def ruler_like_run(folder, seed, lengths=(4096, 8192, 16384, 32768, 65536), tasks=13, samples=10, accuracy=0.8):
     """One model, 13 'tasks' as variants of the cell key (one cell per task x length), 10 samples each."""
     rng = np.random.default_rng(seed)
     correct = {(f"task{k}", n): (rng.random(samples) < accuracy).astype(int) for k in range(tasks) for n in lengths}
     rows = needle_rows(correct)
-    return write_run(folder, rows, ["depth", "trial", "needle"], "needle", ("answer",), seed=seed,
-                     options={"draw": "sample", "needle": "passkey"})
+    return write_run(
+        folder,
+        rows,
+        ["depth", "trial", "needle"],
+        "needle",
+        ("answer",),
+        seed=seed,
+        options={"draw": "sample", "needle": "passkey"},
+    )
 
 
 def test_ruler_sized_grid_against_itself_with_another_seed_passes(tmp_path):
@@ -175,13 +211,26 @@ def collapse_run(folder, accuracy: dict, trials=5, depths=(0, 25, 50, 75, 100), 
             hits[3] = 0  # 24 of 25
         for k, ok in enumerate(hits):
             trial, depth = divmod(k, len(depths))
-            base = {"attention": "softmax", "context_length": length, "depth": depths[depth], "trial": trial,
-                    "needle": "passkey", "answer": f"{1000 + trial}"}
+            base = {
+                "attention": "softmax",
+                "context_length": length,
+                "depth": depths[depth],
+                "trial": trial,
+                "needle": "passkey",
+                "answer": f"{1000 + trial}",
+            }
             rows += [{**base, "metric": m, "value": float(ok)} for m in metrics]
             if scoring == "logprob":
                 rows.append({**base, "metric": "answer_logprob", "value": -0.5 if ok else -6.0 - 0.1 * k})
-    return write_run(folder, rows, ["depth", "trial", "needle"], "needle", ("answer",), seed=seed,
-                     options={"draw": "trial", "needle": "passkey", "scoring": scoring})
+    return write_run(
+        folder,
+        rows,
+        ["depth", "trial", "needle"],
+        "needle",
+        ("answer",),
+        seed=seed,
+        options={"draw": "trial", "needle": "passkey", "scoring": scoring},
+    )
 
 
 @pytest.mark.parametrize("scoring", ["generate", "logprob"])

@@ -31,6 +31,7 @@ def t_interval(values):
 
 # -- summary.csv ---------------------------------------------------------------------------------
 
+
 def needle_rows(correct, lengths=(512, 1024, 2048), depths=(0, 50, 100), trials=6, seed=0):
     """greedy_correct and answer_logprob rows; correct[length] is the chance of a hit."""
     rng = np.random.default_rng(seed)
@@ -39,7 +40,13 @@ def needle_rows(correct, lengths=(512, 1024, 2048), depths=(0, 50, 100), trials=
         for length in lengths:
             for depth in depths:
                 for trial in range(trials):
-                    base = {"attention": attention, "context_length": length, "depth": depth, "trial": trial, "needle": "passkey"}
+                    base = {
+                        "attention": attention,
+                        "context_length": length,
+                        "depth": depth,
+                        "trial": trial,
+                        "needle": "passkey",
+                    }
                     rows.append({**base, "metric": "greedy_correct", "value": float(rng.random() < correct[length])})
                     rows.append({**base, "metric": "answer_logprob", "value": float(rng.normal(-2, 1))})
                     rows.append({**base, "metric": "answer_rank", "value": 1.0})
@@ -55,9 +62,20 @@ def needle_task(**options):
 def test_needle_summary_intervals_are_the_stats_on_the_rows():
     frame = needle_rows({512: 0.95, 1024: 0.7, 2048: 0.2})
     summary = needle_task().summarize(frame)
-    for column in ["n", "units", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "answer_logprob",
-                   "answer_logprob_ci_low", "answer_logprob_ci_high", "effective_length", "effective_length_ci_low",
-                   "effective_length_ci_high", "threshold"]:
+    for column in [
+        "n",
+        "units",
+        "accuracy",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "answer_logprob",
+        "answer_logprob_ci_low",
+        "answer_logprob_ci_high",
+        "effective_length",
+        "effective_length_ci_low",
+        "effective_length_ci_high",
+        "threshold",
+    ]:
         assert column in summary
     assert (summary.accuracy_ci_low <= summary.accuracy).all() and (summary.accuracy <= summary.accuracy_ci_high).all()
     for row in summary.itertuples():
@@ -68,7 +86,9 @@ def test_needle_summary_intervals_are_the_stats_on_the_rows():
         # --draw trial: a trial's depths and lengths share needle and haystack, so the trial is the unit
         want = stats.proportion(acc.value, acc.trial)
         assert (row.n, row.units) == (len(acc), 6)
-        assert (row.accuracy, row.accuracy_ci_low, row.accuracy_ci_high) == pytest.approx((want.value, want.ci_low, want.ci_high))
+        assert (row.accuracy, row.accuracy_ci_low, row.accuracy_ci_high) == pytest.approx(
+            (want.value, want.ci_low, want.ci_high)
+        )
         by_trial = lp.groupby("trial").value.mean()  # equal cluster sizes: the t interval of the trial means
         assert (row.answer_logprob_ci_low, row.answer_logprob_ci_high) == pytest.approx(t_interval(by_trial))
 
@@ -77,7 +97,11 @@ def test_needle_summary_without_clustering_is_scipys_wilson():
     frame = needle_rows({512: 0.9, 1024: 0.5, 2048: 0.1}, depths=(50,), trials=30)
     summary = needle_task(draw="sample").summarize(frame)
     for row in summary[summary.context_length != "all"].itertuples():
-        hits = frame[(frame.attention == row.attention) & (frame.context_length == row.context_length) & (frame.metric == "greedy_correct")]
+        hits = frame[
+            (frame.attention == row.attention)
+            & (frame.context_length == row.context_length)
+            & (frame.metric == "greedy_correct")
+        ]
         ci = binomtest(int(hits.value.sum()), len(hits)).proportion_ci(0.95, method="wilson")
         assert (row.accuracy_ci_low, row.accuracy_ci_high) == pytest.approx((ci.low, ci.high), abs=1e-12)
         assert row.n == row.units == 30
@@ -99,7 +123,8 @@ def test_effective_length_and_its_threshold():
         lengths = per.context_length.astype(int)
         assert row.effective_length == stats.effective_length(lengths, per.accuracy, row.threshold)
         assert (row.effective_length_ci_low, row.effective_length_ci_high) == stats.effective_length_interval(
-            lengths, per.accuracy_ci_low, per.accuracy_ci_high, row.threshold)
+            lengths, per.accuracy_ci_low, per.accuracy_ci_high, row.threshold
+        )
     for bad in ("1.5", "rel:0", "ninety", "rel:x"):
         with pytest.raises(ConfigError, match="--threshold"):
             needle_task(threshold=bad)
@@ -115,10 +140,23 @@ def test_focus_summary_averages_heads_then_trials():
     from tasks.focus import FocusOptions, FocusTask
 
     rng = np.random.default_rng(4)
-    rows = [{"attention": "softmax", "context_length": 512, "depth": d, "trial": t, "layer": l, "head": h, "metric": m,
-             "value": float(rng.random())}
-            for d in (0, 50, 100) for t in range(5) for l in (0, 1) for h in range(4)
-            for m in ("needle_mass", "entropy", "entropy_norm", "top1_in_needle")]
+    rows = [
+        {
+            "attention": "softmax",
+            "context_length": 512,
+            "depth": d,
+            "trial": t,
+            "layer": l,
+            "head": h,
+            "metric": m,
+            "value": float(rng.random()),
+        }
+        for d in (0, 50, 100)
+        for t in range(5)
+        for l in (0, 1)
+        for h in range(4)
+        for m in ("needle_mass", "entropy", "entropy_norm", "top1_in_needle")
+    ]
     frame = pd.DataFrame(rows)
     summary = FocusTask(FocusOptions(lengths="512", depths="0,50,100", trials=5), CONTEXT).summarize(frame)
     row = summary.iloc[0]
@@ -131,9 +169,18 @@ def test_focus_summary_averages_heads_then_trials():
 
 # -- figures -------------------------------------------------------------------------------------
 
+
 def perplexity_run(checkpoint, out, seed=1234, attention=({"name": "softmax"},)):
-    config = RunConfig("perplexity", str(checkpoint), task_options={"lengths": "64,128", "samples": 4}, attention=attention,
-                       out=str(out), device="cpu", seed=seed, quiet=True)
+    config = RunConfig(
+        "perplexity",
+        str(checkpoint),
+        task_options={"lengths": "64,128", "samples": 4},
+        attention=attention,
+        out=str(out),
+        device="cpu",
+        seed=seed,
+        quiet=True,
+    )
     return evaluate(config).folder
 
 
@@ -159,8 +206,13 @@ def test_plot_csv_is_summary_csv_and_one_line_per_run(tiny_checkpoint, tmp_path)
         rows = pd.read_parquet(f"{folder}/results.parquet")
         for length, part in rows[rows.metric == "mean_nll"].groupby("context_length"):
             low, high = t_interval(part.value)
-            assert got.loc[length].to_numpy()[:3] == pytest.approx([math.exp(part.value.mean()), math.exp(low), math.exp(high)])
-            assert got.loc[length, "value"] < rows[(rows.metric == "perplexity") & (rows.context_length == length)].value.mean()
+            assert got.loc[length].to_numpy()[:3] == pytest.approx(
+                [math.exp(part.value.mean()), math.exp(low), math.exp(high)]
+            )
+            assert (
+                got.loc[length, "value"]
+                < rows[(rows.metric == "perplexity") & (rows.context_length == length)].value.mean()
+            )
     assert (tmp_path / "fig" / "perplexity_perplexity_vs_length.png").stat().st_size > 10_000
 
 
@@ -171,16 +223,33 @@ def synthetic_perplexity_run(folder, seed, nll_by_length, windows=4):
     for length, centre in nll_by_length.items():
         for sample in range(windows):
             nll = centre + rng.normal(0, 0.1)
-            base = {"run_id": folder.name, "task": "perplexity", "model": "tiny", "attention": "softmax",
-                    "context_length": length, "sample": sample, "seed": seed}
-            rows += [{**base, "position_bin": None, "metric": "mean_nll", "value": nll, "position_end": None},
-                     {**base, "position_bin": None, "metric": "perplexity", "value": math.exp(nll), "position_end": None}]
+            base = {
+                "run_id": folder.name,
+                "task": "perplexity",
+                "model": "tiny",
+                "attention": "softmax",
+                "context_length": length,
+                "sample": sample,
+                "seed": seed,
+            }
+            rows += [
+                {**base, "position_bin": None, "metric": "mean_nll", "value": nll, "position_end": None},
+                {**base, "position_bin": None, "metric": "perplexity", "value": math.exp(nll), "position_end": None},
+            ]
     folder.mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(folder / "results.parquet")
     config = {"task": "perplexity", "model": "ckpt/tiny", "seed": seed, "out": str(folder), "dtype": "auto"}
-    (folder / "manifest.json").write_text(json.dumps({
-        "config": config, "seed": seed, "task_options": {"lengths": "64,128", "samples": windows},
-        "model": {"max_position_embeddings": 96, "content_hash": "sha256:x"}, "interrupted": False}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "config": config,
+                "seed": seed,
+                "task_options": {"lengths": "64,128", "samples": windows},
+                "model": {"max_position_embeddings": 96, "content_hash": "sha256:x"},
+                "interrupted": False,
+            }
+        )
+    )
     return folder
 
 
@@ -196,16 +265,26 @@ def test_aggregate_seeds_is_one_line_with_the_spread_across_seeds(tmp_path):
     points = pd.read_csv(tmp_path / "agg" / "perplexity_perplexity_vs_length.csv")
     assert points.series.nunique() == 1 and (points.n == 3).all() and (points.seeds == "1 2 3").all()
     for row in points.itertuples():
-        per_seed = [pd.read_parquet(r / "results.parquet").query(f"metric == 'mean_nll' and context_length == {row.context_length}").value.mean()
-                    for r in runs]
+        per_seed = [
+            pd.read_parquet(r / "results.parquet")
+            .query(f"metric == 'mean_nll' and context_length == {row.context_length}")
+            .value.mean()
+            for r in runs
+        ]
         low, high = t_interval(per_seed)
-        assert (row.value, row.ci_low, row.ci_high) == pytest.approx((math.exp(np.mean(per_seed)), math.exp(low), math.exp(high)))
+        assert (row.value, row.ci_low, row.ci_high) == pytest.approx(
+            (math.exp(np.mean(per_seed)), math.exp(low), math.exp(high))
+        )
     # the same seed twice is a repeat, not a seed: refused, not averaged
     twin = synthetic_perplexity_run(tmp_path / "twin", 1, {64: 3.2, 128: 3.5})
-    result = runner.invoke(APP, ["plot", str(runs[0]), str(twin), "--out", str(tmp_path / "bad"), "--aggregate", "seeds"])
+    result = runner.invoke(
+        APP, ["plot", str(runs[0]), str(twin), "--out", str(tmp_path / "bad"), "--aggregate", "seeds"]
+    )
     assert result.exit_code == 2 and "same settings and seed" in result.output
     plot(*runs, "--out", tmp_path / "agg", "--aggregate", "seeds", "--label", "mine", "--label", "x", "--label", "y")
-    assert set(pd.read_csv(tmp_path / "agg" / "perplexity_perplexity_vs_length.csv").series) == {"mine (3 seeds) · softmax"}
+    assert set(pd.read_csv(tmp_path / "agg" / "perplexity_perplexity_vs_length.csv").series) == {
+        "mine (3 seeds) · softmax"
+    }
 
 
 def test_training_length_is_marked_in_every_length_plot(tmp_path, monkeypatch):
@@ -213,7 +292,9 @@ def test_training_length_is_marked_in_every_length_plot(tmp_path, monkeypatch):
 
     marked = []
     original = matplotlib.axes.Axes.axvline
-    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda self, x=0, *a, **k: marked.append(x) or original(self, x, *a, **k))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axvline", lambda self, x=0, *a, **k: marked.append(x) or original(self, x, *a, **k)
+    )
     run = synthetic_perplexity_run(tmp_path / "r", 1, {64: 3.0, 128: 3.5})
     plot(run, "--out", tmp_path / "fig")
     assert marked == [96]  # the model's position limit, between the two lengths
@@ -226,8 +307,14 @@ def test_heatmap_is_colour_blind_safe_with_readable_text(tmp_path, monkeypatch):
 
     seen = {"cmaps": [], "text": []}
     imshow, text = matplotlib.axes.Axes.imshow, matplotlib.axes.Axes.text
-    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda self, X, cmap=None, **k: seen["cmaps"].append(cmap.name) or imshow(self, X, cmap=cmap, **k))
-    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, s, **k: seen["text"].append((s, k)) or text(self, x, y, s, **k))
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "imshow",
+        lambda self, X, cmap=None, **k: seen["cmaps"].append(cmap.name) or imshow(self, X, cmap=cmap, **k),
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "text", lambda self, x, y, s, **k: seen["text"].append((s, k)) or text(self, x, y, s, **k)
+    )
     frame = needle_rows({512: 1.0, 1024: 0.5, 2048: 0.0})
     acc = frame[frame.metric == "greedy_correct"]
     heatmaps(acc, "t", 1024, tmp_path / "h.png")

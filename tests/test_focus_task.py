@@ -18,13 +18,43 @@ def run_focus(out, *extra):
 
 def test_focus_rows_per_layer_and_head(tiny_checkpoint, tmp_path):
     out = tmp_path / "focus"
-    result = run_focus(out, "--model", tiny_checkpoint, "--lengths", "192,256", "--depths", "50", "--trials", "1",
-                       "--attention", "softmax,ssmax", "--ssmax-s", "0.8")
+    result = run_focus(
+        out,
+        "--model",
+        tiny_checkpoint,
+        "--lengths",
+        "192,256",
+        "--depths",
+        "50",
+        "--trials",
+        "1",
+        "--attention",
+        "softmax,ssmax",
+        "--ssmax-s",
+        "0.8",
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
-    assert list(frame.columns[:10]) == ["run_id", "task", "model", "attention", "context_length", "depth", "trial",
-                                       "layer", "head", "metric"]
-    assert set(frame.metric) == {"needle_mass", "max_weight", "entropy", "entropy_norm", "needle_rank", "top1_in_needle"}
+    assert list(frame.columns[:10]) == [
+        "run_id",
+        "task",
+        "model",
+        "attention",
+        "context_length",
+        "depth",
+        "trial",
+        "layer",
+        "head",
+        "metric",
+    ]
+    assert set(frame.metric) == {
+        "needle_mass",
+        "max_weight",
+        "entropy",
+        "entropy_norm",
+        "needle_rank",
+        "top1_in_needle",
+    }
     assert set(frame.layer) == {0, 1} and set(frame["head"]) == {0, 1, 2, 3}
     assert len(frame) == 2 * 2 * 2 * 4 * 6  # variants x lengths x layers x heads x metrics
     mass = frame[frame.metric == "needle_mass"].value
@@ -38,8 +68,21 @@ def test_focus_rows_per_layer_and_head(tiny_checkpoint, tmp_path):
 
 def test_focus_layers_and_answer_rows(tiny_checkpoint, tmp_path):
     out = tmp_path / "focus"
-    result = run_focus(out, "--model", tiny_checkpoint, "--lengths", "192", "--depths", "0,100", "--trials", "1",
-                       "--layers", "1", "--query", "answer")
+    result = run_focus(
+        out,
+        "--model",
+        tiny_checkpoint,
+        "--lengths",
+        "192",
+        "--depths",
+        "0,100",
+        "--trials",
+        "1",
+        "--layers",
+        "1",
+        "--query",
+        "answer",
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     assert set(frame.layer) == {1} and sorted(frame.depth.unique()) == [0, 100]
@@ -48,7 +91,9 @@ def test_focus_layers_and_answer_rows(tiny_checkpoint, tmp_path):
 
 def test_analytic_mode_needs_no_model(tmp_path):
     out = tmp_path / "analytic"
-    result = run_focus(out, "--analytic", "--n", "16..4k", "--gap", "1", "--ssmax-s", "1.5", "--model", tmp_path / "nothing-here")
+    result = run_focus(
+        out, "--analytic", "--n", "16..4k", "--gap", "1", "--ssmax-s", "1.5", "--model", tmp_path / "nothing-here"
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     soft = frame[frame.attention == "softmax"].sort_values("context_length")

@@ -21,7 +21,10 @@ def gate_file(tmp_path, text: str):
 
 def test_gates_pass_and_fail(tmp_path):
     run = needle_run(tmp_path / "run", [1] * 9 + [0])  # accuracy 0.9 at 2048, 10 independent trials
-    gates = load_gates(gate_file(tmp_path, """
+    gates = load_gates(
+        gate_file(
+            tmp_path,
+            """
 [[gate]]
 task = "needle"
 metric = "greedy_correct"
@@ -36,7 +39,9 @@ task = "needle"
 metric = "greedy_correct"
 op = ">"
 value = 0.95
-"""))
+""",
+        )
+    )
     assert gates[0].context_length == 2048 and gates[1].context_length is None and gates[0].require == "value"
     report = check_gates(run, gates)
     assert list(report.rows.status) == ["pass", "fail"] and report.exit_code == 1
@@ -80,8 +85,13 @@ def test_interrupted_run_fails_the_gate(tmp_path):
 
 def test_perplexity_gate_is_exp_of_mean_nll(tmp_path):
     run = perplexity_run(tmp_path / "run")
-    gates = load_gates(gate_file(tmp_path, '[[gate]]\ntask = "perplexity"\nmetric = "perplexity"\nattention = "softmax"\n'
-                                           'context_length = 512\nop = "<="\nvalue = 1000\n'))
+    gates = load_gates(
+        gate_file(
+            tmp_path,
+            '[[gate]]\ntask = "perplexity"\nmetric = "perplexity"\nattention = "softmax"\n'
+            'context_length = 512\nop = "<="\nvalue = 1000\n',
+        )
+    )
     row = check_gates(run, gates).rows.iloc[0]
     import pandas as pd
 
@@ -95,7 +105,10 @@ def test_perplexity_gate_is_exp_of_mean_nll(tmp_path):
 def test_gate_relative_to_baseline(tmp_path):
     perplexity_run(tmp_path / "results" / "base")
     worse = perplexity_run(tmp_path / "worse", shift={("ssmax", 1024): 0.05})  # perplexity +5% at ssmax@1024
-    gates = load_gates(gate_file(tmp_path, """
+    gates = load_gates(
+        gate_file(
+            tmp_path,
+            """
 baseline = "results/base"
 [[gate]]
 task = "perplexity"
@@ -103,7 +116,9 @@ metric = "perplexity"
 context_length = 1024
 op = "<="
 baseline_factor = 1.02
-"""))
+""",
+        )
+    )
     assert gates[0].baseline == str(tmp_path / "results" / "base")  # relative to the gate file
     report = check_gates(worse, gates)
     status = dict(zip(report.rows.attention, report.rows.status))
@@ -111,15 +126,19 @@ baseline_factor = 1.02
     row = report.rows.set_index("attention").loc["ssmax"]
     assert row.threshold == pytest.approx(row.baseline * 1.02) and row.value > row.threshold
     assert check_gates(worse, gates, baseline_dir=worse).exit_code == 0  # --baseline overrides the file's
-    no_baseline = load_gates(gate_file(tmp_path, '[[gate]]\ntask = "perplexity"\nmetric = "perplexity"\nop = "<="\n'
-                                                 'baseline_factor = 1.02\n'))
+    no_baseline = load_gates(
+        gate_file(tmp_path, '[[gate]]\ntask = "perplexity"\nmetric = "perplexity"\nop = "<="\nbaseline_factor = 1.02\n')
+    )
     with pytest.raises(ConfigError, match="baseline"):
         check_gates(worse, no_baseline)
 
 
 def test_gate_that_selects_nothing_fails(tmp_path):
     run = needle_run(tmp_path / "run", [1, 1])
-    gates = load_gates(gate_file(tmp_path, """
+    gates = load_gates(
+        gate_file(
+            tmp_path,
+            """
 [[gate]]
 task = "needle"
 metric = "greedy_correct"
@@ -132,7 +151,9 @@ task = "perplexity"
 metric = "perplexity"
 op = "<="
 value = 100
-"""))
+""",
+        )
+    )
     report = check_gates(run, gates)
     assert list(report.rows.status) == ["fail", "skipped"] and report.exit_code == 1
     assert "selects nothing" in report.rows.reason[0] and "2048" in report.rows.reason[0]
@@ -140,17 +161,23 @@ value = 100
     assert only_other_task.exit_code == 1 and "no gate" in only_other_task.rows.reason.iloc[-1]
 
 
-@pytest.mark.parametrize("text, problem", [
-    ('[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = ">="\nvalue = 0.9\nthreshhold = 1\n', "threshhold"),
-    ('baselin = "x"\n[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\nvalue = 1\n', "baselin"),
-    ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = "=>"\nvalue = 1\n', "op"),
-    ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\n', "exactly one"),
-    ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\nvalue = 1\nbaseline_factor = 1.0\n', "exactly one"),
-    ('[[gate]]\ntask = "neddle"\nmetric = "m"\nop = ">="\nvalue = 1\n', "did you mean 'needle'"),
-    ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\nvalue = 1\ncontext_length = "long"\n', "context_length"),
-    ('[[gate]\n', "not valid TOML"),
-    ('baseline = "x"\n', "no [[gate]]"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (
+            '[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = ">="\nvalue = 0.9\nthreshhold = 1\n',
+            "threshhold",
+        ),
+        ('baselin = "x"\n[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\nvalue = 1\n', "baselin"),
+        ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = "=>"\nvalue = 1\n', "op"),
+        ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\n', "exactly one"),
+        ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\nvalue = 1\nbaseline_factor = 1.0\n', "exactly one"),
+        ('[[gate]]\ntask = "neddle"\nmetric = "m"\nop = ">="\nvalue = 1\n', "did you mean 'needle'"),
+        ('[[gate]]\ntask = "needle"\nmetric = "m"\nop = ">="\nvalue = 1\ncontext_length = "long"\n', "context_length"),
+        ("[[gate]\n", "not valid TOML"),
+        ('baseline = "x"\n', "no [[gate]]"),
+    ],
+)
 def test_bad_gate_files(tmp_path, text, problem):
     with pytest.raises(ConfigError, match=problem.replace("[", r"\[")) as err:
         load_gates(gate_file(tmp_path, text))
@@ -173,8 +200,9 @@ def test_misspelt_metric_is_a_bad_gate_file(tmp_path):
 def test_relative_gate_refuses_a_baseline_that_is_not_comparable(tmp_path):
     base = needle_run(tmp_path / "base", [1, 1], seed=1)
     cand = needle_run(tmp_path / "cand", [1, 1], seed=2)
-    gates = load_gates(gate_file(tmp_path, '[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = ">="\n'
-                                           'baseline_delta = -0.1\n'))
+    gates = load_gates(
+        gate_file(tmp_path, '[[gate]]\ntask = "needle"\nmetric = "greedy_correct"\nop = ">="\nbaseline_delta = -0.1\n')
+    )
     report = check_gates(cand, gates, baseline_dir=base)
     row = report.rows[report.rows.gate == "(baseline comparable)"]
     assert report.exit_code == 1 and len(row) == 1 and "seeds differ" in row.reason.iloc[0]

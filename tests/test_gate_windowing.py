@@ -12,15 +12,35 @@ import cli
 
 runner = CliRunner()
 APP = cli.register_tasks()
-GATES = "".join(f'[[gate]]\ntask = "perplexity"\nmetric = "{metric}"\ncontext_length = {length}\nop = "<="\nvalue = 1e6\n'
-                for metric in ("mean_nll", "perplexity") for length in (64, 128))
+GATES = "".join(
+    f'[[gate]]\ntask = "perplexity"\nmetric = "{metric}"\ncontext_length = {length}\nop = "<="\nvalue = 1e6\n'
+    for metric in ("mean_nll", "perplexity")
+    for length in (64, 128)
+)
 
 
 @pytest.mark.parametrize("mode", [[], ["--stride", "48"], ["--match", "lm-eval"]])
 def test_gate_values_equal_summary_csv(tiny_checkpoint, tmp_path, mode):
     out = tmp_path / "run"
-    result = runner.invoke(APP, ["run", "perplexity", "--model", str(tiny_checkpoint), "--lengths", "64,128",
-                                 "--samples", "4", "--out", str(out), "--device", "cpu", "--quiet", *mode])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(tiny_checkpoint),
+            "--lengths",
+            "64,128",
+            "--samples",
+            "4",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            *mode,
+        ],
+    )
     assert result.exit_code == 0, result.output
     gates = tmp_path / "gates.toml"
     gates.write_text(GATES)

@@ -14,8 +14,10 @@ from evalkit.data.corpus import TokenStream, load_corpus, token_stream
 from evalkit.data.haystack import HaystackOptions, build_samples, load_samples_file
 from evalkit.core.errors import ConfigError, DataError
 
-CHAT = ("{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHAT = (
+    "{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 LENGTHS = {"passkey": [128, 200, 513], "kv": [256, 300, 513], "abcdigits": [128, 200, 513]}
 SMOLLM2 = Path("/root/.cache/evalkit/models/smollm2-135m")
 
@@ -41,13 +43,17 @@ def expected_needles(sample) -> tuple[list[str], list[str]]:
     info = sample.info
     if sample.needle_kind == "passkey":
         v = info["values"][0]
-        return ([f"The pass key is {v}. Remember it. {v} is the pass key."],
-                [f"The pass key for {k} is {d}." for k, d in zip(info["distractor_keys"], info["distractor_values"])])
+        return (
+            [f"The pass key is {v}. Remember it. {v} is the pass key."],
+            [f"The pass key for {k} is {d}." for k, d in zip(info["distractor_keys"], info["distractor_values"])],
+        )
     if sample.needle_kind == "abcdigits":
         return [f"{info['keys'][0]}={info['values'][0]}"], []
     form = "The special magic number for {} is: {}."
-    return ([form.format(k, v) for k, vs in zip(info["keys"], info["values"]) for v in vs],
-            [form.format(k, v) for k, v in zip(info["distractor_keys"], info["distractor_values"])])
+    return (
+        [form.format(k, v) for k, vs in zip(info["keys"], info["values"]) for v in vs],
+        [form.format(k, v) for k, v in zip(info["distractor_keys"], info["distractor_values"])],
+    )
 
 
 def check_sample(tok, sample, length):
@@ -69,7 +75,9 @@ def check_sample(tok, sample, length):
 @pytest.mark.parametrize("needle", ["passkey", "kv", "abcdigits"])
 def test_exact_length_needles_and_answer(tokenizer, chat_tokenizer, stream, needle, haystack, chat):
     tok = chat_tokenizer if chat == "on" else tokenizer
-    options = HaystackOptions(haystack=haystack, needle=needle, distractors=1 if needle != "abcdigits" else 0, chat=chat)
+    options = HaystackOptions(
+        haystack=haystack, needle=needle, distractors=1 if needle != "abcdigits" else 0, chat=chat
+    )
     samples = build_samples(tok, options, LENGTHS[needle], [0, 35, 100], trials=2, seed=7, stream=stream)
     assert len(samples) == 3 * 3 * 2
     for s in samples:
@@ -78,7 +86,9 @@ def test_exact_length_needles_and_answer(tokenizer, chat_tokenizer, stream, need
         if needle == "abcdigits":
             assert prompt.endswith("\n" + s.info["answer_prefix"]) and "<|user|>" not in prompt
         elif chat == "on":
-            assert prompt.startswith("<|user|>\n") and prompt.rstrip().endswith("\n<|assistant|>\n" + s.info["answer_prefix"])
+            assert prompt.startswith("<|user|>\n") and prompt.rstrip().endswith(
+                "\n<|assistant|>\n" + s.info["answer_prefix"]
+            )
         else:
             assert prompt.rstrip().endswith(s.info["question"] + " " + s.info["answer_prefix"])
 
@@ -92,23 +102,27 @@ def test_depth_is_reached_and_the_ends_work(tokenizer):
     first, last = samples[0], samples[-1]
     assert first.needle_spans[0][0] == 0 and first.actual_depth == 0
     assert last.actual_depth == 100
-    after = text(tokenizer, last.prompt_ids[last.needle_spans[0][1]:])
+    after = text(tokenizer, last.prompt_ids[last.needle_spans[0][1] :])
     assert after.startswith("\n\nWhat is the pass key?")
 
 
 def test_corpus_depth_is_close_for_long_contexts(tokenizer, stream):
-    samples = build_samples(tokenizer, HaystackOptions(needle="kv"), [4096], [10, 50, 90], trials=2, seed=3, stream=stream)
+    samples = build_samples(
+        tokenizer, HaystackOptions(needle="kv"), [4096], [10, 50, 90], trials=2, seed=3, stream=stream
+    )
     assert all(abs(s.actual_depth - s.depth) <= 5 for s in samples)
 
 
 def test_needle_sits_at_a_sentence_boundary(tokenizer):
     s = build_samples(tokenizer, HaystackOptions(haystack="noise"), [600], [43], trials=1, seed=1)[0]
-    before = text(tokenizer, s.prompt_ids[:s.needle_spans[0][0]])
+    before = text(tokenizer, s.prompt_ids[: s.needle_spans[0][0]])
     assert before.endswith((".", "!", "?", "\n"))
 
 
 def test_abcdigits_haystack_is_only_key_lines(tokenizer):
-    for s in build_samples(tokenizer, HaystackOptions(needle="abcdigits", digits=4), [300, 517], [0, 50, 100], 2, seed=5):
+    for s in build_samples(
+        tokenizer, HaystackOptions(needle="abcdigits", digits=4), [300, 517], [0, 50, 100], 2, seed=5
+    ):
         lines = text(tokenizer, s.prompt_ids).split("\n")
         target, value = s.info["keys"][0], s.answer_text
         assert lines[-1] == f"{target}=" and re.fullmatch(r"\d{4}", value)
@@ -157,7 +171,9 @@ def test_multi_key_value_query_shapes(tokenizer):
     s = one(needle="kv", queries=2, values=2)
     assert len(s.needle_spans) == 4 and s.answer_text.count(", ") == 3
     s = one(needle="passkey", distractors=3)
-    assert len(s.distractor_spans) == 3 and text(tokenizer, s.prompt_ids).count("The pass key is") == 2  # needle + prefix
+    assert (
+        len(s.distractor_spans) == 3 and text(tokenizer, s.prompt_ids).count("The pass key is") == 2
+    )  # needle + prefix
 
 
 def test_too_short_names_the_minimum(tokenizer):
@@ -191,12 +207,16 @@ def test_samples_file(tmp_path, tokenizer, chat_tokenizer):
     needle = "The pass key is 31415. Remember it."
     prompt = "The grass is green. " * 10 + needle + " The sky is blue." * 5 + "\n\nWhat is the pass key?"
     path = tmp_path / "s.jsonl"
-    path.write_text(json.dumps({"prompt": prompt, "answer": "31415", "needle": needle, "answer_prefix": " The pass key is"})
-                    + "\n\n" + json.dumps({"prompt": prompt, "answer": "31415", "depth": 66}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": prompt, "answer": "31415", "needle": needle, "answer_prefix": " The pass key is"})
+        + "\n\n"
+        + json.dumps({"prompt": prompt, "answer": "31415", "depth": 66})
+        + "\n"
+    )
     for tok, chat in ((tokenizer, "auto"), (chat_tokenizer, "auto"), (chat_tokenizer, "on")):
         first, second = load_samples_file(path, tok, chat=chat)
         assert len(first.prompt_ids) == first.context_length and first.needle_kind == "file"
-        (a, b), = first.needle_spans
+        ((a, b),) = first.needle_spans
         assert text(tok, first.prompt_ids[a:b]).strip() == needle
         assert 0 < first.actual_depth < 100 and first.depth == first.actual_depth
         assert text(tok, first.answer_ids).strip() == "31415" and text(tok, first.answer_ids[:1]).strip()
@@ -216,12 +236,15 @@ def test_samples_file_prompts_are_verbatim_by_default(tmp_path, chat_tokenizer):
     assert text(chat_tokenizer, on.prompt_ids).startswith("<|user|>\n" + prompt)
 
 
-@pytest.mark.parametrize("line, message", [
-    ({"prompt": "x"}, "line 2 has no text field 'answer'"),
-    ({"prompt": "x", "answer": "1", "needle": "nope"}, "line 2: the needle text is not in the prompt"),
-    ({"prompt": "x", "answer": "1", "depth": "deep"}, "line 2: depth"),
-    ("{not json", "line 2 is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"prompt": "x"}, "line 2 has no text field 'answer'"),
+        ({"prompt": "x", "answer": "1", "needle": "nope"}, "line 2: the needle text is not in the prompt"),
+        ({"prompt": "x", "answer": "1", "depth": "deep"}, "line 2: depth"),
+        ("{not json", "line 2 is not valid JSON"),
+    ],
+)
 def test_samples_file_errors_name_the_line(tmp_path, tokenizer, line, message):
     path = tmp_path / "bad.jsonl"
     good = json.dumps({"prompt": "a b c", "answer": "1"})

@@ -29,8 +29,22 @@ def invoke(*args):
 
 
 def needle_args(model, *extra):
-    return ["run", "needle", "--model", str(model), "--lengths", "128", "--depths", "0:100:50", "--trials", "1",
-            "--device", "cpu", "--quiet", *map(str, extra)]
+    return [
+        "run",
+        "needle",
+        "--model",
+        str(model),
+        "--lengths",
+        "128",
+        "--depths",
+        "0:100:50",
+        "--trials",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        *map(str, extra),
+    ]
 
 
 def one_line_error(result, *words):
@@ -63,6 +77,7 @@ def interrupt_after(monkeypatch):
 
     def arm(n):
         state["n"], state["at"] = 0, n
+
     return arm
 
 
@@ -77,9 +92,12 @@ def continue_words(result) -> list[str]:
 
 # -- 1. text is printed as text ----------------------------------------------------------------
 
+
 def test_option_values_print_literally_not_as_emoji(tiny_checkpoint, tmp_path):
-    line = one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", tmp_path / "o", "--depths", "0:100:0")),
-                          "bad percentage list '0:100:0'")
+    line = one_line_error(
+        invoke(*needle_args(tiny_checkpoint, "--out", tmp_path / "o", "--depths", "0:100:0")),
+        "bad percentage list '0:100:0'",
+    )
     assert "\U0001f4af" not in line  # rich's :100: emoji
 
 
@@ -89,6 +107,7 @@ def test_help_shows_toml_tables():
 
 
 # -- 1. the continue command, run as printed -------------------------------------------------
+
 
 def test_continue_command_one_model(tiny_checkpoint, tmp_path, interrupt_after):
     out = tmp_path / "run"
@@ -137,12 +156,16 @@ def test_continue_command_sweep(tiny_checkpoint, tmp_path, interrupt_after, monk
     (tmp_path / "study.toml").write_text(
         f'out = "runs"\ndevice = "cpu"\n[[model]]\npath = "{tiny_checkpoint}"\nname = "m"\n'
         '[[task]]\nname = "needle"\nlengths = "128"\ndepths = "0:100:50"\ntrials = 1\n'
-        '[[task]]\nname = "perplexity"\nlengths = "64"\nsamples = 2\n')
+        '[[task]]\nname = "perplexity"\nlengths = "64"\nsamples = 2\n'
+    )
     interrupt_after(4)
     words = continue_words(invoke("sweep", "--config", "study.toml", "--quiet"))
     assert words == ["sweep", "--config", "study.toml", "--quiet", "--resume"]
     assert invoke(*words).exit_code == 0
-    assert len(journal_entries(tmp_path / "runs/m/needle")) == 3 and len(journal_entries(tmp_path / "runs/m/perplexity")) == 2
+    assert (
+        len(journal_entries(tmp_path / "runs/m/needle")) == 3
+        and len(journal_entries(tmp_path / "runs/m/perplexity")) == 2
+    )
 
 
 def test_model_folder_names_are_unique():
@@ -155,19 +178,24 @@ def test_model_folder_names_are_unique():
 
 # -- 2. validate, then touch disk, then load ---------------------------------------------------
 
+
 @pytest.fixture()
 def no_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
+
     monkeypatch.setattr("evalkit.run.evaluate.load_for", refuse)
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--lengths", "12q"], "bad context length"),
-    (["--depths", "0:200:50"], "must lie in 0..100"),
-    (["--trials", "0"], "bad --trials 0"),
-    (["--samples-file", "missing.jsonl"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--lengths", "12q"], "bad context length"),
+        (["--depths", "0:200:50"], "must lie in 0..100"),
+        (["--trials", "0"], "bad --trials 0"),
+        (["--samples-file", "missing.jsonl"], "does not exist"),
+    ],
+)
 def test_grid_and_files_checked_before_load_and_before_any_write(tiny_checkpoint, tmp_path, no_load, extra, words):
     out = tmp_path / "o"
     one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out), *extra), words)
@@ -179,12 +207,18 @@ def test_datasets_checked_or_refused_before_load(tiny_checkpoint, tmp_path, no_l
     empty.write_text("  \n")
     out = tmp_path / "o"
     one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--dataset", empty)), "holds no text")
-    one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--dataset", empty, "--needle", "abcdigits")),
-                   "--dataset is not read with --needle abcdigits")
-    one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--dataset", empty, "--haystack", "noise")),
-                   "--dataset is not read with --haystack noise")
+    one_line_error(
+        invoke(*needle_args(tiny_checkpoint, "--out", out, "--dataset", empty, "--needle", "abcdigits")),
+        "--dataset is not read with --needle abcdigits",
+    )
+    one_line_error(
+        invoke(*needle_args(tiny_checkpoint, "--out", out, "--dataset", empty, "--haystack", "noise")),
+        "--dataset is not read with --haystack noise",
+    )
     (tmp_path / "s.jsonl").write_text("\n")
-    one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--samples-file", tmp_path / "s.jsonl")), "is empty")
+    one_line_error(
+        invoke(*needle_args(tiny_checkpoint, "--out", out, "--samples-file", tmp_path / "s.jsonl")), "is empty"
+    )
     assert not out.exists()
 
 
@@ -207,15 +241,24 @@ def test_failed_start_leaves_nothing_and_the_retry_runs(tiny_checkpoint, tmp_pat
 
 # -- 3. resume identity and the lock ------------------------------------------------------------
 
+
 def test_resume_with_another_grid_names_the_options(tiny_checkpoint, tmp_path):
     out = tmp_path / "o"
     assert invoke(*needle_args(tiny_checkpoint, "--out", out)).exit_code == 0
-    line = one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--lengths", "128,256",
-                                              "--trials", "2")), "holds a different run")
+    line = one_line_error(
+        invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--lengths", "128,256", "--trials", "2")),
+        "holds a different run",
+    )
     assert "lengths: '128' -> '128,256'" in line and "trials: '1' -> '2'" in line
-    one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--needle", "kv")), "needle: 'passkey' -> 'kv'")
-    one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--attention", "softmax,ssmax", "--ssmax-s", "0.5")),
-                   "attention auto: {'name': 'auto'} -> not given")
+    one_line_error(
+        invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume", "--needle", "kv")), "needle: 'passkey' -> 'kv'"
+    )
+    one_line_error(
+        invoke(
+            *needle_args(tiny_checkpoint, "--out", out, "--resume", "--attention", "softmax,ssmax", "--ssmax-s", "0.5")
+        ),
+        "attention auto: {'name': 'auto'} -> not given",
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity"]["lengths"] == "128" and manifest["rows"] == 3 * 4  # untouched by the refused resumes
 
@@ -229,8 +272,10 @@ def test_resume_may_add_a_variant(tiny_checkpoint, tmp_path):
     after = pd.read_parquet(out / "results.parquet")
     assert sorted(e["attention"] for e in journal_entries(out)) == ["logn"] * 3 + ["softmax"] * 3
     keys = ["attention", "depth", "metric"]
-    pd.testing.assert_frame_equal(after[after.attention == "softmax"].sort_values(keys)[keys + ["value"]].reset_index(drop=True),
-                                  before.sort_values(keys)[keys + ["value"]].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        after[after.attention == "softmax"].sort_values(keys)[keys + ["value"]].reset_index(drop=True),
+        before.sort_values(keys)[keys + ["value"]].reset_index(drop=True),
+    )
     one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--attention", "logn", "--resume")), "attention")
 
 
@@ -263,7 +308,9 @@ def test_a_second_process_on_the_same_out_is_refused_and_a_crash_frees_it(tiny_c
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        line = one_line_error(invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume")), "in use by a running evalkit process")
+        line = one_line_error(
+            invoke(*needle_args(tiny_checkpoint, "--out", out, "--resume")), "in use by a running evalkit process"
+        )
         assert f"pid {holder.pid}" in line
         with pytest.raises(ResultsError, match="in use"):
             RunStore(out, {}, resume=True)
@@ -284,6 +331,7 @@ def test_two_stores_in_one_folder_exclude_each_other(tmp_path):
 
 
 # -- 7. library warnings ----------------------------------------------------------------------
+
 
 def test_library_warnings_are_held_and_printed_once(tmp_path):
     import logging
@@ -309,6 +357,7 @@ def test_library_warnings_are_held_and_printed_once(tmp_path):
 
 
 # -- 8. progress a person can trust --------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self):
@@ -347,7 +396,9 @@ def test_attention_scale_of_smollm2_shape():
 
     from evalkit.run.runner import attention_scale
 
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64)
+    config = LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64
+    )
     # per layer: q, o 576 x 576; k, v 576 x 192; MLP 3 x 576 x 1536 -> 3,538,944 parameters over 576 attention dims
     assert attention_scale(SimpleNamespace(model=SimpleNamespace(config=config))) == 3_538_944 / 576 == 6144
 
@@ -362,8 +413,10 @@ def test_shared_run_costs_count_each_prefix_once():
 
     rng = np.random.default_rng(0)
     trunk = rng.integers(0, 50, 300)
-    requests = [AnswerScoreRequest(np.concatenate([trunk[:cut], rng.integers(0, 50, 40)]), rng.integers(0, 50, 3))
-                for cut in (100, 180, 250)]
+    requests = [
+        AnswerScoreRequest(np.concatenate([trunk[:cut], rng.integers(0, 50, 40)]), rng.integers(0, 50, 3))
+        for cut in (100, 180, 250)
+    ]
     run = [Sample(str(k), r, {}) for k, r in enumerate(requests)]
     sequences = [np.concatenate([r.prompt, r.answer]) for r in requests]
     assert sum(shared_costs(run, float("inf"))) == tokens_to_compute(sequences)[0]
@@ -383,7 +436,9 @@ def test_heartbeat_lines_in_a_log(tmp_path):
         progress.advance(1, 1000, 2.0, "softmax L=1000")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 10 and all(line.startswith("progress: ") for line in lines)
-    assert lines[0] == "progress: 10/100 samples (10% of the work), 500 tok/s, elapsed 0m20s, eta 3m00s [softmax L=1000]"
+    assert (
+        lines[0] == "progress: 10/100 samples (10% of the work), 500 tok/s, elapsed 0m20s, eta 3m00s [softmax L=1000]"
+    )
     assert lines[-1].startswith("progress: 100/100 samples (100% of the work)")
     quiet = io.StringIO()
     progress = ProgressReporter(Console(file=quiet, force_terminal=False), quiet=True, clock=clock)
@@ -396,6 +451,7 @@ def test_sweep_checks_every_cell_before_the_first_load(tiny_checkpoint, tmp_path
     (tmp_path / "study.toml").write_text(
         f'out = "{tmp_path / "runs"}"\ndevice = "cpu"\n[[model]]\npath = "{tiny_checkpoint}"\n'
         '[[task]]\nname = "perplexity"\nlengths = "64"\n'
-        '[[task]]\nname = "needle"\nlengths = "128"\ndepths = "0:100:0"\n')
+        '[[task]]\nname = "needle"\nlengths = "128"\ndepths = "0:100:0"\n'
+    )
     one_line_error(invoke("sweep", "--config", tmp_path / "study.toml", "--quiet"), "bad percentage list '0:100:0'")
     assert not (tmp_path / "runs").exists()

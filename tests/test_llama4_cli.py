@@ -24,11 +24,26 @@ def llama4_checkpoint(tmp_path_factory, tokenizer):
 
     torch.manual_seed(0)
     config = Llama4TextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=64, intermediate_size_mlp=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=2,
-        num_experts_per_tok=1, moe_layers=[], no_rope_layers=[1, 0], attention_chunk_size=None,
-        max_position_embeddings=512, attn_temperature_tuning=True, floor_scale=4, attn_scale=0.5,
-        pad_token_id=0, eos_token_id=0, bos_token_id=0,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=64,
+        intermediate_size_mlp=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        moe_layers=[],
+        no_rope_layers=[1, 0],
+        attention_chunk_size=None,
+        max_position_embeddings=512,
+        attn_temperature_tuning=True,
+        floor_scale=4,
+        attn_scale=0.5,
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
     )
     folder = tmp_path_factory.mktemp("tiny-llama4")
     Llama4ForCausalLM(config).eval().save_pretrained(folder)
@@ -43,9 +58,30 @@ def test_llama4_perplexity_matches_stock_forward(llama4_checkpoint, tokenizer, t
     from evalkit.data.corpus import load_corpus, token_stream
 
     out = tmp_path / "run"
-    result = runner.invoke(APP, ["run", "perplexity", "--model", str(llama4_checkpoint), "--attention", attention,
-                                 "--lengths", "64,128", "--samples", "2", "--out", str(out), "--device", "cpu",
-                                 "--dataset", "builtin:pydoc-topics", "--documents", "joined", "--quiet"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(llama4_checkpoint),
+            "--attention",
+            attention,
+            "--lengths",
+            "64,128",
+            "--samples",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--dataset",
+            "builtin:pydoc-topics",
+            "--documents",
+            "joined",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     rows = frame[(frame.metric == "mean_nll") & (frame.context_length == 128)]
@@ -62,9 +98,26 @@ def test_llama4_perplexity_matches_stock_forward(llama4_checkpoint, tokenizer, t
 
 def test_llama4_needle_scores(llama4_checkpoint, tmp_path):
     out = tmp_path / "needle"
-    result = runner.invoke(APP, ["run", "needle", "--model", str(llama4_checkpoint), "--lengths", "96",
-                                 "--depths", "0,100", "--trials", "1", "--out", str(out), "--device", "cpu",
-                                 "--quiet"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "needle",
+            "--model",
+            str(llama4_checkpoint),
+            "--lengths",
+            "96",
+            "--depths",
+            "0,100",
+            "--trials",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     logprobs = frame[frame.metric == "answer_logprob"].value

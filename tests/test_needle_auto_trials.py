@@ -18,8 +18,25 @@ APP = cli.register_tasks()
 
 
 def needle(checkpoint, out, *extra):
-    return runner.invoke(APP, ["run", "needle", "--model", str(checkpoint), "--lengths", "96,128", "--depths", "0,100",
-                               "--out", str(out), "--device", "cpu", "--quiet", *map(str, extra)])
+    return runner.invoke(
+        APP,
+        [
+            "run",
+            "needle",
+            "--model",
+            str(checkpoint),
+            "--lengths",
+            "96,128",
+            "--depths",
+            "0,100",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            *map(str, extra),
+        ],
+    )
 
 
 def planned_units(*args) -> int:
@@ -36,8 +53,11 @@ def test_auto_trials_runs_the_planned_number(tiny_checkpoint, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     # 2 lengths x (greedy_correct, answer_logprob) = 4 judged cells; worst case: the drop passes through 50%
     expected = planned_units("--accuracy", "0.95", "--detect", "0.9", "--cells", "4")
-    assert manifest["trials"] == {"spec": "auto:0.9", "resolved": expected,
-                                  "rule": "evalkit plan --accuracy 0.95 --detect 0.9 --cells 4 --power 0.8"}
+    assert manifest["trials"] == {
+        "spec": "auto:0.9",
+        "resolved": expected,
+        "rule": "evalkit plan --accuracy 0.95 --detect 0.9 --cells 4 --power 0.8",
+    }
     assert manifest["task_options"]["trials"] == "auto:0.9"
     summary = pd.read_csv(out / "summary.csv")
     assert (summary.units == expected).all() and expected >= 5  # 2^-k must pass below 0.05 / 4
@@ -53,9 +73,17 @@ def test_auto_trials_runs_the_planned_number(tiny_checkpoint, tmp_path):
     assert by_baseline["rule"].startswith(f"evalkit plan --baseline {sized}")
 
 
-@pytest.mark.parametrize("spec, words", [("auto", "bad --trials"), ("auto:x", "bad --trials"),
-                                         ("auto:0", "must be in (0, 1]"), ("auto:0.3@0.2", "a drop of d from a"),
-                                         ("0", "at least 1"), ("many", "auto:0.10")])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("auto", "bad --trials"),
+        ("auto:x", "bad --trials"),
+        ("auto:0", "must be in (0, 1]"),
+        ("auto:0.3@0.2", "a drop of d from a"),
+        ("0", "at least 1"),
+        ("many", "auto:0.10"),
+    ],
+)
 def test_bad_trials_spec_is_one_line_before_the_load(tiny_checkpoint, tmp_path, spec, words):
     result = needle(tiny_checkpoint, tmp_path / "o", "--trials", spec)
     assert result.exit_code == 2 and words in result.output.lower(), result.output
@@ -77,8 +105,20 @@ def test_trials_spec_parsing_and_typed_options():
 def test_plan_baseline_and_focus_refuse_what_they_cannot_use(tiny_checkpoint, tmp_path):
     result = needle(tiny_checkpoint, tmp_path / "o", "--trials", "3", "--plan-baseline", tmp_path)
     assert result.exit_code == 2 and "--plan-baseline sizes --trials auto:d only" in result.output.lower()
-    result = runner.invoke(APP, ["run", "focus", "--model", str(tiny_checkpoint), "--trials", "auto:0.5",
-                                 "--out", str(tmp_path / "f"), "--quiet"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "focus",
+            "--model",
+            str(tiny_checkpoint),
+            "--trials",
+            "auto:0.5",
+            "--out",
+            str(tmp_path / "f"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 2 and "give focus a number of trials" in result.output
 
 

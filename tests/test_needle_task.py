@@ -14,8 +14,24 @@ APP = cli.register_tasks()
 
 
 def run_needle(model, out, *extra):
-    args = ["run", "needle", "--model", str(model), "--lengths", "192,256", "--depths", "0:100:50", "--trials", "2",
-            "--out", str(out), "--device", "cpu", "--quiet", *map(str, extra)]
+    args = [
+        "run",
+        "needle",
+        "--model",
+        str(model),
+        "--lengths",
+        "192,256",
+        "--depths",
+        "0:100:50",
+        "--trials",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        *map(str, extra),
+    ]
     return runner.invoke(APP, args)
 
 
@@ -24,8 +40,17 @@ def test_needle_grid_rows_summary_and_plots(tiny_checkpoint, tmp_path):
     result = run_needle(tiny_checkpoint, out, "--attention", "softmax,ssmax", "--ssmax-s", "0.5")
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
-    assert list(frame.columns[:9]) == ["run_id", "task", "model", "attention", "context_length", "depth", "trial",
-                                      "needle", "metric"]
+    assert list(frame.columns[:9]) == [
+        "run_id",
+        "task",
+        "model",
+        "attention",
+        "context_length",
+        "depth",
+        "trial",
+        "needle",
+        "metric",
+    ]
     assert set(frame.metric) == {"greedy_correct", "answer_logprob", "answer_mean_logprob", "answer_rank"}
     acc = frame[frame.metric == "greedy_correct"]
     assert len(acc) == 2 * 3 * 2 * 2  # lengths x depths x trials x variants
@@ -46,15 +71,34 @@ def test_needle_grid_rows_summary_and_plots(tiny_checkpoint, tmp_path):
 
 def test_generate_scoring_and_samples_file(tiny_checkpoint, tmp_path, tokenizer):
     out = tmp_path / "gen"
-    result = run_needle(tiny_checkpoint, out, "--scoring", "generate", "--needle", "kv", "--lengths", "300",
-                        "--depths", "50", "--trials", "1")
+    result = run_needle(
+        tiny_checkpoint,
+        out,
+        "--scoring",
+        "generate",
+        "--needle",
+        "kv",
+        "--lengths",
+        "300",
+        "--depths",
+        "50",
+        "--trials",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out / "results.parquet")
     assert set(frame.metric) == {"exact_match", "contains"} and "generated" in frame.columns
 
     samples = tmp_path / "mine.jsonl"
-    samples.write_text("\n".join(json.dumps({"prompt": f"Remember {w}. " * 10 + "What was it? It was", "answer": w,
-                                             "needle": f"Remember {w}."}) for w in ["apples", "pears"]) + "\n")
+    samples.write_text(
+        "\n".join(
+            json.dumps(
+                {"prompt": f"Remember {w}. " * 10 + "What was it? It was", "answer": w, "needle": f"Remember {w}."}
+            )
+            for w in ["apples", "pears"]
+        )
+        + "\n"
+    )
     result = run_needle(tiny_checkpoint, tmp_path / "file", "--samples-file", samples)
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(tmp_path / "file" / "results.parquet")

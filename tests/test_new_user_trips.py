@@ -15,10 +15,28 @@ APP = cli.register_tasks()
 def test_run_table_has_no_nan_threshold(tiny_checkpoint, tmp_path):
     # the threshold belongs to the "all" row; per-length rows have none and show "-", also for rel:F
     for threshold in ("rel:0.9", "0.856"):
-        result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96,128",
-                                     "--depths", "0,100", "--trials", "1", "--threshold", threshold,
-                                     "--out", str(tmp_path / f"run{len(threshold)}"), "--device", "cpu"],
-                               env={"COLUMNS": "200"})
+        result = runner.invoke(
+            APP,
+            [
+                "run",
+                "needle",
+                "--model",
+                str(tiny_checkpoint),
+                "--lengths",
+                "96,128",
+                "--depths",
+                "0,100",
+                "--trials",
+                "1",
+                "--threshold",
+                threshold,
+                "--out",
+                str(tmp_path / f"run{len(threshold)}"),
+                "--device",
+                "cpu",
+            ],
+            env={"COLUMNS": "200"},
+        )
         assert result.exit_code == 0, result.output
         assert "threshold" in result.output and not re.search(r"\bnan\b", result.output, re.IGNORECASE)
 
@@ -27,13 +45,32 @@ def test_relative_gate_table_shows_its_threshold(tiny_checkpoint, tmp_path):
     runs = {}
     for name, seed in (("base", "1234"), ("cand", "1234"), ("other", "7")):
         runs[name] = tmp_path / name
-        result = runner.invoke(APP, ["run", "perplexity", "--model", str(tiny_checkpoint), "--lengths", "64",
-                                     "--samples", "2", "--seed", seed, "--out", str(runs[name]), "--device", "cpu",
-                                     "--quiet"])
+        result = runner.invoke(
+            APP,
+            [
+                "run",
+                "perplexity",
+                "--model",
+                str(tiny_checkpoint),
+                "--lengths",
+                "64",
+                "--samples",
+                "2",
+                "--seed",
+                seed,
+                "--out",
+                str(runs[name]),
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+        )
         assert result.exit_code == 0, result.output
     gates = tmp_path / "gates.toml"
-    gates.write_text(f'baseline = "{runs["base"]}"\n[[gate]]\ntask = "perplexity"\nmetric = "perplexity"\n'
-                     'op = "<="\nbaseline_factor = 1.02\n')
+    gates.write_text(
+        f'baseline = "{runs["base"]}"\n[[gate]]\ntask = "perplexity"\nmetric = "perplexity"\n'
+        'op = "<="\nbaseline_factor = 1.02\n'
+    )
     from evalkit.report.gate import check_gates, load_gates
 
     threshold = check_gates(runs["cand"], load_gates(gates)).rows.threshold.iloc[0]
@@ -43,8 +80,26 @@ def test_relative_gate_table_shows_its_threshold(tiny_checkpoint, tmp_path):
 
 
 def _run_ppl(model, out, dataset):
-    return runner.invoke(APP, ["run", "perplexity", "--model", str(model), "--lengths", "64", "--samples", "1",
-                               "--out", str(out), "--device", "cpu", "--quiet", "--dataset", str(dataset)])
+    return runner.invoke(
+        APP,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(model),
+            "--lengths",
+            "64",
+            "--samples",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--dataset",
+            str(dataset),
+        ],
+    )
 
 
 def test_binary_file_as_text_dataset_is_refused(tiny_checkpoint, tmp_path):
@@ -89,12 +144,30 @@ def test_progress_label_is_the_grid_length(tiny_checkpoint, tmp_path, monkeypatc
 
     monkeypatch.setattr(ProgressReporter, "advance", record)
     for cache in ("--prefix-cache", "--no-prefix-cache"):
-        result = runner.invoke(APP, ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "96,128",
-                                     "--depths", "0,100", "--trials", "1", "--out", str(tmp_path / cache),
-                                     "--device", "cpu", cache])
+        result = runner.invoke(
+            APP,
+            [
+                "run",
+                "needle",
+                "--model",
+                str(tiny_checkpoint),
+                "--lengths",
+                "96,128",
+                "--depths",
+                "0,100",
+                "--trials",
+                "1",
+                "--out",
+                str(tmp_path / cache),
+                "--device",
+                "cpu",
+                cache,
+            ],
+        )
         assert result.exit_code == 0, result.output
-    lengths = {int(part) for label in labels for word in label.split() if word.startswith("L=")
-               for part in word[2:].split(",")}
+    lengths = {
+        int(part) for label in labels for word in label.split() if word.startswith("L=") for part in word[2:].split(",")
+    }
     assert lengths == {96, 128}, labels
 
 
@@ -129,11 +202,19 @@ def _write_tiny_gguf(path, tokenizer):
     rng = np.random.default_rng(0)
     shapes = {"token_embd": (vocab, hidden), "output": (vocab, hidden), "output_norm": (hidden,)}
     for i in range(2):
-        shapes.update({f"blk.{i}.attn_q": (hidden, hidden), f"blk.{i}.attn_k": (kv * hidden // heads, hidden),
-                       f"blk.{i}.attn_v": (kv * hidden // heads, hidden), f"blk.{i}.attn_output": (hidden, hidden),
-                       f"blk.{i}.ffn_gate": (inter, hidden), f"blk.{i}.ffn_up": (inter, hidden),
-                       f"blk.{i}.ffn_down": (hidden, inter), f"blk.{i}.attn_norm": (hidden,),
-                       f"blk.{i}.ffn_norm": (hidden,)})
+        shapes.update(
+            {
+                f"blk.{i}.attn_q": (hidden, hidden),
+                f"blk.{i}.attn_k": (kv * hidden // heads, hidden),
+                f"blk.{i}.attn_v": (kv * hidden // heads, hidden),
+                f"blk.{i}.attn_output": (hidden, hidden),
+                f"blk.{i}.ffn_gate": (inter, hidden),
+                f"blk.{i}.ffn_up": (inter, hidden),
+                f"blk.{i}.ffn_down": (hidden, inter),
+                f"blk.{i}.attn_norm": (hidden,),
+                f"blk.{i}.ffn_norm": (hidden,),
+            }
+        )
     for name, shape in shapes.items():
         weight = np.ones(shape) if len(shape) == 1 else rng.standard_normal(shape) * 0.02
         writer.add_tensor(f"{name}.weight", weight.astype(np.float32))
@@ -147,8 +228,23 @@ def test_gguf_load_draws_no_progress_bar_per_tensor(tokenizer, tmp_path, capfd):
     # transformers' de-quantization bar is tqdm's own: in a log it wrote one line per tensor
     model = tmp_path / "tiny.gguf"
     _write_tiny_gguf(model, tokenizer)
-    result = runner.invoke(APP, ["run", "perplexity", "--model", str(model), "--lengths", "64", "--samples", "1",
-                                 "--out", str(tmp_path / "run"), "--device", "cpu"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(model),
+            "--lengths",
+            "64",
+            "--samples",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     captured = capfd.readouterr()
     for text in (result.output, captured.out, captured.err):

@@ -21,7 +21,15 @@ from evalkit.attention import VARIANTS, apply_attention, check_model, native_sca
 
 VOCAB = 300
 TOKENS = 40
-PARAMS = {"s": 0.4, "b": 0.2, "train_length": 16, "attn_scale": 0.5, "floor_scale": 8, "beta": 0.3, "original_length": 8}
+PARAMS = {
+    "s": 0.4,
+    "b": 0.2,
+    "train_length": 16,
+    "attn_scale": 0.5,
+    "floor_scale": 8,
+    "beta": 0.3,
+    "original_length": 8,
+}
 MIXED, ALL_NOPE = [1, 0, 1, 0], [0, 0, 0, 0]  # SmolLM3 convention: 1 = the layer uses RoPE
 
 
@@ -29,9 +37,19 @@ def _smollm3(no_rope_layers, seed: int = 0, dtype=torch.float64):
     from transformers import SmolLM3Config, SmolLM3ForCausalLM
 
     torch.manual_seed(seed)
-    config = SmolLM3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=len(no_rope_layers),
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           no_rope_layers=list(no_rope_layers), pad_token_id=0, eos_token_id=0, bos_token_id=0)
+    config = SmolLM3Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=len(no_rope_layers),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        no_rope_layers=list(no_rope_layers),
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
     return SmolLM3ForCausalLM(config).eval().to(dtype)
 
 
@@ -94,8 +112,17 @@ def test_a_nope_checkpoint_loads_and_runs_every_variant(tmp_path, tokenizer):
     tokenizer.save_pretrained(folder)
     names = [v for v in VARIANTS if v != "ssmax-bias"]
     attention = tuple({"name": v, **_params(v), "layers": "nope"} for v in names)
-    outcome = evaluate(RunConfig("perplexity", str(folder), task_options={"lengths": "32", "samples": 2},
-                                 attention=attention, out=str(tmp_path / "run"), device="cpu", quiet=True))
+    outcome = evaluate(
+        RunConfig(
+            "perplexity",
+            str(folder),
+            task_options={"lengths": "32", "samples": 2},
+            attention=attention,
+            out=str(tmp_path / "run"),
+            device="cpu",
+            quiet=True,
+        )
+    )
     nll = outcome.frame[outcome.frame.metric == "mean_nll"].groupby("attention").value.mean()
     assert set(nll.index) == set(names) and nll.notna().all()
     assert nll["native"] == pytest.approx(nll["softmax"], abs=1e-12)  # nothing native on SmolLM3
@@ -105,11 +132,14 @@ def test_a_nope_checkpoint_loads_and_runs_every_variant(tmp_path, tokenizer):
     assert isinstance(outcome.summary, pd.DataFrame)
 
 
-@pytest.mark.parametrize("shape,check", [
-    ("smollm3-3b", lambda c: c.no_rope_layers == [1, 1, 1, 0]),
-    ("llama4-scout-text", lambda c: c.no_rope_layers == [1, 1, 1, 0] and c.attn_temperature_tuning),
-    ("ministral3-8b", lambda c: c.rope_parameters["llama_4_scaling_beta"] == 0.1),
-])
+@pytest.mark.parametrize(
+    "shape,check",
+    [
+        ("smollm3-3b", lambda c: c.no_rope_layers == [1, 1, 1, 0]),
+        ("llama4-scout-text", lambda c: c.no_rope_layers == [1, 1, 1, 0] and c.attn_temperature_tuning),
+        ("ministral3-8b", lambda c: c.rope_parameters["llama_4_scaling_beta"] == 0.1),
+    ],
+)
 def test_random_shapes_of_the_new_families(shape, check):
     """The shapes build with their family's class (on the meta device: no weights are made), with
     NoPE layers and native scalings where the family has them."""

@@ -21,8 +21,16 @@ def run(checkpoint, out, quiet=True, **options):
     settings = {"lengths": "32,64,128", "samples": 3, "dataset": "builtin:pydoc-topics", **options}
     attention = settings.pop("attention", ({"name": "auto"},))
     dtype = settings.pop("dtype", "float32")
-    config = RunConfig(task="perplexity", model=str(checkpoint), out=str(out), device="cpu", dtype=dtype, quiet=quiet,
-                       attention=attention, task_options=settings)
+    config = RunConfig(
+        task="perplexity",
+        model=str(checkpoint),
+        out=str(out),
+        device="cpu",
+        dtype=dtype,
+        quiet=quiet,
+        attention=attention,
+        task_options=settings,
+    )
     outcome = evaluate(config)
     manifest = json.loads((out / "manifest.json").read_text())
     frame = pd.read_parquet(out / "results.parquet").sort_values(KEYS).reset_index(drop=True)
@@ -32,13 +40,17 @@ def run(checkpoint, out, quiet=True, **options):
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 2e-5)])
 def test_nested_rows_equal_independent_passes(tiny_checkpoint, tmp_path, dtype, tolerance):
     _, nested_manifest, nested = run(tiny_checkpoint, tmp_path / "nested", dtype=dtype)
-    _, independent_manifest, independent = run(tiny_checkpoint, tmp_path / "independent", dtype=dtype, windows="independent")
+    _, independent_manifest, independent = run(
+        tiny_checkpoint, tmp_path / "independent", dtype=dtype, windows="independent"
+    )
     assert nested_manifest["windows"] == {"requested": "nested", "used": "nested", "overlap": NO_OVERLAP}
     assert independent_manifest["windows"] == {"requested": "independent", "used": "independent", "overlap": NO_OVERLAP}
     assert (nested_manifest["samples"], independent_manifest["samples"]) == (3, 9)  # one pass per offset vs per length
     assert set(nested.pass_length) == {128} and (independent.pass_length == independent.context_length).all()
     # same windows: sample k of every length starts at the same offset, in both modes
-    pd.testing.assert_frame_equal(nested[KEYS + ["offset", "position_end"]], independent[KEYS + ["offset", "position_end"]])
+    pd.testing.assert_frame_equal(
+        nested[KEYS + ["offset", "position_end"]], independent[KEYS + ["offset", "position_end"]]
+    )
     assert nested.groupby("sample").offset.nunique().eq(1).all()
     np.testing.assert_allclose(nested.value, independent.value, rtol=0, atol=tolerance)
 
@@ -67,11 +79,14 @@ def test_summary_has_the_same_form(tiny_checkpoint, tmp_path):
     assert sorted(p.name for p in nested.plots) == sorted(p.name for p in independent.plots)
 
 
-@pytest.mark.parametrize("options, why", [
-    ({"attention": ({"name": "ssmax", "s": 0.5, "n_mode": "length"},)}, "--ssmax-n length on ssmax"),
-    ({"stride": 16}, "--stride has its own windows"),
-    ({"match": "lm-eval", "samples": 2}, "--match lm-eval has its own windows"),
-])
+@pytest.mark.parametrize(
+    "options, why",
+    [
+        ({"attention": ({"name": "ssmax", "s": 0.5, "n_mode": "length"},)}, "--ssmax-n length on ssmax"),
+        ({"stride": 16}, "--stride has its own windows"),
+        ({"match": "lm-eval", "samples": 2}, "--match lm-eval has its own windows"),
+    ],
+)
 def test_fallback_to_independent_says_why(tiny_checkpoint, tmp_path, options, why):
     _, manifest, frame = run(tiny_checkpoint, tmp_path / "run", **{"lengths": "32,64", **options})
     assert manifest["windows"]["used"] == "independent" and why in manifest["windows"]["why"]
@@ -83,8 +98,14 @@ def test_position_n_convention_nests(tiny_checkpoint, tmp_path):
     """With --ssmax-n position a query's n is its own number of keys: a prefix scores as its own window."""
     ssmax = ({"name": "ssmax", "s": 0.5, "n_mode": "position"},)
     _, manifest, nested = run(tiny_checkpoint, tmp_path / "nested", lengths="32,64", attention=ssmax, dtype="float64")
-    _, _, independent = run(tiny_checkpoint, tmp_path / "independent", lengths="32,64", attention=ssmax, dtype="float64",
-                            windows="independent")
+    _, _, independent = run(
+        tiny_checkpoint,
+        tmp_path / "independent",
+        lengths="32,64",
+        attention=ssmax,
+        dtype="float64",
+        windows="independent",
+    )
     assert manifest["windows"]["used"] == "nested"
     np.testing.assert_allclose(nested.value, independent.value, rtol=0, atol=1e-10)
 
@@ -100,7 +121,9 @@ def test_prefix_limits_from_the_model_config():
     assert prefix_limits(LlamaConfig(), [softmax, by_length])[0][0] == 1
     window = prefix_limits(MistralConfig(sliding_window=48), [softmax])
     assert window == ((48, "sliding window of 48 tokens (config.sliding_window)"),)
-    dynamic = LlamaConfig(max_position_embeddings=256, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
+    dynamic = LlamaConfig(
+        max_position_embeddings=256, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}
+    )
     assert prefix_limits(dynamic, [softmax])[0][0] == 256
 
 
@@ -109,9 +132,19 @@ def test_sliding_window_longer_than_a_length_falls_back(tmp_path, tokenizer):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, sliding_window=48,
-                           eos_token_id=0, pad_token_id=0, bos_token_id=0)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=48,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=0,
+    )
     folder = tmp_path / "tiny-mistral"
     MistralForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -134,9 +167,15 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
 
     monkeypatch.setattr(ModelAdapter, "answer", flaky)
     part = tmp_path / "part"
-    config = RunConfig(task="perplexity", model=str(tiny_checkpoint), out=str(part), device="cpu", quiet=True,
-                       batch_tokens=128, task_options={"lengths": "32,64,128", "samples": 3,
-                                                         "dataset": "builtin:pydoc-topics"})
+    config = RunConfig(
+        task="perplexity",
+        model=str(tiny_checkpoint),
+        out=str(part),
+        device="cpu",
+        quiet=True,
+        batch_tokens=128,
+        task_options={"lengths": "32,64,128", "samples": 3, "dataset": "builtin:pydoc-topics"},
+    )
     assert evaluate(config).interrupted
     journal = [json.loads(line) for line in (part / "journal.jsonl").read_text().splitlines()]
     assert [entry["sample_id"] for entry in journal] == ["nested-L128-w0"]  # one pass: every length of offset 0
@@ -161,6 +200,8 @@ def test_export_writes_every_window_in_both_modes(tiny_checkpoint, tmp_path, tok
         assert export_prompts(tmp_path / mode, tmp_path / f"{mode}.jsonl", log=lambda *a: None) == 9
         records = [json.loads(line) for line in (tmp_path / f"{mode}.jsonl").read_text().splitlines()]
         for record in records:
-            assert record["token_ids"] == stream[record["offset"] : record["offset"] + record["context_length"]].tolist()
+            assert (
+                record["token_ids"] == stream[record["offset"] : record["offset"] + record["context_length"]].tolist()
+            )
         exported[mode] = sorted((r["id"], r["context_length"], r["offset"], r["text"]) for r in records)
     assert exported["nested"] == exported["independent"]

@@ -39,7 +39,10 @@ def get_rolling_token_windows(token_list, prefix_token, max_seq_len, context_len
     while predicted < len(token_list):
         window_pred_len = min(len(token_list) - predicted, pred_len)
         window_end = predicted + window_pred_len
-        yield (token_list[window_end - max_seq_len - 1 : window_end - 1], token_list[window_end - window_pred_len : window_end])
+        yield (
+            token_list[window_end - max_seq_len - 1 : window_end - 1],
+            token_list[window_end - window_pred_len : window_end],
+        )
         predicted += window_pred_len
 
 
@@ -51,7 +54,9 @@ def make_disjoint_window(pair):
 def lm_eval_calls(token_list, prefix, max_length):
     """(model input ids, scored continuation ids) of each forward lm-eval runs for one document."""
     calls = []
-    for context, continuation in map(make_disjoint_window, get_rolling_token_windows(token_list, prefix, max_length, 1)):
+    for context, continuation in map(
+        make_disjoint_window, get_rolling_token_windows(token_list, prefix, max_length, 1)
+    ):
         calls.append(((context + continuation)[-(max_length + 1) :][:-1], continuation))
     return calls
 
@@ -86,8 +91,21 @@ def test_every_position_scored_exactly_once_at_any_stride(total, stride):
 @pytest.mark.parametrize("max_length", [1, 2, 3, 16, 64, 100])
 def test_lm_eval_mode_windows_equal_lm_evals(max_length):
     rng = np.random.default_rng(max_length)
-    docs = [rng.integers(1, 50, n).tolist() for n in (0, 1, 2, max_length - 1, max_length, max_length + 1, 2 * max_length,
-                                                      2 * max_length + 1, int(rng.integers(1, 400)), int(rng.integers(1, 400)))]
+    docs = [
+        rng.integers(1, 50, n).tolist()
+        for n in (
+            0,
+            1,
+            2,
+            max_length - 1,
+            max_length,
+            max_length + 1,
+            2 * max_length,
+            2 * max_length + 1,
+            int(rng.integers(1, 400)),
+            int(rng.integers(1, 400)),
+        )
+    ]
     docs = [d for d in docs if d]  # lm-eval scores nothing in an empty document; evalkit gives it no window either
     prefix = 0
     pieces = [[prefix] + d for d in docs]
@@ -115,10 +133,27 @@ def small_corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stride", [64, 90])  # = L (skipped a token per window before) and > L
-def test_stride_at_and_over_the_length_scores_the_whole_stream(tiny_checkpoint, tmp_path, tokenizer, small_corpus, stride):
+def test_stride_at_and_over_the_length_scores_the_whole_stream(
+    tiny_checkpoint, tmp_path, tokenizer, small_corpus, stride
+):
     out = tmp_path / "run"
-    run_cli("run", "perplexity", "--model", tiny_checkpoint, "--dataset", small_corpus[0], "--lengths", "64",
-            "--stride", stride, "--out", out, "--device", "cpu", "--quiet")
+    run_cli(
+        "run",
+        "perplexity",
+        "--model",
+        tiny_checkpoint,
+        "--dataset",
+        small_corpus[0],
+        "--lengths",
+        "64",
+        "--stride",
+        stride,
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     ids = []
     for doc in small_corpus[1]:
         ids += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -138,8 +173,23 @@ def test_lm_eval_mode_equals_lm_evals_rolling_loglikelihood(tiny_checkpoint, tmp
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lm-eval"
-    run_cli("run", "perplexity", "--model", tiny_checkpoint, "--dataset", small_corpus[0], "--lengths", "32,64",
-            "--match", "lm-eval", "--out", out, "--device", "cpu", "--quiet")
+    run_cli(
+        "run",
+        "perplexity",
+        "--model",
+        tiny_checkpoint,
+        "--dataset",
+        small_corpus[0],
+        "--lengths",
+        "32,64",
+        "--match",
+        "lm-eval",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     summary = pd.read_csv(out / "summary.csv").set_index("context_length")
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
     prefix = tokenizer.eos_token_id  # lm-eval's prefix: BOS, else EOS (the tiny tokenizer has no BOS)
@@ -160,12 +210,31 @@ def test_lm_eval_mode_equals_lm_evals_rolling_loglikelihood(tiny_checkpoint, tmp
         assert row.words == words and row.bytes == sum(len(d.encode()) for d in docs)
         assert row.word_perplexity == pytest.approx(math.exp(nll / words), rel=1e-4)
     manifest = json.loads((out / "manifest.json").read_text())["token_stream"]
-    assert manifest["tokens"] == sum(len(tokenizer.encode(d)) + 1 for d in docs) and "each document alone" in manifest["joining"]
+    assert (
+        manifest["tokens"] == sum(len(tokenizer.encode(d)) + 1 for d in docs)
+        and "each document alone" in manifest["joining"]
+    )
 
 
 def test_lm_eval_mode_and_stride_are_exclusive(tiny_checkpoint, tmp_path):
-    result = runner.invoke(APP, ["run", "perplexity", "--model", str(tiny_checkpoint), "--match", "lm-eval", "--stride", "8",
-                                 "--out", str(tmp_path / "x"), "--device", "cpu", "--quiet"])
+    result = runner.invoke(
+        APP,
+        [
+            "run",
+            "perplexity",
+            "--model",
+            str(tiny_checkpoint),
+            "--match",
+            "lm-eval",
+            "--stride",
+            "8",
+            "--out",
+            str(tmp_path / "x"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 2 and "--stride" in result.output
 
 

@@ -44,8 +44,10 @@ def test_predicted_seconds_by_hand():
     assert shared == 0.0 and batched == pytest.approx(5 * 0.003 / 2)  # two 302-token requests per batch
     # FLOPs only: the walk computes each request's tokens after what it shares with the one before
     shared, batched = predicted_seconds(requests, PathCosts(0.0, 1.0, 0.0, 1.0), config, batch_tokens=604)
-    keeps = [0] + [int(np.flatnonzero(np.concatenate([a.prompt, a.answer]) != np.concatenate([b.prompt, b.answer]))[0])
-                   for a, b in zip(requests, requests[1:])]
+    keeps = [0] + [
+        int(np.flatnonzero(np.concatenate([a.prompt, a.answer]) != np.concatenate([b.prompt, b.answer]))[0])
+        for a, b in zip(requests, requests[1:])
+    ]
     assert shared == pytest.approx(sum(body_flops(config, 302 - k, k) for k in keeps))
     assert batched == pytest.approx(5 * body_flops(config, 302, 0)) and shared < 0.75 * batched
 
@@ -71,22 +73,34 @@ class Store:
 @pytest.fixture(scope="module")
 def adapter():
     model = make_llama(100, seed=2).double()
-    return ModelAdapter(LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none"))
+    return ModelAdapter(
+        LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none")
+    )
 
 
-@pytest.mark.parametrize("costs, walked", [(PathCosts(1e-4, 1e-9, 1.0, 1e-9), False),   # steps dear: batched
-                                           (PathCosts(1.0, 1e-9, 1e-4, 1e-9), True)])   # calls dear: the walk
+@pytest.mark.parametrize(
+    "costs, walked",
+    [
+        (PathCosts(1e-4, 1e-9, 1.0, 1e-9), False),  # steps dear: batched
+        (PathCosts(1.0, 1e-9, 1e-4, 1e-9), True),
+    ],
+)  # calls dear: the walk
 def test_default_walks_the_cache_only_where_it_pays(adapter, monkeypatch, costs, walked):
     samples = [Sample(f"s{i}", r, {}) for i, r in enumerate(trial_requests())]
     monkeypatch.setattr(prefix_cost, "costs_for", lambda *args: costs)
     calls = []
     original = ModelAdapter.answer_shared
-    monkeypatch.setattr(ModelAdapter, "answer_shared", lambda self, requests: (calls.append(len(requests)), original(self, requests))[1])
+    monkeypatch.setattr(
+        ModelAdapter, "answer_shared", lambda self, requests: (calls.append(len(requests)), original(self, requests))[1]
+    )
     store = Store()
     runner = Runner(adapter, store, 4096, None)  # the default, as `evalkit run` builds it
     runner.run(ScoreTask(None, None), samples, [Variant("softmax", lambda m: None)])
     assert (sum(calls) == 5) == walked and (sum(calls) == 0) == (not walked)
-    assert runner.prefix_decision["groups_walked"] == int(walked) and runner.prefix_decision["costs"]["step_call"] == costs.step_call
+    assert (
+        runner.prefix_decision["groups_walked"] == int(walked)
+        and runner.prefix_decision["costs"]["step_call"] == costs.step_call
+    )
     # the rows do not depend on the path
     alone = [adapter.score_answers([s.request])[0].logprob for s in samples]
     np.testing.assert_allclose([store.rows[s.id][0]["value"] for s in samples], alone, rtol=1e-9)
@@ -108,12 +122,32 @@ def test_the_manifest_records_the_decision(tiny_checkpoint, tmp_path):
 
     for flag, mode in (("--prefix-cache", "auto"), ("--no-prefix-cache", "off")):
         out = tmp_path / mode
-        result = CliRunner().invoke(cli.register_tasks(), ["run", "needle", "--model", str(tiny_checkpoint), "--lengths", "320",
-                                                           "--depths", "50,100", "--trials", "1", "--out", str(out),
-                                                           "--device", "cpu", "--quiet", flag])
+        result = CliRunner().invoke(
+            cli.register_tasks(),
+            [
+                "run",
+                "needle",
+                "--model",
+                str(tiny_checkpoint),
+                "--lengths",
+                "320",
+                "--depths",
+                "50,100",
+                "--trials",
+                "1",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--quiet",
+                flag,
+            ],
+        )
         assert result.exit_code == 0, result.output
         decision = json.loads((out / "manifest.json").read_text())["prefix_cache"]
         assert decision["mode"] == mode
         if mode == "auto":  # one group (the two depths of the trial), walked or not, with the costs that decided it
-            assert decision["groups"] == 1 and decision["costs"]["step_call"] >= 0  # a fit, clamped at 0 on a busy machine
+            assert (
+                decision["groups"] == 1 and decision["costs"]["step_call"] >= 0
+            )  # a fit, clamped at 0 on a busy machine
             assert set(decision["predicted_seconds"]) == {"auto", "batched_only"}

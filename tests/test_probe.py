@@ -26,13 +26,20 @@ def full_attentions(model, ids, implementation):
 def naive_stats(weights_row: np.ndarray, start: int, end: int, n: int) -> dict:
     w = weights_row[:n]
     best = w[start:end].max()
-    return {"needle_mass": w[start:end].sum(), "max_weight": w.max(),
-            "entropy": -(w[w > 0] * np.log(w[w > 0])).sum(), "entropy_norm": -(w[w > 0] * np.log(w[w > 0])).sum() / np.log(n),
-            "needle_rank": 1 + (w > best).sum(), "top1_in_needle": float(start <= w.argmax() < end)}
+    return {
+        "needle_mass": w[start:end].sum(),
+        "max_weight": w.max(),
+        "entropy": -(w[w > 0] * np.log(w[w > 0])).sum(),
+        "entropy_norm": -(w[w > 0] * np.log(w[w > 0])).sum() / np.log(n),
+        "needle_rank": 1 + (w > best).sum(),
+        "top1_in_needle": float(start <= w.argmax() < end),
+    }
 
 
-@pytest.mark.parametrize("variant, params", [("softmax", {}), ("ssmax", {"s": 0.7}), ("logn", {"train_length": 16}),
-                                             ("ssmax-bias", {"s": 0.5, "b": 0.3})])
+@pytest.mark.parametrize(
+    "variant, params",
+    [("softmax", {}), ("ssmax", {"s": 0.7}), ("logn", {"train_length": 16}), ("ssmax-bias", {"s": 0.5, "b": 0.3})],
+)
 def test_probe_matches_output_attentions(variant, params):
     model = make_llama(vocab_size=97, seed=11)  # 4 query heads, 2 KV heads: GQA
     apply_attention(model, variant, **params)
@@ -46,8 +53,10 @@ def test_probe_matches_output_attentions(variant, params):
     for b, request in enumerate(requests):
         for layer, weights in enumerate(attentions):
             for head in range(4):
-                want = {m: np.mean([naive_stats(weights[b, head, r].numpy(), *request.needle, r + 1)[m] for r in rows])
-                        for m in PROBE_METRICS}
+                want = {
+                    m: np.mean([naive_stats(weights[b, head, r].numpy(), *request.needle, r + 1)[m] for r in rows])
+                    for m in PROBE_METRICS
+                }
                 for metric in PROBE_METRICS:
                     got = results[b].metrics[metric][layer, head]
                     assert abs(got - want[metric]) < 1e-5, (variant, metric, layer, head, got, want[metric])
@@ -92,10 +101,14 @@ def test_probe_memory_grows_linearly(tmp_path):
         "ids = torch.from_numpy(np.random.default_rng(0).integers(0, 97, size=(1, n)))\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "run_probes(model, ids, [ProbeRequest(ids[0].numpy(), (n - 1,), (10, 20))])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n" % str(__import__("pathlib").Path(__file__).parent.parent)
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        % str(__import__("pathlib").Path(__file__).parent.parent)
     )
+
     def peak_kb(n):
-        return int(subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, check=True).stdout)
+        return int(
+            subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, check=True).stdout
+        )
 
     small, large = peak_kb(8192), peak_kb(16384)
     # An n x n float32 score matrix alone would be 256 MiB at 8k and 1 GiB at 16k.

@@ -13,8 +13,22 @@ from evalkit.core.errors import ConfigError
 from evalkit.reference import RECIPES, abc_batch, build_pair, get_recipe, make_char_tokenizer, train_reference_pair
 from evalkit.reference.data import KEYS
 
-TINY = RECIPES["cpu"].replace(name="tiny", layers=1, width=32, heads=2, train_length=32, batch=8, steps=8,
-                              warmup=2, lr=3e-3, eval_sequences=16, threads=1, digits=5, weight_decay=0.1, ssmax_s=None)
+TINY = RECIPES["cpu"].replace(
+    name="tiny",
+    layers=1,
+    width=32,
+    heads=2,
+    train_length=32,
+    batch=8,
+    steps=8,
+    warmup=2,
+    lr=3e-3,
+    eval_sequences=16,
+    threads=1,
+    digits=5,
+    weight_decay=0.1,
+    ssmax_s=None,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +61,7 @@ def test_data_recall_mask_covers_only_digits_of_repeated_keys():
                 key, _, value = line.partition("=")
                 assert key in KEYS and mapping[key].startswith(value)  # value fixed per key (last line may be cut)
                 if key in seen:
-                    expected[at + 2:at + len(line)] = True
+                    expected[at + 2 : at + len(line)] = True
                 seen.add(key)
             at += len(line) + 1
         np.testing.assert_array_equal(mask, expected)
@@ -113,8 +127,10 @@ def test_saved_pair_reloads_with_its_variants(trained):
     assert torch.equal(loaded, load_file(out / "ssmax" / "model.safetensors")["model.layers.0.self_attn.ssmax_s"])
     # plain transformers loads both folders too (SSMax tensors dropped, as the convention says)
     AutoModelForCausalLM.from_pretrained(out / "softmax")
-    assert AutoTokenizer.from_pretrained(out / "ssmax")("B=7", add_special_tokens=False)["input_ids"] == \
-        make_char_tokenizer()("B=7", add_special_tokens=False)["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(out / "ssmax")("B=7", add_special_tokens=False)["input_ids"]
+        == make_char_tokenizer()("B=7", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_same_seed_same_trained_weights(trained, tmp_path):

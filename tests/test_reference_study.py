@@ -17,10 +17,30 @@ from evalkit.reference.study import run_study
 from evalkit.reference.study_layout import StudySettings, pair_folder, run_folder
 from evalkit.report import stats
 
-TINY = RECIPES["cpu"].replace(name="tiny", layers=2, width=16, heads=2, mlp_ratio=2, train_length=16, batch=4, steps=2,
-                              warmup=1, eval_sequences=8, digits=2, threads=1)
-SETTINGS = StudySettings(positions=("irope",), seeds=(0, 1), recipe="tiny", needle_trials=2, focus_trials=1,
-                         perplexity_samples=2, depths="0,100", factors=(1, 2))
+TINY = RECIPES["cpu"].replace(
+    name="tiny",
+    layers=2,
+    width=16,
+    heads=2,
+    mlp_ratio=2,
+    train_length=16,
+    batch=4,
+    steps=2,
+    warmup=1,
+    eval_sequences=8,
+    digits=2,
+    threads=1,
+)
+SETTINGS = StudySettings(
+    positions=("irope",),
+    seeds=(0, 1),
+    recipe="tiny",
+    needle_trials=2,
+    focus_trials=1,
+    perplexity_samples=2,
+    depths="0,100",
+    factors=(1, 2),
+)
 
 
 def _model(positions: str, **changes):
@@ -38,7 +58,9 @@ def test_nope_layers_apply_no_rotary_embedding():
                 logits = model(input_ids=ids, position_ids=base).logits
                 shifted = model(input_ids=ids, position_ids=base + 37).logits
                 stretched = model(input_ids=ids, position_ids=base * 5).logits
-            torch.testing.assert_close(shifted, logits, atol=1e-3, rtol=1e-4)  # RoPE is relative: a shift changes nothing either
+            torch.testing.assert_close(
+                shifted, logits, atol=1e-3, rtol=1e-4
+            )  # RoPE is relative: a shift changes nothing either
             if positions == "nope":
                 torch.testing.assert_close(stretched, logits, atol=1e-6, rtol=0)
                 assert not any(layer.self_attn.use_rope for layer in model.model.layers)
@@ -68,14 +90,18 @@ def test_local_layers_never_attend_beyond_their_window(variant):
     window = 5
     model = _model("irope", window=window)[variant].eval()
     assert [layer.self_attn.use_rope for layer in model.model.layers] == [1, 0]
-    assert model.model.layers[0].self_attn.sliding_window == window and model.model.layers[1].self_attn.sliding_window is None
+    assert (
+        model.model.layers[0].self_attn.sliding_window == window
+        and model.model.layers[1].self_attn.sliding_window is None
+    )
     if variant == "ssmax":  # SSMax on the global NoPE layer only
         assert model.config.evalkit_attention["layer_indices"] == [1]
     captured = {}
     attn = model.model.layers[0].self_attn
-    hook_in = attn.register_forward_pre_hook(lambda m, args, kwargs: captured.update(x=kwargs["hidden_states"],
-                                                                                      pe=kwargs["position_embeddings"]),
-                                             with_kwargs=True)
+    hook_in = attn.register_forward_pre_hook(
+        lambda m, args, kwargs: captured.update(x=kwargs["hidden_states"], pe=kwargs["position_embeddings"]),
+        with_kwargs=True,
+    )
     hook_out = attn.register_forward_hook(lambda m, args, out: captured.update(y=out[0]))
     ids = torch.randint(3, 60, (2, 20))
     with torch.no_grad():
@@ -96,8 +122,9 @@ def test_local_layers_never_attend_beyond_their_window(variant):
 def test_irope_checkpoint_loads_with_its_positions_and_attention(tmp_path):
     from evalkit.models.loading import load_model
 
-    summary = train_module.train_reference_pair(tmp_path, recipe=TINY, positions="irope", window=4, seed=0, device="cpu",
-                                                progress=False, log=lambda _: None)
+    summary = train_module.train_reference_pair(
+        tmp_path, recipe=TINY, positions="irope", window=4, seed=0, device="cpu", progress=False, log=lambda _: None
+    )
     assert summary["positions"] == "irope"
     loaded = load_model(str(tmp_path / "ssmax"), log=lambda *_: None)
     model = loaded.model
@@ -126,8 +153,13 @@ def test_study_end_to_end_then_resume(tmp_path, monkeypatch):
     out = tmp_path / "study"
     report = run_study(out, SETTINGS, device="cpu", log=lambda *_: None)
     text = report.read_text()
-    for heading in ("## Training", "## Needle accuracy vs length", "### Effective context length",
-                    "## Loss by position beyond the training length", "## SSMax - softmax, paired prompt by prompt"):
+    for heading in (
+        "## Training",
+        "## Needle accuracy vs length",
+        "### Effective context length",
+        "## Loss by position beyond the training length",
+        "## SSMax - softmax, paired prompt by prompt",
+    ):
         assert heading in text
     assert "compare learning, not length generalization" in text  # 2 steps learn nothing
     for name in ("needle_accuracy", "needle_mass", "entropy_norm", "loss_by_position"):
@@ -146,8 +178,12 @@ def test_study_end_to_end_then_resume(tmp_path, monkeypatch):
     assert got.value == pytest.approx(rows.value.mean()) and got.n == len(rows) == 2 * 2 * 2
     assert got.ci_low == pytest.approx(expected.ci_low) and got.ci_high == pytest.approx(expected.ci_high)
     # every model answered the same prompts
-    prompts = [pd.read_parquet(run_folder(out, p, s, v, "needle") / "results.parquet")[["answer", "needle_start"]]
-               for p in ("irope",) for s in (0, 1) for v in ("softmax", "ssmax")]
+    prompts = [
+        pd.read_parquet(run_folder(out, p, s, v, "needle") / "results.parquet")[["answer", "needle_start"]]
+        for p in ("irope",)
+        for s in (0, 1)
+        for v in ("softmax", "ssmax")
+    ]
     assert all(p.reset_index(drop=True).equals(prompts[0].reset_index(drop=True)) for p in prompts)
 
     # interrupt: one pair's training never finished, one run stopped early
@@ -166,7 +202,9 @@ def test_study_end_to_end_then_resume(tmp_path, monkeypatch):
     assert any("training irope pair, seed 1" in line for line in logs)
     assert sum(line.startswith(("needle:", "focus:", "perplexity:")) for line in logs) == 1  # only the interrupted run
     assert not json.loads(manifest_path.read_text())["interrupted"]
-    assert np.isclose(pd.read_csv(out / "tables" / "needle_accuracy.csv").value, table.value).all()  # same seeds: same numbers
+    assert np.isclose(
+        pd.read_csv(out / "tables" / "needle_accuracy.csv").value, table.value
+    ).all()  # same seeds: same numbers
 
 
 def test_study_settings_must_match_the_folder(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ def test_vt_chain_resolves_to_the_answer_at_exact_length(tokenizer, length):
     text = _text(tokenizer, sample)
     assert sample.prompt_tokens == length
     assert _resolve(text) == set(sample.answers) and len(sample.answers) == 5
-    main = text[text.rindex("Memorize and track"):]
+    main = text[text.rindex("Memorize and track") :]
     positions = [main.index(f"VAR {v} =") for v in sample.answers]
     assert positions == sorted(positions)  # each hop comes after the variable it copies, as RULER inserts them
     assert f"5 variables are assigned the value {sample.provenance['values'][0]}, they are: " in text
@@ -51,8 +51,10 @@ def test_vt_chain_resolves_to_the_answer_at_exact_length(tokenizer, length):
 
 
 def _cwe_items(text: str) -> list[str]:
-    start = text.rindex("Memorize the ones that appear most often.\n") + len("Memorize the ones that appear most often.\n")
-    body = text[start:text.rindex("\nQuestion:")]
+    start = text.rindex("Memorize the ones that appear most often.\n") + len(
+        "Memorize the ones that appear most often.\n"
+    )
+    body = text[start : text.rindex("\nQuestion:")]
     numbered = re.findall(r"(\d+)\. ([a-z]+)", body)
     assert [int(n) for n, _ in numbered] == list(range(1, len(numbered) + 1))
     return [w for _, w in numbered]
@@ -83,7 +85,10 @@ def test_cwe_list_is_the_longest_that_fits(tokenizer):
 def test_fwe_top3_are_the_most_frequent_coded_words(tokenizer, length):
     sample = generator("fwe")(RulerSource(tokenizer, seed=2), length, 0)
     text = _text(tokenizer, sample)
-    body = text[text.index("most frequently appeared coded words.") + len("most frequently appeared coded words."):text.rindex("\nQuestion:")]
+    body = text[
+        text.index("most frequently appeared coded words.")
+        + len("most frequently appeared coded words.") : text.rindex("\nQuestion:")
+    ]
     counts = Counter(w for w in body.split() if w != "...")
     ranked = counts.most_common()
     assert tuple(w for w, _ in ranked[:3]) == sample.answers
@@ -95,6 +100,7 @@ def test_fwe_top3_are_the_most_frequent_coded_words(tokenizer, length):
 
 def test_fwe_counts_follow_zipf(tokenizer):
     from evalkit.data.ruler.words import zipf_counts
+
     assert zipf_counts(1000, 4).tolist() == [607, 151, 67, 37]  # floor(1000 k^-2 / (pi^2/6)), by hand
 
 
@@ -104,8 +110,9 @@ def test_fwe_counts_follow_zipf(tokenizer):
 def _paragraphs(count: int) -> list[str]:
     """Distractor paragraphs cut from the built-in corpus."""
     from evalkit.data.corpus import load_corpus
+
     words = " ".join(load_corpus().documents[:40]).split()
-    return [" ".join(words[i * 60:(i + 1) * 60]) for i in range(count)]
+    return [" ".join(words[i * 60 : (i + 1) * 60]) for i in range(count)]
 
 
 GOLD = "The lighthouse on Varn Island was painted teal in 1911 by the keeper Odile Marsh."
@@ -114,16 +121,44 @@ GOLD = "The lighthouse on Varn Island was painted teal in 1911 by the keeper Odi
 @pytest.fixture(scope="module")
 def squad_file(tmp_path_factory) -> Path:
     other = _paragraphs(30)
-    data = {"version": "v2.0", "data": [
-        {"title": "Varn", "paragraphs": [
-            {"context": GOLD, "qas": [
-                {"id": "q-impossible", "question": "Who painted the moon?", "answers": [], "is_impossible": True},
-                {"id": "q1", "question": "Who painted the lighthouse?", "is_impossible": False,
-                 "answers": [{"text": "Odile Marsh", "answer_start": 64}, {"text": "the keeper Odile Marsh", "answer_start": 53}]},
-                {"id": "q2", "question": "When was the lighthouse painted?", "is_impossible": False,
-                 "answers": [{"text": "1911", "answer_start": 44}]}]},
-            {"context": other[0], "qas": []}]},
-        {"title": "Other", "paragraphs": [{"context": p, "qas": []} for p in other[1:]]}]}
+    data = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "Varn",
+                "paragraphs": [
+                    {
+                        "context": GOLD,
+                        "qas": [
+                            {
+                                "id": "q-impossible",
+                                "question": "Who painted the moon?",
+                                "answers": [],
+                                "is_impossible": True,
+                            },
+                            {
+                                "id": "q1",
+                                "question": "Who painted the lighthouse?",
+                                "is_impossible": False,
+                                "answers": [
+                                    {"text": "Odile Marsh", "answer_start": 64},
+                                    {"text": "the keeper Odile Marsh", "answer_start": 53},
+                                ],
+                            },
+                            {
+                                "id": "q2",
+                                "question": "When was the lighthouse painted?",
+                                "is_impossible": False,
+                                "answers": [{"text": "1911", "answer_start": 44}],
+                            },
+                        ],
+                    },
+                    {"context": other[0], "qas": []},
+                ],
+            },
+            {"title": "Other", "paragraphs": [{"context": p, "qas": []} for p in other[1:]]},
+        ],
+    }
     path = tmp_path_factory.mktemp("qa") / "squad.json"
     path.write_text(json.dumps(data))
     return path
@@ -132,11 +167,20 @@ def squad_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hotpot_file(tmp_path_factory) -> Path:
     other = _paragraphs(24)
-    records = [{"_id": f"h{n}", "question": f"Which keeper painted lighthouse {n}?", "answer": f"Keeper {n}",
-                "supporting_facts": [[f"Light {n}", 0], [f"Keeper {n}", 0]],
-                "context": [[f"Light {n}", [f"Lighthouse {n} stands on a rock. ", "It was painted teal."]],
-                            [f"Keeper {n}", [f"Keeper {n} painted lighthouse {n} in 1911."]],
-                            *[[f"Other {n}-{k}", [other[n * 6 + k]]] for k in range(6)]]} for n in range(4)]
+    records = [
+        {
+            "_id": f"h{n}",
+            "question": f"Which keeper painted lighthouse {n}?",
+            "answer": f"Keeper {n}",
+            "supporting_facts": [[f"Light {n}", 0], [f"Keeper {n}", 0]],
+            "context": [
+                [f"Light {n}", [f"Lighthouse {n} stands on a rock. ", "It was painted teal."]],
+                [f"Keeper {n}", [f"Keeper {n} painted lighthouse {n} in 1911."]],
+                *[[f"Other {n}-{k}", [other[n * 6 + k]]] for k in range(6)],
+            ],
+        }
+        for n in range(4)
+    ]
     path = tmp_path_factory.mktemp("qa") / "hotpot.json"
     path.write_text(json.dumps(records))
     return path
@@ -148,7 +192,10 @@ def test_qa_1_gold_paragraph_once_among_distractors(tokenizer, squad_file, lengt
     sample = generator("qa_1")(source, length, 0)
     text = _text(tokenizer, sample)
     assert text.count(GOLD) == 1
-    assert sample.answers == ("Odile Marsh", "the keeper Odile Marsh")  # every reference; the impossible question skipped
+    assert sample.answers == (
+        "Odile Marsh",
+        "the keeper Odile Marsh",
+    )  # every reference; the impossible question skipped
     assert all(a in GOLD for a in sample.answers)
     assert "Question: Who painted the lighthouse?" in text
     docs = re.findall(r"Document (\d+):\n", text)
@@ -166,7 +213,9 @@ def test_qa_1_single_answer_has_its_span(tokenizer, squad_file):
 
 @pytest.mark.parametrize("length", [600, 2000])
 def test_qa_2_both_gold_paragraphs_once(tokenizer, hotpot_file, squad_file, length):
-    source = RulerSource(tokenizer, seed=5, qa_files=(str(squad_file), str(hotpot_file)))  # qa_2 picks the HotpotQA file
+    source = RulerSource(
+        tokenizer, seed=5, qa_files=(str(squad_file), str(hotpot_file))
+    )  # qa_2 picks the HotpotQA file
     sample = generator("qa_2")(source, length, 2)
     text = _text(tokenizer, sample)
     assert text.count("Light 2\nLighthouse 2 stands on a rock. It was painted teal.") == 1
@@ -182,8 +231,15 @@ def test_qa_without_its_file_is_skipped(tokenizer, squad_file):
         generator("qa_2")(RulerSource(tokenizer, qa_files=(str(squad_file),)), 1000, 0)
 
 
-@pytest.mark.parametrize("content, match", [(None, "does not exist"), ("{not json", "cannot read"),
-                                            ('{"rows": []}', "neither SQuAD"), ('{"data": [{"title": "x"}]}', "malformed")])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "does not exist"),
+        ("{not json", "cannot read"),
+        ('{"rows": []}', "neither SQuAD"),
+        ('{"data": [{"title": "x"}]}', "malformed"),
+    ],
+)
 def test_bad_qa_files_say_what_is_wrong(tokenizer, tmp_path, content, match):
     path = tmp_path / "qa.json"
     if content is not None:

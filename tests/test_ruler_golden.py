@@ -72,7 +72,8 @@ def test_essay_prompts_with_untrained_punkt(monkeypatch, smollm2_tokenizer, task
     gold = [r for r in GOLDEN if (r["template"], r["max_seq_length"], r["task"]) == ("base", 1024, task)]
     built = nvidia_tasks.build_many(nvidia.Source(smollm2_tokenizer, "base", 42, essay), task, 1024, len(gold))
     assert [(b.input, b.answer_prefix, list(b.answers), b.length) for b in built] == [
-        (g["input"], g["answer_prefix"], g["outputs"], g["length"]) for g in gold]
+        (g["input"], g["answer_prefix"], g["outputs"], g["length"]) for g in gold
+    ]
 
 
 def test_shipped_tokenizer_is_the_cached_one(smollm2_tokenizer):

@@ -54,10 +54,15 @@ def test_prompt_is_exact_and_every_answer_is_there_once(name, length, source, to
 
 def test_wording_follows_ruler(source, tokenizer):
     one = tokenizer.decode(generator("niah_single_2")(source, 600, 0).prompt_ids)
-    assert one.startswith("A special magic number is hidden within the following text. Make sure to memorize it. "
-                          "I will quiz you about the number afterwards.\n")
-    assert re.search(r"\nWhat is the special magic number for \w+-\w+ mentioned in the provided text\?\n"
-                     r"The special magic number for \w+-\w+ mentioned in the provided text is\s*$", one)
+    assert one.startswith(
+        "A special magic number is hidden within the following text. Make sure to memorize it. "
+        "I will quiz you about the number afterwards.\n"
+    )
+    assert re.search(
+        r"\nWhat is the special magic number for \w+-\w+ mentioned in the provided text\?\n"
+        r"The special magic number for \w+-\w+ mentioned in the provided text is\s*$",
+        one,
+    )
     many = generator("niah_multiquery")(source, 700, 0)
     text = tokenizer.decode(many.prompt_ids)
     a, b, c, d = many.provenance["queries"]
@@ -83,7 +88,7 @@ def test_needle_haystack_lines_are_needles_with_distinct_keys(source, tokenizer)
     s = generator("niah_multikey_2")(source, 900, 2)
     text = tokenizer.decode(s.prompt_ids)
     body = text.split("afterwards.\n", 1)[1].split("What is the special", 1)[0]
-    lines = body.split("\n")[1 if s.provenance["filler_tokens"] else 0:-1]  # after the filler, if any
+    lines = body.split("\n")[1 if s.provenance["filler_tokens"] else 0 : -1]  # after the filler, if any
     found = [NEEDLE.fullmatch(line) for line in lines]
     assert all(found) and len(lines) == s.provenance["haystack_lines"] + 1
     keys = [m.group(2) for m in found]
@@ -100,7 +105,7 @@ def test_essay_is_the_corpus_from_its_offset_with_needles_at_sentence_ends(sourc
         keep = np.ones(len(prompt), bool)
         for start, end in p["needle_spans"]:
             keep[start:end] = False
-            before = tokenizer.decode(prompt[start - 1:start])
+            before = tokenizer.decode(prompt[start - 1 : start])
             assert before.rstrip().endswith((".", "!", "?")) or before.endswith("\n"), before
         stream = token_stream(load_corpus(), tokenizer)
         newline = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
@@ -109,7 +114,7 @@ def test_essay_is_the_corpus_from_its_offset_with_needles_at_sentence_ends(sourc
         start = p["context_start"]
         assert p["context_tokens"] == p["haystack_tokens"] + sum(b - a for a, b in p["needle_spans"])
         # the context, needles taken out, is exactly the corpus tokens from the offset
-        np.testing.assert_array_equal(prompt[keep][start:start + len(hay)], hay)
+        np.testing.assert_array_equal(prompt[keep][start : start + len(hay)], hay)
 
 
 def test_samples_are_reproducible_and_distinct(source, tokenizer):

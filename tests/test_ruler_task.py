@@ -26,7 +26,9 @@ def ruler_registered(monkeypatch):
 
 
 def test_options_parse_tasks_and_qa_files():
-    assert RulerOptions().task_names()[:2] == ["niah_single_1", "niah_single_2"] and len(RulerOptions().task_names()) == 13
+    assert (
+        RulerOptions().task_names()[:2] == ["niah_single_1", "niah_single_2"] and len(RulerOptions().task_names()) == 13
+    )
     assert RulerOptions(qa_dataset=["a.json,b.json", "c.json"]).qa_files() == ("a.json", "b.json", "c.json")
     with pytest.raises(ConfigError, match="unknown RULER task.*niah_single_9") as info:
         RulerOptions(tasks="niah_single_9").task_names()
@@ -43,16 +45,19 @@ def test_mean_of_means_by_hand():
 
 
 def test_samples_are_exact_and_paired(tokenizer):
-    task = RulerTask(RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off",
-                                  fill="exact"),
-                     TaskContext(tokenizer, 4096, False, 5))
+    task = RulerTask(
+        RulerOptions(tasks="niah_single_2,niah_multivalue", lengths="520", samples=2, chat="off", fill="exact"),
+        TaskContext(tokenizer, 4096, False, 5),
+    )
     samples = task.samples()
     assert all(len(s.request.prompt) == 520 for s in samples)
     kinds = {s.id.rsplit("-", 1)[1] for s in samples if s.keys["ruler_task"] == "niah_single_2"}
     assert kinds == {"gen", "score"}  # one span: generation and the teacher-forced score, on the same prompt
     assert {s.id.rsplit("-", 1)[1] for s in samples if s.keys["ruler_task"] == "niah_multivalue"} == {"gen"}
     gen = {s.id: s for s in samples}
-    assert np.array_equal(gen["niah_single_2-L520-i1-gen"].request.prompt, gen["niah_single_2-L520-i1-score"].request.prompt)
+    assert np.array_equal(
+        gen["niah_single_2-L520-i1-gen"].request.prompt, gen["niah_single_2-L520-i1-score"].request.prompt
+    )
     assert all(s.request.max_new_tokens == 128 for s in samples if s.id.endswith("-gen"))
 
 
@@ -65,12 +70,32 @@ def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
     from evalkit.run.evaluate import RunConfig, evaluate
 
     out = tmp_path / "ruler"
-    config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_single_2,qa_1", "lengths": "300,380",
-                                                        "samples": 2, "threshold": "0.5", "fill": "exact"},
-                       out=str(out), device="cpu", quiet=True)
+    config = RunConfig(
+        "ruler",
+        str(tiny_checkpoint),
+        {
+            "tasks": "niah_single_1,niah_single_2,qa_1",
+            "lengths": "300,380",
+            "samples": 2,
+            "threshold": "0.5",
+            "fill": "exact",
+        },
+        out=str(out),
+        device="cpu",
+        quiet=True,
+    )
     outcome = evaluate(config)
     frame = pd.read_parquet(out / "results.parquet")
-    assert list(frame.columns[:8]) == ["run_id", "task", "model", "attention", "context_length", "ruler_task", "index", "metric"]
+    assert list(frame.columns[:8]) == [
+        "run_id",
+        "task",
+        "model",
+        "attention",
+        "context_length",
+        "ruler_task",
+        "index",
+        "metric",
+    ]
     matched = frame[frame.metric == "string_match"]
     assert len(matched) == 2 * 2 * 2  # tasks x lengths x samples
     for row in matched.itertuples():
@@ -111,10 +136,15 @@ def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path,
     from evalkit.run.export import export_prompts
 
     out = tmp_path / "ruler-nvidia"
-    config = RunConfig("ruler", str(tiny_checkpoint), {"tasks": "niah_single_1,niah_multikey_2,fwe",
-                                                        "lengths": "1000,1300", "samples": 2},
-                       out=str(out), device="cpu", quiet=True,
-                       allow_extrapolation=True)
+    config = RunConfig(
+        "ruler",
+        str(tiny_checkpoint),
+        {"tasks": "niah_single_1,niah_multikey_2,fwe", "lengths": "1000,1300", "samples": 2},
+        out=str(out),
+        device="cpu",
+        quiet=True,
+        allow_extrapolation=True,
+    )
     evaluate(config)
     summary = pd.read_csv(out / "summary.csv")
     average = summary[summary.ruler_task == "average"]
@@ -133,8 +163,9 @@ def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path,
     count = export_prompts(out, tmp_path / "prompts.jsonl", log=lambda *a: None)
     records = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
     assert count == len(records) == 3 * 2 * 2
-    generated = {(r.ruler_task, r.context_length, r.index): r for r in
-                 frame[frame.metric == "string_match"].itertuples()}
+    generated = {
+        (r.ruler_task, r.context_length, r.index): r for r in frame[frame.metric == "string_match"].itertuples()
+    }
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint))

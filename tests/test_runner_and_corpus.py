@@ -43,8 +43,9 @@ def samples(count, length):
 def test_out_of_memory_halves_the_batch_and_finishes(tmp_path):
     adapter = FakeAdapter(fits=3)
     store = RunStore(tmp_path / "run", {}, resume=False)
-    Runner(adapter, store, batch_tokens=16 * 8, progress=None).run(EchoTask(None, None), samples(10, 8),
-                                                                  [Variant("softmax", lambda m: None)])
+    Runner(adapter, store, batch_tokens=16 * 8, progress=None).run(
+        EchoTask(None, None), samples(10, 8), [Variant("softmax", lambda m: None)]
+    )
     assert adapter.batches == [2, 2, 2, 2, 2]  # 16 -> 8 -> 4 -> 2, which fits; then the same size on
     assert store.finished == 10
 
@@ -52,7 +53,9 @@ def test_out_of_memory_halves_the_batch_and_finishes(tmp_path):
 def test_a_single_sequence_that_does_not_fit_is_a_clear_error(tmp_path):
     store = RunStore(tmp_path / "run", {}, resume=False)
     with pytest.raises(EvalkitError, match="does not fit.*--lengths"):
-        Runner(FakeAdapter(fits=0), store, 64, None).run(EchoTask(None, None), samples(2, 8), [Variant("softmax", lambda m: None)])
+        Runner(FakeAdapter(fits=0), store, 64, None).run(
+            EchoTask(None, None), samples(2, 8), [Variant("softmax", lambda m: None)]
+        )
 
 
 def test_buckets_group_equal_lengths_longest_first(tmp_path):

@@ -21,8 +21,9 @@ APP = cli.register_tasks()
 
 
 def needle(model, out, *extra):
-    return runner.invoke(APP, ["run", "needle", "--model", str(model), "--device", "cpu", "--quiet", "--out", str(out),
-                               *map(str, extra)])
+    return runner.invoke(
+        APP, ["run", "needle", "--model", str(model), "--device", "cpu", "--quiet", "--out", str(out), *map(str, extra)]
+    )
 
 
 def chain_model(tokenizer, chain: list[int], folder):
@@ -47,13 +48,16 @@ def chain_model(tokenizer, chain: list[int], folder):
     return folder
 
 
-@pytest.mark.parametrize("text, gold, said", [
-    (" 48213. Remember it. 48213 is the pass key.", "48213", "48213"),
-    ("48213\nThe pass key is 48213", "48213", "48213"),
-    ("\n 12, 345 and more", "12, 345", "12, 345"),
-    (" 482139", "48213", "482139"),
-    ("", "48213", ""),
-])
+@pytest.mark.parametrize(
+    "text, gold, said",
+    [
+        (" 48213. Remember it. 48213 is the pass key.", "48213", "48213"),
+        ("48213\nThe pass key is 48213", "48213", "48213"),
+        ("\n 12, 345 and more", "12, 345", "12, 345"),
+        (" 482139", "48213", "482139"),
+        ("", "48213", ""),
+    ],
+)
 def test_parse_answer_takes_the_first_answer_length_span_of_the_first_line(text, gold, said):
     assert parse_answer(text, gold) == said
 
@@ -62,7 +66,7 @@ def test_exact_match_ignores_text_after_a_correct_answer(tokenizer, tmp_path):
     prompt = "The pass key is 80264. Remember it. What is the pass key? The pass key is"
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"prompt": prompt, "answer": "80264"}) + "\n")
-    sample, = load_samples_file(samples, tokenizer)
+    (sample,) = load_samples_file(samples, tokenizer)
     extra = tokenizer(" and.\nYes", add_special_tokens=False)["input_ids"]
     chain = [int(sample.prompt_ids[-1]), *sample.answer_ids.tolist(), *extra]
     model = chain_model(tokenizer, chain, tmp_path / "chain")
@@ -84,16 +88,29 @@ def short_checkpoint(tokenizer, tmp_path_factory):
 
 def test_needle_at_exactly_the_position_limit(short_checkpoint, tmp_path):
     # a one-digit passkey is one answer token: prompt 128 + answer 1 - 1 = 128 positions, inside the limit
-    result = needle(short_checkpoint, tmp_path / "fits", "--lengths", "128", "--depths", "50", "--trials", "2", "--digits", "1")
+    result = needle(
+        short_checkpoint, tmp_path / "fits", "--lengths", "128", "--depths", "50", "--trials", "2", "--digits", "1"
+    )
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(tmp_path / "fits" / "results.parquet")
     assert set(rows.context_length) == {128} and len(rows[rows.metric == "greedy_correct"]) == 2
     # five digits need four positions past the prompt: extrapolation, refused in one line unless allowed
     result = needle(short_checkpoint, tmp_path / "over", "--lengths", "128", "--depths", "50", "--trials", "1")
-    assert result.exit_code == 2 and "extrapolation" in result.output and "max_position_embeddings (128)" in result.output
+    assert (
+        result.exit_code == 2 and "extrapolation" in result.output and "max_position_embeddings (128)" in result.output
+    )
     assert len(result.output.strip().splitlines()) == 1, result.output
-    result = needle(short_checkpoint, tmp_path / "allowed", "--lengths", "128", "--depths", "50", "--trials", "1",
-                    "--allow-extrapolation")
+    result = needle(
+        short_checkpoint,
+        tmp_path / "allowed",
+        "--lengths",
+        "128",
+        "--depths",
+        "50",
+        "--trials",
+        "1",
+        "--allow-extrapolation",
+    )
     assert result.exit_code == 0, result.output
 
 
@@ -104,12 +121,15 @@ def test_answer_scoring_runs_prompt_plus_answer_minus_one_positions(tokenizer):
 
     model = make_llama(len(tokenizer))
     seen = []
-    model.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]),
-                                          with_kwargs=True)
-    adapter = ModelAdapter(LoadedModel(model, tokenizer, ModelSource("hf", "mem"), torch.device("cpu"), torch.float32, "none"))
+    model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    adapter = ModelAdapter(
+        LoadedModel(model, tokenizer, ModelSource("hf", "mem"), torch.device("cpu"), torch.float32, "none")
+    )
     rng = np.random.default_rng(0)
     request = AnswerScoreRequest(rng.integers(1, 200, 40), rng.integers(1, 200, 5))
-    score, = adapter.score_answers([request])
+    (score,) = adapter.score_answers([request])
     assert seen == [44] == [request.positions]
     with torch.no_grad():
         logits = model(torch.from_numpy(np.concatenate([request.prompt, request.answer]))[None]).logits[0, 39:44]
@@ -145,8 +165,23 @@ def test_float64_factor_matches_naive_float64_attention(variant):
 
 
 def test_attention_check_runs_in_float64(tiny_checkpoint):
-    result = runner.invoke(APP, ["attention", "check", "--model", str(tiny_checkpoint), "--attention", "ssmax",
-                                 "--ssmax-s", "0.5", "--dtype", "float64", "--length", "64"])
+    result = runner.invoke(
+        APP,
+        [
+            "attention",
+            "check",
+            "--model",
+            str(tiny_checkpoint),
+            "--attention",
+            "ssmax",
+            "--ssmax-s",
+            "0.5",
+            "--dtype",
+            "float64",
+            "--length",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "ssmax" in line and "position" in line)
     deviation = float(row.split("│")[3])

@@ -39,8 +39,9 @@ def test_gguf_nll_matches_naive_transformers_forward(gguf_path):
     window = stream.tokens[offset : offset + 512]
     ours = float(ModelAdapter(loaded).token_losses([TokenLossRequest(window)])[0].mean())
 
-    naive_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                       dtype=torch.float32, attn_implementation="eager").eval()
+    naive_model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = torch.from_numpy(window)[None]
     with torch.no_grad():
         naive = naive_model(input_ids=ids, labels=ids).loss.item()
@@ -55,9 +56,26 @@ def test_smollm2_retrieves_a_passkey_at_1k_and_2k(gguf_path, tmp_path):
 
     import cli
 
-    result = CliRunner().invoke(cli.register_tasks(), ["run", "needle", "--model", "smollm2-135m", "--lengths", "1k,2k",
-                                                       "--depths", "50", "--trials", "1", "--device", "cpu", "--quiet",
-                                                       "--out", str(tmp_path / "needle")])
+    result = CliRunner().invoke(
+        cli.register_tasks(),
+        [
+            "run",
+            "needle",
+            "--model",
+            "smollm2-135m",
+            "--lengths",
+            "1k,2k",
+            "--depths",
+            "50",
+            "--trials",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            str(tmp_path / "needle"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(tmp_path / "needle" / "results.parquet")
     correct = frame[frame.metric == "greedy_correct"].set_index("context_length").value

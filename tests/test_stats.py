@@ -33,7 +33,9 @@ def test_mean_is_the_t_interval_and_clusters_are_units():
 def test_perplexity_interval_is_exp_of_nll_interval():
     nll = stats.mean([2.0, 2.2, 2.1, 2.5])
     ppl = nll.exp()
-    assert (ppl.value, ppl.ci_low, ppl.ci_high) == pytest.approx((math.exp(nll.value), math.exp(nll.ci_low), math.exp(nll.ci_high)))
+    assert (ppl.value, ppl.ci_low, ppl.ci_high) == pytest.approx(
+        (math.exp(nll.value), math.exp(nll.ci_low), math.exp(nll.ci_high))
+    )
 
 
 def test_mcnemar_exact_matches_binomtest():
@@ -136,6 +138,8 @@ def test_sign_flip_p_matches_enumeration_by_hand():
     observed = abs(d.mean())
     hand = np.mean([abs((np.array(s) * d).mean()) >= observed - 1e-12 for s in itertools.product([1, -1], repeat=6)])
     assert stats.sign_flip_p(d, np.ones(6)) == pytest.approx(hand)
+
+
 def test_weighted_mean_is_the_ratio_estimator():
     rng = np.random.default_rng(7)
     x, w = rng.normal(3, 1, 8), rng.integers(1, 50, 8).astype(float)
@@ -143,10 +147,12 @@ def test_weighted_mean_is_the_ratio_estimator():
     assert est.value == pytest.approx(np.average(x, weights=w))
     # by hand: the linearized standard error of sum(w x) / sum(w), k - 1 degrees of freedom
     resid = w * (x - est.value)
-    se = math.sqrt(8 / 7 * (resid ** 2).sum()) / w.sum()
+    se = math.sqrt(8 / 7 * (resid**2).sum()) / w.sum()
     from scipy.stats import t
 
-    assert (est.ci_low, est.ci_high) == pytest.approx((est.value - t.ppf(0.975, 7) * se, est.value + t.ppf(0.975, 7) * se))
+    assert (est.ci_low, est.ci_high) == pytest.approx(
+        (est.value - t.ppf(0.975, 7) * se, est.value + t.ppf(0.975, 7) * se)
+    )
     equal = stats.weighted_mean(x, np.ones(8))  # equal weights: the plain t interval
     assert (equal.ci_low, equal.ci_high) == pytest.approx((stats.mean(x).ci_low, stats.mean(x).ci_high))
 
@@ -155,8 +161,9 @@ def test_estimates_per_group_with_units_and_seeds():
     import pandas as pd
 
     rng = np.random.default_rng(8)
-    frame = pd.DataFrame({"g": np.repeat(["a", "b"], 12), "trial": np.tile(np.repeat(np.arange(4), 3), 2),
-                          "value": rng.normal(size=24)})
+    frame = pd.DataFrame(
+        {"g": np.repeat(["a", "b"], 12), "trial": np.tile(np.repeat(np.arange(4), 3), 2), "value": rng.normal(size=24)}
+    )
     table = stats.estimates(frame, ["g"], ["trial"])
     for row in table.itertuples():
         part = frame[frame.g == row.g]

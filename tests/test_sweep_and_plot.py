@@ -27,18 +27,22 @@ def two_checkpoints(tmp_path_factory, tokenizer):
 
 def study_file(tmp_path, checkpoints, out):
     models = "".join(f'[[model]]\npath = "{c}"\nname = "m{k}"\n' for k, c in enumerate(checkpoints))
-    text = (f'out = "{out}"\ndevice = "cpu"\n{models}'
-            '[[attention]]\nname = "softmax"\n[[attention]]\nname = "ssmax"\ns = 0.5\n'
-            '[[task]]\nname = "perplexity"\nlengths = "64,96"\nsamples = 2\n'
-            '[[task]]\nname = "needle"\nlengths = "192"\ndepths = "0,100"\ntrials = 1\n')
+    text = (
+        f'out = "{out}"\ndevice = "cpu"\n{models}'
+        '[[attention]]\nname = "softmax"\n[[attention]]\nname = "ssmax"\ns = 0.5\n'
+        '[[task]]\nname = "perplexity"\nlengths = "64,96"\nsamples = 2\n'
+        '[[task]]\nname = "needle"\nlengths = "192"\ndepths = "0,100"\ntrials = 1\n'
+    )
     path = tmp_path / "study.toml"
     path.write_text(text)
     return path
 
 
 def tables(out):
-    return {p.parent.relative_to(out).as_posix(): pd.read_parquet(p).drop(columns="run_id")
-            for p in sorted(out.rglob("results.parquet"))}
+    return {
+        p.parent.relative_to(out).as_posix(): pd.read_parquet(p).drop(columns="run_id")
+        for p in sorted(out.rglob("results.parquet"))
+    }
 
 
 def test_sweep_grid_resume_and_plot(two_checkpoints, tmp_path, monkeypatch):
@@ -81,11 +85,23 @@ def test_sweep_grid_resume_and_plot(two_checkpoints, tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-6)
 
     fig = tmp_path / "fig"
-    result = runner.invoke(APP, ["plot", str(full / "m0" / "perplexity"), str(full / "m1" / "perplexity"),
-                                 str(full / "m0" / "needle"), "--out", str(fig)])
+    result = runner.invoke(
+        APP,
+        [
+            "plot",
+            str(full / "m0" / "perplexity"),
+            str(full / "m1" / "perplexity"),
+            str(full / "m0" / "needle"),
+            "--out",
+            str(fig),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    for name in ["perplexity_perplexity_vs_length.png", "perplexity_perplexity_vs_length.svg",
-                 "needle_greedy_correct_vs_length.png"]:
+    for name in [
+        "perplexity_perplexity_vs_length.png",
+        "perplexity_perplexity_vs_length.svg",
+        "needle_greedy_correct_vs_length.png",
+    ]:
         assert (fig / name).stat().st_size > 5_000
     runs = [str(full / "m0" / "needle"), str(full / "m1" / "needle")]
     result = runner.invoke(APP, ["plot", *runs, "--out", str(fig), "--metric", "answer_logprob"])

@@ -107,11 +107,7 @@ def _match_module(key_prefix: str, names: list[str]) -> int | None:
     base-model prefix ("model.layers.0.self_attn" vs "layers.0.self_attn")."""
     if key_prefix in names:
         return names.index(key_prefix)
-    hits = [
-        i
-        for i, name in enumerate(names)
-        if name.endswith("." + key_prefix) or key_prefix.endswith("." + name)
-    ]
+    hits = [i for i, name in enumerate(names) if name.endswith("." + key_prefix) or key_prefix.endswith("." + name)]
     return hits[0] if len(hits) == 1 else None
 
 
@@ -140,9 +136,7 @@ def as_head_table(value: HeadTable, *, param: str, names: list[str], num_heads: 
             raise ConfigError(f"{flag} rows have different lengths", f"expected shape {expected}")
         value = torch.stack(value)
     try:
-        table = torch.as_tensor(
-            value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float32
-        ).cpu()
+        table = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float32).cpu()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{flag} is not a number or a numeric table ({exc})", f"expected shape {expected}")
     if table.dim() == 0:
@@ -304,7 +298,10 @@ def apply_attention(
     layers left out run plain softmax.
     """
     scalars = dict(
-        train_length=train_length, attn_scale=attn_scale, floor_scale=floor_scale, beta=beta,
+        train_length=train_length,
+        attn_scale=attn_scale,
+        floor_scale=floor_scale,
+        beta=beta,
         original_length=original_length,
     )
     if isinstance(variant, AttentionSpec):

@@ -153,8 +153,9 @@ def query_positions(
         # Llama 4's decoder layers do not hand position_ids on. In a full causal layer a query's
         # position is the number of keys it may see, minus one: Llama 4's own count (arange +
         # past tokens), and with left padding the position among real tokens, as generate numbers them.
-        n = keys_per_query(attention_mask, q_len, kv_len, is_causal=is_causal, n_mode="position",
-                           device=device)  # (B|1, 1, T_q, 1)
+        n = keys_per_query(
+            attention_mask, q_len, kv_len, is_causal=is_causal, n_mode="position", device=device
+        )  # (B|1, 1, T_q, 1)
         return n - 1.0
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != q_len:
         shape = None if position_ids is None else tuple(position_ids.shape)
@@ -215,9 +216,19 @@ def evalkit_attention_forward(
         )  # (B|1, 1, T_q, 1) float32
         if variant.factor is not None:
             params = module_parameters(module, variant.parameters)
-            x = n if variant.counts == "keys" else query_positions(
-                kwargs.get("position_ids"), q_len, module, attention_mask=attention_mask, kv_len=kv_len,
-                is_causal=is_causal, device=query.device)
+            x = (
+                n
+                if variant.counts == "keys"
+                else query_positions(
+                    kwargs.get("position_ids"),
+                    q_len,
+                    module,
+                    attention_mask=attention_mask,
+                    kv_len=kv_len,
+                    is_causal=is_causal,
+                    device=query.device,
+                )
+            )
             # float32 at least, as bf16 rounds the factor itself badly; float64 in a float64 model,
             # where a float32 log n would be about 1e-7 off
             wide = x.double() if query.dtype == torch.float64 else x
@@ -237,9 +248,7 @@ def evalkit_attention_forward(
                 )
             )
 
-    return sdpa_attention_forward(
-        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-    )
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
 def register() -> None:

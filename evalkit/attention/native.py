@@ -48,8 +48,13 @@ class NativeScaling:
         return AttentionSpec(variant=self.variant, layers=self.layers, **self.params)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"variant": self.variant, **self.params, "layers": self.layers,
-                "layer_indices": list(self.layer_indices), "source": self.source}
+        return {
+            "variant": self.variant,
+            **self.params,
+            "layers": self.layers,
+            "layer_indices": list(self.layer_indices),
+            "source": self.source,
+        }
 
 
 def _text_configs(model: nn.Module, modules: list[nn.Module]) -> list[Any]:
@@ -80,8 +85,10 @@ def _detect(model: nn.Module) -> NativeScaling | None:
         floor_scale = first.floor_scale
         return NativeScaling(
             variant="llama4-temp",
-            params={"attn_scale": float(first.attn_scale),
-                    "floor_scale": int(floor_scale) if float(floor_scale).is_integer() else float(floor_scale)},
+            params={
+                "attn_scale": float(first.attn_scale),
+                "floor_scale": int(floor_scale) if float(floor_scale).is_integer() else float(floor_scale),
+            },
             layers="nope" if getattr(first.config, "no_rope_layers", None) else ",".join(map(str, tuned)),
             layer_indices=tuple(tuned),
             source=f"{type(first).__name__}.attn_temperature_tuning (config attn_scale, floor_scale; NoPE layers)",
@@ -97,7 +104,7 @@ def _detect(model: nn.Module) -> NativeScaling | None:
             layers="all",
             layer_indices=tuple(range(len(modules))),
             source=f"{type(modules[0]).__name__} get_llama_4_attn_scale (config rope_parameters "
-                   "llama_4_scaling_beta, original_max_position_embeddings)",
+            "llama_4_scaling_beta, original_max_position_embeddings)",
         )
     return None
 

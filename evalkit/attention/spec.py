@@ -44,20 +44,17 @@ class AttentionSpec:
     def __post_init__(self) -> None:
         get_variant(self.variant)  # unknown name -> ConfigError with "did you mean"
         if self.n_mode not in N_MODES:
-            raise ConfigError(
-                f"unknown n mode {self.n_mode!r}", f"use one of {', '.join(N_MODES)}"
-            )
+            raise ConfigError(f"unknown n mode {self.n_mode!r}", f"use one of {', '.join(N_MODES)}")
         for name in ("s", "b", "attn_scale", "beta", "floor_scale"):
             value = getattr(self, name)
             if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             ):
                 raise ConfigError(
                     f"{PARAMETER_FLAGS[name]} must be a finite number, got {value!r}",
                     "give one number, or a per-layer/head table with --attention-params"
-                    if name in ("s", "b") else f"e.g. {PARAMETER_FLAGS[name]} 0.1",
+                    if name in ("s", "b")
+                    else f"e.g. {PARAMETER_FLAGS[name]} 0.1",
                 )
         if self.floor_scale is not None and self.floor_scale <= 0:
             raise ConfigError(f"--floor-scale must be > 0, got {self.floor_scale!r}", "e.g. --floor-scale 8192")

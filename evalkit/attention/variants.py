@@ -192,7 +192,7 @@ register_variant(
         scale="as the modelling code ships it",
         parameters=(),
         description="The checkpoint as shipped: the stock transformers forward, with the scaling its modelling "
-                    "code applies to q (Llama 4 temperature, Ministral 3 / Mistral 4 beta); softmax for others.",
+        "code applies to q (Llama 4 temperature, Ministral 3 / Mistral 4 beta); softmax for others.",
         factor=None,
         counts="checkpoint",
     )

@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from evalkit.cli.common import DeviceOption, DType, DTypeOption, ModelOption, make_console, new_group, print_frame, user_errors
+from evalkit.cli.common import (
+    DeviceOption,
+    DType,
+    DTypeOption,
+    ModelOption,
+    make_console,
+    new_group,
+    print_frame,
+    user_errors,
+)
 
 bench_app = new_group("Speed benchmarks (tokens/s, model-FLOP utilization).")
 
@@ -21,10 +30,16 @@ def bench_perplexity(
     device: DeviceOption = "auto",
     dtype: DTypeOption = DType.auto,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per batch (default: from free memory).")] = None,
-    seconds: Annotated[float, typer.Option(help="Minimum measured seconds per length and row, split over the rounds.")] = 5.0,
-    peak_tflops: Annotated[Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (default: measured by a matmul probe).")] = None,
+    seconds: Annotated[
+        float, typer.Option(help="Minimum measured seconds per length and row, split over the rounds.")
+    ] = 5.0,
+    peak_tflops: Annotated[
+        Optional[float], typer.Option(help="Device peak TFLOP/s for MFU (default: measured by a matmul probe).")
+    ] = None,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench.csv into.")] = None,
-    attention: Annotated[str, typer.Option(help="Variants to time, comma-separated; ratios are against the first.")] = "softmax",
+    attention: Annotated[
+        str, typer.Option(help="Variants to time, comma-separated; ratios are against the first.")
+    ] = "softmax",
     ssmax_s: Annotated[Optional[float], typer.Option(help="SSMax scale s for every head.")] = None,
     train_length: Annotated[Optional[str], typer.Option(help="Training length L for logn.")] = None,
 ) -> None:
@@ -32,7 +47,9 @@ def bench_perplexity(
     from evalkit.bench.perplexity import bench_perplexity as run_bench
     from evalkit.run.attention_flags import VariantRequest, attention_flag_requests
 
-    requests = [VariantRequest.from_dict(r) for r in attention_flag_requests(attention, ssmax_s, train_length=train_length)]
+    requests = [
+        VariantRequest.from_dict(r) for r in attention_flag_requests(attention, ssmax_s, train_length=train_length)
+    ]
     frame = run_bench(model, lengths, device, dtype.value, batch_tokens, seconds, peak_tflops, out, requests)
     print_frame(make_console(), frame.drop(columns=["peak_source", "timing"]), frame.attrs["caption"])
 
@@ -55,8 +72,17 @@ def bench_needle_command(
     """Needle samples/s: evalkit with the shared prefix cache, without it, and choosing per group from the measured cost (the default), vs a plain greedy generate loop."""
     from evalkit.bench.needle import bench_needle
 
-    frame = bench_needle(model, lengths, depths, trials, device, dtype.value, batch_tokens, out,
-                         needle_options={"needle": needle, "chat": chat, "digits": digits})
+    frame = bench_needle(
+        model,
+        lengths,
+        depths,
+        trials,
+        device,
+        dtype.value,
+        batch_tokens,
+        out,
+        needle_options={"needle": needle, "chat": chat, "digits": digits},
+    )
     print_frame(make_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
 
@@ -91,8 +117,16 @@ def bench_nested_command(
     """Multi-length perplexity, end to end: nested windows (one pass of the longest) vs independent windows."""
     from evalkit.bench.nested import bench_nested
 
-    frame = bench_nested(model, lengths, device, dtype.value, out, samples=samples, rounds=rounds,
-                         allow_extrapolation=allow_extrapolation)
+    frame = bench_nested(
+        model,
+        lengths,
+        device,
+        dtype.value,
+        out,
+        samples=samples,
+        rounds=rounds,
+        allow_extrapolation=allow_extrapolation,
+    )
     print_frame(make_console(), frame, frame.attrs["caption"])
 
 
@@ -134,7 +168,9 @@ def bench_queries_command(
 
     lengths = parse_lengths(length)
     if len(lengths) != 1:
-        raise ConfigError(f"bad --length {length!r}: one length is benched at a time", "give one length, e.g. --length 4k")
+        raise ConfigError(
+            f"bad --length {length!r}: one length is benched at a time", "give one length, e.g. --length 4k"
+        )
     frame = bench_queries(model, lengths[0], device, dtype.value, batch_tokens, out, rounds=rounds)
     print_frame(make_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
@@ -143,11 +179,22 @@ def bench_queries_command(
 @user_errors
 def bench_suite_command(
     out: Annotated[str, typer.Option(help="Folder for report.md and one bench_<name>.csv per bench.")] = "bench",
-    preset: Annotated[str, typer.Option(help="cpu (~10 min on 2 cores, SmolLM2-135M), gpu (random Llama-1B and SmolLM2 shapes, bf16, <8 min on one H100) or smoke (~1 min).")] = "cpu",
-    model: Annotated[Optional[str], typer.Option(help="Run the preset's grid on this checkpoint instead of its models.")] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="cpu (~10 min on 2 cores, SmolLM2-135M), gpu (random Llama-1B and SmolLM2 shapes, bf16, <8 min on one H100) or smoke (~1 min)."
+        ),
+    ] = "cpu",
+    model: Annotated[
+        Optional[str], typer.Option(help="Run the preset's grid on this checkpoint instead of its models.")
+    ] = None,
     lengths: Annotated[Optional[str], typer.Option(help="Replace every bench's lengths (a reduced run).")] = None,
-    tokenizer: Annotated[str, typer.Option(help="Tokenizer of the random-weight checkpoints a preset writes (folder or alias).")] = "smollm2-135m",
-    checkpoints: Annotated[Optional[str], typer.Option(help="Folder for those checkpoints (default: the evalkit cache).")] = None,
+    tokenizer: Annotated[
+        str, typer.Option(help="Tokenizer of the random-weight checkpoints a preset writes (folder or alias).")
+    ] = "smollm2-135m",
+    checkpoints: Annotated[
+        Optional[str], typer.Option(help="Folder for those checkpoints (default: the evalkit cache).")
+    ] = None,
 ) -> None:
     """Every bench on a preset grid, peers when installed: report.md (tables, environment, command) and CSVs."""
     import sys
@@ -155,9 +202,23 @@ def bench_suite_command(
     from evalkit.bench.suite import plan_suite, preset_named, run_suite
 
     plan = plan_suite(preset_named(preset), model=model, lengths=lengths)
-    command = shlex.join(["evalkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else \
-        shlex.join(["evalkit", "bench", "suite", "--out", out, "--preset", preset, *(["--model", model] if model else []),
-                    *(["--lengths", lengths] if lengths else [])])
+    command = (
+        shlex.join(["evalkit", *sys.argv[1:]])
+        if sys.argv[1:2] == ["bench"]
+        else shlex.join(
+            [
+                "evalkit",
+                "bench",
+                "suite",
+                "--out",
+                out,
+                "--preset",
+                preset,
+                *(["--model", model] if model else []),
+                *(["--lengths", lengths] if lengths else []),
+            ]
+        )
+    )
     run_suite(plan, out, command, tokenizer=tokenizer, checkpoints=checkpoints, log=make_console().print)
     make_console().print(f"wrote {Path(out) / 'report.md'}")
 

@@ -98,7 +98,7 @@ def continue_command(out=None) -> str:
         elif getattr(param, "is_flag", False):
             words += [param.opts[0]] if value else []
         else:
-            for item in (value if getattr(param, "multiple", False) else [value]):
+            for item in value if getattr(param, "multiple", False) else [value]:
                 words += [param.opts[0], str(getattr(item, "value", item))]
     out = out if out is not None else ctx.params.get("out")
     return shlex.join(words + (["--out", str(out)] if out is not None else []) + ["--resume"])

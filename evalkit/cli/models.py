@@ -24,9 +24,18 @@ def models_fetch(alias: Annotated[str, typer.Argument(help="Alias of the embedde
 @user_errors
 def models_random(
     out: Annotated[str, typer.Option(help="New folder for the checkpoint.")],
-    shape: Annotated[str, typer.Option(help="Architecture shape: llama-1b, llama-8b, smollm2-135m, smollm3-3b (NoPE layers), llama4-scout-text (MoE, NoPE, temperature tuning) or ministral3-8b (beta scaling).")] = "llama-1b",
-    tokenizer: Annotated[str, typer.Option(help="Model whose tokenizer to save with it (folder, .gguf or alias).")] = "smollm2-135m",
-    layers: Annotated[Optional[int], typer.Option(help="Fewer layers than the shape has (same width), for a quick run.")] = None,
+    shape: Annotated[
+        str,
+        typer.Option(
+            help="Architecture shape: llama-1b, llama-8b, smollm2-135m, smollm3-3b (NoPE layers), llama4-scout-text (MoE, NoPE, temperature tuning) or ministral3-8b (beta scaling)."
+        ),
+    ] = "llama-1b",
+    tokenizer: Annotated[
+        str, typer.Option(help="Model whose tokenizer to save with it (folder, .gguf or alias).")
+    ] = "smollm2-135m",
+    layers: Annotated[
+        Optional[int], typer.Option(help="Fewer layers than the shape has (same width), for a quick run.")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:

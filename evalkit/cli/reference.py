@@ -21,16 +21,44 @@ def reference_train(
     steps: Annotated[Optional[int], typer.Option(help="Training steps (default: the recipe's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialization and data.")] = 0,
     device: DeviceOption = "auto",
-    positions: Annotated[str, typer.Option(help="rope (RoPE on every layer), nope (no positional encoding) or irope (local RoPE layers with a sliding window + global NoPE layers).")] = "rope",
-    window: Annotated[Optional[int], typer.Option(help="irope: keys a local layer sees, at most the training length (default: the recipe's).")] = None,
-    pattern: Annotated[Optional[str], typer.Option(help="irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE (default: the recipe's, lg).")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Also save both models every N steps as OUT/checkpoints/{softmax,ssmax}/checkpoint-N (for evalkit track).")] = None,
+    positions: Annotated[
+        str,
+        typer.Option(
+            help="rope (RoPE on every layer), nope (no positional encoding) or irope (local RoPE layers with a sliding window + global NoPE layers)."
+        ),
+    ] = "rope",
+    window: Annotated[
+        Optional[int],
+        typer.Option(help="irope: keys a local layer sees, at most the training length (default: the recipe's)."),
+    ] = None,
+    pattern: Annotated[
+        Optional[str],
+        typer.Option(
+            help="irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE (default: the recipe's, lg)."
+        ),
+    ] = None,
+    save_every: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Also save both models every N steps as OUT/checkpoints/{softmax,ssmax}/checkpoint-N (for evalkit track)."
+        ),
+    ] = None,
 ) -> None:
     """Train two tiny models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits."""
     from evalkit.reference import train_reference_pair
 
-    summary = train_reference_pair(Path(out), recipe=recipe, steps=steps, seed=seed, device=device, log=typer.echo,
-                                   positions=positions, window=window, pattern=pattern, save_every=save_every)
+    summary = train_reference_pair(
+        Path(out),
+        recipe=recipe,
+        steps=steps,
+        seed=seed,
+        device=device,
+        log=typer.echo,
+        positions=positions,
+        window=window,
+        pattern=pattern,
+        save_every=save_every,
+    )
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -38,15 +66,24 @@ def reference_train(
 @user_errors
 def reference_study(
     out: Annotated[str, typer.Option(help="Study folder: models/, runs/, figures/, report.md.")] = "results/ref-study",
-    positions: Annotated[str, typer.Option(help="Position schemes, comma-separated: rope, nope, irope.")] = "rope,irope",
+    positions: Annotated[
+        str, typer.Option(help="Position schemes, comma-separated: rope, nope, irope.")
+    ] = "rope,irope",
     seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated.")] = "0,1,2",
-    recipe: Annotated[str, typer.Option(help="cpu or gpu (each position scheme takes its tuned variant, e.g. cpu-irope, when one exists).")] = "cpu",
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="cpu or gpu (each position scheme takes its tuned variant, e.g. cpu-irope, when one exists)."
+        ),
+    ] = "cpu",
     steps: Annotated[Optional[int], typer.Option(help="Training steps for every pair (default: the recipes').")] = None,
     needle_trials: Annotated[int, typer.Option(help="Needle trials per (length, depth).")] = 20,
     focus_trials: Annotated[int, typer.Option(help="Focus trials per (length, depth).")] = 4,
     perplexity_samples: Annotated[int, typer.Option(help="Perplexity windows per length.")] = 8,
     device: DeviceOption = "auto",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted study (finished pairs and runs are always reused).")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted study (finished pairs and runs are always reused).")
+    ] = False,
 ) -> None:
     """Train every Softmax/SSMax pair, run needle, focus and perplexity on each model, write report.md."""
     from evalkit.core.errors import ConfigError
@@ -57,9 +94,15 @@ def reference_study(
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:
         raise ConfigError(f"bad --seeds {seeds!r}", "give integers, e.g. 0,1,2") from None
-    settings = StudySettings(positions=tuple(p.strip() for p in positions.split(",") if p.strip()), seeds=seed_list,
-                             recipe=recipe, steps=steps, needle_trials=needle_trials, focus_trials=focus_trials,
-                             perplexity_samples=perplexity_samples)
+    settings = StudySettings(
+        positions=tuple(p.strip() for p in positions.split(",") if p.strip()),
+        seeds=seed_list,
+        recipe=recipe,
+        steps=steps,
+        needle_trials=needle_trials,
+        focus_trials=focus_trials,
+        perplexity_samples=perplexity_samples,
+    )
     typer.echo(str(run_study(Path(out), settings, device=device, resume=resume, log=typer.echo)))
 
 

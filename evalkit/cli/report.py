@@ -30,26 +30,75 @@ def _report(module, result, fmt: ReportFormat, junit: Optional[str]) -> None:
 
 def compare_command(
     baseline: Annotated[str, typer.Argument(help="Baseline run folder (or a folder of runs, e.g. a sweep's out).")],
-    candidate: Annotated[Optional[str], typer.Argument(help="Candidate run folder; omit to take both sides from BASELINE with the selectors.")] = None,
-    base_select: Annotated[Optional[list[str]], typer.Option("--baseline", help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run, seed, or step and series (evalkit track's runs) (repeatable; VALUE may be a comma list).")] = None,
-    cand_select: Annotated[Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")] = None,
-    tolerance: Annotated[Optional[float], typer.Option(help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|.")] = None,
+    candidate: Annotated[
+        Optional[str],
+        typer.Argument(help="Candidate run folder; omit to take both sides from BASELINE with the selectors."),
+    ] = None,
+    base_select: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--baseline",
+            help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run, seed, or step and series (evalkit track's runs) (repeatable; VALUE may be a comma list).",
+        ),
+    ] = None,
+    cand_select: Annotated[
+        Optional[list[str]], typer.Option("--candidate", help="Select the candidate's rows, as --baseline.")
+    ] = None,
+    tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|."
+        ),
+    ] = None,
     relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
-    confidence: Annotated[float, typer.Option(help="A regression must be beyond noise at this confidence (p < 1 - confidence).")] = 0.95,
+    confidence: Annotated[
+        float, typer.Option(help="A regression must be beyond noise at this confidence (p < 1 - confidence).")
+    ] = 0.95,
     strict: Annotated[bool, typer.Option(help="Fail on any worsening beyond the tolerance, noise or not.")] = False,
-    allow_missing: Annotated[bool, typer.Option(help="Pass although the candidate lacks cells the baseline has.")] = False,
-    unpaired: Annotated[bool, typer.Option(help="Treat the sides as independent samples; differing task options or tokenizers become notes, not failures.")] = False,
-    threshold: Annotated[str, typer.Option(help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the accuracy at the shortest length.")] = "0.856",
-    nll_tolerance: Annotated[Optional[float], typer.Option(
-        help="Perplexity tolerance given once, in NLL (nats per token); the perplexity row follows through exp.")] = None,
-    tolerances: Annotated[Optional[str], typer.Option(
-        help="TOML file of per-metric tolerances: metric = absolute, or { absolute = A, relative = R }.")] = None,
-    correction: Annotated[str, typer.Option(help="Family-wise error control over the judged cells: holm (default), bonferroni or none.")] = "holm",
-    detect: Annotated[Optional[float], typer.Option(help="A worsening each cell must be able to detect (metric units); cells that cannot are underpowered.")] = None,
+    allow_missing: Annotated[
+        bool, typer.Option(help="Pass although the candidate lacks cells the baseline has.")
+    ] = False,
+    unpaired: Annotated[
+        bool,
+        typer.Option(
+            help="Treat the sides as independent samples; differing task options or tokenizers become notes, not failures."
+        ),
+    ] = False,
+    threshold: Annotated[
+        str,
+        typer.Option(
+            help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the accuracy at the shortest length."
+        ),
+    ] = "0.856",
+    nll_tolerance: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Perplexity tolerance given once, in NLL (nats per token); the perplexity row follows through exp."
+        ),
+    ] = None,
+    tolerances: Annotated[
+        Optional[str],
+        typer.Option(help="TOML file of per-metric tolerances: metric = absolute, or { absolute = A, relative = R }."),
+    ] = None,
+    correction: Annotated[
+        str, typer.Option(help="Family-wise error control over the judged cells: holm (default), bonferroni or none.")
+    ] = "holm",
+    detect: Annotated[
+        Optional[float],
+        typer.Option(
+            help="A worsening each cell must be able to detect (metric units); cells that cannot are underpowered."
+        ),
+    ] = None,
     power: Annotated[float, typer.Option(help="Power for each cell's minimal detectable worsening.")] = 0.8,
-    require_power: Annotated[bool, typer.Option(help="Fail (exit 1) on an underpowered cell instead of warning.")] = False,
-    allow_dtype_change: Annotated[bool, typer.Option(help="A dtype difference between the runs is a note, not a failing check.")] = False,
-    format: Annotated[ReportFormat, typer.Option(help="table, markdown (for a pull-request comment) or json.")] = ReportFormat.table,
+    require_power: Annotated[
+        bool, typer.Option(help="Fail (exit 1) on an underpowered cell instead of warning.")
+    ] = False,
+    allow_dtype_change: Annotated[
+        bool, typer.Option(help="A dtype difference between the runs is a note, not a failing check.")
+    ] = False,
+    format: Annotated[
+        ReportFormat, typer.Option(help="table, markdown (for a pull-request comment) or json.")
+    ] = ReportFormat.table,
     junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
 ) -> None:
     """Compare a baseline with a candidate: two runs, or two selections (variants, checkpoints, seeds) of runs.
@@ -62,22 +111,44 @@ def compare_command(
     """
     from evalkit.report import compare
 
-    result = compare.compare_runs(baseline, candidate, base_select=base_select, cand_select=cand_select,
-                                  tolerance=tolerance, relative=relative, confidence=confidence, strict=strict,
-                                  allow_missing=allow_missing, unpaired=unpaired, threshold=threshold,
-                                  correction=correction, detect=detect, power=power, require_power=require_power,
-                                  allow_dtype_change=allow_dtype_change, nll_tolerance=nll_tolerance,
-                                  tolerances_file=tolerances)
+    result = compare.compare_runs(
+        baseline,
+        candidate,
+        base_select=base_select,
+        cand_select=cand_select,
+        tolerance=tolerance,
+        relative=relative,
+        confidence=confidence,
+        strict=strict,
+        allow_missing=allow_missing,
+        unpaired=unpaired,
+        threshold=threshold,
+        correction=correction,
+        detect=detect,
+        power=power,
+        require_power=require_power,
+        allow_dtype_change=allow_dtype_change,
+        nll_tolerance=nll_tolerance,
+        tolerances_file=tolerances,
+    )
     _report(compare, result, format, junit)
 
 
 def plan_command(
-    baseline: Annotated[Optional[str], typer.Option(help="A baseline run: its own spread across units sizes the grid.")] = None,
-    accuracy: Annotated[Optional[list[float]], typer.Option(help="Or stated accuracies (repeatable), the units as the sample.")] = None,
-    detect: Annotated[float, typer.Option(help="The worsening to detect, in metric units (0.10 = ten accuracy points).")] = 0.1,
+    baseline: Annotated[
+        Optional[str], typer.Option(help="A baseline run: its own spread across units sizes the grid.")
+    ] = None,
+    accuracy: Annotated[
+        Optional[list[float]], typer.Option(help="Or stated accuracies (repeatable), the units as the sample.")
+    ] = None,
+    detect: Annotated[
+        float, typer.Option(help="The worsening to detect, in metric units (0.10 = ten accuracy points).")
+    ] = 0.1,
     power: Annotated[float, typer.Option(help="Probability of detecting it.")] = 0.8,
     confidence: Annotated[float, typer.Option(help="As compare's --confidence.")] = 0.95,
-    cells: Annotated[Optional[int], typer.Option(help="Cells in the compare's family (default: the baseline's judged cells, or 6).")] = None,
+    cells: Annotated[
+        Optional[int], typer.Option(help="Cells in the compare's family (default: the baseline's judged cells, or 6).")
+    ] = None,
 ) -> None:
     """How many trials (needle) or windows (perplexity) a grid needs to detect a drop at a power."""
     from evalkit.report import power as planning
@@ -88,7 +159,9 @@ def plan_command(
 def gate_command(
     candidate: Annotated[str, typer.Argument(help="Run folder to check.")],
     config: Annotated[str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold.")],
-    baseline: Annotated[Optional[str], typer.Option(help="Baseline run for relative gates (overrides the file's).")] = None,
+    baseline: Annotated[
+        Optional[str], typer.Option(help="Baseline run for relative gates (overrides the file's).")
+    ] = None,
     format: Annotated[ReportFormat, typer.Option(help="table, markdown or json.")] = ReportFormat.table,
     junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
 ) -> None:
@@ -115,10 +188,28 @@ class XAxis(str, Enum):
 def plot_command(
     runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
     out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
-    metric: Annotated[Optional[str], typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline.")] = None,
-    label: Annotated[Optional[list[str]], typer.Option(help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder.")] = None,
-    aggregate: Annotated[Optional[Aggregate], typer.Option(help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds.")] = None,
-    x: Annotated[XAxis, typer.Option(help="length: metric vs context length; step: metric and effective length vs training step, from evalkit track's (or the training callback's) folder, one panel per length.")] = XAxis.length,
+    metric: Annotated[
+        Optional[str],
+        typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline."),
+    ] = None,
+    label: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder."
+        ),
+    ] = None,
+    aggregate: Annotated[
+        Optional[Aggregate],
+        typer.Option(
+            help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds."
+        ),
+    ] = None,
+    x: Annotated[
+        XAxis,
+        typer.Option(
+            help="length: metric vs context length; step: metric and effective length vs training step, from evalkit track's (or the training callback's) folder, one panel per length."
+        ),
+    ] = XAxis.length,
 ) -> None:
     """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points also as CSV."""
     from evalkit.core.errors import ConfigError
@@ -127,7 +218,11 @@ def plot_command(
 
     if x is XAxis.step and (label or aggregate):
         raise ConfigError("--label and --aggregate apply to --x length", "leave them out with --x step")
-    paths = plot_steps(runs, out, metric) if x is XAxis.step else plot_runs(runs, out, metric, label, aggregate.value if aggregate else None)
+    paths = (
+        plot_steps(runs, out, metric)
+        if x is XAxis.step
+        else plot_runs(runs, out, metric, label, aggregate.value if aggregate else None)
+    )
     for path in paths:
         typer.echo(str(path))
 

@@ -41,6 +41,6 @@ class ResultsError(EvalkitError):
 
 
 def did_you_mean(name: str, choices, cutoff: float = 0.6) -> str:
-    """"did you mean 'x'? " for the choice closest to a mistyped name, or "" when none is close."""
+    """ "did you mean 'x'? " for the choice closest to a mistyped name, or "" when none is close."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=cutoff)
     return f"did you mean {close[0]!r}? " if close else ""

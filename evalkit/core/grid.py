@@ -16,9 +16,7 @@ _LENGTH = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
 def parse_length(text: str) -> int:
     match = _LENGTH.match(text)
     if not match:
-        raise ConfigError(
-            f"bad context length {text!r}", "write a number of tokens like 512, 4k or 1m (k = 1024)"
-        )
+        raise ConfigError(f"bad context length {text!r}", "write a number of tokens like 512, 4k or 1m (k = 1024)")
     value = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
     if value < 2:
         raise ConfigError(f"context length {text!r} is too short", "use at least 2 tokens")

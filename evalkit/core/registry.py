@@ -24,6 +24,9 @@ def task_names() -> list[str]:
 def get_task(name: str):
     eps = _entry_points()
     if name not in eps:
-        hint = did_you_mean(name, eps).strip() or f"known tasks: {', '.join(sorted(eps)) or 'none (is evalkit installed? pip install -e .)'}"
+        hint = (
+            did_you_mean(name, eps).strip()
+            or f"known tasks: {', '.join(sorted(eps)) or 'none (is evalkit installed? pip install -e .)'}"
+        )
         raise ConfigError(f"unknown task {name!r}", hint)
     return eps[name].load()

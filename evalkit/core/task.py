@@ -23,7 +23,9 @@ class Sample:
     request: Any  # a typed request from evalkit.models.requests
     keys: dict[str, Any]  # task key columns shared by all its rows (context_length, ...)
     meta: dict[str, Any] = field(default_factory=dict)  # recorded, not keys (source, offset, ...)
-    first_variant_only: bool = False  # answered under the run's first attention variant only (LongPPL's evaluator passes)
+    first_variant_only: bool = (
+        False  # answered under the run's first attention variant only (LongPPL's evaluator passes)
+    )
 
 
 def runs_under(sample: Sample, variant_index: int) -> bool:

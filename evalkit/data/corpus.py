@@ -39,7 +39,9 @@ class Corpus:
     fingerprint: str
     documents: tuple[str, ...]
     recipe: str = ""  # how the documents were read, in order: enough to rebuild them by hand
-    details: dict = field(default_factory=dict)  # what else identifies the source (python-stdlib: version, file list hash)
+    details: dict = field(
+        default_factory=dict
+    )  # what else identifies the source (python-stdlib: version, file list hash)
 
 
 @dataclass(frozen=True)
@@ -73,22 +75,33 @@ def _builtin_corpus() -> Corpus:
 
     docs = tuple(topics[key].strip() for key in sorted(topics))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    return Corpus(name="builtin:pydoc-topics", fingerprint=_hash_texts(docs, version), documents=docs,
-                  recipe=f"pydoc_data.topics.topics of {version}: keys sorted, each text .strip()ed")
+    return Corpus(
+        name="builtin:pydoc-topics",
+        fingerprint=_hash_texts(docs, version),
+        documents=docs,
+        recipe=f"pydoc_data.topics.topics of {version}: keys sorted, each text .strip()ed",
+    )
 
 
 def _local_corpus(path: Path, text_field: str) -> Corpus:
     files = sorted(p for p in path.rglob("*") if p.suffix in _FILE_SUFFIXES) if path.is_dir() else [path]
     if not files:
-        raise DataError(f"folder {path} holds no .txt, .jsonl or .parquet files", "point --dataset at a text file or a folder of them")
+        raise DataError(
+            f"folder {path} holds no .txt, .jsonl or .parquet files",
+            "point --dataset at a text file or a folder of them",
+        )
     docs: list[str] = []
     for file in files:
         docs.extend(_read_file(file, text_field))
     docs = [d for d in docs if d.strip()]
     if not docs:
-        raise DataError(f"{path} holds no text", f"check the files, or the field name given to --text-field (now {text_field!r})")
-    recipe = ("files sorted by path; a .txt file is one document, a .jsonl line or parquet row one record "
-              f"(field {text_field!r}); text kept as is (a stray non-UTF-8 byte as U+FFFD), blank documents dropped")
+        raise DataError(
+            f"{path} holds no text", f"check the files, or the field name given to --text-field (now {text_field!r})"
+        )
+    recipe = (
+        "files sorted by path; a .txt file is one document, a .jsonl line or parquet row one record "
+        f"(field {text_field!r}); text kept as is (a stray non-UTF-8 byte as U+FFFD), blank documents dropped"
+    )
     return Corpus(name=str(path), fingerprint=_hash_texts(docs), documents=tuple(docs), recipe=recipe)
 
 
@@ -101,13 +114,17 @@ def _read_text(file: Path) -> str:
     """A text file's content, or a DataError for a binary one (NUL bytes, or mostly not UTF-8)."""
     data = file.read_bytes()
     if b"\x00" in data:
-        raise DataError(f"{file} is a binary file (it holds NUL bytes), not text",
-                        "give --dataset a UTF-8 text file (.txt, .jsonl) or a .parquet table")
+        raise DataError(
+            f"{file} is a binary file (it holds NUL bytes), not text",
+            "give --dataset a UTF-8 text file (.txt, .jsonl) or a .parquet table",
+        )
     text = data.decode("utf-8", errors="replace")
     invalid = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     if invalid > _MAX_INVALID_SHARE * max(len(data), 1):
-        raise DataError(f"{file} is not UTF-8 text ({invalid} of {len(data)} bytes do not decode)",
-                        "convert it to UTF-8 (iconv -t utf-8), or give a .parquet table")
+        raise DataError(
+            f"{file} is not UTF-8 text ({invalid} of {len(data)} bytes do not decode)",
+            "convert it to UTF-8 (iconv -t utf-8), or give a .parquet table",
+        )
     return text
 
 
@@ -125,8 +142,10 @@ def _read_file(file: Path, text_field: str) -> list[str]:
                 raise DataError(f"{file} line {line_no} is not valid JSON", "fix or remove that line") from None
             if not isinstance(record, dict) or text_field not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise DataError(f"{file} line {line_no} has no field {text_field!r} (it has: {keys})",
-                                "name the text field with --text-field")
+                raise DataError(
+                    f"{file} line {line_no} has no field {text_field!r} (it has: {keys})",
+                    "name the text field with --text-field",
+                )
             docs.append(str(record[text_field]))
         return docs
     import pandas as pd
@@ -134,9 +153,14 @@ def _read_file(file: Path, text_field: str) -> list[str]:
     try:
         frame = pd.read_parquet(file)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"cannot read {file} as parquet ({exc.__class__.__name__})", "check the file is a valid parquet table") from None
+        raise DataError(
+            f"cannot read {file} as parquet ({exc.__class__.__name__})", "check the file is a valid parquet table"
+        ) from None
     if text_field not in frame.columns:
-        raise DataError(f"{file} has no column {text_field!r} (it has: {', '.join(map(str, frame.columns))})", "name the text column with --text-field")
+        raise DataError(
+            f"{file} has no column {text_field!r} (it has: {', '.join(map(str, frame.columns))})",
+            "name the text column with --text-field",
+        )
     return [str(t) for t in frame[text_field].tolist()]
 
 
@@ -144,7 +168,9 @@ def _hf_corpus(name: str, text_field: str, split: str) -> Corpus:
     try:
         import datasets
     except ImportError:
-        raise DataError("the datasets library is not installed", "pip install datasets, or pass a local file to --dataset") from None
+        raise DataError(
+            "the datasets library is not installed", "pip install datasets, or pass a local file to --dataset"
+        ) from None
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as exc:
@@ -153,11 +179,18 @@ def _hf_corpus(name: str, text_field: str, split: str) -> Corpus:
             "give a local .txt/.jsonl/.parquet path, or a dataset name that is cached or reachable",
         ) from None
     if text_field not in ds.column_names:
-        raise DataError(f"dataset {name!r} has no column {text_field!r} (it has: {', '.join(ds.column_names)})", "name the text column with --text-field")
+        raise DataError(
+            f"dataset {name!r} has no column {text_field!r} (it has: {', '.join(ds.column_names)})",
+            "name the text column with --text-field",
+        )
     docs = tuple(str(t) for t in ds[text_field] if str(t).strip())
     fingerprint = getattr(ds, "_fingerprint", None) or _hash_texts(docs)
-    return Corpus(name=f"{name}:{split}", fingerprint=str(fingerprint), documents=docs,
-                  recipe=f"datasets.load_dataset({name!r}, split={split!r}), column {text_field!r} in row order, blank rows dropped")
+    return Corpus(
+        name=f"{name}:{split}",
+        fingerprint=str(fingerprint),
+        documents=docs,
+        recipe=f"datasets.load_dataset({name!r}, split={split!r}), column {text_field!r} in row order, blank rows dropped",
+    )
 
 
 def _hash_texts(docs, *extra: str) -> str:
@@ -177,8 +210,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     stream caches, --resume and compare's pairing."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    extra = json.dumps({"special": tokenizer.special_tokens_map, "chat_template": getattr(tokenizer, "chat_template", None)},
-                       sort_keys=True, default=str)
+    extra = json.dumps(
+        {"special": tokenizer.special_tokens_map, "chat_template": getattr(tokenizer, "chat_template", None)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256((text + extra).encode()).hexdigest()[:16]
 
 
@@ -187,7 +223,9 @@ def separator_id(tokenizer) -> int:
         value = getattr(tokenizer, attr, None)
         if value is not None:
             return int(value)
-    raise DataError("the tokenizer has no end-of-text, separator or padding token", "use a tokenizer that defines eos_token")
+    raise DataError(
+        "the tokenizer has no end-of-text, separator or padding token", "use a tokenizer that defines eos_token"
+    )
 
 
 JOINED = "joined"  # documents back to back, each followed by the tokenizer's separator
@@ -229,7 +267,10 @@ def lm_eval_prefix_id(tokenizer) -> int:
     for value in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if value is not None:
             return int(value)
-    raise DataError("the tokenizer has neither a BOS nor an EOS token for lm-eval's rolling windows", "use a tokenizer that defines one")
+    raise DataError(
+        "the tokenizer has neither a BOS nor an EOS token for lm-eval's rolling windows",
+        "use a tokenizer that defines one",
+    )
 
 
 def _lm_eval_encode(tokenizer, text: str, prefix: int) -> list[int]:
@@ -242,15 +283,27 @@ def stream_provenance(corpus: Corpus, stream: TokenStream, tokenizer, style: str
     """How the token stream was built and its fingerprint: enough to rebuild and check it."""
     if style == LM_EVAL:
         prefix = lm_eval_prefix_id(tokenizer)
-        joining = (f"each document alone: [{tokenizer.convert_ids_to_tokens(prefix)!r} (id {prefix})] + "
-                   "tokenizer.encode(text) with its default special tokens (as lm-eval's HFLM.tok_encode)")
+        joining = (
+            f"each document alone: [{tokenizer.convert_ids_to_tokens(prefix)!r} (id {prefix})] + "
+            "tokenizer.encode(text) with its default special tokens (as lm-eval's HFLM.tok_encode)"
+        )
     else:
         sep = separator_id(tokenizer)
-        joining = (f"tokenizer(text, add_special_tokens=False) per document, each followed by "
-                   f"{tokenizer.convert_ids_to_tokens(sep)!r} (id {sep}), all concatenated")
-    return {"corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint, "documents": len(corpus.documents),
-            "document_order": corpus.recipe, **({"source": corpus.details} if corpus.details else {}), "joining": joining, "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-            "tokens": int(len(stream.tokens)), "tokens_sha256": token_hash(stream.tokens)}
+        joining = (
+            f"tokenizer(text, add_special_tokens=False) per document, each followed by "
+            f"{tokenizer.convert_ids_to_tokens(sep)!r} (id {sep}), all concatenated"
+        )
+    return {
+        "corpus": corpus.name,
+        "corpus_fingerprint": corpus.fingerprint,
+        "documents": len(corpus.documents),
+        "document_order": corpus.recipe,
+        **({"source": corpus.details} if corpus.details else {}),
+        "joining": joining,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "tokens": int(len(stream.tokens)),
+        "tokens_sha256": token_hash(stream.tokens),
+    }
 
 
 def token_hash(tokens: np.ndarray) -> str:

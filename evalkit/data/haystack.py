@@ -54,11 +54,23 @@ class HaystackOptions:
     draw: str = "trial"  # "trial": one needle and haystack per trial | "sample": one per (length, depth, trial)
 
     def __post_init__(self):  # every problem at once, as one error
-        choices = {"haystack": ("corpus", "noise", "repeat"), "needle": ("passkey", "kv", "abcdigits"), "chat": ("auto", "on", "off"),
-                   "draw": ("trial", "sample")}
-        problems = [f"{k} {getattr(self, k)!r} is not one of {', '.join(v)}" for k, v in choices.items() if getattr(self, k) not in v]
-        problems += ["distractors must be >= 0, values and queries >= 1"] * (self.distractors < 0 or self.values < 1 or self.queries < 1)
-        problems += ["values and queries above 1 need the kv needle"] * ((self.values > 1 or self.queries > 1) and self.needle != "kv")
+        choices = {
+            "haystack": ("corpus", "noise", "repeat"),
+            "needle": ("passkey", "kv", "abcdigits"),
+            "chat": ("auto", "on", "off"),
+            "draw": ("trial", "sample"),
+        }
+        problems = [
+            f"{k} {getattr(self, k)!r} is not one of {', '.join(v)}"
+            for k, v in choices.items()
+            if getattr(self, k) not in v
+        ]
+        problems += ["distractors must be >= 0, values and queries >= 1"] * (
+            self.distractors < 0 or self.values < 1 or self.queries < 1
+        )
+        problems += ["values and queries above 1 need the kv needle"] * (
+            (self.values > 1 or self.queries > 1) and self.needle != "kv"
+        )
         problems += [f"digits {self.digits} is outside 1..18"] * (not 1 <= self.digits <= 18)
         if problems:
             raise ConfigError("bad haystack options: " + "; ".join(problems), "fix the needle task options")
@@ -104,8 +116,9 @@ def _chat_parts(tokenizer, chat: str) -> tuple[str, str] | None:
         return None
     if not template:
         raise ConfigError("chat is on but the tokenizer has no chat template", "use chat auto or off, or a chat model")
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _PLACEHOLDER}],
-                                             add_generation_prompt=True, tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _PLACEHOLDER}], add_generation_prompt=True, tokenize=False
+    )
     head, found, tail = rendered.partition(_PLACEHOLDER)
     if not found or _PLACEHOLDER in tail:
         raise ConfigError("the chat template does not keep the user message verbatim", "use chat off")
@@ -122,7 +135,7 @@ def _bos_ids(tokenizer) -> list[int]:
 def _answer_tokens(tokenizer, before_text: str, before_ids: list[int], answer: str) -> tuple[list[int], list[int]]:
     """(answer ids, whitespace ids that move to the prompt), tokenized as the answer follows the prompt."""
     full = _encode(tokenizer, before_text + answer)
-    ids = full[len(before_ids):] if full[:len(before_ids)] == before_ids else _encode(tokenizer, answer)
+    ids = full[len(before_ids) :] if full[: len(before_ids)] == before_ids else _encode(tokenizer, answer)
     moved = []
     # SmolLM2 makes " 48213" -> [" ", "4", ...]: the space token belongs to the prompt, or greedy scoring fails on it
     while ids and not tokenizer.decode(ids[:1]).strip():
@@ -178,22 +191,32 @@ def _make_needles(options: HaystackOptions, rng) -> _Needles:
     if o.needle == "passkey":
         key, *others = _numbers(rng, 1 + o.distractors, o.digits)
         doors = rng.choice(np.arange(1, 1000), size=o.distractors, replace=False).tolist()
-        return _Needles([f" The pass key is {key}. Remember it. {key} is the pass key."],
-                        [f" The pass key for door {d} is {v}." for d, v in zip(doors, others)],
-                        "What is the pass key?", "The pass key is", key,
-                        {"keys": [], "values": [key], "distractor_keys": [f"door {d}" for d in doors], "distractor_values": others})
+        return _Needles(
+            [f" The pass key is {key}. Remember it. {key} is the pass key."],
+            [f" The pass key for door {d} is {v}." for d, v in zip(doors, others)],
+            "What is the pass key?",
+            "The pass key is",
+            key,
+            {"keys": [], "values": [key], "distractor_keys": [f"door {d}" for d in doors], "distractor_values": others},
+        )
     if o.needle == "abcdigits":
         values = _numbers(rng, 26, o.digits)
         target = string.ascii_uppercase[int(rng.integers(26))]
         mapping = dict(zip(string.ascii_uppercase, values))
-        return _Needles([f"{target}={mapping[target]}\n"], [], "", f"{target}=", mapping[target],
-                        {"keys": [target], "values": [mapping[target]], "mapping": mapping})
+        return _Needles(
+            [f"{target}={mapping[target]}\n"],
+            [],
+            "",
+            f"{target}=",
+            mapping[target],
+            {"keys": [target], "values": [mapping[target]], "mapping": mapping},
+        )
     combos = rng.choice(len(_ADJECTIVES) * len(_NOUNS), size=o.queries + o.distractors, replace=False)
     keys = [f"{_ADJECTIVES[c // len(_NOUNS)]}-{_NOUNS[c % len(_NOUNS)]}" for c in combos.tolist()]
     numbers = _numbers(rng, o.queries * o.values + o.distractors, o.digits)
-    asked, others = keys[:o.queries], keys[o.queries:]
-    values = [numbers[q * o.values:(q + 1) * o.values] for q in range(o.queries)]
-    distractor_values = numbers[o.queries * o.values:]
+    asked, others = keys[: o.queries], keys[o.queries :]
+    values = [numbers[q * o.values : (q + 1) * o.values] for q in range(o.queries)]
+    distractor_values = numbers[o.queries * o.values :]
     sentence = " The special magic number for {} is: {}."
     if o.values == 1 and o.queries == 1:
         question = f"What is the special magic number for {asked[0]} mentioned in the provided text?"
@@ -202,10 +225,14 @@ def _make_needles(options: HaystackOptions, rng) -> _Needles:
         names = asked[0] if len(asked) == 1 else ", ".join(asked[:-1]) + " and " + asked[-1]
         question = f"What are all the special magic numbers for {names} mentioned in the provided text?"
         prefix = f"The special magic numbers for {names} mentioned in the provided text are"
-    return _Needles([sentence.format(k, v) for k, vs in zip(asked, values) for v in vs],
-                    [sentence.format(k, v) for k, v in zip(others, distractor_values)],
-                    question, prefix, ", ".join(v for vs in values for v in vs),
-                    {"keys": asked, "values": values, "distractor_keys": others, "distractor_values": distractor_values})
+    return _Needles(
+        [sentence.format(k, v) for k, vs in zip(asked, values) for v in vs],
+        [sentence.format(k, v) for k, v in zip(others, distractor_values)],
+        question,
+        prefix,
+        ", ".join(v for vs in values for v in vs),
+        {"keys": asked, "values": values, "distractor_keys": others, "distractor_values": distractor_values},
+    )
 
 
 class _Builder:
@@ -228,30 +255,41 @@ class _Builder:
     def haystack(self, n: int, rng, needles: _Needles) -> tuple[np.ndarray, dict]:
         kind = "abcdigits" if self.options.needle == "abcdigits" else self.options.haystack
         if kind == "abcdigits":  # drawn from the sample's generator: its seed (``draw_seed``) regenerates it
-            return self._abc_lines(n, rng, needles.info["mapping"], needles.info["keys"][0]), {"haystack_source": "abcdigits"}
+            return self._abc_lines(n, rng, needles.info["mapping"], needles.info["keys"][0]), {
+                "haystack_source": "abcdigits"
+            }
         if kind == "noise":
             unit = np.asarray(_encode(self.tok, " " + NOISE), np.int64)
             return np.tile(unit, n // len(unit) + 1)[:n], {"haystack_source": "noise"}
         tokens = self.tokens
         if kind == "corpus":
             if len(tokens) < n:
-                raise DataError(f"corpus {self.stream.corpus} has {len(tokens)} tokens, fewer than the {n} a haystack needs",
-                                "give a larger dataset or shorter lengths")
+                raise DataError(
+                    f"corpus {self.stream.corpus} has {len(tokens)} tokens, fewer than the {n} a haystack needs",
+                    "give a larger dataset or shorter lengths",
+                )
             offset = int(rng.integers(len(tokens)))
-            return np.take(tokens, np.arange(offset, offset + n), mode="wrap"), {"haystack_source": self.stream.corpus,
-                                                                                 "haystack_offset": offset}
+            return np.take(tokens, np.arange(offset, offset + n), mode="wrap"), {
+                "haystack_source": self.stream.corpus,
+                "haystack_offset": offset,
+            }
         starts = self.stream.doc_starts
         sizes = np.diff(np.append(starts, len(tokens))) - 1  # each document without its separator
         usable = np.flatnonzero(sizes >= 32)
         if not len(usable):
-            raise DataError(f"corpus {self.stream.corpus} has no document of 32 tokens or more", "give a larger dataset")
+            raise DataError(
+                f"corpus {self.stream.corpus} has no document of 32 tokens or more", "give a larger dataset"
+            )
         doc = int(rng.choice(usable))
-        passage = tokens[starts[doc]:starts[doc] + min(sizes[doc], _REPEAT_TOKENS)]
+        passage = tokens[starts[doc] : starts[doc] + min(sizes[doc], _REPEAT_TOKENS)]
         cut = self.boundaries.positions(passage)
         cut = cut[(cut >= 32) & (cut < len(passage))]  # end the passage on a sentence, when one ends late enough
-        unit = np.concatenate([passage[:cut[-1]] if len(cut) else passage, _encode(self.tok, "\n")]).astype(np.int64)
-        return np.tile(unit, n // len(unit) + 1)[:n], {"haystack_source": self.stream.corpus, "haystack_offset": int(starts[doc]),
-                                                          "repeat_document": doc}
+        unit = np.concatenate([passage[: cut[-1]] if len(cut) else passage, _encode(self.tok, "\n")]).astype(np.int64)
+        return np.tile(unit, n // len(unit) + 1)[:n], {
+            "haystack_source": self.stream.corpus,
+            "haystack_offset": int(starts[doc]),
+            "repeat_document": doc,
+        }
 
     def _abc_lines(self, n: int, rng, mapping: dict, target: str) -> np.ndarray:
         """Lines KEY=DIGITS of the 25 other keys in random order; leftover tokens become leading blank lines."""
@@ -288,13 +326,15 @@ class _Builder:
         fixed = len(self.head_ids) + sum(map(len, needle_ids)) + len(suffix_ids) + len(moved)
         n, minimum = length - fixed, fixed + len(needle_ids) - 1  # k needles need k distinct insertion points 0..n
         if length < minimum:
-            raise ConfigError(f"context length {length} is too short for this {o.needle} prompt",
-                              f"use at least {minimum} tokens (a few more where random keys or values tokenize longer)")
+            raise ConfigError(
+                f"context length {length} is too short for this {o.needle} prompt",
+                f"use at least {minimum} tokens (a few more where random keys or values tokenize longer)",
+            )
         hay, hay_info = self.haystack(n, drawn, needles)
         where = _place(self.boundaries.positions(hay), n, depth, len(needles.targets), len(needles.distractors), rng)
         pieces, spans, last, cursor = [np.asarray(self.head_ids, np.int64)], {}, 0, len(self.head_ids)
         for i in sorted(range(len(needle_ids)), key=lambda i: where[i]):
-            pieces += [hay[last:where[i]], np.asarray(needle_ids[i], np.int64)]
+            pieces += [hay[last : where[i]], np.asarray(needle_ids[i], np.int64)]
             cursor += where[i] - last
             spans[i], last = (cursor, cursor + len(needle_ids[i])), where[i]
             cursor += len(needle_ids[i])
@@ -302,12 +342,29 @@ class _Builder:
         prompt = np.concatenate(pieces).astype(np.int64)
         assert len(prompt) == length, (len(prompt), length)  # exact by construction
         k = len(needles.targets)
-        info = {**needles.info, "question": needles.question, "answer_prefix": needles.prefix, "chat": self.chat is not None,
-                "haystack": "abcdigits" if o.needle == "abcdigits" else o.haystack, "haystack_tokens": int(n),
-                "draw_seed": draw_seed, **hay_info}
-        return NeedleSample(prompt, np.asarray(answer_ids, np.int64), needles.answer,
-                            tuple(spans[i] for i in range(k)), tuple(spans[i] for i in range(k, len(needle_ids))),
-                            length, float(depth), 100.0 * min(where[:k]) / n if n else 0.0, trial, o.needle, info)
+        info = {
+            **needles.info,
+            "question": needles.question,
+            "answer_prefix": needles.prefix,
+            "chat": self.chat is not None,
+            "haystack": "abcdigits" if o.needle == "abcdigits" else o.haystack,
+            "haystack_tokens": int(n),
+            "draw_seed": draw_seed,
+            **hay_info,
+        }
+        return NeedleSample(
+            prompt,
+            np.asarray(answer_ids, np.int64),
+            needles.answer,
+            tuple(spans[i] for i in range(k)),
+            tuple(spans[i] for i in range(k, len(needle_ids))),
+            length,
+            float(depth),
+            100.0 * min(where[:k]) / n if n else 0.0,
+            trial,
+            o.needle,
+            info,
+        )
 
 
 def _place(bounds: np.ndarray, n: int, depth: float, targets: int, distractors: int, rng) -> list[int]:
@@ -324,14 +381,19 @@ def _place(bounds: np.ndarray, n: int, depth: float, targets: int, distractors: 
     return chosen + rng.choice(rest, size=distractors, replace=False).tolist()
 
 
-def build_samples(tokenizer, options: HaystackOptions, lengths: list[int], depths: list[float], trials: int, seed: int,
-                  stream=None) -> list[NeedleSample]:
+def build_samples(
+    tokenizer, options: HaystackOptions, lengths: list[int], depths: list[float], trials: int, seed: int, stream=None
+) -> list[NeedleSample]:
     """One sample per (length, depth, trial), in that nesting order."""
     if trials < 1 or any(not 0 <= d <= 100 for d in depths) or any(length < 1 for length in lengths):
-        raise ConfigError(f"bad grid: lengths {lengths}, depths {depths}, trials {trials}",
-                          "give positive lengths, depths within 0..100 and at least one trial")
+        raise ConfigError(
+            f"bad grid: lengths {lengths}, depths {depths}, trials {trials}",
+            "give positive lengths, depths within 0..100 and at least one trial",
+        )
     builder = _Builder(tokenizer, options, stream)
-    return [builder.sample(length, depth, trial, seed) for length in lengths for depth in depths for trial in range(trials)]
+    return [
+        builder.sample(length, depth, trial, seed) for length in lengths for depth in depths for trial in range(trials)
+    ]
 
 
 def load_samples_file(path, tokenizer, chat: str = "auto") -> list[NeedleSample]:
@@ -356,11 +418,15 @@ def load_samples_file(path, tokenizer, chat: str = "auto") -> list[NeedleSample]
                 raise DataError(f"{where} is not valid JSON", "fix or remove that line") from None
             if isinstance(record, dict) and ("prompt_ids" in record or "answer_ids" in record):
                 if chat == "on":
-                    raise DataError(f"{where} gives token ids, which are used verbatim: --chat on cannot wrap them",
-                                    "drop --chat on, or give the prompt as text only")
+                    raise DataError(
+                        f"{where} gives token ids, which are used verbatim: --chat on cannot wrap them",
+                        "drop --chat on, or give the prompt as text only",
+                    )
                 samples.append(_ids_sample(record, len(tokenizer), where, len(samples)))
             else:
-                parts = parts or [_chat_parts(tokenizer, "off" if chat == "auto" else chat)]  # once, for text records only
+                parts = parts or [
+                    _chat_parts(tokenizer, "off" if chat == "auto" else chat)
+                ]  # once, for text records only
                 samples.append(_file_sample(record, tokenizer, parts[0], where, len(samples)))
     if not samples:
         raise DataError(f"samples file {path} holds no samples", "write one JSON object per line")
@@ -372,7 +438,10 @@ def _file_sample(record, tokenizer, parts, where: str, index: int) -> NeedleSamp
         raise DataError(f"{where} is not a JSON object", 'write {"prompt": ..., "answer": ...}')
     missing = [f for f in ("prompt", "answer") if not isinstance(record.get(f), str) or not record[f].strip()]
     if missing:
-        raise DataError(f"{where} has no text field {' or '.join(map(repr, missing))}", 'each line needs "prompt" and "answer" strings')
+        raise DataError(
+            f"{where} has no text field {' or '.join(map(repr, missing))}",
+            'each line needs "prompt" and "answer" strings',
+        )
     for name in ("needle", "answer_prefix"):
         if name in record and not isinstance(record[name], str):
             raise DataError(f"{where}: {name!r} must be a string", f"fix the {name} field")
@@ -393,7 +462,9 @@ def _file_sample(record, tokenizer, parts, where: str, index: int) -> NeedleSamp
     if needle:
         at = prompt.find(needle)
         if at < 0:
-            raise DataError(f"{where}: the needle text is not in the prompt", "copy the needle exactly as the prompt has it")
+            raise DataError(
+                f"{where}: the needle text is not in the prompt", "copy the needle exactly as the prompt has it"
+            )
         c0, c1 = len(head) + at, len(head) + at + len(needle)
         hit = [i for i, (s, e) in enumerate(offsets) if s < c1 and e > c0]
         spans = ((len(bos) + hit[0], len(bos) + hit[-1] + 1),)
@@ -401,9 +472,25 @@ def _file_sample(record, tokenizer, parts, where: str, index: int) -> NeedleSamp
         actual = 100.0 * (hit[0] - content[0]) / filler if filler > 0 else 0.0
     depth = float(depth) if depth is not None else actual
     prompt_ids = np.asarray(bos + ids + moved, np.int64)
-    info = {"source": where, "needle_text": needle, "answer_prefix": record.get("answer_prefix", ""), "chat": parts is not None}
-    return NeedleSample(prompt_ids, np.asarray(answer_ids, np.int64), answer, spans, (), len(prompt_ids),
-                        depth, actual if needle else depth, index, "file", info)
+    info = {
+        "source": where,
+        "needle_text": needle,
+        "answer_prefix": record.get("answer_prefix", ""),
+        "chat": parts is not None,
+    }
+    return NeedleSample(
+        prompt_ids,
+        np.asarray(answer_ids, np.int64),
+        answer,
+        spans,
+        (),
+        len(prompt_ids),
+        depth,
+        actual if needle else depth,
+        index,
+        "file",
+        info,
+    )
 
 
 def _ids_sample(record: dict, vocab: int, where: str, index: int) -> NeedleSample:
@@ -411,10 +498,15 @@ def _ids_sample(record: dict, vocab: int, where: str, index: int) -> NeedleSampl
     ids = {}
     for name in ("prompt_ids", "answer_ids"):
         value = record.get(name)
-        if not isinstance(value, list) or not value or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab
-                                                                 for i in value):
-            raise DataError(f"{where}: {name!r} must be a non-empty list of token ids below {vocab}",
-                            "give both prompt_ids and answer_ids, as evalkit export writes them")
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in value)
+        ):
+            raise DataError(
+                f"{where}: {name!r} must be a non-empty list of token ids below {vocab}",
+                "give both prompt_ids and answer_ids, as evalkit export writes them",
+            )
         ids[name] = np.asarray(value, np.int64)
     if not isinstance(record.get("answer"), str) or not record["answer"].strip():
         raise DataError(f"{where} has no text field 'answer'", "give the answer text beside answer_ids")
@@ -423,13 +515,17 @@ def _ids_sample(record: dict, vocab: int, where: str, index: int) -> NeedleSampl
     start, end = record.get("needle_start", -1), record.get("needle_end", -1)
     if start is not None and start >= 0:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(prompt)):
-            raise DataError(f"{where}: needle span [{start}, {end}) is not inside the {len(prompt)} prompt ids",
-                            "fix needle_start and needle_end, or drop them")
+            raise DataError(
+                f"{where}: needle span [{start}, {end}) is not inside the {len(prompt)} prompt ids",
+                "fix needle_start and needle_end, or drop them",
+            )
         spans = ((start, end),)
     numbers = {}
     for name in ("depth", "actual_depth"):
         value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100
+        ):
             raise DataError(f"{where}: {name} {value!r} is not a number in 0..100", f"fix or drop the {name} field")
         numbers[name] = value
     trial = record.get("trial", index)
@@ -439,8 +535,9 @@ def _ids_sample(record: dict, vocab: int, where: str, index: int) -> NeedleSampl
     depth = numbers["depth"] if numbers["depth"] is not None else actual
     depth, actual = (float("nan") if v is None else float(v) for v in (depth, actual))
     info = {"source": where, "chat": None, "ids": True}
-    return NeedleSample(prompt, ids["answer_ids"], record["answer"].strip(), spans, (), len(prompt), depth, actual, trial,
-                        "file", info)
+    return NeedleSample(
+        prompt, ids["answer_ids"], record["answer"].strip(), spans, (), len(prompt), depth, actual, trial, "file", info
+    )
 
 
 def abcdigits_all_keys(tokenizer, length: int, trial: int, seed: int, digits: int = 5) -> list[NeedleSample]:
@@ -462,8 +559,9 @@ def abcdigits_all_keys(tokenizer, length: int, trial: int, seed: int, digits: in
     queries = [_encode(tokenizer, f"{k}=") for k in string.ascii_uppercase]
     n = length - len(builder.head_ids) - len(block) - max(map(len, queries))
     if n < 0:
-        raise ConfigError(f"context length {length} is too short for 26 ABCDigits lines",
-                          f"use at least {length - n} tokens")
+        raise ConfigError(
+            f"context length {length} is too short for 26 ABCDigits lines", f"use at least {length - n} tokens"
+        )
     filler = builder._abc_lines(n, rng, mapping, target=None)
     breaks = np.flatnonzero(filler == builder.newline) + 1 if builder.newline is not None else np.array([], int)
     at = int(rng.choice(np.append(breaks, 0)))  # a line boundary, or the start
@@ -476,10 +574,32 @@ def abcdigits_all_keys(tokenizer, length: int, trial: int, seed: int, digits: in
         answer_ids, moved = _answer_tokens(tokenizer, f"{key}=", query, mapping[key])
         prompt = np.concatenate([hay, np.asarray(query + moved, np.int64)])
         start = where[key][0]
-        info = {"keys": [key], "values": [mapping[key]], "mapping": mapping, "question": "", "answer_prefix": f"{key}=",
-                "chat": False, "haystack": "abcdigits", "haystack_tokens": int(len(filler) + len(block)),
-                "draw_seed": draw_seed, "haystack_source": "abcdigits", "mode": "all_keys"}
-        out.append(NeedleSample(prompt, np.asarray(answer_ids, np.int64), mapping[key], (where[key],), (), len(prompt),
-                                100.0 * (start - len(head)) / max(1, len(filler) + len(block)),
-                                100.0 * (start - len(head)) / max(1, len(filler) + len(block)), trial, "abcdigits", info))
+        info = {
+            "keys": [key],
+            "values": [mapping[key]],
+            "mapping": mapping,
+            "question": "",
+            "answer_prefix": f"{key}=",
+            "chat": False,
+            "haystack": "abcdigits",
+            "haystack_tokens": int(len(filler) + len(block)),
+            "draw_seed": draw_seed,
+            "haystack_source": "abcdigits",
+            "mode": "all_keys",
+        }
+        out.append(
+            NeedleSample(
+                prompt,
+                np.asarray(answer_ids, np.int64),
+                mapping[key],
+                (where[key],),
+                (),
+                len(prompt),
+                100.0 * (start - len(head)) / max(1, len(filler) + len(block)),
+                100.0 * (start - len(head)) / max(1, len(filler) + len(block)),
+                trial,
+                "abcdigits",
+                info,
+            )
+        )
     return out

@@ -11,7 +11,10 @@ from evalkit.core.task import option
 
 @dataclass(frozen=True)
 class CorpusOptions:
-    dataset: str | None = option(None, "Text source: a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: the built-in corpus (Python's own documentation topics).")
+    dataset: str | None = option(
+        None,
+        "Text source: a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: the built-in corpus (Python's own documentation topics).",
+    )
     text_field: str = option("text", "Field/column holding the text in .jsonl, .parquet and datasets.")
     split: str = option("train", "Dataset split, for Hugging Face datasets.")
 
@@ -26,21 +29,42 @@ class CorpusOptions:
 class NeedleGridOptions(CorpusOptions):
     """The needle sample grid, shared by the needle and focus tasks (same samples, same flags)."""
 
-    lengths: str = option("1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True)
+    lengths: str = option(
+        "1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True
+    )
     depths: str = option("0:100:25", "Needle depths in percent: START:STOP:STEP or a list.", grid=True)
-    trials: str = option("2", "Samples per (length, depth); each trial draws its own needle and haystack. "
-                         "needle: auto:D (or auto:D@A) runs the trials `evalkit plan` says a compare needs to see "
-                         "an accuracy drop of D at 80% power (at baseline accuracy A; default: the worst case, "
-                         "or --plan-baseline's spread); the manifest records the number and the rule.", grid=True)
-    draw: str = option("trial", "trial: one needle and haystack per trial, shared by every depth and length (Kamradt's layout; the common prompt prefix is computed once); sample: a fresh draw for every (length, depth, trial).", choices=("trial", "sample"))
+    trials: str = option(
+        "2",
+        "Samples per (length, depth); each trial draws its own needle and haystack. "
+        "needle: auto:D (or auto:D@A) runs the trials `evalkit plan` says a compare needs to see "
+        "an accuracy drop of D at 80% power (at baseline accuracy A; default: the worst case, "
+        "or --plan-baseline's spread); the manifest records the number and the rule.",
+        grid=True,
+    )
+    draw: str = option(
+        "trial",
+        "trial: one needle and haystack per trial, shared by every depth and length (Kamradt's layout; the common prompt prefix is computed once); sample: a fresh draw for every (length, depth, trial).",
+        choices=("trial", "sample"),
+    )
     needle: str = option("passkey", "Needle kind.", choices=("passkey", "kv", "abcdigits"))
-    haystack: str = option("corpus", "Haystack: corpus text, RULER noise sentences, or one passage repeated.", choices=("corpus", "noise", "repeat"))
+    haystack: str = option(
+        "corpus",
+        "Haystack: corpus text, RULER noise sentences, or one passage repeated.",
+        choices=("corpus", "noise", "repeat"),
+    )
     distractors: int = option(0, "Other needles of the same form that are not asked (multi-key).")
     values: int = option(1, "Values for the one key, all asked (multi-value; kv needles).")
     queries: int = option(1, "Keys asked at once (multi-query; kv needles).")
     digits: int = option(5, "Digits of the numbers to retrieve.")
-    chat: str = option("auto", "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file prompts, used verbatim), on, off.", choices=("auto", "on", "off"))
-    samples_file: str | None = option(None, "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and answer_ids (evalkit export writes them).")
+    chat: str = option(
+        "auto",
+        "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file prompts, used verbatim), on, off.",
+        choices=("auto", "on", "off"),
+    )
+    samples_file: str | None = option(
+        None,
+        "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and answer_ids (evalkit export writes them).",
+    )
 
     def __post_init__(self):
         # an int from Python or a sweep TOML (trials = 5) is the same option as "5" from the CLI
@@ -55,8 +79,15 @@ class NeedleGridOptions(CorpusOptions):
                 raise ConfigError(f"bad --{name} {getattr(self, name)}", "give at least 1")
         if self.distractors < 0:
             raise ConfigError(f"bad --distractors {self.distractors}", "give 0 or more")
-        ignored_by = ("--samples-file" if self.samples_file else "--needle abcdigits" if self.needle == "abcdigits"
-                      else "--haystack noise" if self.haystack == "noise" else None)
+        ignored_by = (
+            "--samples-file"
+            if self.samples_file
+            else "--needle abcdigits"
+            if self.needle == "abcdigits"
+            else "--haystack noise"
+            if self.haystack == "noise"
+            else None
+        )
         if self.dataset and ignored_by:  # the haystack is not read from a corpus: say so rather than ignore it
             raise ConfigError(f"--dataset is not read with {ignored_by}", f"drop --dataset, or drop {ignored_by}")
         return parse_lengths(self.lengths), parse_percentages(self.depths)
@@ -99,9 +130,16 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths, trials:
     stream = None
     if options.haystack in ("corpus", "repeat") and options.needle != "abcdigits":
         stream = options.token_stream(context.tokenizer)
-    settings = haystack.HaystackOptions(haystack=options.haystack, needle=options.needle, distractors=options.distractors,
-                                        values=options.values, queries=options.queries, digits=options.digits,
-                                        chat=options.chat, draw=options.draw)
+    settings = haystack.HaystackOptions(
+        haystack=options.haystack,
+        needle=options.needle,
+        distractors=options.distractors,
+        values=options.values,
+        queries=options.queries,
+        digits=options.digits,
+        chat=options.chat,
+        draw=options.draw,
+    )
     if trials is None:
         trials = parse_trials(options.trials)
         if not isinstance(trials, int):
@@ -126,7 +164,14 @@ def provenance(sample, seed: int) -> dict:
     """
     start, end = sample.needle_spans[0] if sample.needle_spans else (-1, -1)
     info = sample.info
-    return {"needle_start": int(start), "needle_end": int(end), "actual_depth": round(sample.actual_depth, 2), "seed": seed,
-            "haystack": info.get("haystack", "file"), "haystack_source": info.get("haystack_source", info.get("source")),
-            "haystack_offset": info.get("haystack_offset"), "haystack_tokens": info.get("haystack_tokens"),
-            "draw_seed": ",".join(map(str, info["draw_seed"])) if "draw_seed" in info else None}
+    return {
+        "needle_start": int(start),
+        "needle_end": int(end),
+        "actual_depth": round(sample.actual_depth, 2),
+        "seed": seed,
+        "haystack": info.get("haystack", "file"),
+        "haystack_source": info.get("haystack_source", info.get("source")),
+        "haystack_offset": info.get("haystack_offset"),
+        "haystack_tokens": info.get("haystack_tokens"),
+        "draw_seed": ",".join(map(str, info["draw_seed"])) if "draw_seed" in info else None,
+    }

@@ -10,8 +10,10 @@ from evalkit.core.errors import DataError
 
 def check_fits(stream: TokenStream, length: int) -> None:
     if len(stream.tokens) < length:
-        raise DataError(f"corpus {stream.corpus} has {len(stream.tokens)} tokens, fewer than the context length {length}",
-                        "give a larger --dataset or shorter --lengths")
+        raise DataError(
+            f"corpus {stream.corpus} has {len(stream.tokens)} tokens, fewer than the context length {length}",
+            "give a larger --dataset or shorter --lengths",
+        )
 
 
 def random_offsets(stream: TokenStream, length: int, count: int, seed: int, disjoint: bool = True) -> list[int]:
@@ -30,8 +32,11 @@ def random_offsets(stream: TokenStream, length: int, count: int, seed: int, disj
     if not disjoint or all(b - a >= length for a, b in zip(offsets, offsets[1:])):
         return offsets
     if count * length > total:
-        raise DataError(f"{count} windows of {length} tokens do not fit in corpus {stream.corpus} ({total} tokens) "
-                        "without sharing tokens", f"give at most --samples {total // length}, or a larger --dataset")
+        raise DataError(
+            f"{count} windows of {length} tokens do not fit in corpus {stream.corpus} ({total} tokens) "
+            "without sharing tokens",
+            f"give at most --samples {total // length}, or a larger --dataset",
+        )
     # count distinct draws from (slack + count) places, each later window shifted past the ones before:
     # window i starts at u_i + i * (length - 1), so starts are >= length apart and the last ends by the end
     slack = total - count * length

@@ -29,8 +29,12 @@ class ModelAdapter:
     # -- dispatch -------------------------------------------------------------------------
     def answer(self, requests: list) -> list:
         kinds = {type(r) for r in requests}
-        handlers = {TokenLossRequest: self.token_losses, AnswerScoreRequest: self.score_answers,
-                    GenerateRequest: self.generate, ProbeRequest: self.probe}
+        handlers = {
+            TokenLossRequest: self.token_losses,
+            AnswerScoreRequest: self.score_answers,
+            GenerateRequest: self.generate,
+            ProbeRequest: self.probe,
+        }
         if len(kinds) == 1 and next(iter(kinds)) in handlers:
             return handlers[next(iter(kinds))](requests)
         raise TypeError(f"unsupported request mix: {sorted(k.__name__ for k in kinds)}")
@@ -114,8 +118,13 @@ class ModelAdapter:
         import torch
 
         ids = torch.from_numpy(request.prompt).to(self.device)[None]  # (1, P); generate runs only ids[:, keep:]
-        out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **{self._cache_kwarg(): cache},
-                                  max_new_tokens=request.max_new_tokens, **self._greedy())
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            **{self._cache_kwarg(): cache},
+            max_new_tokens=request.max_new_tokens,
+            **self._greedy(),
+        )
         return self._until_eos(out[0, ids.shape[1] :].cpu().numpy())
 
     def _cache_kwarg(self) -> str:
@@ -183,8 +192,12 @@ class ModelAdapter:
 
         ids = self._batch([r.prompt for r in requests])  # (B, P)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                      max_new_tokens=max(r.max_new_tokens for r in requests), **self._greedy())
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max(r.max_new_tokens for r in requests),
+                **self._greedy(),
+            )
         return [self._until_eos(row) for row in out[:, ids.shape[1] :].cpu().numpy()]  # (B, N) new tokens
 
     def _greedy(self) -> dict:

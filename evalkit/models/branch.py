@@ -97,9 +97,13 @@ class _PackedCache:
         if self.eager:
             dtype = self.adapter.model.dtype
             mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
-        out = self.body()(input_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)[None],
-                          position_ids=torch.from_numpy(np.ascontiguousarray(positions)).to(self.device)[None],
-                          attention_mask=mask, use_cache=True, **{self.adapter._cache_kwarg(): self.cache})
+        out = self.body()(
+            input_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)[None],
+            position_ids=torch.from_numpy(np.ascontiguousarray(positions)).to(self.device)[None],
+            attention_mask=mask,
+            use_cache=True,
+            **{self.adapter._cache_kwarg(): self.cache},
+        )
         return out.last_hidden_state, past  # (1, Q, D), where this call's columns start
 
     def cut_to_trunk(self) -> None:

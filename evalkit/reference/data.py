@@ -83,8 +83,7 @@ def abc_sequence(rng: np.random.Generator, length: int, digits: int) -> tuple[np
         line_ids += [index] * line_len
         seen.add(key)
     n = length + 1
-    return (np.asarray(tokens[:n], np.int64), np.asarray(mask[:n], bool), np.asarray(line_ids[:n], np.int64),
-            mapping)
+    return (np.asarray(tokens[:n], np.int64), np.asarray(mask[:n], bool), np.asarray(line_ids[:n], np.int64), mapping)
 
 
 def abc_batch(rng: np.random.Generator, batch: int, length: int, digits: int) -> AbcBatch:

@@ -34,11 +34,15 @@ def check_positions(positions: str, pattern: str, window: int | None, train_leng
     if not pattern or set(pattern) - {"l", "g"}:
         raise ConfigError(f"bad layer pattern {pattern!r}", "give letters l (local RoPE) and g (global NoPE), e.g. lg")
     if positions == "irope" and ("l" not in pattern or "g" not in pattern):
-        raise ConfigError(f"layer pattern {pattern!r} has no {'local' if 'l' not in pattern else 'global'} layer",
-                          "an irope pattern needs both l and g, e.g. lg")
+        raise ConfigError(
+            f"layer pattern {pattern!r} has no {'local' if 'l' not in pattern else 'global'} layer",
+            "an irope pattern needs both l and g, e.g. lg",
+        )
     if window is not None and not 1 <= window <= train_length:
-        raise ConfigError(f"local window {window} is outside 1..{train_length} (the training length)",
-                          "a local layer must never see a relative position longer than the training length")
+        raise ConfigError(
+            f"local window {window} is outside 1..{train_length} (the training length)",
+            "a local layer must never see a relative position longer than the training length",
+        )
 
 
 def layer_kinds(positions: str, pattern: str, layers: int) -> list[str]:

@@ -30,12 +30,20 @@ from typing import Any, Callable
 import numpy as np
 
 from evalkit.core.errors import ConfigError, ResultsError
-from evalkit.reference.study_layout import (RUN_SEED, TASKS, StudySettings, pair_folder, run_folder)
+from evalkit.reference.study_layout import RUN_SEED, TASKS, StudySettings, pair_folder, run_folder
 from evalkit.reference.study_report import write_report
 from evalkit.reference.train import VARIANTS, train_reference_pair
 
-def run_study(out: str | Path, settings: StudySettings = StudySettings(), *, device: str = "auto", resume: bool = False,
-              log: Callable[[str], Any] = print, progress: bool = False) -> Path:
+
+def run_study(
+    out: str | Path,
+    settings: StudySettings = StudySettings(),
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    log: Callable[[str], Any] = print,
+    progress: bool = False,
+) -> Path:
     """Train what is missing, evaluate what is missing, write the report; returns report.md's path."""
     settings.check()
     out = Path(out)
@@ -58,23 +66,29 @@ def _check_study_file(out: Path, settings: StudySettings) -> None:
         fixed = {k: v for k, v in wanted.items() if k not in ("positions", "seeds")}
         changed = sorted(k for k, v in fixed.items() if stored.get(k) != v)
         if changed:
-            raise ConfigError(f"{out} holds a study with other settings ({', '.join(f'{k} {stored.get(k)} -> {wanted[k]}' for k in changed)})",
-                              "use the stored settings, or another --out")
+            raise ConfigError(
+                f"{out} holds a study with other settings ({', '.join(f'{k} {stored.get(k)} -> {wanted[k]}' for k in changed)})",
+                "use the stored settings, or another --out",
+            )
         wanted["positions"] = list(dict.fromkeys(stored["positions"] + wanted["positions"]))
         wanted["seeds"] = list(dict.fromkeys(stored["seeds"] + wanted["seeds"]))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(wanted, indent=2) + "\n")
 
 
-def _train_pair(out: Path, settings: StudySettings, positions: str, seed: int, device: str, log, progress: bool) -> Path:
+def _train_pair(
+    out: Path, settings: StudySettings, positions: str, seed: int, device: str, log, progress: bool
+) -> Path:
     folder = pair_folder(out, positions, seed)
     recipe = settings.recipe_for(positions)
     summary_file = folder / "summary.json"
     if summary_file.is_file():
         stored = json.loads(summary_file.read_text())
         if _with_defaults(stored.get("recipe_fields") or {}) != json.loads(json.dumps(asdict(recipe))):
-            raise ConfigError(f"{folder} holds a pair trained with another recipe than {recipe.name} ({recipe.describe()})",
-                              "move it away, or run the study with the recipe it was trained with")
+            raise ConfigError(
+                f"{folder} holds a pair trained with another recipe than {recipe.name} ({recipe.describe()})",
+                "move it away, or run the study with the recipe it was trained with",
+            )
         log(f"reusing {folder} (trained)")
         return folder
     log(f"training {positions} pair, seed {seed} -> {folder}")
@@ -119,14 +133,34 @@ def task_options(out: Path, settings: StudySettings, positions: str, task: str) 
     recipe = settings.recipe_for(positions)
     lengths = ",".join(str(n) for n in settings.lengths(positions))
     if task == "perplexity":
-        return {"lengths": lengths, "samples": settings.perplexity_samples, "dataset": str(perplexity_corpus(out, settings))}
+        return {
+            "lengths": lengths,
+            "samples": settings.perplexity_samples,
+            "dataset": str(perplexity_corpus(out, settings)),
+        }
     trials = settings.needle_trials if task == "needle" else settings.focus_trials
-    return {"needle": "abcdigits", "chat": "off", "digits": recipe.digits, "lengths": lengths,
-            "depths": settings.depths, "trials": trials}
+    return {
+        "needle": "abcdigits",
+        "chat": "off",
+        "digits": recipe.digits,
+        "lengths": lengths,
+        "depths": settings.depths,
+        "trials": trials,
+    }
 
 
-def _evaluate(out: Path, settings: StudySettings, positions: str, seed: int, variant: str, task: str, pair: Path,
-              device: str, resume: bool, log) -> Path:
+def _evaluate(
+    out: Path,
+    settings: StudySettings,
+    positions: str,
+    seed: int,
+    variant: str,
+    task: str,
+    pair: Path,
+    device: str,
+    resume: bool,
+    log,
+) -> Path:
     from evalkit.run.evaluate import RunConfig, evaluate
     from evalkit.report.runs import completeness, load_run
 
@@ -134,12 +168,23 @@ def _evaluate(out: Path, settings: StudySettings, positions: str, seed: int, var
     if (folder / "manifest.json").is_file() and completeness(load_run(folder)) is None:
         return folder
     if folder.exists() and not resume:
-        raise ResultsError(f"the {task} run of {positions} seed {seed} {variant} in {folder} did not finish",
-                           "continue the study with --resume")
+        raise ResultsError(
+            f"the {task} run of {positions} seed {seed} {variant} in {folder} did not finish",
+            "continue the study with --resume",
+        )
     log(f"{task}: {positions} seed {seed} {variant}")
-    config = RunConfig(task=task, model=str(pair / variant), task_options=task_options(out, settings, positions, task),
-                       out=str(folder), resume=folder.exists(), device=device, seed=RUN_SEED, allow_extrapolation=True,
-                       quiet=True, plots=False)  # the report draws the study's figures
+    config = RunConfig(
+        task=task,
+        model=str(pair / variant),
+        task_options=task_options(out, settings, positions, task),
+        out=str(folder),
+        resume=folder.exists(),
+        device=device,
+        seed=RUN_SEED,
+        allow_extrapolation=True,
+        quiet=True,
+        plots=False,
+    )  # the report draws the study's figures
     outcome = evaluate(config)
     if outcome.interrupted:
         raise ResultsError(f"the {task} run in {folder} was interrupted", "continue the study with --resume")

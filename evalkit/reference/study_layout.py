@@ -38,7 +38,9 @@ class StudySettings:
     def check(self) -> None:
         bad = [p for p in self.positions if p not in POSITIONS]
         if bad or not self.positions:
-            raise ConfigError(f"bad --positions {','.join(self.positions)}", f"give some of {', '.join(POSITIONS)}, e.g. rope,irope")
+            raise ConfigError(
+                f"bad --positions {','.join(self.positions)}", f"give some of {', '.join(POSITIONS)}, e.g. rope,irope"
+            )
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"bad --seeds {self.seeds}", "give distinct seeds >= 0, e.g. 0,1,2")
         for name in ("needle_trials", "focus_trials", "perplexity_samples"):
@@ -74,7 +76,9 @@ def load_frames(out: Path, settings: StudySettings) -> dict[str, Any]:
                 for task in TASKS:
                     path = run_folder(out, positions, seed, variant, task) / "results.parquet"
                     if not path.is_file():
-                        raise ResultsError(f"{path} is missing", "run the study again (with --resume if it was interrupted)")
+                        raise ResultsError(
+                            f"{path} is missing", "run the study again (with --resume if it was interrupted)"
+                        )
                     frame = pd.read_parquet(path)
                     frame["positions"], frame["train_seed"], frame["variant"] = positions, seed, variant
                     frames[task].append(frame)
@@ -82,8 +86,11 @@ def load_frames(out: Path, settings: StudySettings) -> dict[str, Any]:
 
 
 def pair_summaries(out: Path, settings: StudySettings) -> dict[tuple[str, int], dict]:
-    return {(p, s): json.loads((pair_folder(out, p, s) / "summary.json").read_text())
-            for p in settings.positions for s in settings.seeds}
+    return {
+        (p, s): json.loads((pair_folder(out, p, s) / "summary.json").read_text())
+        for p in settings.positions
+        for s in settings.seeds
+    }
 
 
 def learned(summary: dict) -> bool:

@@ -32,9 +32,19 @@ def effective_lengths(accuracy: pd.DataFrame) -> pd.DataFrame:
     for (positions, variant), part in accuracy.groupby(LINE, sort=False):
         part = part.sort_values("context_length")
         point = stats.effective_length(part.context_length, part.value, stats.RULER_THRESHOLD)
-        low, high = stats.effective_length_interval(part.context_length, part.ci_low, part.ci_high, stats.RULER_THRESHOLD)
-        rows.append({"positions": positions, "variant": variant, "effective_length": point,
-                     "ci_low": low, "ci_high": high, "threshold": stats.RULER_THRESHOLD})
+        low, high = stats.effective_length_interval(
+            part.context_length, part.ci_low, part.ci_high, stats.RULER_THRESHOLD
+        )
+        rows.append(
+            {
+                "positions": positions,
+                "variant": variant,
+                "effective_length": point,
+                "ci_low": low,
+                "ci_high": high,
+                "threshold": stats.RULER_THRESHOLD,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -50,9 +60,21 @@ def paired(frame: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
     for (positions, length), part in wide.groupby(["positions", "context_length"]):
         units = stats.unit_keys(part, UNITS[task])
         d = stats.paired_difference(part["softmax"], part["ssmax"], units)
-        out.append({"positions": positions, "context_length": int(length), "softmax": part["softmax"].mean(),
-                    "ssmax": part["ssmax"].mean(), "delta": d.delta, "ci_low": d.ci_low, "ci_high": d.ci_high,
-                    "p_value": d.p_value, "beyond_noise": d.beyond_noise, "units": d.units, "test": d.test})
+        out.append(
+            {
+                "positions": positions,
+                "context_length": int(length),
+                "softmax": part["softmax"].mean(),
+                "ssmax": part["ssmax"].mean(),
+                "delta": d.delta,
+                "ci_low": d.ci_low,
+                "ci_high": d.ci_high,
+                "p_value": d.p_value,
+                "beyond_noise": d.beyond_noise,
+                "units": d.units,
+                "test": d.test,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -63,25 +85,55 @@ def per_seed_comparisons(out: Path, settings: StudySettings) -> pd.DataFrame:
     rows = []
     for positions in settings.positions:
         for seed in settings.seeds:
-            c = compare_runs(run_folder(out, positions, seed, "softmax", "needle"),
-                             run_folder(out, positions, seed, "ssmax", "needle"))
+            c = compare_runs(
+                run_folder(out, positions, seed, "softmax", "needle"),
+                run_folder(out, positions, seed, "ssmax", "needle"),
+            )
             part = c.rows[c.rows.metric == "greedy_correct"]
             for r in part.itertuples():
-                rows.append({"positions": positions, "seed": seed, "context_length": int(r.context_length),
-                             "softmax": r.baseline, "ssmax": r.candidate, "delta": r.delta, "ci_low": r.ci_low,
-                             "ci_high": r.ci_high, "p_value": r.p_value, "beyond_noise": bool(r.beyond_noise)})
+                rows.append(
+                    {
+                        "positions": positions,
+                        "seed": seed,
+                        "context_length": int(r.context_length),
+                        "softmax": r.baseline,
+                        "ssmax": r.candidate,
+                        "delta": r.delta,
+                        "ci_low": r.ci_low,
+                        "ci_high": r.ci_high,
+                        "p_value": r.p_value,
+                        "beyond_noise": bool(r.beyond_noise),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
-def _figure(curves: pd.DataFrame, path: Path, ylabel: str, title: str, train_lengths: dict[str, int], x: str = "context_length",
-            ylim=None, xlabel: str | None = None) -> Path:
+def _figure(
+    curves: pd.DataFrame,
+    path: Path,
+    ylabel: str,
+    title: str,
+    train_lengths: dict[str, int],
+    x: str = "context_length",
+    ylim=None,
+    xlabel: str | None = None,
+) -> Path:
     from evalkit.report import draw
 
     fig, ax = draw.figure(7.5, 4.4)
     styles = {"rope": "-", "nope": ":", "irope": "--"}
     for (positions, variant), part in curves.groupby(LINE, sort=False):
-        draw.line_with_band(ax, part[x].astype(float), part.value, part.ci_low, part.ci_high, draw.variant_colour(variant),
-                             styles.get(positions, "-."), "o" if variant == "softmax" else "s", label=f"{positions} {variant}")
+        draw.line_with_band(
+            ax,
+            part[x].astype(float),
+            part.value,
+            part.ci_low,
+            part.ci_high,
+            draw.variant_colour(variant),
+            styles.get(positions, "-."),
+            "o" if variant == "softmax" else "s",
+            label=f"{positions} {variant}",
+        )
     draw.length_axis(ax, sorted(curves[x].unique()), ylim)
     if xlabel:
         ax.set_xlabel(xlabel)
@@ -96,7 +148,9 @@ def _figure(curves: pd.DataFrame, path: Path, ylabel: str, title: str, train_len
 def _interval(v, lo, hi, digits: int = 3) -> str:
     if pd.isna(v):
         return "-"
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if not (pd.isna(lo) or pd.isna(hi)) else f"{v:.{digits}f}"
+    return (
+        f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if not (pd.isna(lo) or pd.isna(hi)) else f"{v:.{digits}f}"
+    )
 
 
 def _wide(curves: pd.DataFrame, x: str = "context_length") -> str:
@@ -135,78 +189,205 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
     entropy = curve(frames["focus"], "focus", "entropy_norm")
     ppl = frames["perplexity"]
     longest = ppl.context_length.max()
-    by_position = curve(ppl[(ppl.context_length == longest) & ppl.position_end.notna()], "perplexity", "nll", x="position_end")
+    by_position = curve(
+        ppl[(ppl.context_length == longest) & ppl.position_end.notna()], "perplexity", "nll", x="position_end"
+    )
     lengths = effective_lengths(accuracy)
-    pooled = {m: paired(frames[t], t, m) for t, m in (("needle", "greedy_correct"), ("needle", "answer_logprob"),
-                                                       ("focus", "needle_mass"), ("focus", "entropy_norm"))}
+    pooled = {
+        m: paired(frames[t], t, m)
+        for t, m in (
+            ("needle", "greedy_correct"),
+            ("needle", "answer_logprob"),
+            ("focus", "needle_mass"),
+            ("focus", "entropy_norm"),
+        )
+    }
     per_seed = per_seed_comparisons(out, settings)
-    for name, table in (("needle_accuracy", accuracy), ("needle_mass", mass), ("entropy_norm", entropy),
-                        ("loss_by_position", by_position), ("effective_length", lengths), ("per_seed_needle", per_seed),
-                        *((f"paired_{m}", t) for m, t in pooled.items())):
+    for name, table in (
+        ("needle_accuracy", accuracy),
+        ("needle_mass", mass),
+        ("entropy_norm", entropy),
+        ("loss_by_position", by_position),
+        ("effective_length", lengths),
+        ("per_seed_needle", per_seed),
+        *((f"paired_{m}", t) for m, t in pooled.items()),
+    ):
         table.to_csv(tables / f"{name}.csv", index=False)
 
     what = f"seeds {seeds}; mean over prompts and seeds"
-    _figure(accuracy, figures / "needle_accuracy.png", "greedy accuracy", f"Needle (ABCDigits) accuracy vs length, {what}",
-            train_lengths, ylim=(-0.02, 1.02))
-    _figure(mass, figures / "needle_mass.png", "attention mass on the needle", f"Attention on the needle (all heads), {what}",
-            train_lengths)
-    _figure(entropy, figures / "entropy_norm.png", "normalized attention entropy", f"Attention entropy / log n (all heads), {what}",
-            train_lengths)
-    _figure(by_position, figures / "loss_by_position.png", "NLL (nats per token)",
-            f"Loss by position in {int(longest)}-token ABCDigits windows, {what}", train_lengths,
-            x="position_end", xlabel="position (end of log2 bin)")
+    _figure(
+        accuracy,
+        figures / "needle_accuracy.png",
+        "greedy accuracy",
+        f"Needle (ABCDigits) accuracy vs length, {what}",
+        train_lengths,
+        ylim=(-0.02, 1.02),
+    )
+    _figure(
+        mass,
+        figures / "needle_mass.png",
+        "attention mass on the needle",
+        f"Attention on the needle (all heads), {what}",
+        train_lengths,
+    )
+    _figure(
+        entropy,
+        figures / "entropy_norm.png",
+        "normalized attention entropy",
+        f"Attention entropy / log n (all heads), {what}",
+        train_lengths,
+    )
+    _figure(
+        by_position,
+        figures / "loss_by_position.png",
+        "NLL (nats per token)",
+        f"Loss by position in {int(longest)}-token ABCDigits windows, {what}",
+        train_lengths,
+        x="position_end",
+        xlabel="position (end of log2 bin)",
+    )
 
-    lines = [f"# Reference study: Softmax vs SSMax, {', '.join(settings.positions)}", "",
-             f"Recipe `{settings.recipe}`; seeds {seeds}; every model evaluated on the same prompts (run seed "
-             f"{frames['needle'].seed.iloc[0]}). Intervals are 95%, the independent unit is (training seed, trial) for needle "
-             "and focus and (training seed, window) for perplexity (`evalkit.report.stats`).", "", "## Training", "",
-             "| positions | seed | recipe | softmax recall | SSMax recall | learned s (mean) | minutes |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Reference study: Softmax vs SSMax, {', '.join(settings.positions)}",
+        "",
+        f"Recipe `{settings.recipe}`; seeds {seeds}; every model evaluated on the same prompts (run seed "
+        f"{frames['needle'].seed.iloc[0]}). Intervals are 95%, the independent unit is (training seed, trial) for needle "
+        "and focus and (training seed, window) for perplexity (`evalkit.report.stats`).",
+        "",
+        "## Training",
+        "",
+        "| positions | seed | recipe | softmax recall | SSMax recall | learned s (mean) | minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (positions, seed), s in summaries.items():
         v = s["variants"]
-        lines.append(f"| {positions} | {seed} | {s['recipe_fields']['name']} ({s['steps']} steps) | "
-                     f"{v['softmax']['heldout_recall_accuracy']:.1%} | {v['ssmax']['heldout_recall_accuracy']:.1%} | "
-                     f"{s['ssmax_s']['mean']:.3f} | {s['train_seconds'] / 60:.1f} |")
+        lines.append(
+            f"| {positions} | {seed} | {s['recipe_fields']['name']} ({s['steps']} steps) | "
+            f"{v['softmax']['heldout_recall_accuracy']:.1%} | {v['ssmax']['heldout_recall_accuracy']:.1%} | "
+            f"{s['ssmax_s']['mean']:.3f} | {s['train_seconds'] / 60:.1f} |"
+        )
     unlearned = [(p, s) for (p, s), summary in summaries.items() if not learned(summary)]
-    lines += ["", (f"Held-out recall at the training length below {LEARNED_ACCURACY:.0%} in: "
-                   + ", ".join(f"{p} seed {s}" for p, s in unlearned)
-                   + ". These pairs compare learning, not length generalization; their numbers below say how far "
-                   "each model learned the lookup, not how it extrapolates.") if unlearned else
-              f"Every model learned the lookup (held-out recall at the training length >= {LEARNED_ACCURACY:.0%}): "
-              "every pair compares length generalization."]
-    lines += ["", "## Needle accuracy vs length", "", "![needle accuracy](figures/needle_accuracy.png)", "", _wide(accuracy),
-              "", "### Effective context length", "",
-              f"The longest length whose accuracy stays at or above RULER's {stats.RULER_THRESHOLD} at it and every shorter "
-              "length; the interval from the accuracy bands' ends (pessimistic, optimistic). `-`: even the training length is below.",
-              "", "| positions | variant | effective length [95%] |", "|---|---|---|"]
+    lines += [
+        "",
+        (
+            f"Held-out recall at the training length below {LEARNED_ACCURACY:.0%} in: "
+            + ", ".join(f"{p} seed {s}" for p, s in unlearned)
+            + ". These pairs compare learning, not length generalization; their numbers below say how far "
+            "each model learned the lookup, not how it extrapolates."
+        )
+        if unlearned
+        else f"Every model learned the lookup (held-out recall at the training length >= {LEARNED_ACCURACY:.0%}): "
+        "every pair compares length generalization.",
+    ]
+    lines += [
+        "",
+        "## Needle accuracy vs length",
+        "",
+        "![needle accuracy](figures/needle_accuracy.png)",
+        "",
+        _wide(accuracy),
+        "",
+        "### Effective context length",
+        "",
+        f"The longest length whose accuracy stays at or above RULER's {stats.RULER_THRESHOLD} at it and every shorter "
+        "length; the interval from the accuracy bands' ends (pessimistic, optimistic). `-`: even the training length is below.",
+        "",
+        "| positions | variant | effective length [95%] |",
+        "|---|---|---|",
+    ]
     for r in lengths.itertuples():
         fmt = lambda n: "-" if n is None or pd.isna(n) else str(int(n))  # noqa: E731
         lines.append(f"| {r.positions} | {r.variant} | {fmt(r.effective_length)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}] |")
-    lines += ["", "## Attention on the needle and its entropy vs length", "", "![needle mass](figures/needle_mass.png)",
-              "", _wide(mass), "", "![entropy](figures/entropy_norm.png)", "", _wide(entropy), "",
-              "## Loss by position beyond the training length", "", "![loss by position](figures/loss_by_position.png)", "",
-              _wide(by_position, x="position_end"), "", "## SSMax - softmax, paired prompt by prompt", ""]
+    lines += [
+        "",
+        "## Attention on the needle and its entropy vs length",
+        "",
+        "![needle mass](figures/needle_mass.png)",
+        "",
+        _wide(mass),
+        "",
+        "![entropy](figures/entropy_norm.png)",
+        "",
+        _wide(entropy),
+        "",
+        "## Loss by position beyond the training length",
+        "",
+        "![loss by position](figures/loss_by_position.png)",
+        "",
+        _wide(by_position, x="position_end"),
+        "",
+        "## SSMax - softmax, paired prompt by prompt",
+        "",
+    ]
     for metric, table in pooled.items():
         if table.empty:
             continue
-        table = table.assign(**{"SSMax - softmax [95%]": [_interval(d, lo, hi) for d, lo, hi in zip(table.delta, table.ci_low, table.ci_high)]})
-        lines += [f"### {metric} (pooled over seeds)", "",
-                  _markdown(table, ["positions", "context_length", "softmax", "ssmax", "SSMax - softmax [95%]", "p_value",
-                                    "beyond_noise", "units"]), ""]
+        table = table.assign(
+            **{
+                "SSMax - softmax [95%]": [
+                    _interval(d, lo, hi) for d, lo, hi in zip(table.delta, table.ci_low, table.ci_high)
+                ]
+            }
+        )
+        lines += [
+            f"### {metric} (pooled over seeds)",
+            "",
+            _markdown(
+                table,
+                [
+                    "positions",
+                    "context_length",
+                    "softmax",
+                    "ssmax",
+                    "SSMax - softmax [95%]",
+                    "p_value",
+                    "beyond_noise",
+                    "units",
+                ],
+            ),
+            "",
+        ]
     if not per_seed.empty:
-        per_seed = per_seed.assign(**{"SSMax - softmax [95%]": [_interval(d, lo, hi) for d, lo, hi in
-                                                                zip(per_seed.delta, per_seed.ci_low, per_seed.ci_high)]})
-        lines += ["### Needle accuracy per seed (`evalkit compare`, softmax baseline, SSMax candidate)", "",
-                  _markdown(per_seed, ["positions", "seed", "context_length", "softmax", "ssmax", "SSMax - softmax [95%]",
-                                       "p_value", "beyond_noise"]), ""]
+        per_seed = per_seed.assign(
+            **{
+                "SSMax - softmax [95%]": [
+                    _interval(d, lo, hi) for d, lo, hi in zip(per_seed.delta, per_seed.ci_low, per_seed.ci_high)
+                ]
+            }
+        )
+        lines += [
+            "### Needle accuracy per seed (`evalkit compare`, softmax baseline, SSMax candidate)",
+            "",
+            _markdown(
+                per_seed,
+                [
+                    "positions",
+                    "seed",
+                    "context_length",
+                    "softmax",
+                    "ssmax",
+                    "SSMax - softmax [95%]",
+                    "p_value",
+                    "beyond_noise",
+                ],
+            ),
+            "",
+        ]
     beyond = pooled["greedy_correct"]
     beyond = beyond[beyond.beyond_noise] if not beyond.empty else beyond
     lines += ["## What the intervals support", ""]
     if beyond.empty:
         lines.append("No needle-accuracy difference between softmax and SSMax is beyond noise at any length.")
     for r in beyond.itertuples():
-        lines.append(f"- {r.positions}, {r.context_length} tokens: SSMax {'above' if r.delta > 0 else 'below'} softmax by "
-                     f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] (p = {r.p_value:.2g})"
-                     + (" (a pair that did not learn the lookup is pooled in)" if any(p == r.positions for p, _ in unlearned) else ""))
+        lines.append(
+            f"- {r.positions}, {r.context_length} tokens: SSMax {'above' if r.delta > 0 else 'below'} softmax by "
+            f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] (p = {r.p_value:.2g})"
+            + (
+                " (a pair that did not learn the lookup is pooled in)"
+                if any(p == r.positions for p, _ in unlearned)
+                else ""
+            )
+        )
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     log(f"wrote {path}")

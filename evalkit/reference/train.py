@@ -123,8 +123,18 @@ class Recipe:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("layers", "width", "heads", "train_length", "batch", "steps", "digits", "mlp_ratio",
-                     "max_position_factor", "eval_sequences"):
+        for name in (
+            "layers",
+            "width",
+            "heads",
+            "train_length",
+            "batch",
+            "steps",
+            "digits",
+            "mlp_ratio",
+            "max_position_factor",
+            "eval_sequences",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
@@ -139,7 +149,11 @@ class Recipe:
             problems.append("lr and grad_clip must be > 0, min_lr_ratio within 0..1, weight_decay >= 0")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             problems.append(f"warmup must be an integer >= 0, got {self.warmup!r}")
-        if not self.init_std > 0 or not self.rope_theta > 0 or (self.ssmax_s is not None and not math.isfinite(self.ssmax_s)):
+        if (
+            not self.init_std > 0
+            or not self.rope_theta > 0
+            or (self.ssmax_s is not None and not math.isfinite(self.ssmax_s))
+        ):
             problems.append("init_std and rope_theta must be > 0, ssmax_s finite")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             problems.append(f"threads must be >= 1, got {self.threads}")
@@ -176,23 +190,53 @@ class Recipe:
         return self.train_length * self.max_position_factor
 
     def describe(self) -> str:
-        return (f"{self.layers} layers, {self.width} wide, {self.heads} heads, length {self.train_length}, "
-                f"batch {self.batch}, {self.steps} steps, lr {self.lr:g}, RoPE theta {self.rope_theta:g}, "
-                f"s0 {self.initial_s:.3f}, positions {self.positions}"
-                + (f" (pattern {self.pattern}, window {self.local_window})" if self.positions == "irope" else ""))
+        return (
+            f"{self.layers} layers, {self.width} wide, {self.heads} heads, length {self.train_length}, "
+            f"batch {self.batch}, {self.steps} steps, lr {self.lr:g}, RoPE theta {self.rope_theta:g}, "
+            f"s0 {self.initial_s:.3f}, positions {self.positions}"
+            + (f" (pattern {self.pattern}, window {self.local_window})" if self.positions == "irope" else "")
+        )
 
 
 RECIPES: dict[str, Recipe] = {
     # For a lent GPU (an H100 takes minutes). The orientation numbers come from this shape.
     "gpu": Recipe(name="gpu", layers=4, width=256, heads=8, train_length=256, batch=128, steps=2500, warmup=200),
     # Both models in about 11.5 minutes on one CPU core (measured: see the module docstring).
-    "cpu": Recipe(name="cpu", layers=2, width=128, heads=4, mlp_ratio=2, train_length=32, batch=64, steps=3500,
-                  lr=1e-3, warmup=100, weight_decay=0.0, digits=2, ssmax_s=0.5),
+    "cpu": Recipe(
+        name="cpu",
+        layers=2,
+        width=128,
+        heads=4,
+        mlp_ratio=2,
+        train_length=32,
+        batch=64,
+        steps=3500,
+        lr=1e-3,
+        warmup=100,
+        weight_decay=0.0,
+        digits=2,
+        ssmax_s=0.5,
+    ),
     # Local RoPE (window 8) + global NoPE. 800 steps learned seeds 0 and 1, not seed 2; 1600 learns
     # seeds 0, 1 and 2 (100% held out, both models, about 2 minutes a pair; module docstring).
-    "cpu-irope": Recipe(name="cpu-irope", layers=2, width=128, heads=4, mlp_ratio=2, train_length=32, batch=64, steps=1600,
-                        lr=1e-3, warmup=100, weight_decay=0.0, digits=2, ssmax_s=0.5, positions="irope", pattern="lg",
-                        window=8),
+    "cpu-irope": Recipe(
+        name="cpu-irope",
+        layers=2,
+        width=128,
+        heads=4,
+        mlp_ratio=2,
+        train_length=32,
+        batch=64,
+        steps=1600,
+        lr=1e-3,
+        warmup=100,
+        weight_decay=0.0,
+        digits=2,
+        ssmax_s=0.5,
+        positions="irope",
+        pattern="lg",
+        window=8,
+    ),
 }
 
 
@@ -206,7 +250,9 @@ def get_recipe(recipe: str | Recipe, positions: str | None = None) -> Recipe:
     if positions is not None and recipe in RECIPES:
         return RECIPES[recipe].replace(positions=positions)
     if recipe not in RECIPES:
-        raise ConfigError(f"unknown reference recipe {recipe!r}", f"{did_you_mean(recipe, RECIPES)}use one of {', '.join(RECIPES)}")
+        raise ConfigError(
+            f"unknown reference recipe {recipe!r}", f"{did_you_mean(recipe, RECIPES)}use one of {', '.join(RECIPES)}"
+        )
     return RECIPES[recipe]
 
 
@@ -231,8 +277,9 @@ def build_pair(recipe: Recipe, seed: int) -> dict[str, Any]:
 
     softmax = build_model(recipe, seed)
     ssmax = copy.deepcopy(softmax)
-    apply_attention(ssmax, "ssmax", s=recipe.initial_s, learnable=True, train_length=recipe.train_length,
-                    layers=recipe.ssmax_layers)
+    apply_attention(
+        ssmax, "ssmax", s=recipe.initial_s, learnable=True, train_length=recipe.train_length, layers=recipe.ssmax_layers
+    )
     return {"softmax": softmax, "ssmax": ssmax}
 
 
@@ -361,20 +408,36 @@ class _Bars:
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description:<8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("recall loss {task.fields[recall]:>7}  acc {task.fields[acc]:>5}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
         )
         self.progress.start()
         self.tasks = {v: self.progress.add_task(v, total=steps, recall="", acc="") for v in VARIANTS}
 
     def advance(self, variant: str, stats: StepStats) -> None:
         if self.progress is not None:
-            self.progress.update(self.tasks[variant], advance=1, recall=f"{stats.recall_loss:.4f}",
-                                 acc=f"{stats.recall_accuracy:.0%}" if stats.recall_accuracy == stats.recall_accuracy else "")
+            self.progress.update(
+                self.tasks[variant],
+                advance=1,
+                recall=f"{stats.recall_loss:.4f}",
+                acc=f"{stats.recall_accuracy:.0%}" if stats.recall_accuracy == stats.recall_accuracy else "",
+            )
 
     def stop(self) -> None:
         if self.progress is not None:
@@ -466,10 +529,15 @@ def train_reference_pair(
                     for variant, model in models.items():
                         save_intermediate(model, out / "checkpoints" / variant, step + 1, recipe, seed, variant)
                 if not progress and (step + 1) % every == 0:  # quiet runs (logs, CI) still show the curve
-                    recent = rows[-2 * every:]
-                    log(f"step {step + 1}/{recipe.steps}, lr {lr:.2e}, recall loss / accuracy: " + ", ".join(
-                        f"{v} {np.mean([r[3] for r in recent if r[1] == v]):.4f} / "
-                        f"{np.nanmean([r[5] for r in recent if r[1] == v]):.0%}" for v in VARIANTS))
+                    recent = rows[-2 * every :]
+                    log(
+                        f"step {step + 1}/{recipe.steps}, lr {lr:.2e}, recall loss / accuracy: "
+                        + ", ".join(
+                            f"{v} {np.mean([r[3] for r in recent if r[1] == v]):.4f} / "
+                            f"{np.nanmean([r[5] for r in recent if r[1] == v]):.0%}"
+                            for v in VARIANTS
+                        )
+                    )
         finally:
             bars.stop()
             if pool is not None:
@@ -513,21 +581,32 @@ def train_reference_pair(
             }
             for v in VARIANTS
         },
-        "ssmax_s": {"initial": recipe.initial_s, "mean": float(scales.mean()), "min": float(scales.min()),
-                    "max": float(scales.max()), "per_layer_head": scales.tolist()},
+        "ssmax_s": {
+            "initial": recipe.initial_s,
+            "mean": float(scales.mean()),
+            "min": float(scales.min()),
+            "max": float(scales.max()),
+            "per_layer_head": scales.tolist(),
+        },
         "out": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for v in VARIANTS:
         s = summary["variants"][v]
-        log(f"{v:>8}: recall loss {s['recall_loss']:.4f} (held out {s['heldout_recall_loss']:.4f}), "
-            f"recall accuracy at {recipe.train_length} tokens {s['heldout_recall_accuracy']:.1%}")
-    log(f"learned SSMax s: mean {summary['ssmax_s']['mean']:.3f} (from {recipe.initial_s:.3f}); "
-        f"{summary['seconds']:.0f} s; wrote {out}")
+        log(
+            f"{v:>8}: recall loss {s['recall_loss']:.4f} (held out {s['heldout_recall_loss']:.4f}), "
+            f"recall accuracy at {recipe.train_length} tokens {s['heldout_recall_accuracy']:.1%}"
+        )
+    log(
+        f"learned SSMax s: mean {summary['ssmax_s']['mean']:.3f} (from {recipe.initial_s:.3f}); "
+        f"{summary['seconds']:.0f} s; wrote {out}"
+    )
     for v in (v for v in VARIANTS if not summary["variants"][v]["learned_lookup"]):
-        log(f"warning: the {v} model did not learn the key lookup (held-out recall "
+        log(
+            f"warning: the {v} model did not learn the key lookup (held-out recall "
             f"{summary['variants'][v]['heldout_recall_accuracy']:.0%} < {LEARNED_ACCURACY:.0%}), so the pair compares "
-            f"learning, not length generalization: train longer (--steps) or with another --seed")
+            f"learning, not length generalization: train longer (--steps) or with another --seed"
+        )
     return summary
 
 
@@ -541,11 +620,17 @@ def _save_checkpoint(model, tokenizer, folder: Path, recipe: Recipe, seed: int, 
         from evalkit.attention import apply_attention, head_tables
 
         trained = head_tables(model)["s"]  # (layers, heads)
-        apply_attention(model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length,
-                        layers=recipe.ssmax_layers)
-    model.config.evalkit_reference = {"variant": variant, "recipe": recipe.name, "seed": seed,
-                                      "train_length": recipe.train_length, "digits": recipe.digits,
-                                      "positions": recipe.positions}
+        apply_attention(
+            model, "ssmax", s=trained, learnable=True, train_length=recipe.train_length, layers=recipe.ssmax_layers
+        )
+    model.config.evalkit_reference = {
+        "variant": variant,
+        "recipe": recipe.name,
+        "seed": seed,
+        "train_length": recipe.train_length,
+        "digits": recipe.digits,
+        "positions": recipe.positions,
+    }
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -38,12 +38,46 @@ from evalkit.core.errors import ConfigError
 from evalkit.report import stats
 from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
 from evalkit.report.tolerances import FLOAT_TOLERANCE, METRIC_DIRECTIONS, Tolerance, load_tolerances
-from evalkit.report.runs import (ACCURACY_METRICS, HEADLINE_METRICS, Run, completeness, describe_selector, find_runs,
-                                 option_differences, parse_selector, samples, select, setup_differences, unit_columns)
+from evalkit.report.runs import (
+    ACCURACY_METRICS,
+    HEADLINE_METRICS,
+    Run,
+    completeness,
+    describe_selector,
+    find_runs,
+    option_differences,
+    parse_selector,
+    samples,
+    select,
+    setup_differences,
+    unit_columns,
+)
 
-ROW_COLUMNS = ["attention", "context_length", "metric", "baseline", "candidate", "delta", "rel_delta", "direction",
-               "tolerance", "ci_low", "ci_high", "p_value", "p_worse", "p_adjusted", "beyond_noise", "regression",
-               "improvement", "minimal_detectable", "power_note", "paired", "pairs", "units", "test"]
+ROW_COLUMNS = [
+    "attention",
+    "context_length",
+    "metric",
+    "baseline",
+    "candidate",
+    "delta",
+    "rel_delta",
+    "direction",
+    "tolerance",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_worse",
+    "p_adjusted",
+    "beyond_noise",
+    "regression",
+    "improvement",
+    "minimal_detectable",
+    "power_note",
+    "paired",
+    "pairs",
+    "units",
+    "test",
+]
 CELL_EXTRA = ["p_less", "p_greater", "se", "p_floor", "derived", "unit_data"]  # compare_cells' working columns
 
 
@@ -76,26 +110,47 @@ def _check(name: str, problem: str | None, ok: str) -> dict:
 def _one(frame: pd.DataFrame, column: str, side: str) -> str:
     values = sorted(frame[column].astype(str).unique())
     if len(values) != 1:
-        raise ConfigError(f"the {side} holds {len(values)} {column} values ({', '.join(values)}): compare one against one",
-                          f"select one with --{side} {column}=NAME")
+        raise ConfigError(
+            f"the {side} holds {len(values)} {column} values ({', '.join(values)}): compare one against one",
+            f"select one with --{side} {column}=NAME",
+        )
     return values[0]
 
 
 def _short_test(test: str) -> str:
-    for start, name in (("exact McNemar", "McNemar"), ("paired t", "paired t"), ("two-proportion z", "z (unpaired)"),
-                        ("Welch", "Welch t (unpaired)")):
+    for start, name in (
+        ("exact McNemar", "McNemar"),
+        ("paired t", "paired t"),
+        ("two-proportion z", "z (unpaired)"),
+        ("Welch", "Welch t (unpaired)"),
+    ):
         if test.startswith(start):
             return name
     return test
 
 
-def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, base_select: list[str] | None = None,
-                 cand_select: list[str] | None = None, tolerance: float | None = None, relative: bool = False,
-                 metric_tolerances: dict[str, Tolerance] | None = None, confidence: float = stats.CONFIDENCE,
-                 strict: bool = False, allow_missing: bool = False, unpaired: bool = False,
-                 threshold: str | float = stats.RULER_THRESHOLD, correction: str = "holm", power: float = 0.8,
-                 detect: float | None = None, require_power: bool = False, allow_dtype_change: bool = False,
-                 nll_tolerance: float | None = None, tolerances_file: str | Path | None = None) -> Comparison:
+def compare_runs(
+    baseline: str | Path,
+    candidate: str | Path | None = None,
+    *,
+    base_select: list[str] | None = None,
+    cand_select: list[str] | None = None,
+    tolerance: float | None = None,
+    relative: bool = False,
+    metric_tolerances: dict[str, Tolerance] | None = None,
+    confidence: float = stats.CONFIDENCE,
+    strict: bool = False,
+    allow_missing: bool = False,
+    unpaired: bool = False,
+    threshold: str | float = stats.RULER_THRESHOLD,
+    correction: str = "holm",
+    power: float = 0.8,
+    detect: float | None = None,
+    require_power: bool = False,
+    allow_dtype_change: bool = False,
+    nll_tolerance: float | None = None,
+    tolerances_file: str | Path | None = None,
+) -> Comparison:
     """Baseline vs candidate (see the module docstring). ``correction`` controls the family-wise error
     over the judged cells; ``detect`` (a worsening in metric units) makes cells that cannot see it
     underpowered; ``require_power`` fails on an underpowered cell instead of warning;
@@ -124,8 +179,10 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
     threshold_kind, threshold_value = stats.parse_threshold(threshold)
     b_sel, c_sel = parse_selector(base_select, "baseline"), parse_selector(cand_select, "candidate")
     if candidate is None and not (b_sel and c_sel):
-        raise ConfigError("one run folder given: nothing says which rows are the baseline and which the candidate",
-                          "add --baseline attention=softmax --candidate attention=ssmax, or give two run folders")
+        raise ConfigError(
+            "one run folder given: nothing says which rows are the baseline and which the candidate",
+            "add --baseline attention=softmax --candidate attention=ssmax, or give two run folders",
+        )
     b_runs = find_runs(baseline)
     c_runs = b_runs if candidate is None else find_runs(candidate)
     tasks = sorted({r.task for r in b_runs + c_runs})
@@ -133,8 +190,10 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
         raise ConfigError(f"the runs are of different tasks ({', '.join(tasks)})", "compare runs of the same task")
     task, keys = tasks[0], b_runs[0].keys
     if any(set(r.keys) != set(keys) for r in b_runs + c_runs):
-        raise ConfigError(f"the runs have different key columns ({sorted({r.keys for r in b_runs + c_runs})})",
-                          "compare runs made by the same evalkit version")
+        raise ConfigError(
+            f"the runs have different key columns ({sorted({r.keys for r in b_runs + c_runs})})",
+            "compare runs made by the same evalkit version",
+        )
     b_frame, c_frame = select(b_runs, b_sel, "baseline"), select(c_runs, c_sel, "candidate")
     b_runs = [r for r in b_runs if r.name in set(b_frame.run)]
     c_runs = [r for r in c_runs if r.name in set(c_frame.run)]
@@ -142,8 +201,12 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
     # Variants face each other when a selector names them, or when each side holds one and they differ
     # (two checkpoints each run with its own variant); otherwise softmax is compared with softmax, ...
     b_att, c_att = set(b_frame.attention.astype(str)), set(c_frame.attention.astype(str))
-    by_attention = "attention" not in b_sel and "attention" not in c_sel and not (len(b_att) == len(c_att) == 1 and b_att != c_att)
-    variants = None if by_attention else (_one(b_frame, "attention", "baseline"), _one(c_frame, "attention", "candidate"))
+    by_attention = (
+        "attention" not in b_sel and "attention" not in c_sel and not (len(b_att) == len(c_att) == 1 and b_att != c_att)
+    )
+    variants = (
+        None if by_attention else (_one(b_frame, "attention", "baseline"), _one(c_frame, "attention", "candidate"))
+    )
 
     units = unit_columns(b_runs[0])
     headline = HEADLINE_METRICS.get(task)
@@ -157,8 +220,9 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
     differences = [] if same_runs else option_differences(b_runs, c_runs)
     b_seeds, c_seeds = sorted(map(str, b.seed.unique())), sorted(map(str, c.seed.unique()))
     if b_seeds != c_seeds:
-        differences.insert(0, f"seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)}): "
-                              "other prompts or windows")
+        differences.insert(
+            0, f"seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)}): other prompts or windows"
+        )
     setup = [] if same_runs else setup_differences(b_runs, c_runs)
     dtype_notes = [d for d in setup if d.startswith("dtype") and allow_dtype_change]
     setup = [d for d in setup if d not in dtype_notes]
@@ -168,30 +232,54 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
         notes += [f"{d} (compared unpaired: --unpaired)" for d in differences + setup]
         pairing = "unpaired (--unpaired): the sides are independent samples"
     else:
-        checks.append(_check("comparable runs (seed, windows, task options, tokenizer, dtype, device)",
-                             "; ".join(differences + setup) + "; pass --unpaired if you mean to compare them"
-                             if differences or setup else None,
-                             "same seed, task options, tokenizer, dtype and device class"))
-        pairing = (f"paired prompt by prompt (seed {', '.join(b_seeds)} on both sides, same task options and tokenizer)"
-                   if pairing_wanted else "unpaired: the runs differ (see the failed check)")
+        checks.append(
+            _check(
+                "comparable runs (seed, windows, task options, tokenizer, dtype, device)",
+                "; ".join(differences + setup) + "; pass --unpaired if you mean to compare them"
+                if differences or setup
+                else None,
+                "same seed, task options, tokenizer, dtype and device class",
+            )
+        )
+        pairing = (
+            f"paired prompt by prompt (seed {', '.join(b_seeds)} on both sides, same task options and tokenizer)"
+            if pairing_wanted
+            else "unpaired: the runs differ (see the failed check)"
+        )
 
     cells, prompt_problems, missing, extra = compare_cells(b, c, pairing_wanted, confidence)
     if pairing_wanted:
-        checks.append(_check("same prompts", "; ".join(prompt_problems) or None,
-                             "every paired prompt has the same provenance on both sides"))
-    checks.append(_check("candidate has every baseline cell",
-                         None if not missing or allow_missing else
-                         f"the candidate lacks {len(missing)} cell(s) the baseline has: {', '.join(missing[:12])}"
-                         + (" …" if len(missing) > 12 else "") + "; rerun it on the same grid, or pass --allow-missing",
-                         "every baseline cell is in the candidate" if not missing else
-                         f"{len(missing)} baseline cell(s) missing, allowed by --allow-missing: {', '.join(missing[:12])}"))
+        checks.append(
+            _check(
+                "same prompts",
+                "; ".join(prompt_problems) or None,
+                "every paired prompt has the same provenance on both sides",
+            )
+        )
+    checks.append(
+        _check(
+            "candidate has every baseline cell",
+            None
+            if not missing or allow_missing
+            else f"the candidate lacks {len(missing)} cell(s) the baseline has: {', '.join(missing[:12])}"
+            + (" …" if len(missing) > 12 else "")
+            + "; rerun it on the same grid, or pass --allow-missing",
+            "every baseline cell is in the candidate"
+            if not missing
+            else f"{len(missing)} baseline cell(s) missing, allowed by --allow-missing: {', '.join(missing[:12])}",
+        )
+    )
     if missing and allow_missing:
         notes.append(checks[-1]["reason"])
     if extra:
-        notes.append(f"only in the candidate (not compared): {', '.join(extra[:12])}" + (" …" if len(extra) > 12 else ""))
+        notes.append(
+            f"only in the candidate (not compared): {', '.join(extra[:12])}" + (" …" if len(extra) > 12 else "")
+        )
     if cells.empty:
-        raise ConfigError(f"no cell in common: baseline has {_cells_of(b)}; candidate has {_cells_of(c)}",
-                          "run the candidate on the baseline's lengths and metrics, or select other rows")
+        raise ConfigError(
+            f"no cell in common: baseline has {_cells_of(b)}; candidate has {_cells_of(c)}",
+            "run the candidate on the baseline's lengths and metrics, or select other rows",
+        )
 
     rows, procedure = _verdicts(cells, default, tolerances, strict, correction, confidence, power, detect)
     weak = rows[rows.direction.ne(0) & rows.power_note.ne("")]
@@ -202,17 +290,34 @@ def compare_runs(baseline: str | Path, candidate: str | Path | None = None, *, b
     failed = [ch for ch in checks if not ch["passed"]]
     exit_code = int(bool(rows.regression.any() or failed))
     summary = {
-        "task": task, "baseline": str(baseline), "candidate": str(candidate if candidate is not None else baseline),
-        "baseline_select": describe_selector(b_sel), "candidate_select": describe_selector(c_sel),
-        "baseline_model": models[0], "candidate_model": models[1], "baseline_runs": [str(r.folder) for r in b_runs],
-        "candidate_runs": [str(r.folder) for r in c_runs], "pairing": pairing, "unit": "+".join(["seed", *units]),
-        "confidence": confidence, "strict": strict, "tolerance": _describe_tolerance(default),
-        "correction": procedure, "one_sided": True, "power": power, "detect": detect,
+        "task": task,
+        "baseline": str(baseline),
+        "candidate": str(candidate if candidate is not None else baseline),
+        "baseline_select": describe_selector(b_sel),
+        "candidate_select": describe_selector(c_sel),
+        "baseline_model": models[0],
+        "candidate_model": models[1],
+        "baseline_runs": [str(r.folder) for r in b_runs],
+        "candidate_runs": [str(r.folder) for r in c_runs],
+        "pairing": pairing,
+        "unit": "+".join(["seed", *units]),
+        "confidence": confidence,
+        "strict": strict,
+        "tolerance": _describe_tolerance(default),
+        "correction": procedure,
+        "one_sided": True,
+        "power": power,
+        "detect": detect,
         "underpowered": int(len(weak)),
         "threshold": f"rel:{threshold_value:g}" if threshold_kind == "rel" else threshold_value,
-        "cells": len(rows), "regressions": int(rows.regression.sum()), "improvements": int(rows.improvement.sum()),
-        "beyond_noise": int(rows.beyond_noise.sum()), "tests": sorted(set(rows.test.map(_short_test))),
-        "failed_checks": [f"{ch['check']}: {ch['reason']}" for ch in failed], "notes": notes, "exit_code": exit_code,
+        "cells": len(rows),
+        "regressions": int(rows.regression.sum()),
+        "improvements": int(rows.improvement.sum()),
+        "beyond_noise": int(rows.beyond_noise.sum()),
+        "tests": sorted(set(rows.test.map(_short_test))),
+        "failed_checks": [f"{ch['check']}: {ch['reason']}" for ch in failed],
+        "notes": notes,
+        "exit_code": exit_code,
     }
     return Comparison(rows, checks, lengths, summary, exit_code, notes)
 
@@ -221,8 +326,9 @@ def _run_checks(b_runs: list[Run], c_runs: list[Run]) -> tuple[list[dict], list[
     checks = []
     for side, runs in (("baseline", b_runs), ("candidate", c_runs)):
         problems = [p for p in map(completeness, runs) if p]
-        checks.append(_check(f"{side} complete", "; ".join(problems) or None,
-                             f"{len(runs)} run(s) finished every planned sample"))
+        checks.append(
+            _check(f"{side} complete", "; ".join(problems) or None, f"{len(runs)} run(s) finished every planned sample")
+        )
     return checks, []
 
 
@@ -248,31 +354,65 @@ def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: f
         joined = bp.merge(cp, on="sample", suffixes=("_b", "_c")) if pairing else bp.iloc[:0]
         differ = joined[joined.prov_b != joined.prov_c] if len(joined) else joined
         if len(differ):
-            problems.append(f"{cell[0]}@{cell[1]} {cell[2]}: {len(differ)} of {len(joined)} prompts differ "
-                            f"(e.g. sample {differ['sample'].iloc[0]}: {differ.prov_b.iloc[0]} vs {differ.prov_c.iloc[0]})")
+            problems.append(
+                f"{cell[0]}@{cell[1]} {cell[2]}: {len(differ)} of {len(joined)} prompts differ "
+                f"(e.g. sample {differ['sample'].iloc[0]}: {differ.prov_b.iloc[0]} vs {differ.prov_c.iloc[0]})"
+            )
         unit_data = None
         if len(joined) and not len(differ):
             diff = stats.paired_difference(joined.value_b, joined.value_c, joined.unit_b, confidence)
             left_out = len(bp) + len(cp) - 2 * len(joined)
             test = diff.test + (f"; {left_out} unpaired prompt(s) left out" if left_out else "")
             means = joined.value_b.mean(), joined.value_c.mean()
-            per_unit = (joined.value_c - joined.value_b).groupby(joined.unit_b.to_numpy(), sort=True).agg(["sum", "count"])
+            per_unit = (
+                (joined.value_c - joined.value_b).groupby(joined.unit_b.to_numpy(), sort=True).agg(["sum", "count"])
+            )
             per_unit = per_unit[per_unit["count"] > 0]
-            unit_data = (per_unit.index.astype(str).to_numpy(), per_unit["sum"].to_numpy(float), per_unit["count"].to_numpy(float))
+            unit_data = (
+                per_unit.index.astype(str).to_numpy(),
+                per_unit["sum"].to_numpy(float),
+                per_unit["count"].to_numpy(float),
+            )
         else:
             one_each = lambda p: None if p.unit.is_unique else p.unit  # noqa: E731 - Newcombe needs no clusters
             diff = stats.unpaired_difference(bp.value, cp.value, one_each(bp), one_each(cp), confidence)
             test, means = diff.test, (bp.value.mean(), cp.value.mean())
         floor = _p_floor(diff, bp, cp, unit_data is not None)
-        cells.append(_cell_row(cell, means, diff, test, paired=test.startswith(("exact", "paired")), floor=floor,
-                               unit_data=unit_data))
+        cells.append(
+            _cell_row(
+                cell, means, diff, test, paired=test.startswith(("exact", "paired")), floor=floor, unit_data=unit_data
+            )
+        )
         if cell[2] in EXP_OF:  # perplexity / LongPPL: the same test through exp, so the two rows agree by construction
             scale = math.exp(means[0])
-            cells.append(_cell_row((cell[0], cell[1], EXP_OF[cell[2]]), (scale, math.exp(means[1])), diff, test,
-                                   paired=cells[-1]["paired"], through=lambda d: scale * math.expm1(d), floor=floor,
-                                   derived=True))
-    columns = [c for c in ROW_COLUMNS if c not in ("rel_delta", "direction", "tolerance", "regression", "improvement",
-                                                   "p_worse", "p_adjusted", "minimal_detectable", "power_note")]
+            cells.append(
+                _cell_row(
+                    (cell[0], cell[1], EXP_OF[cell[2]]),
+                    (scale, math.exp(means[1])),
+                    diff,
+                    test,
+                    paired=cells[-1]["paired"],
+                    through=lambda d: scale * math.expm1(d),
+                    floor=floor,
+                    derived=True,
+                )
+            )
+    columns = [
+        c
+        for c in ROW_COLUMNS
+        if c
+        not in (
+            "rel_delta",
+            "direction",
+            "tolerance",
+            "regression",
+            "improvement",
+            "p_worse",
+            "p_adjusted",
+            "minimal_detectable",
+            "power_note",
+        )
+    ]
     return pd.DataFrame(cells, columns=columns + CELL_EXTRA), problems, missing, extra
 
 
@@ -282,25 +422,58 @@ def _p_floor(diff: stats.Difference, bp: pd.DataFrame, cp: pd.DataFrame, paired:
     if not binary:
         return 0.0
     if paired:  # McNemar on n pairs or the exact sign flip on k units: 1 / 2^units at best
-        return 0.5 ** diff.units if diff.units <= stats.SIGN_FLIP_MAX_UNITS or diff.units == diff.pairs else 0.0
+        return 0.5**diff.units if diff.units <= stats.SIGN_FLIP_MAX_UNITS or diff.units == diff.pairs else 0.0
     kb, kc = bp.unit.nunique(), cp.unit.nunique()
     if bp.unit.is_unique and cp.unit.is_unique:
         return 0.0  # the z test on independent rows has no floor
     return 1.0 / math.comb(kb + kc, kb)
 
 
-def _cell_row(cell, means, diff: stats.Difference, test: str, paired: bool, through=lambda d: d, floor: float = 0.0,
-              unit_data=None, derived: bool = False) -> dict:
-    return {"attention": cell[0], "context_length": cell[1], "metric": cell[2], "baseline": float(means[0]),
-            "candidate": float(means[1]), "delta": float(means[1] - means[0]), "ci_low": through(diff.ci_low),
-            "ci_high": through(diff.ci_high), "p_value": diff.p_value, "beyond_noise": diff.beyond_noise,
-            "paired": paired, "pairs": diff.pairs, "units": diff.units, "test": test, "p_less": diff.p_less,
-            "p_greater": diff.p_greater, "se": diff.se, "p_floor": floor, "derived": derived, "unit_data": unit_data}
+def _cell_row(
+    cell,
+    means,
+    diff: stats.Difference,
+    test: str,
+    paired: bool,
+    through=lambda d: d,
+    floor: float = 0.0,
+    unit_data=None,
+    derived: bool = False,
+) -> dict:
+    return {
+        "attention": cell[0],
+        "context_length": cell[1],
+        "metric": cell[2],
+        "baseline": float(means[0]),
+        "candidate": float(means[1]),
+        "delta": float(means[1] - means[0]),
+        "ci_low": through(diff.ci_low),
+        "ci_high": through(diff.ci_high),
+        "p_value": diff.p_value,
+        "beyond_noise": diff.beyond_noise,
+        "paired": paired,
+        "pairs": diff.pairs,
+        "units": diff.units,
+        "test": test,
+        "p_less": diff.p_less,
+        "p_greater": diff.p_greater,
+        "se": diff.se,
+        "p_floor": floor,
+        "derived": derived,
+        "unit_data": unit_data,
+    }
 
 
-def _verdicts(cells: pd.DataFrame, default: Tolerance, tolerances: dict[str, Tolerance], strict: bool,
-              correction: str = "holm", confidence: float = stats.CONFIDENCE, power: float = 0.8,
-              detect: float | None = None) -> tuple[pd.DataFrame, str]:
+def _verdicts(
+    cells: pd.DataFrame,
+    default: Tolerance,
+    tolerances: dict[str, Tolerance],
+    strict: bool,
+    correction: str = "holm",
+    confidence: float = stats.CONFIDENCE,
+    power: float = 0.8,
+    detect: float | None = None,
+) -> tuple[pd.DataFrame, str]:
     """Each cell's verdict: worse than its tolerance AND, one-sided and adjusted over the family of
     judged cells, beyond noise. The perplexity row shares its mean_nll row's test and verdict."""
     from evalkit.report import family
@@ -314,7 +487,8 @@ def _verdicts(cells: pd.DataFrame, default: Tolerance, tolerances: dict[str, Tol
     own = {k: tolerances.get(m, default).allowed(v) for k, m, v in zip(rows.index, rows.metric, b)}
     rows["tolerance"] = [
         (math.exp(math.log(v) + own[k - 1]) - v if d and m not in tolerances else own[k]) + FLOAT_TOLERANCE.allowed(v)
-        for k, m, v, d in zip(rows.index, rows.metric, b, rows.derived)]
+        for k, m, v, d in zip(rows.index, rows.metric, b, rows.derived)
+    ]
     judged = rows.direction != 0
     lower_is_worse = rows.direction > 0
     rows["p_worse"] = np.where(judged, np.where(lower_is_worse, rows.p_less, rows.p_greater), np.nan)
@@ -325,8 +499,9 @@ def _verdicts(cells: pd.DataFrame, default: Tolerance, tolerances: dict[str, Tol
     units = [None if not rows.paired[k] else _oriented(rows.unit_data[k], rows.direction[k]) for k in range(len(rows))]
     picked = np.flatnonzero(family_rows)
     floors = rows.p_floor.to_numpy()[picked]
-    adjusted[picked], procedure = family.adjust(rows.p_worse.to_numpy()[picked], correction, [units[k] for k in picked],
-                                                floors, alpha)
+    adjusted[picked], procedure = family.adjust(
+        rows.p_worse.to_numpy()[picked], correction, [units[k] for k in picked], floors, alpha
+    )
     flipped = [None if u is None else (u[0], -u[1], u[2]) for u in units]
     better[picked], _ = family.adjust(p_better[picked], correction, [flipped[k] for k in picked], floors, alpha)
     for k in np.flatnonzero(rows.derived.to_numpy()):  # derived rows follow the row they come from
@@ -363,8 +538,13 @@ def _power(row, level: float, power: float, detect: float | None) -> tuple[float
     if row.p_floor >= level:
         return math.nan, f"cannot reach p < {level:.2g} with {row.units} units (exact floor {row.p_floor:.2g})"
     se = row.se
-    if row.metric in ("greedy_correct", "accuracy", "exact_match", "contains") or (0 <= row.baseline <= 1 and row.p_floor > 0):
-        se = max(se if math.isfinite(se) else 0.0, family.binary_unit_sd(row.baseline, 0.0, row.units) / math.sqrt(max(row.units, 1)))
+    if row.metric in ("greedy_correct", "accuracy", "exact_match", "contains") or (
+        0 <= row.baseline <= 1 and row.p_floor > 0
+    ):
+        se = max(
+            se if math.isfinite(se) else 0.0,
+            family.binary_unit_sd(row.baseline, 0.0, row.units) / math.sqrt(max(row.units, 1)),
+        )
     value = family.minimal_detectable(se, row.units, level, power)
     if row.derived and math.isfinite(value):  # perplexity: the NLL's detectable shift through exp
         value = row.baseline * math.expm1(value)
@@ -377,21 +557,44 @@ def _power(row, level: float, power: float, detect: float | None) -> tuple[float
 
 def _power_check(weak: pd.DataFrame, judged: int, require: bool, detect: float | None) -> dict:
     if weak.empty:
-        return {**_check("power", None, f"every one of {judged} judged cells can detect "
-                                        + (f"a worsening of {detect:g}" if detect is not None else "a worsening")), "warning": False}
-    cells = ", ".join(f"{r.attention}@{r.context_length} {r.metric} ({r.power_note})" for r in weak.head(6).itertuples())
-    text = (f"{len(weak)} of {judged} judged cells underpowered: {cells}" + (" …" if len(weak) > 6 else "")
-            + "; size the grid with `evalkit plan`")
-    return {"check": "power", "passed": not require, "reason": text + ("" if require else " (warning; --require-power fails)"),
-            "warning": not require}
+        return {
+            **_check(
+                "power",
+                None,
+                f"every one of {judged} judged cells can detect "
+                + (f"a worsening of {detect:g}" if detect is not None else "a worsening"),
+            ),
+            "warning": False,
+        }
+    cells = ", ".join(
+        f"{r.attention}@{r.context_length} {r.metric} ({r.power_note})" for r in weak.head(6).itertuples()
+    )
+    text = (
+        f"{len(weak)} of {judged} judged cells underpowered: {cells}"
+        + (" …" if len(weak) > 6 else "")
+        + "; size the grid with `evalkit plan`"
+    )
+    return {
+        "check": "power",
+        "passed": not require,
+        "reason": text + ("" if require else " (warning; --require-power fails)"),
+        "warning": not require,
+    }
 
 
 def _describe_tolerance(default: Tolerance) -> str:
-    user = f"{default.absolute:g}" if default.absolute else f"{default.relative:g} × |baseline|" if default.relative else "0"
+    user = (
+        f"{default.absolute:g}"
+        if default.absolute
+        else f"{default.relative:g} × |baseline|"
+        if default.relative
+        else "0"
+    )
     return f"{user} + float floor ({FLOAT_TOLERANCE.absolute:g} + {FLOAT_TOLERANCE.relative:g} × |baseline|)"
 
 
 # -- effective context length --------------------------------------------------------------------
+
 
 def _effective_lengths(b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float, confidence: float) -> pd.DataFrame:
     metric = next((m for m in ACCURACY_METRICS if m in set(b.metric) and m in set(c.metric)), None)
@@ -406,9 +609,19 @@ def _effective_lengths(b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float
                 est.append(stats.proportion(cell.value, cell.unit, confidence))
             thr = value if kind == "abs" else value * est[0].value
             low, high = stats.effective_length_interval(lengths, [e.ci_low for e in est], [e.ci_high for e in est], thr)
-            out.append({"side": side, "attention": attention, "variant": variant, "metric": metric, "threshold": thr,
-                        "effective_length": stats.effective_length(lengths, [e.value for e in est], thr),
-                        "pessimistic": low, "optimistic": high, "lengths": ",".join(map(str, lengths))})
+            out.append(
+                {
+                    "side": side,
+                    "attention": attention,
+                    "variant": variant,
+                    "metric": metric,
+                    "threshold": thr,
+                    "effective_length": stats.effective_length(lengths, [e.value for e in est], thr),
+                    "pessimistic": low,
+                    "optimistic": high,
+                    "lengths": ",".join(map(str, lengths)),
+                }
+            )
     frame = pd.DataFrame(out)
     for column in ("effective_length", "pessimistic", "optimistic"):  # lengths, or none when even the shortest fails
         frame[column] = frame[column].astype("Int64")
@@ -425,10 +638,15 @@ def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
             continue
         cand = sides["candidate"].loc[attention]
         num = lambda v: 0 if pd.isna(v) else int(v)  # noqa: E731
-        b_end, c_end = (num(base.effective_length), num(cand.effective_length)) if strict else \
-            (num(base.pessimistic), num(cand.optimistic))
+        b_end, c_end = (
+            (num(base.effective_length), num(cand.effective_length))
+            if strict
+            else (num(base.pessimistic), num(cand.optimistic))
+        )
         text = f"baseline {base.variant} {_ecl(base)}, candidate {cand.variant} {_ecl(cand)}"
-        checks.append(_check(f"effective length {attention}", f"dropped beyond noise: {text}" if c_end < b_end else None, text))
+        checks.append(
+            _check(f"effective length {attention}", f"dropped beyond noise: {text}" if c_end < b_end else None, text)
+        )
     return checks
 
 
@@ -439,33 +657,55 @@ def _ecl(row) -> str:
 
 # -- reports --------------------------------------------------------------------------------------
 
+
 def _status(row) -> str:
-    return "❌ regression" if row.regression else "✅ improvement" if row.improvement else "~" if row.beyond_noise else ""
+    return (
+        "❌ regression" if row.regression else "✅ improvement" if row.improvement else "~" if row.beyond_noise else ""
+    )
 
 
 def _display(c: Comparison) -> pd.DataFrame:
     """Cells as strings: regressions first, then every other cell by variant, length and metric."""
     rows = c.rows
     order = pd.concat([c.regressions, rows[~rows.regression]])
-    return pd.DataFrame({
-        "": [_status(r) for r in order.itertuples()], "attention": order.attention, "length": order.context_length,
-        "metric": order.metric, "baseline": order.baseline.map(lambda v: fmt(v, ".4g")),
-        "candidate": order.candidate.map(lambda v: fmt(v, ".4g")), "delta": order.delta.map(lambda v: fmt(v, "+.3g")),
-        f"{c.summary['confidence']:.0%} CI": [interval(lo, hi, "+.3g") for lo, hi in zip(order.ci_low, order.ci_high)],
-        "p (one-sided)": order.p_worse.map(lambda v: fmt(v, ".2g")), "adj. p": order.p_adjusted.map(lambda v: fmt(v, ".2g")),
-        "detectable": [("–" if not d else fmt(v, ".3g")) if not note else "⚠ " + fmt(v, ".3g")
-                       for v, d, note in zip(order.minimal_detectable, order.direction, order.power_note)],
-        "test": order.test.map(_short_test),
-        "pairs" if order.paired.all() else "n": order.pairs.astype(str), "units": order.units.astype(str),
-        "beyond noise": order.beyond_noise.map({True: "yes", False: "no"}),
-    }).astype(str)
+    return pd.DataFrame(
+        {
+            "": [_status(r) for r in order.itertuples()],
+            "attention": order.attention,
+            "length": order.context_length,
+            "metric": order.metric,
+            "baseline": order.baseline.map(lambda v: fmt(v, ".4g")),
+            "candidate": order.candidate.map(lambda v: fmt(v, ".4g")),
+            "delta": order.delta.map(lambda v: fmt(v, "+.3g")),
+            f"{c.summary['confidence']:.0%} CI": [
+                interval(lo, hi, "+.3g") for lo, hi in zip(order.ci_low, order.ci_high)
+            ],
+            "p (one-sided)": order.p_worse.map(lambda v: fmt(v, ".2g")),
+            "adj. p": order.p_adjusted.map(lambda v: fmt(v, ".2g")),
+            "detectable": [
+                ("–" if not d else fmt(v, ".3g")) if not note else "⚠ " + fmt(v, ".3g")
+                for v, d, note in zip(order.minimal_detectable, order.direction, order.power_note)
+            ],
+            "test": order.test.map(_short_test),
+            "pairs" if order.paired.all() else "n": order.pairs.astype(str),
+            "units": order.units.astype(str),
+            "beyond noise": order.beyond_noise.map({True: "yes", False: "no"}),
+        }
+    ).astype(str)
 
 
 def _lengths_display(c: Comparison) -> pd.DataFrame:
     ls = c.lengths
-    return pd.DataFrame({"side": ls.side, "attention": ls.variant, "effective length": ls.effective_length.map(
-        lambda v: "none" if pd.isna(v) else str(int(v))), "interval": [_ecl(r).split(" ", 1)[1] for r in ls.itertuples()],
-        "threshold": ls.threshold.map(lambda v: fmt(v, ".3g")), "lengths tested": ls.lengths}).astype(str)
+    return pd.DataFrame(
+        {
+            "side": ls.side,
+            "attention": ls.variant,
+            "effective length": ls.effective_length.map(lambda v: "none" if pd.isna(v) else str(int(v))),
+            "interval": [_ecl(r).split(" ", 1)[1] for r in ls.itertuples()],
+            "threshold": ls.threshold.map(lambda v: fmt(v, ".3g")),
+            "lengths tested": ls.lengths,
+        }
+    ).astype(str)
 
 
 def _headline(c: Comparison) -> str:
@@ -483,18 +723,27 @@ def _sides(c: Comparison) -> str:
 
 def _method(c: Comparison) -> str:
     s = c.summary
-    return (f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}, one-sided (only worse fails). "
-            f"A regression is worse by more than the tolerance ({s['tolerance']}) and beyond noise at "
-            f"{s['confidence']:.0%} confidence after the family-wise correction: {s['correction']} (adj. p; raw "
-            f"one-sided p beside it)" + (" (--strict: noise or not)." if s["strict"] else ".")
-            + f" Power: 'detectable' is the smallest worsening each cell sees with {s['power']:.0%} probability"
-            + " (⚠: underpowered).")
+    return (
+        f"Pairing: {s['pairing']}; unit {s['unit']}; tests: {', '.join(s['tests'])}, one-sided (only worse fails). "
+        f"A regression is worse by more than the tolerance ({s['tolerance']}) and beyond noise at "
+        f"{s['confidence']:.0%} confidence after the family-wise correction: {s['correction']} (adj. p; raw "
+        f"one-sided p beside it)"
+        + (" (--strict: noise or not)." if s["strict"] else ".")
+        + f" Power: 'detectable' is the smallest worsening each cell sees with {s['power']:.0%} probability"
+        + " (⚠: underpowered)."
+    )
 
 
 def to_markdown(c: Comparison, limit: int = 50) -> str:
     s = c.summary
-    parts = [f"## {_headline(c)}", "", _sides(c), "", _method(c),
-             f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} beyond noise."]
+    parts = [
+        f"## {_headline(c)}",
+        "",
+        _sides(c),
+        "",
+        _method(c),
+        f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} beyond noise.",
+    ]
     if c.failed_checks:
         parts += ["", "**Failed checks**", ""] + [f"- {ch['check']}: {ch['reason']}" for ch in c.failed_checks]
     warnings = [ch for ch in c.checks if ch.get("warning")]
@@ -503,14 +752,20 @@ def to_markdown(c: Comparison, limit: int = 50) -> str:
     if c.notes:
         parts += ["", "Notes:"] + [f"- {note}" for note in c.notes]
     if not c.lengths.empty:
-        parts += ["", f"**Effective context length** (RULER: the longest length up to which {c.lengths.metric.iloc[0]} stays at "
-                      f"or above the threshold; interval from the accuracy intervals' ends)", "",
-                  markdown_table(_lengths_display(c))]
+        parts += [
+            "",
+            f"**Effective context length** (RULER: the longest length up to which {c.lengths.metric.iloc[0]} stays at "
+            f"or above the threshold; interval from the accuracy intervals' ends)",
+            "",
+            markdown_table(_lengths_display(c)),
+        ]
     return "\n".join(parts + ["", markdown_table(_display(c), limit), ""])
 
 
 def to_json(c: Comparison) -> str:
-    return dumps({"summary": c.summary, "checks": c.checks, "effective_length": records(c.lengths), "rows": records(c.rows)})
+    return dumps(
+        {"summary": c.summary, "checks": c.checks, "effective_length": records(c.lengths), "rows": records(c.rows)}
+    )
 
 
 def to_junit(c: Comparison) -> str:
@@ -524,19 +779,26 @@ def to_junit(c: Comparison) -> str:
             case["system_out"] = f"warning: {ch['reason']}"
         cases.append(case)
     for row in records(c.rows):
-        case = {"classname": f"evalkit.compare.{task}.{row['attention']}", "name": f"{row['metric']}@{row['context_length']}"}
+        case = {
+            "classname": f"evalkit.compare.{task}.{row['attention']}",
+            "name": f"{row['metric']}@{row['context_length']}",
+        }
         if row["regression"]:
-            case["failure"] = (f"{row['metric']} went from {fmt(row['baseline'])} to {fmt(row['candidate'])} (delta "
-                               f"{fmt(row['delta'], '+.3g')}, {c.summary['confidence']:.0%} CI "
-                               f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, one-sided p {fmt(row['p_worse'], '.2g')}, "
-                               f"adjusted p {fmt(row['p_adjusted'], '.2g')} ({c.summary['correction']}), "
-                               f"tolerance {fmt(row['tolerance'], '.3g')}; {row['test']})")
+            case["failure"] = (
+                f"{row['metric']} went from {fmt(row['baseline'])} to {fmt(row['candidate'])} (delta "
+                f"{fmt(row['delta'], '+.3g')}, {c.summary['confidence']:.0%} CI "
+                f"{interval(row['ci_low'], row['ci_high'], '+.3g')}, one-sided p {fmt(row['p_worse'], '.2g')}, "
+                f"adjusted p {fmt(row['p_adjusted'], '.2g')} ({c.summary['correction']}), "
+                f"tolerance {fmt(row['tolerance'], '.3g')}; {row['test']})"
+            )
             case["text"] = dumps(row)
         elif row["direction"]:
-            case["system_out"] = (f"one-sided p {fmt(row['p_worse'], '.2g')}, adjusted p {fmt(row['p_adjusted'], '.2g')} "
-                                  f"({c.summary['correction']}); minimal detectable worsening "
-                                  f"{fmt(row['minimal_detectable'], '.3g')}" + (f"; underpowered: {row['power_note']}"
-                                                                                   if row["power_note"] else ""))
+            case["system_out"] = (
+                f"one-sided p {fmt(row['p_worse'], '.2g')}, adjusted p {fmt(row['p_adjusted'], '.2g')} "
+                f"({c.summary['correction']}); minimal detectable worsening "
+                f"{fmt(row['minimal_detectable'], '.3g')}"
+                + (f"; underpowered: {row['power_note']}" if row["power_note"] else "")
+            )
         cases.append(case)
     return junit_xml(f"evalkit compare {task}", cases)
 
@@ -546,12 +808,23 @@ def to_rich_table(c: Comparison, limit: int = 50):
     from rich.text import Text
 
     table = _display(c)
-    parts = [Text(_headline(c), style="bold red" if c.exit_code else "bold green"), Text(_sides(c)), Text(_method(c)),
-             checks_table(c.checks, "checks")]
+    parts = [
+        Text(_headline(c), style="bold red" if c.exit_code else "bold green"),
+        Text(_sides(c)),
+        Text(_method(c)),
+        checks_table(c.checks, "checks"),
+    ]
     if not c.lengths.empty:
         ls = _lengths_display(c)
         parts.append(rich_table(ls, "effective context length", ls.side == "", ls.side == "", limit=len(ls)))
-    parts.append(rich_table(table, f"{c.summary['regressions']} regressed, {c.summary['improvements']} improved of "
-                            f"{c.summary['cells']} cells", table[""].str.startswith("❌"), table[""].str.startswith("✅"),
-                            limit, caption="\n".join(c.notes) or None))
+    parts.append(
+        rich_table(
+            table,
+            f"{c.summary['regressions']} regressed, {c.summary['improvements']} improved of {c.summary['cells']} cells",
+            table[""].str.startswith("❌"),
+            table[""].str.startswith("✅"),
+            limit,
+            caption="\n".join(c.notes) or None,
+        )
+    )
     return Group(*parts)

@@ -9,8 +9,15 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 # Okabe & Ito's colour-blind-safe palette. A variant has one colour in every figure evalkit draws
 # (per-run plots and ``evalkit plot``); other labels take a colour from their name, so they too keep it.
-VARIANT_COLOURS = {"softmax": "#0072B2", "ssmax": "#D55E00", "ssmax-bias": "#E69F00", "logn": "#009E73",
-                   "native": "#CC79A7", "llama4-temp": "#56B4E9", "mistral-beta": "#000000"}
+VARIANT_COLOURS = {
+    "softmax": "#0072B2",
+    "ssmax": "#D55E00",
+    "ssmax-bias": "#E69F00",
+    "logn": "#009E73",
+    "native": "#CC79A7",
+    "llama4-temp": "#56B4E9",
+    "mistral-beta": "#000000",
+}
 OTHER_COLOURS = ["#56B4E9", "#CC79A7", "#000000", "#999999", "#E69F00", "#009E73"]
 HEATMAP = "cividis"  # sequential, colour-blind-safe, and readable in greyscale
 BAND_ALPHA = 0.18
@@ -78,7 +85,14 @@ def line_with_band(ax, x, value, low, high, colour, style="-", marker="o", label
     if np.isfinite(low).any():
         ax.fill_between(x, low, high, color=colour, alpha=BAND_ALPHA, linewidth=0)
         if len(x) == 1:  # a band needs two points: one point shows its interval as an error bar
-            ax.errorbar(x, value, yerr=[np.maximum(value - low, 0), np.maximum(high - value, 0)], color=colour, capsize=4, linestyle="none")
+            ax.errorbar(
+                x,
+                value,
+                yerr=[np.maximum(value - low, 0), np.maximum(high - value, 0)],
+                color=colour,
+                capsize=4,
+                linestyle="none",
+            )
 
 
 def n_caption(n, units) -> str:
@@ -104,13 +118,25 @@ def summary_lines(ax, summary, column: str, x: str = "context_length") -> None:
 
     rows = summary[pd.to_numeric(summary[x], errors="coerce").notna()]
     for k, (variant, part) in enumerate(rows.groupby("attention", sort=False)):
-        low, high = (part.get(f"{column}_ci_{end}", pd.Series(float("nan"), index=part.index)) for end in ("low", "high"))
-        line_with_band(ax, part[x].astype(float), part[column], low, high, variant_colour(variant),
-                       VARIANT_STYLES[k % len(VARIANT_STYLES)], MARKERS[k % len(MARKERS)], label=str(variant))
+        low, high = (
+            part.get(f"{column}_ci_{end}", pd.Series(float("nan"), index=part.index)) for end in ("low", "high")
+        )
+        line_with_band(
+            ax,
+            part[x].astype(float),
+            part[column],
+            low,
+            high,
+            variant_colour(variant),
+            VARIANT_STYLES[k % len(VARIANT_STYLES)],
+            MARKERS[k % len(MARKERS)],
+            label=str(variant),
+        )
 
 
-def mark_training_length(ax, lengths, train, as_columns: bool = False, label: str = "training length", row: int = 0,
-                         suffix: str = "") -> None:
+def mark_training_length(
+    ax, lengths, train, as_columns: bool = False, label: str = "training length", row: int = 0, suffix: str = ""
+) -> None:
     """A dashed line where the context lengths pass the model's training length."""
     from evalkit.core.grid import format_length
 
@@ -118,20 +144,35 @@ def mark_training_length(ax, lengths, train, as_columns: bool = False, label: st
     if not train or not lengths:
         return
     if train >= max(lengths):  # said, so a reader knows every length is inside it
-        ax.annotate(f"{label} {format_length(train)}{suffix}: beyond the axis", (1.0, 1.0), xycoords="axes fraction",
-                    xytext=(-4, -12 - 11 * row), textcoords="offset points", ha="right", fontsize=8, color="dimgray")
+        ax.annotate(
+            f"{label} {format_length(train)}{suffix}: beyond the axis",
+            (1.0, 1.0),
+            xycoords="axes fraction",
+            xytext=(-4, -12 - 11 * row),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="dimgray",
+        )
         return
 
     # a heatmap's columns are categories: the line goes between the last column inside and the first outside
     x = sum(1 for n in lengths if n <= train) - 0.5 if as_columns else train
     ax.axvline(x, color="black", linestyle="--", linewidth=1.2)
-    ax.annotate(f"{label} {format_length(train)}{suffix}", (x, 1.0), xycoords=("data", "axes fraction"),
-                xytext=(3, -12 - 11 * row), textcoords="offset points", fontsize=8,
-                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})  # readable on dark cells
+    ax.annotate(
+        f"{label} {format_length(train)}{suffix}",
+        (x, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, -12 - 11 * row),
+        textcoords="offset points",
+        fontsize=8,
+        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+    )  # readable on dark cells
 
 
 def text_colour(rgba) -> str:
     """Black or white cell text, whichever contrasts more with the cell colour (WCAG luminance)."""
+
     def linear(c):
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
 

@@ -54,7 +54,7 @@ def bonferroni(p) -> np.ndarray:
 def joint_flips(units: int, seed: int = 0) -> np.ndarray:
     """(B, units) of +-1: every pattern when 2^units <= 2^16, else the identity and JOINT_FLIPS random ones."""
     if units <= EXACT_UNITS:
-        return 1 - 2 * ((np.arange(2 ** units)[:, None] >> np.arange(units)) & 1)
+        return 1 - 2 * ((np.arange(2**units)[:, None] >> np.arange(units)) & 1)
     rng = np.random.default_rng(seed)
     return np.vstack([np.ones((1, units), dtype=int), rng.choice([-1, 1], size=(JOINT_FLIPS, units))])
 
@@ -85,8 +85,9 @@ def joint_step_down(worse_sums: np.ndarray, counts: np.ndarray, seed: int = 0) -
     return raw, adjusted
 
 
-def adjust(p_worse: np.ndarray, correction: str, unit_data: list | None = None, floors=None,
-           alpha: float = 0.05) -> tuple[np.ndarray, str]:
+def adjust(
+    p_worse: np.ndarray, correction: str, unit_data: list | None = None, floors=None, alpha: float = 0.05
+) -> tuple[np.ndarray, str]:
     """Family-adjusted one-sided p-values and the name of the procedure used.
 
     unit_data: per cell, None (unpaired) or (unit ids, oriented per-unit sums, per-unit counts);
@@ -106,8 +107,11 @@ def adjust(p_worse: np.ndarray, correction: str, unit_data: list | None = None, 
     if correction == "bonferroni":
         return bonferroni(p_worse), f"Bonferroni over {m} cells"
     present = [k for k in range(len(p_worse)) if np.isfinite(p_worse[k])]
-    units = sorted({u for k in present for u in unit_data[k][0]}) if unit_data is not None and all(
-        unit_data[k] is not None for k in present) else []
+    units = (
+        sorted({u for k in present for u in unit_data[k][0]})
+        if unit_data is not None and all(unit_data[k] is not None for k in present)
+        else []
+    )
     blocked = floors is not None and max(np.asarray(floors, dtype=float)[present]) >= alpha / m
     if units and blocked and (len(units) > EXACT_UNITS or 0.5 ** len(units) < alpha):
         index = {u: i for i, u in enumerate(units)}
@@ -121,15 +125,19 @@ def adjust(p_worse: np.ndarray, correction: str, unit_data: list | None = None, 
         # never below the cell's own test (its t or exact p): the adjustment only ever adds evidence needed
         out[present] = np.maximum(adjusted, p_worse[present])
         kind = "exact" if len(units) <= EXACT_UNITS else f"{JOINT_FLIPS} random"
-        return out, f"Holm step-down over {m} cells, joint sign flips of {len(units)} shared units ({kind}; Westfall-Young)"
+        return (
+            out,
+            f"Holm step-down over {m} cells, joint sign flips of {len(units)} shared units ({kind}; Westfall-Young)",
+        )
     return holm(p_worse), f"Holm over {m} cells"
 
 
 # -- power ----------------------------------------------------------------------------------------
 
+
 def sign_flip_floor(units: int) -> float:
     """The smallest one-sided p an exact sign-flip (or McNemar) test on ``units`` units can give."""
-    return 0.5 ** units
+    return 0.5**units
 
 
 def minimal_detectable(se: float, units: int, level: float, power: float = 0.8) -> float:
@@ -155,8 +163,9 @@ def binary_unit_sd(p: float, detect: float = 0.0, units: int | None = None) -> f
     return math.sqrt(2 * mid * (1 - mid))
 
 
-def units_needed(sd_difference: float, detect: float, level: float, power: float = 0.8, binary: bool = True,
-                 most: int = 100000) -> int | None:
+def units_needed(
+    sd_difference: float, detect: float, level: float, power: float = 0.8, binary: bool = True, most: int = 100000
+) -> int | None:
     """Fewest units k with minimal_detectable(sd / sqrt(k), k) <= detect and, for exact 0/1 tests,
     2^-k < level; None when even ``most`` would not do."""
     from scipy.stats import t

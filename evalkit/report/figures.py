@@ -34,9 +34,11 @@ SUMMARY_COLUMN = {"greedy_correct": "accuracy", "contains": "accuracy"}
 BINARY = {"greedy_correct", "contains", "exact_match"}
 # Summary columns that are exp of another: across seeds the log is averaged, as within a run.
 EXP_OF = {"perplexity": "mean_nll"}
-AXIS = {"perplexity": ("perplexity, exp(mean NLL) (lower is better)", None),
-        "accuracy": ("needle retrieval accuracy", (-0.03, 1.03)),
-        "needle_mass": ("attention mass on the needle (mean over heads)", (-0.02, 1.02))}
+AXIS = {
+    "perplexity": ("perplexity, exp(mean NLL) (lower is better)", None),
+    "accuracy": ("needle retrieval accuracy", (-0.03, 1.03)),
+    "needle_mass": ("attention mass on the needle (mean over heads)", (-0.02, 1.02)),
+}
 # Settings that do not change what a run measures: runs differing only in these and the seed are seeds of one line.
 NOT_MEASURED = {"seed", "out", "resume", "quiet", "device", "device_map", "batch_tokens", "prefix_cache"}
 POINT_COLUMNS = ["attention", "context_length", "value", "ci_low", "ci_high", "n", "units"]
@@ -62,8 +64,16 @@ class Run:
     def settings(self) -> str:
         """What the run measured, seed aside: equal settings make runs seeds of one experiment."""
         config = {k: v for k, v in self.manifest.get("config", {}).items() if k not in NOT_MEASURED}
-        return json.dumps({"task": self.task.name, "config": config, "options": self.manifest.get("task_options"),
-                           "hash": (self.manifest.get("model") or {}).get("content_hash")}, sort_keys=True, default=str)
+        return json.dumps(
+            {
+                "task": self.task.name,
+                "config": config,
+                "options": self.manifest.get("task_options"),
+                "hash": (self.manifest.get("model") or {}).get("content_hash"),
+            },
+            sort_keys=True,
+            default=str,
+        )
 
 
 def training_length(manifest: dict) -> int | None:
@@ -71,7 +81,9 @@ def training_length(manifest: dict) -> int | None:
 
     A ``--train-length`` given for logn is an evaluation setting, not a fact about the model.
     """
-    own = [a["train_length"] for a in manifest.get("attention", []) if a.get("from_checkpoint") and a.get("train_length")]
+    own = [
+        a["train_length"] for a in manifest.get("attention", []) if a.get("from_checkpoint") and a.get("train_length")
+    ]
     model = manifest.get("model") or {}
     return own[0] if own else model.get("training_length") or model.get("max_position_embeddings")
 
@@ -82,12 +94,17 @@ def load_run(folder: Path) -> Run:
 
     parquet, manifest_path = folder / "results.parquet", folder / "manifest.json"
     if not parquet.is_file() or not manifest_path.is_file():
-        raise ResultsError(f"{folder} is not a finished evalkit run (no results.parquet or manifest.json)",
-                           "pass run folders written by evalkit run")
+        raise ResultsError(
+            f"{folder} is not a finished evalkit run (no results.parquet or manifest.json)",
+            "pass run folders written by evalkit run",
+        )
     frame, manifest = pd.read_parquet(parquet), json.loads(manifest_path.read_text())
     task_name = str(frame.task.iloc[0]) if len(frame) else manifest.get("config", {}).get("task")
     task_cls = get_task(task_name)
-    task = task_cls(recorded_options(task_cls, manifest), TaskContext(None, None, True, manifest.get("seed", 0), training_length(manifest)))
+    task = task_cls(
+        recorded_options(task_cls, manifest),
+        TaskContext(None, None, True, manifest.get("seed", 0), training_length(manifest)),
+    )
     return Run(folder, frame, manifest, task, task.summarize(frame) if len(frame) else pd.DataFrame())
 
 
@@ -148,23 +165,42 @@ def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tu
     for members in groups.values():
         seeds = [str(run.seed) for run in members]
         if len(set(seeds)) < len(seeds):
-            raise ConfigError(f"runs {', '.join(str(r.folder) for r in members)} have the same settings and seed: "
-                              "they are repeats, not seeds", "drop the repeats, or plot without --aggregate seeds")
+            raise ConfigError(
+                f"runs {', '.join(str(r.folder) for r in members)} have the same settings and seed: "
+                "they are repeats, not seeds",
+                "drop the repeats, or plot without --aggregate seeds",
+            )
     members = list(groups.values())
     names = unique_labels([given.get(id(m[0]), m[0].model) for m in members], [m[0].folder for m in members])
-    return [(name + (f" ({len(m)} seeds)" if len(m) > 1 else "") + (" (interrupted)" if any(r.manifest.get("interrupted") for r in m) else ""), m)
-            for name, m in zip(names, members)]
+    return [
+        (
+            name
+            + (f" ({len(m)} seeds)" if len(m) > 1 else "")
+            + (" (interrupted)" if any(r.manifest.get("interrupted") for r in m) else ""),
+            m,
+        )
+        for name, m in zip(names, members)
+    ]
 
 
-def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: list[str] | None = None,
-              aggregate: str | None = None) -> list[Path]:
+def plot_runs(
+    folders: list[str],
+    out: str,
+    metric: str | None = None,
+    labels: list[str] | None = None,
+    aggregate: str | None = None,
+) -> list[Path]:
     """Figures of each task's headline metric (or ``metric``) against context length, with their points
     as CSV. Against training step: ``evalkit.report.steps.plot_steps``."""
     if aggregate not in (None, "seeds"):
-        raise ConfigError(f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run")
+        raise ConfigError(
+            f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run"
+        )
     runs = [load_run(Path(f)) for f in folders]
     if labels and len(labels) != len(runs):
-        raise ConfigError(f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order")
+        raise ConfigError(
+            f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order"
+        )
     if metric is not None:
         there = set().union(*(set(r.frame.metric) | {c for c in r.summary if f"{c}_ci_low" in r.summary} for r in runs))
         if metric not in there:
@@ -176,7 +212,9 @@ def plot_runs(folders: list[str], out: str, metric: str | None = None, labels: l
         mine = [(run, label) for run, label in zip(runs, labels or [None] * len(runs)) if run.task.name == task]
         name = metric or HEADLINE.get(task, str(mine[0][0].frame.metric.iloc[0]))
         series = []
-        for label, members in lines([r for r, _ in mine], [l for _, l in mine] if labels else None, aggregate == "seeds"):
+        for label, members in lines(
+            [r for r, _ in mine], [l for _, l in mine] if labels else None, aggregate == "seeds"
+        ):
             curve = across_seeds(members, name) if len(members) > 1 else points(members[0], name)
             if curve is not None and not curve.empty:
                 series.append((label, members, curve))
@@ -195,10 +233,25 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
     for k, (label, members, curve) in enumerate(series):
         for attention, line in curve.groupby("attention", sort=False):
             text = label if label == attention else f"{label} · {attention}"  # ckpt/ref/ssmax under ssmax: once
-            draw.line_with_band(ax, line.context_length, line.value, line.ci_low, line.ci_high, draw.variant_colour(attention),
-                                 draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)], draw.MARKERS[k % len(draw.MARKERS)], text)
-            table.append(line.assign(series=text, runs=" ".join(str(r.folder) for r in members), model=members[0].model,
-                                     seeds=" ".join(str(r.seed) for r in members)))
+            draw.line_with_band(
+                ax,
+                line.context_length,
+                line.value,
+                line.ci_low,
+                line.ci_high,
+                draw.variant_colour(attention),
+                draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)],
+                draw.MARKERS[k % len(draw.MARKERS)],
+                text,
+            )
+            table.append(
+                line.assign(
+                    series=text,
+                    runs=" ".join(str(r.folder) for r in members),
+                    model=members[0].model,
+                    seeds=" ".join(str(r.seed) for r in members),
+                )
+            )
     points_table = pd.concat(table, ignore_index=True).sort_values(["series", "context_length"], kind="stable")
     lengths = sorted(points_table.context_length.unique())
     trains = {}
@@ -220,6 +273,18 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
         written.append(path)
     draw.pyplot().close(fig)
     csv = stem.with_suffix(".csv")
-    columns = ["series", "model", "attention", "context_length", "value", "ci_low", "ci_high", "n", "units", "seeds", "runs"]
+    columns = [
+        "series",
+        "model",
+        "attention",
+        "context_length",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "units",
+        "seeds",
+        "runs",
+    ]
     atomic_write(csv, lambda tmp: points_table[columns].to_csv(tmp, index=False))
     return written + [csv]

@@ -82,8 +82,13 @@ class Gate:
     def label(self) -> str:
         if self.name:
             return self.name
-        rhs = (fmt(self.value, "g") if self.value is not None else f"baseline * {self.baseline_factor:g}"
-               if self.baseline_factor is not None else f"baseline {'-' if self.baseline_delta < 0 else '+'} {abs(self.baseline_delta):g}")
+        rhs = (
+            fmt(self.value, "g")
+            if self.value is not None
+            else f"baseline * {self.baseline_factor:g}"
+            if self.baseline_factor is not None
+            else f"baseline {'-' if self.baseline_delta < 0 else '+'} {abs(self.baseline_delta):g}"
+        )
         return f"{self.metric} {self.op} {rhs}"
 
 
@@ -101,14 +106,19 @@ def _parse_gate(raw, where: str, default_baseline: str | None, errors: list[str]
         errors.append(f"{where} is not a table")
         return None
     allowed = {f.name for f in fields(Gate)}
-    problems = [f"unknown key(s) {', '.join(sorted(set(raw) - allowed))} (allowed: {', '.join(sorted(allowed))})"] \
-        if set(raw) - allowed else []
+    problems = (
+        [f"unknown key(s) {', '.join(sorted(set(raw) - allowed))} (allowed: {', '.join(sorted(allowed))})"]
+        if set(raw) - allowed
+        else []
+    )
     problems += [f"missing {key!r}" for key in ("task", "metric", "op") if key not in raw]
     if "op" in raw and raw["op"] not in OPS:
         problems.append(f"op {raw['op']!r} is not one of {', '.join(OPS)}")
     given = [key for key in THRESHOLDS if key in raw]
     if len(given) != 1:
-        problems.append(f"needs exactly one of {', '.join(THRESHOLDS)}" + (f" (has {', '.join(given)})" if given else ""))
+        problems.append(
+            f"needs exactly one of {', '.join(THRESHOLDS)}" + (f" (has {', '.join(given)})" if given else "")
+        )
     for key in given:
         if not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool) or not math.isfinite(raw[key]):
             problems.append(f"{key} must be a number")
@@ -120,13 +130,21 @@ def _parse_gate(raw, where: str, default_baseline: str | None, errors: list[str]
     known = task_names()  # gates for another task are skipped, so a misspelt task must not load
     if isinstance(raw.get("task"), str) and known and raw["task"] not in known:
         close = difflib.get_close_matches(raw["task"], known, n=1)
-        problems.append(f"unknown task {raw['task']!r}" + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"))
+        problems.append(
+            f"unknown task {raw['task']!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})")
+        )
     length = raw.get("context_length", "all")
     try:
-        length = None if length == "all" else length if isinstance(length, int) and not isinstance(length, bool) \
+        length = (
+            None
+            if length == "all"
+            else length
+            if isinstance(length, int) and not isinstance(length, bool)
             else parse_length(str(length))
+        )
     except ConfigError:
-        problems.append(f"context_length {length!r} is not a length like 8192, \"8k\" or \"all\"")
+        problems.append(f'context_length {length!r} is not a length like 8192, "8k" or "all"')
     if problems:
         errors.append(f"{where}: {'; '.join(problems)}")
         return None
@@ -146,8 +164,11 @@ def load_gates(path: str | Path) -> list[Gate]:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})", "fix the file; see `evalkit gate --help`") from None
-    errors = [f"unknown top-level key(s) {', '.join(sorted(set(data) - {'baseline', 'gate'}))} (allowed: baseline, gate)"] \
-        if set(data) - {"baseline", "gate"} else []
+    errors = (
+        [f"unknown top-level key(s) {', '.join(sorted(set(data) - {'baseline', 'gate'}))} (allowed: baseline, gate)"]
+        if set(data) - {"baseline", "gate"}
+        else []
+    )
     baseline = data.get("baseline")
     if baseline is not None and not isinstance(baseline, str):
         errors.append("baseline must be a string (a run folder)")
@@ -181,12 +202,17 @@ def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Esti
         names = sorted(set(has.metric) | ({"perplexity"} if "mean_nll" in set(has.metric) else set()))
         close = difflib.get_close_matches(gate.metric, names, n=1)
         hint = f" (did you mean {close[0]}?)" if close and close[0] != gate.metric else ""
-        return None, (f"selects nothing: no {gate.metric} for {where}{hint}; the run has metrics "
-                      f"{', '.join(names) or 'none'} at lengths "
-                      f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}")
+        return None, (
+            f"selects nothing: no {gate.metric} for {where}{hint}; the run has metrics "
+            f"{', '.join(names) or 'none'} at lengths "
+            f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}"
+        )
     weights = _scored_tokens(table, part)
-    est = (stats.estimate(part.value, part.unit) if weights is None
-           else stats.weighted_mean(part.value, weights, part.unit))
+    est = (
+        stats.estimate(part.value, part.unit)
+        if weights is None
+        else stats.weighted_mean(part.value, weights, part.unit)
+    )
     est = est.exp() if gate.metric == "perplexity" else est
     return est, None if math.isfinite(est.value) else f"{gate.metric} is {est.value}"
 
@@ -211,7 +237,9 @@ def _comparable(base: Run, cand: Run) -> str | None:
     problems = []
     b_seeds, c_seeds = sorted(map(str, base.frame.seed.unique())), sorted(map(str, cand.frame.seed.unique()))
     if b_seeds != c_seeds:
-        problems.append(f"seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)}): other prompts or windows")
+        problems.append(
+            f"seeds differ (baseline {', '.join(b_seeds)}; candidate {', '.join(c_seeds)}): other prompts or windows"
+        )
     problems += option_differences([base], [cand]) + setup_differences([base], [cand])
     return "; ".join(problems) or None
 
@@ -223,18 +251,22 @@ def _decide(gate: Gate, est: stats.Estimate, threshold: float) -> tuple[bool, st
         passed = op(est.value, threshold)
         return passed, f"{fmt(est.value)} {gate.op} {fmt(threshold)}" + ("" if passed else " is false")
     if not math.isfinite(est.ci_low):
-        return False, f"require = \"ci\" but {gate.metric} has no interval ({est.units} unit)"
+        return False, f'require = "ci" but {gate.metric} has no interval ({est.units} unit)'
     end = est.ci_low if gate.op in (">=", ">") else est.ci_high  # the end nearest failing
     passed = op(end, threshold)
-    return passed, (f"95% interval [{fmt(est.ci_low)}, {fmt(est.ci_high)}] {'is' if passed else 'is not'} wholly "
-                    f"{gate.op} {fmt(threshold)}")
+    return passed, (
+        f"95% interval [{fmt(est.ci_low)}, {fmt(est.ci_high)}] {'is' if passed else 'is not'} wholly "
+        f"{gate.op} {fmt(threshold)}"
+    )
 
 
 def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str | Path | None = None) -> GateReport:
     needs_baseline = [g.label() for g in gates if g.value is None and not (baseline_dir or g.baseline)]
     if needs_baseline:
-        raise ConfigError(f"gate(s) {', '.join(needs_baseline)} compare with a baseline but none is given",
-                          "set baseline = \"results/...\" in the gate file, or pass --baseline")
+        raise ConfigError(
+            f"gate(s) {', '.join(needs_baseline)} compare with a baseline but none is given",
+            'set baseline = "results/..." in the gate file, or pass --baseline',
+        )
     run, table = _samples(candidate_dir)
     task = run.task
     known = sorted(set(table.metric) | ({"perplexity"} if "mean_nll" in set(table.metric) else set()))
@@ -242,20 +274,44 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
     if unknown:  # a misspelt metric is a bad gate file (exit 2), not a failing row that reads like a regression
         names = ", ".join(sorted({g.metric for g in unknown}))
         close = difflib.get_close_matches(unknown[0].metric, known, n=1)
-        raise ConfigError(f"gate metric {names} is not in run {candidate_dir}" + (f" (did you mean {close[0]}?)" if close else ""),
-                          f"the run's metrics: {', '.join(known)}")
+        raise ConfigError(
+            f"gate metric {names} is not in run {candidate_dir}" + (f" (did you mean {close[0]}?)" if close else ""),
+            f"the run's metrics: {', '.join(known)}",
+        )
     baselines: dict[str, tuple[Run, pd.DataFrame]] = {}
     rows = []
     unsafe = completeness(run)  # an interrupted or incomplete run is never a pass, whatever its numbers
     if unsafe:
-        rows.append({"gate": "(run complete)", "task": task, "metric": "", "op": "", "context_length": "all",
-                     "attention": "*", "status": "fail", "reason": unsafe})
+        rows.append(
+            {
+                "gate": "(run complete)",
+                "task": task,
+                "metric": "",
+                "op": "",
+                "context_length": "all",
+                "attention": "*",
+                "status": "fail",
+                "reason": unsafe,
+            }
+        )
     for gate in gates:
-        row = {"gate": gate.label(), "task": gate.task, "metric": gate.metric, "op": gate.op,
-               "context_length": gate.context_length or "all", "require": gate.require}
+        row = {
+            "gate": gate.label(),
+            "task": gate.task,
+            "metric": gate.metric,
+            "op": gate.op,
+            "context_length": gate.context_length or "all",
+            "require": gate.require,
+        }
         if gate.task != task:
-            rows.append({**row, "attention": gate.attention or "*", "status": "skipped",
-                         "reason": f"gate is for task {gate.task}; this run is {task}"})
+            rows.append(
+                {
+                    **row,
+                    "attention": gate.attention or "*",
+                    "status": "skipped",
+                    "reason": f"gate is for task {gate.task}; this run is {task}",
+                }
+            )
             continue
         for attention in [gate.attention] if gate.attention else sorted(table.attention.unique()):
             est, why = _select(table, gate, attention)
@@ -268,51 +324,133 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
                     baselines[folder] = _samples(folder)
                     base_run = baselines[folder][0]
                     if base_run.task != task:
-                        raise ConfigError(f"baseline {folder} is a {base_run.task} run; the candidate is {task}",
-                                          "give a baseline of the same task")
+                        raise ConfigError(
+                            f"baseline {folder} is a {base_run.task} run; the candidate is {task}",
+                            "give a baseline of the same task",
+                        )
                     comparable = _comparable(base_run, run)
                     if comparable:
-                        rows.append({"gate": "(baseline comparable)", "task": task, "metric": "", "op": "",
-                                     "context_length": "all", "attention": "*", "status": "fail",
-                                     "reason": f"baseline {folder}: {comparable}; a relative threshold needs the "
-                                               "same seed, windows, options, tokenizer, dtype and device class"})
+                        rows.append(
+                            {
+                                "gate": "(baseline comparable)",
+                                "task": task,
+                                "metric": "",
+                                "op": "",
+                                "context_length": "all",
+                                "attention": "*",
+                                "status": "fail",
+                                "reason": f"baseline {folder}: {comparable}; a relative threshold needs the "
+                                "same seed, windows, options, tokenizer, dtype and device class",
+                            }
+                        )
                     if completeness(base_run):
-                        rows.append({"gate": "(baseline complete)", "task": task, "metric": "", "op": "",
-                                     "context_length": "all", "attention": "*", "status": "fail",
-                                     "reason": f"baseline: {completeness(base_run)}"})
+                        rows.append(
+                            {
+                                "gate": "(baseline complete)",
+                                "task": task,
+                                "metric": "",
+                                "op": "",
+                                "context_length": "all",
+                                "attention": "*",
+                                "status": "fail",
+                                "reason": f"baseline: {completeness(base_run)}",
+                            }
+                        )
                 base_est, base_why = _select(baselines[folder][1], gate, attention)
                 why = why or (base_why and f"baseline {folder}: {base_why}")
                 base = base_est.value if base_est else math.nan
-                threshold = base * gate.baseline_factor if gate.baseline_factor is not None else base + (gate.baseline_delta or 0.0)
+                threshold = (
+                    base * gate.baseline_factor
+                    if gate.baseline_factor is not None
+                    else base + (gate.baseline_delta or 0.0)
+                )
             passed, reason = (False, why) if why else _decide(gate, est, threshold)
-            rows.append({**row, "attention": attention, "threshold": threshold, "baseline": base,
-                         **({"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n,
-                             "units": est.units} if est else {}),
-                         "status": "pass" if passed else "fail", "reason": reason})
+            rows.append(
+                {
+                    **row,
+                    "attention": attention,
+                    "threshold": threshold,
+                    "baseline": base,
+                    **(
+                        {
+                            "value": est.value,
+                            "ci_low": est.ci_low,
+                            "ci_high": est.ci_high,
+                            "n": est.n,
+                            "units": est.units,
+                        }
+                        if est
+                        else {}
+                    ),
+                    "status": "pass" if passed else "fail",
+                    "reason": reason,
+                }
+            )
     if all(r["status"] == "skipped" or r["gate"].startswith("(") for r in rows):  # nothing was checked: no pass
-        rows.append({"gate": "(no gate for this task)", "task": task, "metric": "", "op": "", "context_length": "all",
-                     "attention": "*", "status": "fail", "reason": f"no gate in the file is for task {task}"})
-    columns = ["gate", "task", "metric", "attention", "context_length", "op", "threshold", "value", "ci_low", "ci_high",
-               "n", "units", "baseline", "require", "status", "reason"]
+        rows.append(
+            {
+                "gate": "(no gate for this task)",
+                "task": task,
+                "metric": "",
+                "op": "",
+                "context_length": "all",
+                "attention": "*",
+                "status": "fail",
+                "reason": f"no gate in the file is for task {task}",
+            }
+        )
+    columns = [
+        "gate",
+        "task",
+        "metric",
+        "attention",
+        "context_length",
+        "op",
+        "threshold",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+        "units",
+        "baseline",
+        "require",
+        "status",
+        "reason",
+    ]
     frame = pd.DataFrame(rows).reindex(columns=columns)
     for column in ("n", "units"):
         frame[column] = frame[column].astype("Int64")  # skipped and run-level rows have none
     frame["passed"] = frame.status == "pass"
     counts = frame.status.value_counts()
     exit_code = int(counts.get("fail", 0) > 0)
-    summary = {"candidate": str(candidate_dir), "task": task, "gates": len(gates), "checks": len(frame),
-               **{k: int(counts.get(k, 0)) for k in ("pass", "fail", "skipped")}, "exit_code": exit_code}
+    summary = {
+        "candidate": str(candidate_dir),
+        "task": task,
+        "gates": len(gates),
+        "checks": len(frame),
+        **{k: int(counts.get(k, 0)) for k in ("pass", "fail", "skipped")},
+        "exit_code": exit_code,
+    }
     return GateReport(frame, summary, exit_code)
 
 
 def _display(report: GateReport) -> pd.DataFrame:
     order = report.rows.sort_values("status", key=lambda s: s.map({"fail": 0, "pass": 1, "skipped": 2}), kind="stable")
     icon = {"fail": "❌ fail", "pass": "✅ pass", "skipped": "skipped"}
-    return pd.DataFrame({"": order.status.map(icon), "gate": order.gate, "attention": order.attention,
-                         "length": order.context_length, "value": order.value.map(fmt),
-                         "95% CI": [interval(lo, hi, ".4g") for lo, hi in zip(order.ci_low, order.ci_high)],
-                         "n": order.n.map(fmt), "units": order.units.map(fmt),
-                         "threshold": order.threshold.map(fmt), "reason": order.reason}).astype(str)
+    return pd.DataFrame(
+        {
+            "": order.status.map(icon),
+            "gate": order.gate,
+            "attention": order.attention,
+            "length": order.context_length,
+            "value": order.value.map(fmt),
+            "95% CI": [interval(lo, hi, ".4g") for lo, hi in zip(order.ci_low, order.ci_high)],
+            "n": order.n.map(fmt),
+            "units": order.units.map(fmt),
+            "threshold": order.threshold.map(fmt),
+            "reason": order.reason,
+        }
+    ).astype(str)
 
 
 def to_markdown(report: GateReport, limit: int = 50) -> str:
@@ -329,10 +467,18 @@ def to_json(report: GateReport) -> str:
 def to_junit(report: GateReport) -> str:
     cases = []
     for row in records(report.rows):
-        case = {"classname": f"evalkit.gate.{row['task']}.{row['attention']}", "name": f"{row['gate']}@{row['context_length']}"}
-        measured = "" if row["value"] is None else (
-            f" (value {fmt(row['value'])}, 95% CI {interval(row['ci_low'], row['ci_high'], '.4g')}, n {row['n']} in "
-            f"{row['units']} units)")
+        case = {
+            "classname": f"evalkit.gate.{row['task']}.{row['attention']}",
+            "name": f"{row['gate']}@{row['context_length']}",
+        }
+        measured = (
+            ""
+            if row["value"] is None
+            else (
+                f" (value {fmt(row['value'])}, 95% CI {interval(row['ci_low'], row['ci_high'], '.4g')}, n {row['n']} in "
+                f"{row['units']} units)"
+            )
+        )
         if row["status"] != "pass":
             case["failure" if row["status"] == "fail" else "skipped"] = row["reason"] + measured
         elif measured:
@@ -344,5 +490,10 @@ def to_junit(report: GateReport) -> str:
 def to_rich_table(report: GateReport, limit: int = 50):
     table = _display(report)
     s = report.summary
-    return rich_table(table, f"{s['task']}: {s['fail']} failed, {s['pass']} passed, {s['skipped']} skipped",
-                      table[""].str.startswith("❌"), table[""].str.startswith("✅"), limit)
+    return rich_table(
+        table,
+        f"{s['task']}: {s['fail']} failed, {s['pass']} passed, {s['skipped']} skipped",
+        table[""].str.startswith("❌"),
+        table[""].str.startswith("✅"),
+        limit,
+    )

@@ -29,14 +29,22 @@ class Plan:
     summary: dict
 
 
-def plan(baseline: str | Path | None = None, accuracies: list[float] | None = None, detect: float = 0.1,
-         power: float = 0.8, confidence: float = stats.CONFIDENCE, cells: int | None = None) -> Plan:
+def plan(
+    baseline: str | Path | None = None,
+    accuracies: list[float] | None = None,
+    detect: float = 0.1,
+    power: float = 0.8,
+    confidence: float = stats.CONFIDENCE,
+    cells: int | None = None,
+) -> Plan:
     if not (detect > 0 and math.isfinite(detect)):
         raise ConfigError(f"bad --detect {detect}", "give the worsening to detect in metric units, e.g. 0.10")
     if not 0 < power < 1:
         raise ConfigError(f"bad --power {power}", "give a probability in (0, 1), e.g. 0.8")
     if (baseline is None) == (accuracies is None):
-        raise ConfigError("plan needs one of --baseline RUN or --accuracy A", "e.g. evalkit plan --accuracy 0.9 --detect 0.1")
+        raise ConfigError(
+            "plan needs one of --baseline RUN or --accuracy A", "e.g. evalkit plan --accuracy 0.9 --detect 0.1"
+        )
     alpha = 1 - confidence
     if baseline is not None:
         frame = _baseline_cells(baseline)
@@ -44,8 +52,17 @@ def plan(baseline: str | Path | None = None, accuracies: list[float] | None = No
         bad = [a for a in accuracies if not 0 <= a <= 1]
         if bad:
             raise ConfigError(f"bad --accuracy {bad[0]}", "give accuracies in [0, 1]")
-        frame = pd.DataFrame({"attention": "-", "context_length": "-", "metric": "accuracy", "baseline": accuracies,
-                              "units": 0, "unit_sd": math.nan, "binary": True})
+        frame = pd.DataFrame(
+            {
+                "attention": "-",
+                "context_length": "-",
+                "metric": "accuracy",
+                "baseline": accuracies,
+                "units": 0,
+                "unit_sd": math.nan,
+                "binary": True,
+            }
+        )
     m = cells or max(len(frame), DEFAULT_CELLS if baseline is None else 1)
     level = alpha / m
     needed, sds = [], []
@@ -57,13 +74,26 @@ def plan(baseline: str | Path | None = None, accuracies: list[float] | None = No
         needed.append(family.units_needed(sd, detect, level, power, binary=bool(r.binary)))
     frame = frame.assign(sd_difference=sds, units_needed=needed)
     most = None if any(n is None for n in needed) else max(needed)
-    summary = {"detect": detect, "power": power, "confidence": confidence, "family": m, "level": level,
-               "units_needed": most, "baseline": str(baseline) if baseline is not None else None}
+    summary = {
+        "detect": detect,
+        "power": power,
+        "confidence": confidence,
+        "family": m,
+        "level": level,
+        "units_needed": most,
+        "baseline": str(baseline) if baseline is not None else None,
+    }
     return Plan(frame, most, summary)
 
 
-def auto_trials(detect: float, cells: int, accuracy: float | None = None, baseline: str | Path | None = None,
-                power: float = 0.8, confidence: float = stats.CONFIDENCE) -> tuple[int, str]:
+def auto_trials(
+    detect: float,
+    cells: int,
+    accuracy: float | None = None,
+    baseline: str | Path | None = None,
+    power: float = 0.8,
+    confidence: float = stats.CONFIDENCE,
+) -> tuple[int, str]:
     """``--trials auto:D``: the trials ``plan`` says a compare of ``cells`` judged cells needs to see an
     accuracy drop of ``detect``, and the rule as a command that prints the same number.
 
@@ -78,8 +108,10 @@ def auto_trials(detect: float, cells: int, accuracy: float | None = None, baseli
         found = plan(accuracies=[at], detect=detect, power=power, confidence=confidence, cells=cells)
         rule = f"evalkit plan --accuracy {at:g} --detect {detect:g} --cells {cells} --power {power:g}"
     if found.units_needed is None:
-        raise ConfigError(f"--trials auto:{detect:g}: no feasible number of trials detects that drop ({rule})",
-                          "plan for a larger drop, or give --trials a number")
+        raise ConfigError(
+            f"--trials auto:{detect:g}: no feasible number of trials detects that drop ({rule})",
+            "plan for a larger drop, or give --trials a number",
+        )
     return found.units_needed, rule
 
 
@@ -96,9 +128,17 @@ def _baseline_cells(folder) -> pd.DataFrame:
         if not METRIC_DIRECTIONS.get(metric):
             continue
         per_unit = part.groupby("unit").value.mean()
-        rows.append({"attention": attention, "context_length": length, "metric": metric, "baseline": part.value.mean(),
-                     "units": len(per_unit), "unit_sd": float(per_unit.std(ddof=1)) if len(per_unit) > 1 else math.nan,
-                     "binary": stats.is_binary(part.value.dropna())})
+        rows.append(
+            {
+                "attention": attention,
+                "context_length": length,
+                "metric": metric,
+                "baseline": part.value.mean(),
+                "units": len(per_unit),
+                "unit_sd": float(per_unit.std(ddof=1)) if len(per_unit) > 1 else math.nan,
+                "binary": stats.is_binary(part.value.dropna()),
+            }
+        )
     if not rows:
         raise ConfigError(f"{folder} has no judged metric to plan for", "give a needle, RULER or perplexity run")
     return pd.DataFrame(rows)
@@ -106,12 +146,20 @@ def _baseline_cells(folder) -> pd.DataFrame:
 
 def to_text(p: Plan) -> str:
     s = p.summary
-    head = (f"To detect a worsening of {s['detect']:g} with {s['power']:.0%} power at {s['confidence']:.0%} confidence "
-            f"over {s['family']} cells (each tested at {s['level']:.2g}, Holm's first step): ")
-    head += (f"{s['units_needed']} units per cell (needle: --trials {s['units_needed']}; perplexity: --samples "
-             f"{s['units_needed']})" if s["units_needed"] else "some cell cannot get there with any feasible size")
+    head = (
+        f"To detect a worsening of {s['detect']:g} with {s['power']:.0%} power at {s['confidence']:.0%} confidence "
+        f"over {s['family']} cells (each tested at {s['level']:.2g}, Holm's first step): "
+    )
+    head += (
+        f"{s['units_needed']} units per cell (needle: --trials {s['units_needed']}; perplexity: --samples "
+        f"{s['units_needed']})"
+        if s["units_needed"]
+        else "some cell cannot get there with any feasible size"
+    )
     lines = [head, ""]
     for r in p.rows.itertuples():
-        lines.append(f"  {r.attention}@{r.context_length} {r.metric}: baseline {r.baseline:.4g}, {r.units} units now, "
-                     f"sd of a unit difference {r.sd_difference:.3g} -> {r.units_needed or 'none'} units")
+        lines.append(
+            f"  {r.attention}@{r.context_length} {r.metric}: baseline {r.baseline:.4g}, {r.units} units now, "
+            f"sd of a unit difference {r.sd_difference:.3g} -> {r.units_needed or 'none'} units"
+        )
     return "\n".join(lines)

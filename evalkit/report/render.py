@@ -14,11 +14,17 @@ import pandas as pd
 def fmt(value, spec: str = ".5g") -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return format(value, spec) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else str(value)
+    return (
+        format(value, spec)
+        if isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+        else str(value)
+    )
 
 
 def interval(low, high, spec: str = ".3g") -> str:
-    return "–" if low is None or (isinstance(low, float) and math.isnan(low)) else f"[{fmt(low, spec)}, {fmt(high, spec)}]"
+    return (
+        "–" if low is None or (isinstance(low, float) and math.isnan(low)) else f"[{fmt(low, spec)}, {fmt(high, spec)}]"
+    )
 
 
 def markdown_table(table: pd.DataFrame, limit: int = 50) -> str:
@@ -56,7 +62,9 @@ def junit_xml(suite: str, cases: list[dict]) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
-def rich_table(table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series, limit: int = 50, caption: str | None = None):
+def rich_table(
+    table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series, limit: int = 50, caption: str | None = None
+):
     from rich.markup import escape
     from rich.table import Table
 
@@ -72,6 +80,11 @@ def rich_table(table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series,
 
 def checks_table(checks: list[dict], title: str):
     """Run-level checks (complete, cells present, same options) as a rich table: failures in red."""
-    frame = pd.DataFrame({"": ["❌ fail" if not c["passed"] else "⚠ warn" if c.get("warning") else "✅ pass" for c in checks],
-                          "check": [c["check"] for c in checks], "reason": [c["reason"] for c in checks]})
+    frame = pd.DataFrame(
+        {
+            "": ["❌ fail" if not c["passed"] else "⚠ warn" if c.get("warning") else "✅ pass" for c in checks],
+            "check": [c["check"] for c in checks],
+            "reason": [c["reason"] for c in checks],
+        }
+    )
     return rich_table(frame, title, frame[""].str.startswith("❌"), frame[""].str.startswith("✅"), limit=len(frame))

@@ -44,13 +44,19 @@ def load_run(folder: str | Path) -> Run:
     folder = Path(folder)
     path = folder / "results.parquet"
     if not folder.is_dir():
-        raise ResultsError(f"run folder {folder} does not exist", "pass a folder written by `evalkit run ... --out DIR`")
+        raise ResultsError(
+            f"run folder {folder} does not exist", "pass a folder written by `evalkit run ... --out DIR`"
+        )
     if not path.is_file():
-        raise ResultsError(f"{folder} has no results.parquet", "pass an evalkit run folder; finish an interrupted run with --resume")
+        raise ResultsError(
+            f"{folder} has no results.parquet", "pass an evalkit run folder; finish an interrupted run with --resume"
+        )
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a torn or foreign file
-        raise ResultsError(f"{path} cannot be read ({type(exc).__name__})", "rerun the task or restore the file") from None
+        raise ResultsError(
+            f"{path} cannot be read ({type(exc).__name__})", "rerun the task or restore the file"
+        ) from None
     columns = list(frame.columns)
     missing = [c for c in ["task", "attention", "context_length", "metric", "value"] if c not in columns]
     if missing or frame.empty:
@@ -80,7 +86,10 @@ def find_runs(folder: str | Path) -> list[Run]:
         return [load_run(folder)]
     found = sorted(p.parent for p in folder.glob("**/results.parquet") if len(p.relative_to(folder).parts) <= 4)
     if not found:
-        raise ResultsError(f"{folder} holds no run (no results.parquet in it or below it)", "pass a folder written by `evalkit run` or `evalkit sweep`")
+        raise ResultsError(
+            f"{folder} holds no run (no results.parquet in it or below it)",
+            "pass a folder written by `evalkit run` or `evalkit sweep`",
+        )
     return [load_run(p) for p in found]
 
 
@@ -92,7 +101,9 @@ def completeness(run: Run) -> str | None:
     planned = m.get("samples")
     variants = len(m.get("attention") or []) or 1
     finished = m.get("finished_samples")
-    expected = m.get("planned_answers", planned * variants if planned is not None else None)  # some samples run under one variant
+    expected = m.get(
+        "planned_answers", planned * variants if planned is not None else None
+    )  # some samples run under one variant
     count = f" ({finished} of {expected} samples finished)" if expected is not None and finished is not None else ""
     if m.get("interrupted"):
         return f"run {run.folder} was interrupted{count}; finish it with `evalkit run ... --resume`"
@@ -105,6 +116,7 @@ def completeness(run: Run) -> str | None:
 
 # -- selections ----------------------------------------------------------------------------------
 
+
 def parse_selector(items: list[str] | None, side: str) -> dict[str, set[str]]:
     """["attention=softmax", "seed=1,2"] -> {"attention": {"softmax"}, "seed": {"1", "2"}}."""
     out: dict[str, set[str]] = {}
@@ -114,8 +126,10 @@ def parse_selector(items: list[str] | None, side: str) -> dict[str, set[str]]:
         if not sep or not value.strip():
             raise ConfigError(f"bad --{side} {item!r}", "write KEY=VALUE, e.g. --baseline attention=softmax")
         if key not in SELECTOR_KEYS:
-            raise ConfigError(f"bad --{side} key {key!r}: {did_you_mean(key, SELECTOR_KEYS)}",
-                              f"use one of {', '.join(SELECTOR_KEYS)}")
+            raise ConfigError(
+                f"bad --{side} key {key!r}: {did_you_mean(key, SELECTOR_KEYS)}",
+                f"use one of {', '.join(SELECTOR_KEYS)}",
+            )
         out.setdefault(key, set()).update(v.strip() for v in value.split(",") if v.strip())
     return out
 
@@ -130,13 +144,16 @@ def select(runs: list[Run], selector: dict[str, set[str]], side: str) -> pd.Data
         have = frame[key].astype(str)
         if not have.isin(wanted).any():
             known = sorted(have.unique())
-            raise ConfigError(f"--{side} {key}={','.join(sorted(wanted))} matches no rows: "
-                              f"{did_you_mean(next(iter(wanted)), known)}", f"the runs hold {key}: {', '.join(known)}")
+            raise ConfigError(
+                f"--{side} {key}={','.join(sorted(wanted))} matches no rows: {did_you_mean(next(iter(wanted)), known)}",
+                f"the runs hold {key}: {', '.join(known)}",
+            )
         frame = frame[have.isin(wanted)]
     return frame
 
 
 # -- samples and units ---------------------------------------------------------------------------
+
 
 def unit_columns(run: Run) -> tuple[str, ...]:
     """The task's independent-unit columns for this run's options (``Task.unit_columns``)."""
@@ -159,7 +176,9 @@ def recorded_options(task_cls, manifest: dict):
     return task_cls.Options(**{k: v for k, v in (manifest.get("task_options") or {}).items() if k in names})
 
 
-def samples(frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], metrics: set[str] | None) -> pd.DataFrame:
+def samples(
+    frame: pd.DataFrame, keys: tuple[str, ...], units: tuple[str, ...], metrics: set[str] | None
+) -> pd.DataFrame:
     """One row per (attention, model, context_length, metric, prompt): the prompt's value (heads and
     bins averaged), ``sample`` (its id, seed included), ``unit`` (its cluster id) and ``prov`` (what
     the prompt was made of: offset, answer, needle position...)."""
@@ -220,7 +239,10 @@ def option_differences(base: list[Run], cand: list[Run]) -> list[str]:
             bo, co = b.manifest.get("task_options") or {}, c.manifest.get("task_options") or {}
             differ = [k for k in sorted(set(bo) | set(co)) if k not in grid and bo.get(k) != co.get(k)]
             if differ:
-                problems.append("task options differ: " + "; ".join(f"{k} ({bo.get(k)!r} in {b.name} vs {co.get(k)!r} in {c.name})" for k in differ))
+                problems.append(
+                    "task options differ: "
+                    + "; ".join(f"{k} ({bo.get(k)!r} in {b.name} vs {co.get(k)!r} in {c.name})" for k in differ)
+                )
             bt, ct = tokenizer_of(b.manifest), tokenizer_of(c.manifest)
             if bt and ct and bt != ct:
                 problems.append(f"tokenizers differ: {bt} in {b.name} vs {ct} in {c.name}")
@@ -240,8 +262,10 @@ def setup_differences(base: list[Run], cand: list[Run]) -> list[str]:
         for c in cand:
             bm, cm = b.manifest.get("model") or {}, c.manifest.get("model") or {}
             if bm.get("dtype") and cm.get("dtype") and bm["dtype"] != cm["dtype"]:
-                problems.append(f"dtype differs: {bm['dtype']} in {b.name} vs {cm['dtype']} in {c.name} "
-                                "(--allow-dtype-change if you mean it)")
+                problems.append(
+                    f"dtype differs: {bm['dtype']} in {b.name} vs {cm['dtype']} in {c.name} "
+                    "(--allow-dtype-change if you mean it)"
+                )
             bd, cd = device_class(bm.get("device")), device_class(cm.get("device"))
             if bd and cd and bd != cd:
                 problems.append(f"device class differs: {bd} in {b.name} vs {cd} in {c.name}")

@@ -64,12 +64,24 @@ class Estimate:
 
     def exp(self) -> "Estimate":
         """Perplexity from mean NLL: exp is monotone, so the interval maps through it."""
-        return Estimate(math.exp(self.value), math.exp(self.ci_low), math.exp(self.ci_high), self.n, self.units,
-                        f"exp({self.method})", self.confidence)
+        return Estimate(
+            math.exp(self.value),
+            math.exp(self.ci_low),
+            math.exp(self.ci_high),
+            self.n,
+            self.units,
+            f"exp({self.method})",
+            self.confidence,
+        )
 
     def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}value" if prefix else "value": self.value, f"{prefix}ci_low": self.ci_low,
-                f"{prefix}ci_high": self.ci_high, f"{prefix}n": self.n, f"{prefix}units": self.units}
+        return {
+            f"{prefix}value" if prefix else "value": self.value,
+            f"{prefix}ci_low": self.ci_low,
+            f"{prefix}ci_high": self.ci_high,
+            f"{prefix}n": self.n,
+            f"{prefix}units": self.units,
+        }
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,7 @@ def _ratio_se(sums: np.ndarray, counts: np.ndarray) -> float:
         return math.nan
     mean = sums.sum() / counts.sum()
     resid = sums - mean * counts
-    return math.sqrt(k / (k - 1) * float((resid ** 2).sum())) / counts.sum()
+    return math.sqrt(k / (k - 1) * float((resid**2).sum())) / counts.sum()
 
 
 def wilson(k: float, n: float, confidence: float = CONFIDENCE, df: float | None = None) -> tuple[float, float]:
@@ -177,7 +189,7 @@ def proportion(values, clusters=None, confidence: float = CONFIDENCE) -> Estimat
         low, high = wilson(p * n, n, confidence)
         return Estimate(p, float(low), float(high), n, k, "wilson", confidence)
     robust = _ratio_se(sums, counts)
-    deff = max(1.0, robust ** 2 / (p * (1 - p) / n * k / (k - 1)))  # the same k / (k - 1) on both sides
+    deff = max(1.0, robust**2 / (p * (1 - p) / n * k / (k - 1)))  # the same k / (k - 1) on both sides
     n_eff, df = n / deff, max(k - 1, 1)  # the variance comes from k units, whatever deff says
     low, high = wilson(p * n_eff, n_eff, confidence, df=df)
     half = _t(confidence, df) * max(robust, math.sqrt(p * (1 - p) / n))
@@ -206,8 +218,9 @@ def estimate(values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
     return (proportion if is_binary(values) else mean)(values, clusters, confidence)
 
 
-def cluster_bootstrap(values, clusters, statistic, resamples: int = RESAMPLES, seed: int = 0,
-                      confidence: float = CONFIDENCE) -> tuple[float, float]:
+def cluster_bootstrap(
+    values, clusters, statistic, resamples: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
     """Percentile interval of ``statistic(values, clusters)`` over resamples of whole clusters."""
     values, codes = _as_arrays(values, clusters)
     k = int(codes.max()) + 1 if len(codes) else 0
@@ -224,6 +237,7 @@ def cluster_bootstrap(values, clusters, statistic, resamples: int = RESAMPLES, s
 
 
 # -- comparisons ---------------------------------------------------------------------------------
+
 
 def mcnemar_exact(base, cand) -> float:
     """Two-sided exact McNemar p-value: a binomial test of the discordant pairs at 1/2."""
@@ -286,8 +300,13 @@ def _t_test(centre: float, se: float, df: float, confidence: float) -> tuple[flo
     if se == 0:
         return centre, centre, (1.0 if centre == 0 else 0.0), (0.0 if centre < 0 else 1.0), (0.0 if centre > 0 else 1.0)
     half = _t(confidence, df) * se
-    return (float(centre - half), float(centre + half), float(2 * t.sf(abs(centre) / se, df)),
-            float(t.cdf(centre / se, df)), float(t.sf(centre / se, df)))
+    return (
+        float(centre - half),
+        float(centre + half),
+        float(2 * t.sf(abs(centre) / se, df)),
+        float(t.cdf(centre / se, df)),
+        float(t.sf(centre / se, df)),
+    )
 
 
 def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE) -> Difference:
@@ -307,9 +326,19 @@ def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE)
     if is_binary(base) and is_binary(cand) and k == n:
         low, high = newcombe_paired(base, cand, confidence)
         p_less, p_greater = mcnemar_one_sided(base, cand)
-        return Difference(delta, low, high, mcnemar_exact(base, cand), n, k,
-                          f"exact McNemar, Newcombe paired interval; {n} pairs", confidence, p_less, p_greater,
-                          math.sqrt(max((cand - base).var(ddof=1), 0.0) / n) if n > 1 else math.nan)
+        return Difference(
+            delta,
+            low,
+            high,
+            mcnemar_exact(base, cand),
+            n,
+            k,
+            f"exact McNemar, Newcombe paired interval; {n} pairs",
+            confidence,
+            p_less,
+            p_greater,
+            math.sqrt(max((cand - base).var(ddof=1), 0.0) / n) if n > 1 else math.nan,
+        )
     sums, counts = _cluster_sums(cand - base, codes)
     se = _ratio_se(sums, counts)
     low, high, p, p_less, p_greater = _t_test(delta, se, k - 1, confidence)
@@ -334,7 +363,7 @@ def sign_flip_p(sums: np.ndarray, counts: np.ndarray) -> float:
     each unit's difference is as likely negated, so every pattern of unit signs is equally likely."""
     k = len(sums)
     observed = abs(sums.sum()) / counts.sum()
-    signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
+    signs = 1 - 2 * ((np.arange(2**k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
     flipped = np.abs(signs @ sums) / counts.sum()
     return float(np.mean(flipped >= observed - 1e-12 * max(1.0, observed)))
 
@@ -343,11 +372,14 @@ def sign_flip_ps(sums: np.ndarray, counts: np.ndarray) -> tuple[float, float, fl
     """(two-sided, p_less, p_greater) exact sign-flip p-values of a paired mean difference."""
     k = len(sums)
     observed = sums.sum() / counts.sum()
-    signs = 1 - 2 * ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
+    signs = 1 - 2 * ((np.arange(2**k)[:, None] >> np.arange(k)) & 1)  # (2^k, k) of +-1
     flipped = signs @ sums / counts.sum()
     eps = 1e-12 * max(1.0, abs(observed))
-    return (float(np.mean(np.abs(flipped) >= abs(observed) - eps)), float(np.mean(flipped <= observed + eps)),
-            float(np.mean(flipped >= observed - eps)))
+    return (
+        float(np.mean(np.abs(flipped) >= abs(observed) - eps)),
+        float(np.mean(flipped <= observed + eps)),
+        float(np.mean(flipped >= observed - eps)),
+    )
 
 
 PERMUTATIONS = 4000  # random relabellings when the exact enumeration is larger than this
@@ -378,12 +410,16 @@ def cluster_permutation_ps(base_sums, base_counts, cand_sums, cand_counts, seed:
     observed = cand_sums.sum() / cand_counts.sum() - base_sums.sum() / base_counts.sum()
     eps = 1e-12 * max(1.0, abs(observed))
     centre = null.mean()
-    return (float(np.mean(np.abs(null - centre) >= abs(observed - centre) - eps)), float(np.mean(null <= observed + eps)),
-            float(np.mean(null >= observed - eps)))
+    return (
+        float(np.mean(np.abs(null - centre) >= abs(observed - centre) - eps)),
+        float(np.mean(null <= observed + eps)),
+        float(np.mean(null >= observed - eps)),
+    )
 
 
-def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
-                        confidence: float = CONFIDENCE) -> Difference:
+def unpaired_difference(
+    base, cand, base_clusters=None, cand_clusters=None, confidence: float = CONFIDENCE
+) -> Difference:
     """candidate - baseline over independent samples (different prompts)."""
     from scipy.stats import norm
 
@@ -398,13 +434,24 @@ def unpaired_difference(base, cand, base_clusters=None, cand_clusters=None,
         p = 1.0 if se == 0 else float(2 * norm.sf(abs(delta) / se))
         # se 0: both sides all 0 or all 1 alike, nothing differs
         p_less, p_greater = (1.0, 1.0) if se == 0 else (float(norm.cdf(delta / se)), float(norm.sf(delta / se)))
-        return Difference(delta, low, high, p, min(b.n, c.n), units, "two-proportion z, Newcombe interval (unpaired)",
-                          confidence, p_less, p_greater, se)
+        return Difference(
+            delta,
+            low,
+            high,
+            p,
+            min(b.n, c.n),
+            units,
+            "two-proportion z, Newcombe interval (unpaired)",
+            confidence,
+            p_less,
+            p_greater,
+            se,
+        )
     t_b, t_c = _t(confidence, max(b.units - 1, 1)), _t(confidence, max(c.units - 1, 1))
     se_b, se_c = (b.value - b.ci_low) / t_b, (c.value - c.ci_low) / t_c
     se = math.hypot(se_b, se_c)
     # Welch-Satterthwaite degrees of freedom
-    df = se ** 4 / ((se_b ** 4 / max(b.units - 1, 1)) + (se_c ** 4 / max(c.units - 1, 1))) if se > 0 else 1.0
+    df = se**4 / ((se_b**4 / max(b.units - 1, 1)) + (se_c**4 / max(c.units - 1, 1))) if se > 0 else 1.0
     low, high, p, p_less, p_greater = _t_test(delta, se, df, confidence)
     test = "Welch t on cluster means (unpaired)"
     if is_binary(base) and is_binary(cand):
@@ -438,8 +485,10 @@ def parse_threshold(spec) -> tuple[str, float]:
     except ValueError:
         value = math.nan
     if not (0 < value <= 1):
-        raise ConfigError(f"bad --threshold {raw!r}",
-                          "give an accuracy in (0, 1] like 0.856, or rel:F (0 < F <= 1) for F x the accuracy at the shortest length")
+        raise ConfigError(
+            f"bad --threshold {raw!r}",
+            "give an accuracy in (0, 1] like 0.856, or rel:F (0 < F <= 1) for F x the accuracy at the shortest length",
+        )
     return kind, value
 
 
@@ -478,7 +527,12 @@ def effective_length_columns(per_length, score: str, threshold_spec) -> dict:
     level = threshold_level(threshold_spec, float(per_length[score].iloc[0]))
     lengths = per_length.context_length.astype(int)
     low, high = effective_length_interval(lengths, per_length[f"{score}_ci_low"], per_length[f"{score}_ci_high"], level)
-    return dict(zip(("threshold",) + EFFECTIVE_LENGTH_COLUMNS, (level, effective_length(lengths, per_length[score], level), low, high)))
+    return dict(
+        zip(
+            ("threshold",) + EFFECTIVE_LENGTH_COLUMNS,
+            (level, effective_length(lengths, per_length[score], level), low, high),
+        )
+    )
 
 
 def lengths_as_integers(table):
@@ -491,6 +545,7 @@ def lengths_as_integers(table):
 
 
 # -- tables --------------------------------------------------------------------------------------
+
 
 def weighted_mean(values, weights, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
     """sum(w * x) / sum(w) with a cluster-robust t interval: the same ratio estimator as ``mean``,
@@ -581,8 +636,10 @@ def compact(summary):
         name = low[: -len("_ci_low")]
         if name not in table or f"{name}_ci_high" not in table:
             continue
-        table[name] = [_number(v) + ("" if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f" [{_number(lo)}, {_number(hi)}]")
-                       for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])]
+        table[name] = [
+            _number(v) + ("" if pd.isna(v) or (pd.isna(lo) and pd.isna(hi)) else f" [{_number(lo)}, {_number(hi)}]")
+            for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])
+        ]
         table = table.drop(columns=[low, f"{name}_ci_high"])
     for name in [c for c in table.columns if table[c].dtype.kind == "f" and table[c].isna().any()]:
         table[name] = table[name].map(_number)  # a value a row does not have (the threshold of one length) reads "-"
@@ -597,15 +654,21 @@ def _number(v) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) >= 1 else f"{float(v):.4g}"
 
 
-def ruler_weighted_average(values, tasks, lengths, clusters=None, increasing: bool = True,
-                           confidence: float = CONFIDENCE) -> Estimate:
+def ruler_weighted_average(
+    values, tasks, lengths, clusters=None, increasing: bool = True, confidence: float = CONFIDENCE
+) -> Estimate:
     """RULER's wAvg (inc / dec): the per-length averages over tasks weighted linearly by length rank, 1..N from
     the shortest length (inc) or N..1 (dec), with ``weighted_mean``'s cluster-robust interval: each row weighs
     its length's weight / (tasks at that length x rows of its task there)."""
     import pandas as pd
 
-    frame = pd.DataFrame({"value": np.asarray(values, dtype=float), "task": np.asarray(tasks, dtype=object),
-                          "length": np.asarray(lengths)})
+    frame = pd.DataFrame(
+        {
+            "value": np.asarray(values, dtype=float),
+            "task": np.asarray(tasks, dtype=object),
+            "length": np.asarray(lengths),
+        }
+    )
     frame = frame[~frame.value.isna()]
     order = sorted(frame.length.unique())
     rank = {n: (k + 1 if increasing else len(order) - k) for k, n in enumerate(order)}

@@ -22,9 +22,34 @@ from dataclasses import dataclass
 from evalkit.core.errors import ConfigError
 
 METRIC_DIRECTIONS: dict[str, int] = {
-    **dict.fromkeys(["nll", "mean_nll", "perplexity", "key_nll", "longppl", "entropy", "entropy_norm", "needle_rank", "answer_rank"], -1),
-    **dict.fromkeys(["greedy_correct", "accuracy", "answer_logprob", "answer_mean_logprob", "needle_mass",
-                     "max_weight", "top1_in_needle", "exact_match", "contains"], +1),
+    **dict.fromkeys(
+        [
+            "nll",
+            "mean_nll",
+            "perplexity",
+            "key_nll",
+            "longppl",
+            "entropy",
+            "entropy_norm",
+            "needle_rank",
+            "answer_rank",
+        ],
+        -1,
+    ),
+    **dict.fromkeys(
+        [
+            "greedy_correct",
+            "accuracy",
+            "answer_logprob",
+            "answer_mean_logprob",
+            "needle_mass",
+            "max_weight",
+            "top1_in_needle",
+            "exact_match",
+            "contains",
+        ],
+        +1,
+    ),
 }  # +1: higher is better, -1: lower is better; any other metric is reported, never a regression
 
 

@@ -52,8 +52,10 @@ class VariantRequest:
         name, label = data.pop("name"), data.pop("label", None)
         unknown = set(data) - set(AttentionOptions.__dataclass_fields__)
         if unknown:
-            raise ConfigError(f"unknown attention setting(s) {sorted(unknown)} for {name!r}",
-                              f"allowed: name, label, {', '.join(AttentionOptions.__dataclass_fields__)}")
+            raise ConfigError(
+                f"unknown attention setting(s) {sorted(unknown)} for {name!r}",
+                f"allowed: name, label, {', '.join(AttentionOptions.__dataclass_fields__)}",
+            )
         return cls(name, AttentionOptions(**data), label)
 
     def to_dict(self) -> dict:
@@ -78,8 +80,11 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
             train_length = options.train_length or stored.train_length or base.train_length
             if base.variant == "logn" and train_length is None:
                 train_length = loaded.max_positions  # the training length, for models that state it
-            scalars = {name: _first(getattr(options, name), getattr(base, name))
-                       for name in ("attn_scale", "floor_scale", "beta", "original_length") if name in needs}
+            scalars = {
+                name: _first(getattr(options, name), getattr(base, name))
+                for name in ("attn_scale", "floor_scale", "beta", "original_length")
+                if name in needs
+            }
             if "original_length" in needs and scalars["original_length"] is None:
                 scalars["original_length"] = loaded.max_positions
             spec = AttentionSpec(
@@ -94,14 +99,20 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
             ).with_defaults(model.config)
         label = request.label or spec.variant
         if any(v.label == label for v in variants):
-            raise ConfigError(f"attention variant {label!r} appears twice in --attention {','.join(r.name for r in requests)}",
-                              "list each variant once (auto is the checkpoint's own), or give each its own label")
+            raise ConfigError(
+                f"attention variant {label!r} appears twice in --attention {','.join(r.name for r in requests)}",
+                "list each variant once (auto is the checkpoint's own), or give each its own label",
+            )
         tables = None if spec.params_file else {k: v for k, v in snapshot.items() if k in _needs(spec.variant)}
 
         def activate(m, spec=spec, tables=tables):
             apply_attention(m, spec, params=tables or None)
 
-        described = {**spec.to_dict(), "label": label, "from_checkpoint": name == "auto" and stored.variant != "softmax"}
+        described = {
+            **spec.to_dict(),
+            "label": label,
+            "from_checkpoint": name == "auto" and stored.variant != "softmax",
+        }
         if native is not None:  # what this variant did with the checkpoint's own scaling
             described["native_scaling"] = {**native.to_dict(), "active": spec.variant == "native"}
         if snapshot and spec.variant not in ("softmax", "native") and not spec.params_file and spec.s is None:
@@ -161,8 +172,9 @@ def prefix_limits(config, variants: list[ResolvedVariant]) -> tuple[tuple[int, s
     return tuple(limits)
 
 
-def attention_flag_requests(attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None,
-                            ssmax_n=None, **extra) -> tuple[dict, ...]:
+def attention_flag_requests(
+    attention, ssmax_s=None, ssmax_b=None, attention_params=None, train_length=None, ssmax_n=None, **extra
+) -> tuple[dict, ...]:
     """``--attention a,b`` and the shared attention flags as one request per variant, for the command line
     and the Python API alike: ``attention`` is "softmax,ssmax" or a list, and a flag given as a list
     (``ssmax_s=[0.3, 0.4]``) or "0.3,0.4" expands into one variant per value (a calibration sweep)."""
@@ -170,16 +182,24 @@ def attention_flag_requests(attention, ssmax_s=None, ssmax_b=None, attention_par
 
     names = [a.strip() for a in (attention.split(",") if isinstance(attention, str) else attention)]
     if not names or not all(names):
-        raise ConfigError(f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax")
+        raise ConfigError(
+            f"empty name in --attention {attention!r}", "give comma-separated variants, e.g. softmax,ssmax"
+        )
     if ssmax_n is not None and ssmax_n not in ("position", "length"):
         raise ConfigError(f"bad --ssmax-n {ssmax_n!r}", "use position or length")
     if attention_params is not None and not Path(attention_params).is_file():
         raise ConfigError(f"--attention-params file {attention_params} not found", "give a .json or .safetensors file")
-    values = {"s": parse_values("--ssmax-s", _joined(ssmax_s)), "b": parse_values("--ssmax-b", _joined(ssmax_b)),
-              "train_length": parse_values("--train-length", _joined(train_length), length=True),
-              **_variant_scalars(**{k: _joined(v) for k, v in extra.items()})}
-    fixed = {k: v for k, v in {"params_file": attention_params, "n_mode": ssmax_n, "layers": values.pop("layers")}.items()
-             if v is not None}
+    values = {
+        "s": parse_values("--ssmax-s", _joined(ssmax_s)),
+        "b": parse_values("--ssmax-b", _joined(ssmax_b)),
+        "train_length": parse_values("--train-length", _joined(train_length), length=True),
+        **_variant_scalars(**{k: _joined(v) for k, v in extra.items()}),
+    }
+    fixed = {
+        k: v
+        for k, v in {"params_file": attention_params, "n_mode": ssmax_n, "layers": values.pop("layers")}.items()
+        if v is not None
+    }
     return tuple({**request, **fixed} for request in expand(names, values))
 
 
@@ -193,6 +213,10 @@ def _variant_scalars(attn_scale=None, floor_scale=None, beta=None, original_leng
     from evalkit.attention.spec import canonical_layers
     from evalkit.run.calibration import parse_values
 
-    return {"attn_scale": parse_values("--attn-scale", attn_scale), "floor_scale": parse_values("--floor-scale", floor_scale),
-            "beta": parse_values("--beta", beta), "original_length": parse_values("--original-length", original_length, length=True),
-            "layers": canonical_layers(attention_layers) if attention_layers else None}
+    return {
+        "attn_scale": parse_values("--attn-scale", attn_scale),
+        "floor_scale": parse_values("--floor-scale", floor_scale),
+        "beta": parse_values("--beta", beta),
+        "original_length": parse_values("--original-length", original_length, length=True),
+        "layers": canonical_layers(attention_layers) if attention_layers else None,
+    }

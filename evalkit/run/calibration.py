@@ -32,9 +32,11 @@ from evalkit.core.errors import ConfigError
 SWEEPABLE = ("s", "b", "train_length", "attn_scale", "floor_scale", "beta", "original_length")
 LENGTHS = ("train_length", "original_length")  # integers that accept 1k, 8k
 # task -> ((metric, higher is better), ...): the first decides, the others break ties
-SCORE = {"needle": (("greedy_correct", True), ("answer_logprob", True)),
-         "perplexity": (("mean_nll", False),),
-         "focus": (("needle_mass", True),)}
+SCORE = {
+    "needle": (("greedy_correct", True), ("answer_logprob", True)),
+    "perplexity": (("mean_nll", False),),
+    "focus": (("needle_mass", True),),
+}
 ORACLE = "evaluation data (oracle)"
 _LABEL = re.compile(r"^(?P<group>[^()]+)\((?P<values>[^()]+)\)$")
 
@@ -49,8 +51,10 @@ def parse_values(flag: str, value: Any, length: bool = False) -> list | None:
     try:
         values = [parse_length(p) if length else float(p) for p in parts]
     except (ValueError, ConfigError):
-        raise ConfigError(f"bad {flag} {value!r}", f"give a number or comma-separated numbers, e.g. {flag} "
-                                                    f"{'512,1k' if length else '0.3,0.4,0.5'}") from None
+        raise ConfigError(
+            f"bad {flag} {value!r}",
+            f"give a number or comma-separated numbers, e.g. {flag} {'512,1k' if length else '0.3,0.4,0.5'}",
+        ) from None
     if len(set(values)) < len(values):
         raise ConfigError(f"{flag} {value!r} lists a value twice", "list each value once")
     if flag in POSITIVE_FLAGS and not all(math.isfinite(v) and v > 0 for v in values):
@@ -76,8 +80,11 @@ def expand(names: list[str], values: dict[str, list | None]) -> tuple[dict, ...]
 
     for key in swept:
         if not any(name != "auto" and key in get_variant(name).parameters for name in names):
-            raise ConfigError(f"{PARAMETER_FLAGS[key]} lists {len(swept[key])} values, but no variant in --attention "
-                              f"{','.join(names)} takes it", "name the variant to sweep, e.g. --attention softmax,ssmax")
+            raise ConfigError(
+                f"{PARAMETER_FLAGS[key]} lists {len(swept[key])} values, but no variant in --attention "
+                f"{','.join(names)} takes it",
+                "name the variant to sweep, e.g. --attention softmax,ssmax",
+            )
     requests = []
     for name in names:
         needs = [k for k in swept if k in get_variant(name).parameters] if name != "auto" else []
@@ -120,12 +127,15 @@ def calibration_config(config, task_cls, folder: Path):
     """The run config of the calibration samples: the evaluation's, on other samples, one folder beside it."""
     change = parse_calibrate_on(config.calibrate_on, task_cls)
     if change.get("seed", -1) == config.seed or change.get("dataset", -1) == config.task_options.get("dataset"):
-        raise ConfigError(f"--calibrate-on {config.calibrate_on} names the evaluation samples themselves",
-                          "give another seed or dataset, or drop --calibrate-on (the choice is then marked an oracle)")
+        raise ConfigError(
+            f"--calibrate-on {config.calibrate_on} names the evaluation samples themselves",
+            "give another seed or dataset, or drop --calibrate-on (the choice is then marked an oracle)",
+        )
     out = str(folder.with_name(f"{folder.name}-calibration"))
     options = {**config.task_options, **({"dataset": change["dataset"]} if "dataset" in change else {})}
-    return dataclasses.replace(config, seed=change.get("seed", config.seed), task_options=options, out=out,
-                               calibrate_on=None)
+    return dataclasses.replace(
+        config, seed=change.get("seed", config.seed), task_options=options, out=out, calibrate_on=None
+    )
 
 
 def scores(frame, task) -> "Any":
@@ -165,8 +175,14 @@ def choose(frame, task, selected_on: str = ORACLE):
         ranked = part.assign(**{f"-{m}": -part[m] for m, up in SCORE[task.name] if not up})
         order = ranked.sort_values(key, ascending=False, kind="stable", na_position="last")
         best = order.attention.iloc[0]
-        rows.append(part.assign(group=group, value=[_LABEL.match(a)["values"] for a in part.attention],
-                                selected=part.attention == best, selected_on=selected_on))
+        rows.append(
+            part.assign(
+                group=group,
+                value=[_LABEL.match(a)["values"] for a in part.attention],
+                selected=part.attention == best,
+                selected_on=selected_on,
+            )
+        )
     columns = ["group", "attention", "value", "selected", "selected_on"]
     out = pd.concat(rows, ignore_index=True)
     return out[columns + [c for c in out.columns if c not in columns]]
@@ -176,8 +192,13 @@ def apply_choice(choice, frame, task):
     """The calibration samples' choice, with the evaluation samples' scores beside it."""
     evaluated = scores(frame, task)
     on_eval = evaluated.rename(columns={c: f"eval_{c}" for c in evaluated.columns if c != "attention"})
-    renamed = choice.rename(columns={c: f"calibration_{c}" for c in choice.columns
-                                     if c not in ("group", "attention", "value", "selected", "selected_on")})
+    renamed = choice.rename(
+        columns={
+            c: f"calibration_{c}"
+            for c in choice.columns
+            if c not in ("group", "attention", "value", "selected", "selected_on")
+        }
+    )
     return renamed.merge(on_eval, on="attention", how="left")
 
 
@@ -198,7 +219,12 @@ def finalize(outcome, task, choice=None, calibration_folder=None):
     then write calibration.csv, the marked summary, plots/calibration.png and the manifest entry."""
     from evalkit.store.results import atomic_write, atomic_write_text
 
-    if outcome.frame is None or outcome.interrupted or not len(outcome.frame) or not groups(set(outcome.frame.attention)):
+    if (
+        outcome.frame is None
+        or outcome.interrupted
+        or not len(outcome.frame)
+        or not groups(set(outcome.frame.attention))
+    ):
         return outcome
     if choice is None:
         choice = choose(outcome.frame, task)
@@ -237,19 +263,42 @@ def plot_choice(choice, task, path: Path) -> Path:
         x = range(len(part))
         value, low, high = (part[f"{prefix}{metric}{s}"].to_numpy(float) for s in ("", "_ci_low", "_ci_high"))
         colour = draw.variant_colour(group)
-        ax.errorbar(x, value, yerr=[value - low, high - value], color=colour, marker="o", capsize=3,
-                    label=f"on {'calibration samples' if prefix else 'evaluation samples'}")
+        ax.errorbar(
+            x,
+            value,
+            yerr=[value - low, high - value],
+            color=colour,
+            marker="o",
+            capsize=3,
+            label=f"on {'calibration samples' if prefix else 'evaluation samples'}",
+        )
         if prefix and f"eval_{metric}" in part:
-            ax.plot(x, part[f"eval_{metric}"].to_numpy(float), color=colour, ls="--", marker="s", alpha=0.6,
-                    label="on evaluation samples")
+            ax.plot(
+                x,
+                part[f"eval_{metric}"].to_numpy(float),
+                color=colour,
+                ls="--",
+                marker="s",
+                alpha=0.6,
+                label="on evaluation samples",
+            )
         chosen = part.selected.to_numpy().nonzero()[0]
-        ax.plot(chosen, value[chosen], marker="*", markersize=16, color="black", ls="none",
-                label=f"selected on {part.selected_on.iloc[0]}")
+        ax.plot(
+            chosen,
+            value[chosen],
+            marker="*",
+            markersize=16,
+            color="black",
+            ls="none",
+            label=f"selected on {part.selected_on.iloc[0]}",
+        )
         ax.set_xticks(list(x), part.value.tolist(), rotation=20)
         ax.set_title(f"{group}: {metric} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_xlabel("swept value")
         ax.legend(fontsize=7)
     n, units = (int(choice[f"{prefix}{c}"].max()) for c in ("n", "units"))
-    fig.suptitle(f"calibration sweep, all lengths pooled\nn = {n} samples in {units} independent units per value; 95% intervals",
-                 fontsize=9)
+    fig.suptitle(
+        f"calibration sweep, all lengths pooled\nn = {n} samples in {units} independent units per value; 95% intervals",
+        fontsize=9,
+    )
     return draw.save(fig, path)

@@ -39,7 +39,9 @@ class RunConfig:
     trust_remote_code: bool = False
     quiet: bool = False
     plots: bool = True  # per-run figures; a caller drawing its own (reference study) skips them
-    calibrate_on: str | None = None  # sweeps: choose each swept value on these samples (seed:N, dataset:X), not an oracle
+    calibrate_on: str | None = (
+        None  # sweeps: choose each swept value on these samples (seed:N, dataset:X), not an oracle
+    )
 
     def identity(self) -> dict[str, Any]:
         """What must match for ``--resume`` to continue a run: every option that changes rows (the
@@ -49,11 +51,20 @@ class RunConfig:
         be added (see ``results._differences``); the tokenizer is checked after the load."""
         task_cls = get_task(self.task)
         summary_only = {f.name for f in dataclasses.fields(task_cls.Options) if f.metadata.get("summary")}
-        options = {k: v for k, v in dataclasses.asdict(build_options(task_cls, self.task_options)).items()
-                   if k not in summary_only}
+        options = {
+            k: v
+            for k, v in dataclasses.asdict(build_options(task_cls, self.task_options)).items()
+            if k not in summary_only
+        }
         attention = {a.get("label") or a["name"]: {k: v for k, v in a.items() if k != "label"} for a in self.attention}
-        fixed = {"task": self.task, "model": self.model, "dtype": self.dtype, "seed": self.seed, "attention": attention,
-                 "rope": {k: v for k, v in self.rope.items() if v is not None}}
+        fixed = {
+            "task": self.task,
+            "model": self.model,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "attention": attention,
+            "rope": {k: v for k, v in self.rope.items() if v is not None},
+        }
         return {**fixed, **{(f"task.{k}" if k in fixed else k): v for k, v in options.items()}}
 
 
@@ -71,11 +82,15 @@ def build_options(task_cls, values: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(task_cls.Options)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"unknown option(s) for task {task_cls.name}: {', '.join(unknown)}", f"valid: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown option(s) for task {task_cls.name}: {', '.join(unknown)}", f"valid: {', '.join(sorted(names))}"
+        )
     for f in dataclasses.fields(task_cls.Options):
         choices = f.metadata.get("choices")
         if choices and f.name in values and values[f.name] not in choices:
-            raise ConfigError(f"bad --{f.name.replace('_', '-')} {values[f.name]!r}", f"use one of: {', '.join(choices)}")
+            raise ConfigError(
+                f"bad --{f.name.replace('_', '-')} {values[f.name]!r}", f"use one of: {', '.join(choices)}"
+            )
     return task_cls.Options(**values)
 
 
@@ -116,8 +131,18 @@ def load_for(config: RunConfig, log=print):
     """The model a run config asks for, loaded once (a sweep reuses it across tasks)."""
     from evalkit.models.loading import LoadOptions, load_model
 
-    return load_model(config.model, LoadOptions(config.device, config.dtype, config.allow_pickle, config.trust_remote_code,
-                                                rope=config.rope, device_map=config.device_map), log=log)
+    return load_model(
+        config.model,
+        LoadOptions(
+            config.device,
+            config.dtype,
+            config.allow_pickle,
+            config.trust_remote_code,
+            rope=config.rope,
+            device_map=config.device_map,
+        ),
+        log=log,
+    )
 
 
 def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOutcome:
@@ -147,15 +172,27 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     model_free = bool(model_free and model_free(options))
     world = world or current_world()
     if world.size > 1:  # one GPU per process; rank 0 alone reports progress
-        config = dataclasses.replace(config, device=world.device(config.device), quiet=config.quiet or not world.is_main)
-    folder = world.broadcast(Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model))
+        config = dataclasses.replace(
+            config, device=world.device(config.device), quiet=config.quiet or not world.is_main
+        )
+    folder = world.broadcast(
+        Path(config.out) if config.out else default_out(config.task, "analytic" if model_free else config.model)
+    )
     identity = config.identity()
     check_inputs(task_cls, options, config)
     if world.is_main:
         check_out_folder(folder, identity, config.resume)
-    manifest = {"run_id": folder.name, "command": sys.argv, "config": dataclasses.asdict(config),
-                "task_options": dataclasses.asdict(options), "versions": library_versions(), "seed": config.seed,
-                "git_revision": git_revision(), "git_dirty": git_dirty(), "started_at": started_at.isoformat()}
+    manifest = {
+        "run_id": folder.name,
+        "command": sys.argv,
+        "config": dataclasses.asdict(config),
+        "task_options": dataclasses.asdict(options),
+        "versions": library_versions(),
+        "seed": config.seed,
+        "git_revision": git_revision(),
+        "git_dirty": git_dirty(),
+        "started_at": started_at.isoformat(),
+    }
     if model_free:
         task = task_cls(options, TaskContext(None, None, config.allow_extrapolation, config.seed))
         store = _open_store(world, folder, identity, config.resume)
@@ -164,8 +201,16 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
                 if not store.is_done(label, sample_id):
                     store.append(label, sample_id, rows)
             store.close_journal()
-            return _finish(store, task, manifest, {"run_id": store.run_id, "task": task.name, "model": "none (analytic)"},
-                           "analytic", interrupted=False, tokens_per_second=0.0, timings={})
+            return _finish(
+                store,
+                task,
+                manifest,
+                {"run_id": store.run_id, "task": task.name, "model": "none (analytic)"},
+                "analytic",
+                interrupted=False,
+                tokens_per_second=0.0,
+                timings={},
+            )
         finally:
             store.close()
 
@@ -175,17 +220,30 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     stored = read_manifest(folder) if config.resume and world.is_main else {}
     stored_hash = stored.get("model", {}).get("content_hash")
     if stored_hash and stored_hash != loaded.content_hash:
-        raise ConfigError(f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
-                          "resume with the same checkpoint, or choose another --out")
+        raise ConfigError(
+            f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
+            "resume with the same checkpoint, or choose another --out",
+        )
     stored_tokenizer = (stored.get("model", {}).get("tokenizer") or {}).get("content_hash")
     if stored_tokenizer and stored_tokenizer != loaded.describe()["tokenizer"]["content_hash"]:
-        raise ConfigError(f"the tokenizer of {config.model} changed since the run in {folder} started",
-                          "resume with the same tokenizer files, or choose another --out")
+        raise ConfigError(
+            f"the tokenizer of {config.model} changed since the run in {folder} started",
+            "resume with the same tokenizer files, or choose another --out",
+        )
     variants = resolve_variants(loaded, requests)
     calibrated = _calibrate(config, task_cls, loaded, console, folder)
 
-    task = task_cls(options, TaskContext(loaded.tokenizer, loaded.max_positions, config.allow_extrapolation, config.seed,
-                                         loaded.training_length, prefix_limits(loaded.model.config, variants)))
+    task = task_cls(
+        options,
+        TaskContext(
+            loaded.tokenizer,
+            loaded.max_positions,
+            config.allow_extrapolation,
+            config.seed,
+            loaded.training_length,
+            prefix_limits(loaded.model.config, variants),
+        ),
+    )
     samples = task.samples()
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
     if getattr(options, "evaluator", None):  # LongPPL's key tokens chosen by another checkpoint, in a run of its own
@@ -195,8 +253,18 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     try:
         from evalkit.run.calibration import finalize
 
-        outcome = _run(config, store, loaded, variants, task, samples, manifest, console, world,
-                       {"load_seconds": round(load_seconds, 2)})
+        outcome = _run(
+            config,
+            store,
+            loaded,
+            variants,
+            task,
+            samples,
+            manifest,
+            console,
+            world,
+            {"load_seconds": round(load_seconds, 2)},
+        )
         return finalize(outcome, task, *calibrated)
     except Exception:
         if created and world.is_main and store.finished == 0:  # nothing to keep: leave no folder a retry trips on
@@ -246,11 +314,18 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
     progress = ProgressReporter(console, quiet=config.quiet)
-    manifest.update({"run_id": store.run_id, "model": loaded.describe(),
-                     "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
-                     "attention": [v.describe for v in variants], "device": device_description(loaded.device),
-                     "batch_tokens": batch_tokens, "samples": len(samples),
-                     "planned_answers": sum(runs_under(s, k) for k in range(len(variants)) for s in samples)})
+    manifest.update(
+        {
+            "run_id": store.run_id,
+            "model": loaded.describe(),
+            "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
+            "attention": [v.describe for v in variants],
+            "device": device_description(loaded.device),
+            "batch_tokens": batch_tokens,
+            "samples": len(samples),
+            "planned_answers": sum(runs_under(s, k) for k in range(len(variants)) for s in samples),
+        }
+    )
     manifest.update(task.provenance())  # e.g. how perplexity's token stream was built, and its fingerprint
     if world.is_main:
         store.write_manifest(manifest)
@@ -269,8 +344,11 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
 
     common = {"run_id": store.run_id, "task": task.name, "model": loaded.source.name}
     title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
-    timings = {**timings, "run_seconds": round(time.perf_counter() - run_started, 2),
-               "tokens_per_second": round(progress.tokens_per_second, 1)}
+    timings = {
+        **timings,
+        "run_seconds": round(time.perf_counter() - run_started, 2),
+        "tokens_per_second": round(progress.tokens_per_second, 1),
+    }
     manifest["prefix_cache"] = runner.prefix_decision  # walked or batched, and the measured costs behind it
     world.barrier()  # every rank's journal is complete before rank 0 merges them
     if not world.is_main:
@@ -278,8 +356,9 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
     if world.size > 1:
         store.read_journals()
         manifest["world_size"] = world.size
-    return _finish(store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings,
-                   draw=config.plots)
+    return _finish(
+        store, task, manifest, common, title, interrupted, progress.tokens_per_second, timings, draw=config.plots
+    )
 
 
 def check_config(config: RunConfig) -> None:
@@ -319,14 +398,23 @@ def check_inputs(task_cls, options, config: RunConfig) -> None:
         load_corpus(dataset, options.text_field, options.split)
 
 
-def _finish(store, task, manifest, common, title, interrupted, tokens_per_second, timings, draw: bool = True) -> RunOutcome:
+def _finish(
+    store, task, manifest, common, title, interrupted, tokens_per_second, timings, draw: bool = True
+) -> RunOutcome:
     """Tables, plots and the final manifest, from whatever the journals hold."""
     frame = task.derive(store.frame(common, task.key_columns))
     summary = task.summarize(frame) if len(frame) else None
     store.write_tables(frame, summary)
     plots = task.plot(frame, title, store.folder / "plots") if draw and len(frame) and not interrupted else []
-    manifest.update({"finished_at": datetime.now(timezone.utc).isoformat(), "interrupted": interrupted,
-                     "timings": timings, "rows": len(frame), "finished_samples": store.finished})
+    manifest.update(
+        {
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "interrupted": interrupted,
+            "timings": timings,
+            "rows": len(frame),
+            "finished_samples": store.finished,
+        }
+    )
     store.write_manifest(manifest)
     return RunOutcome(store.folder, frame, summary, plots, interrupted, tokens_per_second)
 
@@ -342,11 +430,15 @@ def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool
         tokens = widest.length if prompt is None else len(prompt)
         extra = widest.positions - tokens
         if extra <= 0 or tokens > max_positions:
-            raise ConfigError(f"context length {tokens} exceeds the model's max_position_embeddings ({max_positions})",
-                              "use shorter --lengths, or pass --allow-extrapolation to test length generalization")
-        raise ConfigError(f"a {tokens}-token prompt needs {widest.positions} positions with its answer (+{extra}), beyond the "
-                          f"model's max_position_embeddings ({max_positions}): that is extrapolation",
-                          f"use prompts of at most {max_positions - extra} tokens, or pass --allow-extrapolation")
+            raise ConfigError(
+                f"context length {tokens} exceeds the model's max_position_embeddings ({max_positions})",
+                "use shorter --lengths, or pass --allow-extrapolation to test length generalization",
+            )
+        raise ConfigError(
+            f"a {tokens}-token prompt needs {widest.positions} positions with its answer (+{extra}), beyond the "
+            f"model's max_position_embeddings ({max_positions}): that is extrapolation",
+            f"use prompts of at most {max_positions - extra} tokens, or pass --allow-extrapolation",
+        )
 
 
 def evaluator_folder(folder: Path) -> Path:

@@ -20,7 +20,9 @@ def read_manifest(run: str | Path) -> dict:
     from evalkit.store.results import MANIFEST, read_manifest as read
 
     if not (Path(run) / MANIFEST).is_file():
-        raise ResultsError(f"{run} is not an evalkit run folder (no manifest.json)", "give a folder written by evalkit run")
+        raise ResultsError(
+            f"{run} is not an evalkit run folder (no manifest.json)", "give a folder written by evalkit run"
+        )
     return read(run, fix="export from another run folder")
 
 
@@ -44,15 +46,24 @@ def rebuild_task(manifest: dict, log=print):
     options = build_options(task_cls, config.get("task_options", {}))
     model_free = getattr(task_cls, "model_free", None)
     if model_free and model_free(options):
-        raise ConfigError(f"run {manifest.get('run_id')} is model-free (analytic): it has no prompts", "export a run on a model")
+        raise ConfigError(
+            f"run {manifest.get('run_id')} is model-free (analytic): it has no prompts", "export a run on a model"
+        )
     spec = model_spec(manifest)
     recorded = (manifest.get("hashes") or {}).get("tokenizer")
     if recorded and part_hashes(resolve(spec, log=log))["tokenizer"] != recorded:
-        raise ResultsError(f"the tokenizer files of {spec} changed since the run", "export with the tokenizer the run used")
+        raise ResultsError(
+            f"the tokenizer files of {spec} changed since the run", "export with the tokenizer the run used"
+        )
     tokenizer = load_tokenizer_only(spec, log=log)
     model = manifest.get("model") or {}
-    context = TaskContext(tokenizer, model.get("max_position_embeddings"), bool(config.get("allow_extrapolation")),
-                          int(manifest.get("seed", config.get("seed", 1234))), model.get("training_length"))
+    context = TaskContext(
+        tokenizer,
+        model.get("max_position_embeddings"),
+        bool(config.get("allow_extrapolation")),
+        int(manifest.get("seed", config.get("seed", 1234))),
+        model.get("training_length"),
+    )
     return task_cls(options, context)
 
 

@@ -29,7 +29,9 @@ def format_seconds(seconds: float) -> str:
 
 
 class ProgressReporter:
-    def __init__(self, console, quiet: bool = False, heartbeat_seconds: float = HEARTBEAT_SECONDS, clock=time.perf_counter):
+    def __init__(
+        self, console, quiet: bool = False, heartbeat_seconds: float = HEARTBEAT_SECONDS, clock=time.perf_counter
+    ):
         self.console = console
         self.quiet = quiet
         self.heartbeat_seconds = heartbeat_seconds
@@ -55,14 +57,19 @@ class ProgressReporter:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(
-            TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
-            TextColumn("{task.fields[samples]}", markup=False), TextColumn("{task.fields[rate]}", markup=False),
-            TimeElapsedColumn(), TextColumn("{task.fields[eta]}", markup=False),
-            console=self.console, transient=False,
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            TextColumn("{task.fields[samples]}", markup=False),
+            TextColumn("{task.fields[rate]}", markup=False),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}", markup=False),
+            console=self.console,
+            transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task("starting", total=max(self._total_cost, 1e-9), samples=f"0/{total}",
-                                             rate="", eta="eta -")
+        self._task = self._progress.add_task(
+            "starting", total=max(self._total_cost, 1e-9), samples=f"0/{total}", rate="", eta="eta -"
+        )
 
     def advance(self, samples: int, tokens: int, seconds: float, label: str, cost: float | None = None) -> None:
         """``samples`` finished: ``tokens`` tokens of model input in ``seconds``, costing ``cost``
@@ -73,9 +80,14 @@ class ProgressReporter:
         self._cost += tokens if cost is None else cost
         self._label = label
         if self._progress is not None:
-            self._progress.update(self._task, completed=min(self._cost, self._total_cost), description=label,
-                                  samples=f"{self._done}/{self._total}", rate=f"{self.tokens_per_second:,.0f} tok/s",
-                                  eta=f"eta {self._eta_text()}")
+            self._progress.update(
+                self._task,
+                completed=min(self._cost, self._total_cost),
+                description=label,
+                samples=f"{self._done}/{self._total}",
+                rate=f"{self.tokens_per_second:,.0f} tok/s",
+                eta=f"eta {self._eta_text()}",
+            )
         elif not self.quiet and self._total:
             now = self.clock()
             fraction = self._cost / self._total_cost if self._total_cost else 1.0
@@ -100,9 +112,14 @@ class ProgressReporter:
     def _heartbeat(self, now: float) -> None:
         self._last_line = now
         percent = 100 * self._cost / self._total_cost if self._total_cost else 100.0
-        self.console.print(f"progress: {self._done}/{self._total} samples ({percent:.0f}% of the work), "
-                           f"{self.tokens_per_second:,.0f} tok/s, elapsed {format_seconds(now - self._started)}, "
-                           f"eta {self._eta_text()} [{self._label}]", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(
+            f"progress: {self._done}/{self._total} samples ({percent:.0f}% of the work), "
+            f"{self.tokens_per_second:,.0f} tok/s, elapsed {format_seconds(now - self._started)}, "
+            f"eta {self._eta_text()} [{self._label}]",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -95,8 +95,10 @@ class Runner:
         self.branched: set[int] = set()  # ids of the groups answered by branching off their trunk
 
     def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
-        pending = {v.label: [s for s in samples if runs_under(s, k) and not self.store.is_done(v.label, s.id)]
-                   for k, v in enumerate(variants)}
+        pending = {
+            v.label: [s for s in samples if runs_under(s, k) and not self.store.is_done(v.label, s.id)]
+            for k, v in enumerate(variants)
+        }
         plans = {}
         for variant in variants:  # planned under the variant itself: its n convention decides whether prefixes share
             if pending[variant.label]:
@@ -104,8 +106,11 @@ class Runner:
                 plans[variant.label] = self._shared_runs(pending[variant.label])
         total = sum(len(p) for p in pending.values())
         scale = attention_scale(self.adapter)
-        total_cost = sum(sum(sum(self._group_costs(run, scale)) for run in runs) + sum(span_cost(0, s.request.length, scale) for s in alone)
-                         for runs, alone in plans.values())
+        total_cost = sum(
+            sum(sum(self._group_costs(run, scale)) for run in runs)
+            + sum(span_cost(0, s.request.length, scale) for s in alone)
+            for runs, alone in plans.values()
+        )
         if self.progress:
             planned = sum(runs_under(s, k) for k in range(len(variants)) for s in samples)
             self.progress.start(total, total_cost, skipped=planned - total)
@@ -159,7 +164,9 @@ class Runner:
             shared, batched = prefix_cost.predicted_seconds(requests, self.prefix_costs, config, self.batch_tokens)
             predicted = {"batched": batched, "walk": shared}
             if can_branch:
-                predicted["branch"] = prefix_cost.predicted_branch_seconds(requests, self.prefix_costs, config, self.batch_tokens)
+                predicted["branch"] = prefix_cost.predicted_branch_seconds(
+                    requests, self.prefix_costs, config, self.batch_tokens
+                )
             path = prefix_cost.choose_path(predicted)
             chosen[path].append(run)
             if path != "batched":
@@ -169,13 +176,21 @@ class Runner:
             totals["auto"] += predicted[path]
             totals["batched_only"] += batched
         self.prefix_decision = {
-            "mode": "auto", "costs": self.prefix_costs.describe(), "groups": len(runs), "groups_walked": len(chosen["walk"]),
-            "samples_walked": sum(len(r) for r in chosen["walk"]), "samples_in_groups": sum(len(r) for r in runs),
-            "groups_branched": len(chosen["branch"]), "samples_branched": sum(len(r) for r in chosen["branch"]),
+            "mode": "auto",
+            "costs": self.prefix_costs.describe(),
+            "groups": len(runs),
+            "groups_walked": len(chosen["walk"]),
+            "samples_walked": sum(len(r) for r in chosen["walk"]),
+            "samples_in_groups": sum(len(r) for r in runs),
+            "groups_branched": len(chosen["branch"]),
+            "samples_branched": sum(len(r) for r in chosen["branch"]),
             "predicted_seconds": {k: round(v, 3) for k, v in totals.items()},
-            "why": (f"each group takes the fastest predicted path of batched passes, a walk on one cache "
-                    f"and branching off its trunk in packed batches{'' if can_branch else ' (not exact for this model: off)'}; "
-                    f"batched unless another is predicted under {prefix_cost.MARGIN:.0%} of its time")}
+            "why": (
+                f"each group takes the fastest predicted path of batched passes, a walk on one cache "
+                f"and branching off its trunk in packed batches{'' if can_branch else ' (not exact for this model: off)'}; "
+                f"batched unless another is predicted under {prefix_cost.MARGIN:.0%} of its time"
+            ),
+        }
         return kept
 
     def _group_costs(self, run: list[Sample], scale: float) -> list[float]:
@@ -185,8 +200,10 @@ class Runner:
         from evalkit.models.branch import trunk_length
 
         trunk = trunk_length([s.request for s in run])
-        return [span_cost(trunk, s.request.length, scale) + (span_cost(0, trunk, scale) if i == 0 else 0.0)
-                for i, s in enumerate(run)]
+        return [
+            span_cost(trunk, s.request.length, scale) + (span_cost(0, trunk, scale) if i == 0 else 0.0)
+            for i, s in enumerate(run)
+        ]
 
     def _run_branched(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()
@@ -199,9 +216,13 @@ class Runner:
         for sample, answer in zip(run, answers):
             self.store.append(variant.label, sample.id, task.rows(sample, answer))
         if self.progress:
-            self.progress.advance(len(run), sum(s.request.length for s in run), time.perf_counter() - started,
-                                  f"{variant.label} {len(run)} queries (branched off one trunk)",
-                                  sum(self._group_costs(run, scale)))
+            self.progress.advance(
+                len(run),
+                sum(s.request.length for s in run),
+                time.perf_counter() - started,
+                f"{variant.label} {len(run)} queries (branched off one trunk)",
+                sum(self._group_costs(run, scale)),
+            )
 
     def _run_shared(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()
@@ -216,8 +237,13 @@ class Runner:
             self.store.append(variant.label, sample.id, task.rows(sample, answer))
             if self.progress:
                 now = time.perf_counter()
-                self.progress.advance(1, sample.request.length, now - started,
-                                      f"{variant.label} {length_label([sample])} (shared prefix)", cost)
+                self.progress.advance(
+                    1,
+                    sample.request.length,
+                    now - started,
+                    f"{variant.label} {length_label([sample])} (shared prefix)",
+                    cost,
+                )
                 started = now
 
     @staticmethod
@@ -228,7 +254,9 @@ class Runner:
         # Longest first: an out-of-memory problem shows at once, not at the end of a long run.
         return sorted(by_shape.values(), key=lambda bucket: -bucket[0].request.length)
 
-    def _run_bucket(self, task: Task, variant: Variant, length: int, bucket: list[Sample], scale: float = math.inf) -> None:
+    def _run_bucket(
+        self, task: Task, variant: Variant, length: int, bucket: list[Sample], scale: float = math.inf
+    ) -> None:
         batch_size = max(1, self.batch_tokens // length)
         index = 0
         while index < len(bucket):
@@ -247,13 +275,20 @@ class Runner:
             for sample, answer in zip(batch, answers):
                 self.store.append(variant.label, sample.id, task.rows(sample, answer))
             if self.progress:
-                self.progress.advance(len(batch), len(batch) * length, time.perf_counter() - started,
-                                      f"{variant.label} {length_label(batch)}", len(batch) * span_cost(0, length, scale))
+                self.progress.advance(
+                    len(batch),
+                    len(batch) * length,
+                    time.perf_counter() - started,
+                    f"{variant.label} {length_label(batch)}",
+                    len(batch) * span_cost(0, length, scale),
+                )
             index += len(batch)
 
     def _does_not_fit(self, length: int) -> EvalkitError:
-        return EvalkitError(f"one sequence of {length} tokens does not fit in {self.adapter.device} memory",
-                            "use shorter --lengths, --dtype bfloat16, or a larger device")
+        return EvalkitError(
+            f"one sequence of {length} tokens does not fit in {self.adapter.device} memory",
+            "use shorter --lengths, --dtype bfloat16, or a larger device",
+        )
 
     def _free_memory(self) -> None:
         import torch

@@ -30,8 +30,22 @@ from typing import Any
 
 from evalkit.core.errors import ConfigError
 
-_TOP_KEYS = {"out", "seeds", "device", "dtype", "batch_tokens", "allow_extrapolation", "allow_pickle",
-             "trust_remote_code", "rope_theta", "rope_scaling", "rope_factor", "model", "attention", "task"}
+_TOP_KEYS = {
+    "out",
+    "seeds",
+    "device",
+    "dtype",
+    "batch_tokens",
+    "allow_extrapolation",
+    "allow_pickle",
+    "trust_remote_code",
+    "rope_theta",
+    "rope_scaling",
+    "rope_factor",
+    "model",
+    "attention",
+    "task",
+}
 
 
 @dataclass(frozen=True)
@@ -61,13 +75,15 @@ def load_study(path: str | Path) -> Study:
         raise ConfigError(f"unknown key(s) in {path}: {', '.join(unknown)}", f"allowed: {', '.join(sorted(_TOP_KEYS))}")
     models, tasks = data.get("model", []), data.get("task", [])
     if not models or not tasks:
-        raise ConfigError(f"{path} needs at least one [[model]] and one [[task]]", "see evalkit sweep --help for the format")
+        raise ConfigError(
+            f"{path} needs at least one [[model]] and one [[task]]", "see evalkit sweep --help for the format"
+        )
     for entry in models:
         if "path" not in entry or set(entry) - {"path", "name"}:
             raise ConfigError(f"bad [[model]] entry {entry} in {path}", "give path and optionally name")
     for entry in tasks:
         if "name" not in entry:
-            raise ConfigError(f"a [[task]] in {path} has no name", "add name = \"perplexity\" (or needle, focus)")
+            raise ConfigError(f"a [[task]] in {path} has no name", 'add name = "perplexity" (or needle, focus)')
     from evalkit.run.evaluate import build_options, model_slug
     from evalkit.core.registry import get_task
 
@@ -75,7 +91,7 @@ def load_study(path: str | Path) -> Study:
         build_options(get_task(entry["name"]), {k: v for k, v in entry.items() if k != "name"})
     attention = tuple(data.get("attention", [{"name": "auto"}]))
     if any("name" not in a for a in attention):
-        raise ConfigError(f"an [[attention]] in {path} has no name", "add name = \"softmax\" (or ssmax, logn, ...)")
+        raise ConfigError(f"an [[attention]] in {path} has no name", 'add name = "softmax" (or ssmax, logn, ...)')
     seeds = data.get("seeds", [1234])
     out = Path(data.get("out", "results/sweep"))
     cells = []
@@ -95,12 +111,26 @@ def run_configs(study: Study, resume: bool, quiet: bool):
     s = study.settings
     for cell in study.cells:
         options = {k: v for k, v in cell.task.items() if k != "name"}
-        yield cell, RunConfig(
-            task=cell.task["name"], model=cell.model["path"], task_options=options, attention=study.attention,
-            rope={"theta": s.get("rope_theta"), "scaling": s.get("rope_scaling"), "factor": s.get("rope_factor")},
-            out=str(cell.folder), resume=resume, device=s.get("device", "auto"), dtype=s.get("dtype", "auto"),
-            batch_tokens=s.get("batch_tokens"), seed=cell.seed, allow_extrapolation=s.get("allow_extrapolation", False),
-            allow_pickle=s.get("allow_pickle", False), trust_remote_code=s.get("trust_remote_code", False), quiet=quiet)
+        yield (
+            cell,
+            RunConfig(
+                task=cell.task["name"],
+                model=cell.model["path"],
+                task_options=options,
+                attention=study.attention,
+                rope={"theta": s.get("rope_theta"), "scaling": s.get("rope_scaling"), "factor": s.get("rope_factor")},
+                out=str(cell.folder),
+                resume=resume,
+                device=s.get("device", "auto"),
+                dtype=s.get("dtype", "auto"),
+                batch_tokens=s.get("batch_tokens"),
+                seed=cell.seed,
+                allow_extrapolation=s.get("allow_extrapolation", False),
+                allow_pickle=s.get("allow_pickle", False),
+                trust_remote_code=s.get("trust_remote_code", False),
+                quiet=quiet,
+            ),
+        )
 
 
 def check_study(study: Study, resume: bool) -> None:

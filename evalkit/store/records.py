@@ -19,14 +19,21 @@ def needle_records(numbered, tokenizer, seed: int) -> list[dict]:
     for sample_id, s in numbered:
         rows = provenance(s, seed)
         start, end = rows["needle_start"], rows["needle_end"]
-        records.append({
-            "id": sample_id, "prompt": decode_text(tokenizer, s.prompt_ids), "answer": s.answer_text,
-            "prompt_ids": s.prompt_ids.tolist(), "answer_ids": s.answer_ids.tolist(),
-            "answer_ids_text": decode_text(tokenizer, s.answer_ids),
-            "context_length": s.context_length, "depth": s.depth, "trial": s.trial,
-            **({"needle": decode_text(tokenizer, s.prompt_ids[start:end])} if start >= 0 else {}),
-            **rows,
-        })
+        records.append(
+            {
+                "id": sample_id,
+                "prompt": decode_text(tokenizer, s.prompt_ids),
+                "answer": s.answer_text,
+                "prompt_ids": s.prompt_ids.tolist(),
+                "answer_ids": s.answer_ids.tolist(),
+                "answer_ids_text": decode_text(tokenizer, s.answer_ids),
+                "context_length": s.context_length,
+                "depth": s.depth,
+                "trial": s.trial,
+                **({"needle": decode_text(tokenizer, s.prompt_ids[start:end])} if start >= 0 else {}),
+                **rows,
+            }
+        )
     return records
 
 
@@ -38,6 +45,14 @@ def token_records(task) -> list[dict]:
         if not isinstance(sample.request, TokenLossRequest):
             raise ConfigError(f"task {task.name} cannot export its prompts", "export a needle, focus or perplexity run")
         ids = sample.request.tokens
-        records.append({"id": sample.id, **sample.keys, **sample.meta, "seed": task.context.seed,
-                        "token_ids": ids.tolist(), "text": decode_text(task.context.tokenizer, ids)})
+        records.append(
+            {
+                "id": sample.id,
+                **sample.keys,
+                **sample.meta,
+                "seed": task.context.seed,
+                "token_ids": ids.tolist(),
+                "text": decode_text(task.context.tokenizer, ids),
+            }
+        )
     return records

@@ -34,7 +34,9 @@ def _disk_errors(path: Path):
         yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise ResultsError(f"disk full while writing {path}", "free some space, then rerun with --resume: finished rows are kept") from None
+            raise ResultsError(
+                f"disk full while writing {path}", "free some space, then rerun with --resume: finished rows are kept"
+            ) from None
         if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise ResultsError(f"cannot write {path} ({exc.strerror})", "choose a writable folder with --out") from None
         raise
@@ -81,8 +83,10 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise ResultsError(f"--out {self.path.parent} is in use by a running evalkit process ({holder})",
-                               "wait for it to finish, or choose another --out") from None
+            raise ResultsError(
+                f"--out {self.path.parent} is in use by a running evalkit process ({holder})",
+                "wait for it to finish, or choose another --out",
+            ) from None
         import socket
 
         handle.seek(0)
@@ -115,7 +119,9 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     for key in sorted(set(stored) | set(wanted)):
         old, new = stored.get(key), wanted.get(key)
         if key == "attention" and isinstance(old, dict) and isinstance(new, dict):
-            out += [f"attention {k}: {old[k]} -> {new.get(k, 'not given')}" for k in sorted(old) if old[k] != new.get(k)]
+            out += [
+                f"attention {k}: {old[k]} -> {new.get(k, 'not given')}" for k in sorted(old) if old[k] != new.get(k)
+            ]
         elif old != new and not (isinstance(old, int) and str(old) == new):  # --trials was an int before auto:D
             out.append(f"{key}: {old!r} -> {new!r}")
     return out
@@ -130,7 +136,9 @@ def check_out_folder(folder: Path, identity: dict[str, Any], resume: bool, check
     if existing is not None and not existing.is_dir():
         raise ResultsError(f"--out {folder}: {existing} is a file", "give a folder path whose parents are folders")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise ResultsError(f"cannot write --out {folder} ({existing} is not writable)", "choose a writable folder with --out")
+        raise ResultsError(
+            f"cannot write --out {folder} ({existing} is not writable)", "choose a writable folder with --out"
+        )
     if not folder.exists():
         return
     if check_lock and RunLock(folder).held_elsewhere():
@@ -140,13 +148,19 @@ def check_out_folder(folder: Path, identity: dict[str, Any], resume: bool, check
     if not entries:
         return
     if not manifest_path.exists():
-        raise ResultsError(f"--out {folder} is not empty and is not an evalkit run folder", "choose an empty or new folder")
+        raise ResultsError(
+            f"--out {folder} is not empty and is not an evalkit run folder", "choose an empty or new folder"
+        )
     if not resume:
-        raise ResultsError(f"--out {folder} already holds a run", "pass --resume to continue it, or choose another --out")
+        raise ResultsError(
+            f"--out {folder} already holds a run", "pass --resume to continue it, or choose another --out"
+        )
     differing = _differences(read_manifest(folder).get("identity", {}), identity)
     if differing:
-        raise ResultsError(f"--out {folder} holds a different run (options differ: {'; '.join(differing)})",
-                           "resume with the options it was started with (see its manifest.json), or choose another --out")
+        raise ResultsError(
+            f"--out {folder} holds a different run (options differ: {'; '.join(differing)})",
+            "resume with the options it was started with (see its manifest.json), or choose another --out",
+        )
 
 
 class RunStore:
@@ -164,7 +178,9 @@ class RunStore:
             (self.folder / "plots").mkdir(parents=True, exist_ok=True)
         if rank == 0:
             self._lock.acquire()
-            check_out_folder(self.folder, identity, resume, check_lock=False)  # again under the lock: another process may have started
+            check_out_folder(
+                self.folder, identity, resume, check_lock=False
+            )  # again under the lock: another process may have started
         self._done: set[tuple[str, str]] = set()
         self._entries: list[dict] = []
         self._journal = None

@@ -42,7 +42,9 @@ class RulerSample:
     index: int  # sample number within (task, length)
     prompt_ids: tuple[int, ...]  # the whole prompt, chat template and answer prefix included
     answers: tuple[str, ...]  # every reference; RULER's string match (all or part) scores the output
-    answer_ids: tuple[int, ...] | None  # the gold continuation where the answer is one span (teacher-forced score), else None
+    answer_ids: (
+        tuple[int, ...] | None
+    )  # the gold continuation where the answer is one span (teacher-forced score), else None
     provenance: dict = field(default_factory=dict)  # source, offset, spans, seed: enough to rebuild the prompt by hand
 
     @property
@@ -60,7 +62,9 @@ class PromptFrame:
     answer_ids: tuple[int, ...] | None
 
     @classmethod
-    def build(cls, tokenizer, chat: str, before: str, after: str, answer_prefix: str, answer: str | None = None) -> "PromptFrame":
+    def build(
+        cls, tokenizer, chat: str, before: str, after: str, answer_prefix: str, answer: str | None = None
+    ) -> "PromptFrame":
         """``answer``: the single-span gold answer (teacher-forced scoring), tokenized as it follows the prefix."""
         parts = _chat_parts(tokenizer, chat)
         head = _encode(tokenizer, parts[0]) if parts else _bos_ids(tokenizer)
@@ -94,6 +98,7 @@ def register(name: str):
     def add(fn: Generator) -> Generator:
         GENERATORS[name] = fn
         return fn
+
     return add
 
 
@@ -106,9 +111,19 @@ class TaskInfo:
 
 # RULER's 13 tasks (scripts/synthetic.yaml), in its order
 TASKS: dict[str, TaskInfo] = {
-    **{name: TaskInfo("niah", "all", 128) for name in (
-        "niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2", "niah_multikey_3",
-        "niah_multivalue", "niah_multiquery")},
+    **{
+        name: TaskInfo("niah", "all", 128)
+        for name in (
+            "niah_single_1",
+            "niah_single_2",
+            "niah_single_3",
+            "niah_multikey_1",
+            "niah_multikey_2",
+            "niah_multikey_3",
+            "niah_multivalue",
+            "niah_multiquery",
+        )
+    },
     "vt": TaskInfo("vt", "all", 30),
     "cwe": TaskInfo("words", "all", 120),
     "fwe": TaskInfo("words", "all", 50),

@@ -66,8 +66,10 @@ class _Draw:
             self._words = iter(self.rng.permutation(len(hs._ADJECTIVES) * len(hs._NOUNS)).tolist())
         c = next(self._words, None)
         if c is None:
-            raise DataError(f"the {len(hs._ADJECTIVES) * len(hs._NOUNS)} word keys are used up in one prompt",
-                            "use shorter --lengths for this needle-haystack task")
+            raise DataError(
+                f"the {len(hs._ADJECTIVES) * len(hs._NOUNS)} word keys are used up in one prompt",
+                "use shorter --lengths for this needle-haystack task",
+            )
         return f"{hs._ADJECTIVES[c // len(hs._NOUNS)]}-{hs._NOUNS[c % len(hs._NOUNS)]}"
 
     def one(self, kind: str) -> str:
@@ -97,7 +99,10 @@ def _essay_builder(source: RulerSource) -> hs._Builder:
     """The haystack module's corpus reader and sentence boundaries, one per source (the stream is read once)."""
     held = _BUILDERS.get(id(source))
     if held is None or held[0] is not source:
-        held = _BUILDERS[id(source)] = (source, hs._Builder(source.tokenizer, hs.HaystackOptions(chat=source.chat), source.stream))
+        held = _BUILDERS[id(source)] = (
+            source,
+            hs._Builder(source.tokenizer, hs.HaystackOptions(chat=source.chat), source.stream),
+        )
     return held[1]
 
 
@@ -119,7 +124,7 @@ def _essay(source: RulerSource, budget: int, needles: list[np.ndarray], rng) -> 
         where.append(int(free[np.argmin(np.abs(free - depth / 100 * n))]))
     pieces, starts, last, cursor = [], [], 0, 0
     for i in np.argsort(where, kind="stable"):
-        pieces += [hay[last:where[i]], needles[i]]
+        pieces += [hay[last : where[i]], needles[i]]
         cursor += where[i] - last
         starts.append((int(i), cursor))
         cursor, last = cursor + len(needles[i]), where[i]
@@ -128,8 +133,9 @@ def _essay(source: RulerSource, budget: int, needles: list[np.ndarray], rng) -> 
     return np.concatenate(pieces), offsets, {**info, "haystack_tokens": int(n), "depths": [int(d) for d in depths]}
 
 
-def _lines(source: RulerSource, spec: Spec, budget: int, needles: list[np.ndarray], draw: _Draw, rng,
-           answers: set[str]) -> tuple[np.ndarray, list[int], dict]:
+def _lines(
+    source: RulerSource, spec: Spec, budget: int, needles: list[np.ndarray], draw: _Draw, rng, answers: set[str]
+) -> tuple[np.ndarray, list[int], dict]:
     """Whole lines (noise, or needles of other keys) with the needles between them at random places."""
     tok = source.tokenizer
     noise = _encode(tok, hs.NOISE + "\n")
@@ -163,14 +169,21 @@ def _lines(source: RulerSource, spec: Spec, budget: int, needles: list[np.ndarra
     order = sorted(range(len(needles)), key=lambda i: gaps[i])
     pieces, offsets, cursor, last = [filler], [0] * len(needles), len(filler), 0
     for i in order:
-        between = lines[last:gaps[i]]
+        between = lines[last : gaps[i]]
         pieces += between
         cursor += sum(map(len, between))
         pieces.append(needles[i])
         offsets[i], cursor, last = cursor, cursor + len(needles[i]), int(gaps[i])
     pieces += lines[last:]
-    return np.concatenate(pieces), offsets, {"haystack_source": "noise" if spec.haystack == "repeat" else "needles",
-                                             "haystack_lines": len(lines), "filler_tokens": int(room)}
+    return (
+        np.concatenate(pieces),
+        offsets,
+        {
+            "haystack_source": "noise" if spec.haystack == "repeat" else "needles",
+            "haystack_lines": len(lines),
+            "filler_tokens": int(room),
+        },
+    )
 
 
 def _query_text(keys: list[str]) -> str:
@@ -192,19 +205,29 @@ def build_niah(name: str, source: RulerSource, length: int, index: int) -> Ruler
 
     one = spec.queries * spec.values == 1  # RULER's singular wording
     noun = spec.value[:-1] if one else spec.value
-    before = (f"{'A' if one else 'Some'} special magic {noun} {'is' if one else 'are'} hidden within the following text. "
-              f"Make sure to memorize it. I will quiz you about the {noun} afterwards.\n")
+    before = (
+        f"{'A' if one else 'Some'} special magic {noun} {'is' if one else 'are'} hidden within the following text. "
+        f"Make sure to memorize it. I will quiz you about the {noun} afterwards.\n"
+    )
     question = f"What {'is' if one else 'are all'} the special magic {noun} for {query} mentioned in the provided text?"
     prefix = f"The special magic {noun} for {query} mentioned in the provided text {'is' if one else 'are'}"
     essay = spec.haystack == "essay"
-    frame = PromptFrame.build(source.tokenizer, source.chat, before, ("\n" if essay else "") + question, prefix,
-                              answers[0] if len(answers) == 1 else None)
+    frame = PromptFrame.build(
+        source.tokenizer,
+        source.chat,
+        before,
+        ("\n" if essay else "") + question,
+        prefix,
+        answers[0] if len(answers) == 1 else None,
+    )
     budget = frame.budget(length)
     sep = " " if essay else ""  # sentences in running text; whole lines otherwise
     needles = [_encode(source.tokenizer, sep + t + ("" if essay else "\n")) for t in texts]
     if budget < sum(map(len, needles)):
-        raise ConfigError(f"context length {length} is too short for RULER's {name}",
-                          f"use lengths of at least {length - budget + sum(map(len, needles))} tokens")
+        raise ConfigError(
+            f"context length {length} is too short for RULER's {name}",
+            f"use lengths of at least {length - budget + sum(map(len, needles))} tokens",
+        )
     if essay:
         context, offsets, info = _essay(source, budget, needles, rng)
     else:
@@ -212,9 +235,21 @@ def build_niah(name: str, source: RulerSource, length: int, index: int) -> Ruler
     prompt = frame.assemble(context)
     assert len(prompt) == length, (len(prompt), length)  # exact by construction
     spans = [(frame.context_start + at, frame.context_start + at + len(n)) for at, n in zip(offsets, needles)]
-    provenance = {"haystack": spec.haystack, **info, "context_start": frame.context_start, "context_tokens": budget, "needles": texts, "needle_spans": spans, "keys": keys, "values": values,
-                  "queries": [keys[i] for i in asked], "question": question, "answer_prefix": prefix,
-                  "chat": hs._chat_parts(source.tokenizer, source.chat) is not None, "seed": seed}
+    provenance = {
+        "haystack": spec.haystack,
+        **info,
+        "context_start": frame.context_start,
+        "context_tokens": budget,
+        "needles": texts,
+        "needle_spans": spans,
+        "keys": keys,
+        "values": values,
+        "queries": [keys[i] for i in asked],
+        "question": question,
+        "answer_prefix": prefix,
+        "chat": hs._chat_parts(source.tokenizer, source.chat) is not None,
+        "seed": seed,
+    }
     return RulerSample(name, length, index, prompt, tuple(answers), frame.answer_ids, provenance)
 
 

@@ -37,16 +37,16 @@ MODEL_TEMPLATES = {
     "base": "{task_template}",
     "meta-chat": "[INST] {task_template} [/INST]",
     "vicuna-chat": "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                   "helpful, detailed, and polite answers to the user's questions. USER: {task_template} ASSISTANT:",
+    "helpful, detailed, and polite answers to the user's questions. USER: {task_template} ASSISTANT:",
     "lwm-chat": "You are a helpful assistant. USER: {task_template} ASSISTANT: ",
     "command-r-chat": "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|USER_TOKEN|>{task_template}<|END_OF_TURN_TOKEN|>"
-                      "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+    "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
     "chatglm-chat": "[gMASK]sop<|user|> \n {task_template}<|assistant|> \n ",
     "RWKV": "User: hi\n\nAssistant: Hi. I am your assistant and I will provide expert full response in full details. "
-            "Please feel free to ask any question and I will always answer it\n\nUser: {task_template}\n\nAssistant:",
+    "Please feel free to ask any question and I will always answer it\n\nUser: {task_template}\n\nAssistant:",
     "Phi3": "<|user|>\n{task_template}<|end|>\n<|assistant|>\n",
     "meta-llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{task_template}<|eot_id|>"
-                   "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "jamba": "<|startoftext|><|bom|><|system|> <|eom|><|bom|><|user|> {task_template}<|eom|><|bom|><|assistant|>",
     "nemotron5-instruct": "<SPECIAL_10>System\n\n<SPECIAL_11>User\n{task_template}\n<SPECIAL_11>Assistant\n",
 }
@@ -67,30 +67,41 @@ TASK_TEXT = {
         "quiz you "
         "about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic {type_needle_v} for {query} "
         "mentioned in the provided text?",
-        " The special magic {type_needle_v} for {query} mentioned in the provided text are", 128),
+        " The special magic {type_needle_v} for {query} mentioned in the provided text are",
+        128,
+    ),
     "variable_tracking": TaskText(
         "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\nQuestion: "
         "Find "
         "all variables that are assigned the value {query} in the text above.",
         " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned "
         "the "
-        "value {query}, they are: ", 30),
+        "value {query}, they are: ",
+        30,
+    ),
     "common_words_extraction": TaskText(
         "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that "
         "appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
-        " Answer: The top 10 words that appear most often in the list are:", 120),
+        " Answer: The top 10 words that appear most often in the list are:",
+        120,
+    ),
     "freq_words_extraction": TaskText(
         "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
         "appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
         "What "
         "are the three most frequently appeared words in the above coded text?",
-        " Answer: According to the coded text above, the three most frequently appeared words are:", 50),
+        " Answer: According to the coded text above, the three most frequently appeared words are:",
+        50,
+    ),
     "qa": TaskText(
         "Answer the question based on the given documents. Only give me the answer and do not output any other "
         "words.\n\n"
         "The following are given documents.\n\n{context}\n\nAnswer the question based on the given documents. Only "
         "give me "
-        "the answer and do not output any other words.\n\nQuestion: {query}", " Answer:", 32),
+        "the answer and do not output any other words.\n\nQuestion: {query}",
+        " Answer:",
+        32,
+    ),
 }
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -103,14 +114,20 @@ def model_template(name: str, tokenizer) -> str:
         return MODEL_TEMPLATES[name]
     if name != "hf-chat":
         from evalkit.core.errors import did_you_mean
-        raise ConfigError(f"unknown RULER template {name!r}", f"{did_you_mean(name, TEMPLATE_CHOICES)}choose from "
-                          f"{', '.join(TEMPLATE_CHOICES)}")
+
+        raise ConfigError(
+            f"unknown RULER template {name!r}",
+            f"{did_you_mean(name, TEMPLATE_CHOICES)}choose from {', '.join(TEMPLATE_CHOICES)}",
+        )
     from evalkit.data.haystack import _chat_parts
 
     parts = _chat_parts(tokenizer, "on")
     # the chat text is literal: braces in it must survive str.format
-    return (parts[0].replace("{", "{{").replace("}", "}}") + "{task_template}"
-            + parts[1].replace("{", "{{").replace("}", "}}"))
+    return (
+        parts[0].replace("{", "{{").replace("}", "}}")
+        + "{task_template}"
+        + parts[1].replace("{", "{{").replace("}", "}}")
+    )
 
 
 def full_template(task: str, template: str, tokenizer) -> str:
@@ -173,8 +190,9 @@ def word_pairs() -> WordPairs:
 @lru_cache(maxsize=1)
 def cwe_words() -> tuple[str, ...]:
     """RULER's cwe vocabulary: sorted(set(nouns + adjectives + verbs)) (8,166 words), before its seeded shuffle."""
-    return tuple(sorted(set(_wonderwords("nounlist.txt") + _wonderwords("adjectivelist.txt")
-                            + _wonderwords("verblist.txt"))))
+    return tuple(
+        sorted(set(_wonderwords("nounlist.txt") + _wonderwords("adjectivelist.txt") + _wonderwords("verblist.txt")))
+    )
 
 
 # ---------------------------------------------------------------- essay haystack
@@ -195,19 +213,23 @@ def essay_from(dataset: str | None, text_field: str = "text", split: str = "trai
         try:
             data = json.loads(Path(dataset).expanduser().read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read {dataset}: {e}",
-                            "give RULER's PaulGrahamEssays.json ({\"text\": ...})") from None
+            raise DataError(
+                f"cannot read {dataset}: {e}", 'give RULER\'s PaulGrahamEssays.json ({"text": ...})'
+            ) from None
         if not isinstance(data, dict) or not isinstance(data.get("text"), str):
-            raise DataError(f"{dataset} is not RULER's essay file", "give a JSON object with a \"text\" string "
-                            "(what RULER's download_paulgraham_essay.py writes)")
+            raise DataError(
+                f"{dataset} is not RULER's essay file",
+                'give a JSON object with a "text" string (what RULER\'s download_paulgraham_essay.py writes)',
+            )
         text, source = data["text"], f"{dataset} (RULER's PaulGrahamEssays.json format)"
     else:
         from evalkit.data.corpus import load_corpus
 
         corpus = load_corpus(dataset, text_field, split)
         text = "\n\n".join(corpus.documents)
-        source = corpus.name + ("" if dataset else
-                                " (built-in stand-in for Paul Graham's essays, which need the network)")
+        source = corpus.name + (
+            "" if dataset else " (built-in stand-in for Paul Graham's essays, which need the network)"
+        )
     words = tuple(re.sub(r"\s+", " ", text).split(" "))
     if len(words) < 2:
         raise DataError(f"the essay haystack from {source} has no words", "give a text with words")
@@ -227,10 +249,13 @@ def splitter():
     try:
         nltk.data.find("tokenizers/punkt_tab/english/")
         from nltk.tokenize import sent_tokenize
+
         return sent_tokenize, "nltk sent_tokenize (punkt_tab english), as RULER"
     except LookupError:
-        return PunktSentenceTokenizer().tokenize, ("nltk punkt, untrained (punkt_tab data not installed; RULER uses "
-                                                   "punkt_tab english: boundaries can differ at abbreviations)")
+        return PunktSentenceTokenizer().tokenize, (
+            "nltk punkt, untrained (punkt_tab data not installed; RULER uses "
+            "punkt_tab english: boundaries can differ at abbreviations)"
+        )
 
 
 # ---------------------------------------------------------------- the shared machinery
@@ -289,8 +314,9 @@ def fit(make, count, units: int, incremental: int, max_len: int, budget: int, tr
             return text, rest, length, units
         if units > incremental:
             units -= incremental
-    raise ConfigError(f"no RULER prompt fits in {max_len} tokens (the task's fixed text alone is too long)",
-                      "use longer --lengths")
+    raise ConfigError(
+        f"no RULER prompt fits in {max_len} tokens (the task's fixed text alone is too long)", "use longer --lengths"
+    )
 
 
 def split_prefix(text: str, task: str) -> tuple[str, str]:
@@ -369,7 +395,7 @@ def niah(source: Source, name: str, length: int, samples: int) -> list[Built]:
             cuts = [0] + sorted(int(len(sents) * (d / 100)) for d in rnd.sample(DEPTHS, len(needles))) + [len(sents)]
             parts = []
             for i in range(1, len(cuts)):
-                parts.append(" ".join(sents[cuts[i - 1]:cuts[i]]))
+                parts.append(" ".join(sents[cuts[i - 1] : cuts[i]]))
                 if i - 1 < len(needles):
                     parts.append(needles[i - 1])
             context = " ".join(parts)
@@ -395,8 +421,9 @@ def niah(source: Source, name: str, length: int, samples: int) -> list[Built]:
     if spec.haystack != "essay" and length < 4096:
         incremental = 5
     budget = TASK_TEXT["niah"].tokens_to_generate
-    size = search(lambda n: make(n)[0], source.count, incremental, incremental, length, budget,
-                  lambda per: int(length / per * 3))
+    size = search(
+        lambda n: make(n)[0], source.count, incremental, incremental, length, budget, lambda per: int(length / per * 3)
+    )
     out = []
     for _ in range(samples):
         text, (answers, info), total, used = fit(make, source.count, size, incremental, length, budget)
@@ -414,4 +441,4 @@ def answer_ids(tokenizer, prompt: list[int], text: str, answer: str) -> tuple[in
     """The single answer's tokens as they follow the prompt (its leading space included), None when they do not
     split cleanly."""
     full = list(tokenizer(text + " " + answer)["input_ids"])
-    return tuple(full[len(prompt):]) if full[:len(prompt)] == prompt and len(full) > len(prompt) else None
+    return tuple(full[len(prompt) :]) if full[: len(prompt)] == prompt and len(full) > len(prompt) else None

@@ -17,8 +17,19 @@ import string
 
 import numpy as np
 
-from evalkit.data.ruler.nvidia import (NIAH, NOISE, TASK_TEXT, Built, Source, cwe_words, fit, full_template, niah, search,
-                                       split_prefix)
+from evalkit.data.ruler.nvidia import (
+    NIAH,
+    NOISE,
+    TASK_TEXT,
+    Built,
+    Source,
+    cwe_words,
+    fit,
+    full_template,
+    niah,
+    search,
+    split_prefix,
+)
 from evalkit.core.errors import ConfigError, DataError
 
 NUM_CHAINS, NUM_HOPS = 1, 4  # synthetic.yaml
@@ -37,7 +48,7 @@ def _chains(rnd: random.Random, nrs: np.random.RandomState, icl: bool):
         names.append("".join(rnd.choices(string.ascii_uppercase, k=letters)))
     chains, lines = [], []
     for i in range(0, len(names), hops + 1):  # RULER slices every name drawn, duplicates' extras included
-        part = names[i:i + hops + 1]
+        part = names[i : i + hops + 1]
         chains.append(part)
         first = f"VAR {part[0]} = 12345" if icl else f"VAR {part[0]} = {nrs.randint(10000, 99999)}"
         lines.append([first] + [f"VAR {part[j + 1]} = VAR {part[j]} " for j in range(len(part) - 1)])
@@ -56,11 +67,12 @@ def _vt_make(rnd, nrs, template: str, icl: bool):
         context = "\n".join(sentences).replace(". \n", ".\n")
         hops = min(10, NUM_HOPS) if icl else NUM_HOPS
         return template.format(context=context, query=value, num_v=hops + 1), chains[0]
+
     return make
 
 
 def _randomize_example(rnd, nrs, example: str) -> str:
-    for item in example.strip().split()[-NUM_HOPS - 1:]:
+    for item in example.strip().split()[-NUM_HOPS - 1 :]:
         example = example.replace(item, "".join(rnd.choices(string.ascii_uppercase, k=len(item))))
     return example.replace("12345", str(nrs.randint(10000, 99999)))
 
@@ -80,8 +92,15 @@ def vt(source: Source, name: str, length: int, samples: int) -> list[Built]:
 
     incremental = 5 if length < 4096 else 10
     make = _vt_make(rnd, nrs, template, icl=False)
-    size = search(lambda n: make(n)[0], count, incremental, incremental, length,
-                  example_tokens + task.tokens_to_generate, lambda per: int(length / per * 3))
+    size = search(
+        lambda n: make(n)[0],
+        count,
+        incremental,
+        incremental,
+        length,
+        example_tokens + task.tokens_to_generate,
+        lambda per: int(length / per * 3),
+    )
 
     def with_example(n: int):
         text, chain = make(n)
@@ -91,8 +110,15 @@ def vt(source: Source, name: str, length: int, samples: int) -> list[Built]:
     out = []
     for _ in range(samples):
         text, (chain,), total, used = fit(with_example, count, size, incremental, length, task.tokens_to_generate)
-        out.append(Built(*split_prefix(text, "variable_tracking"), tuple(chain), total, used,
-                         {"variables": chain, "searched_units": size, "example_noise_lines": None}))
+        out.append(
+            Built(
+                *split_prefix(text, "variable_tracking"),
+                tuple(chain),
+                total,
+                used,
+                {"variables": chain, "searched_units": size, "example_noise_lines": None},
+            )
+        )
     return out
 
 
@@ -107,9 +133,11 @@ def cwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
 
     def example(n: int, common: int, uncommon: int):
         if n > len(words):
-            raise DataError(f"cwe at {length} tokens needs more than the {len(words)} wonderwords words: RULER then "
-                            "samples its english_words.json list, which evalkit does not ship",
-                            "use shorter --lengths for cwe")
+            raise DataError(
+                f"cwe at {length} tokens needs more than the {len(words)} wonderwords words: RULER then "
+                "samples its english_words.json list, which evalkit does not ship",
+                "use shorter --lengths for cwe",
+            )
         picked = rnd.sample(words, n)
         items = picked[:NUM_CW] * common + picked[NUM_CW:] * uncommon
         random.Random(source.seed).shuffle(items)
@@ -120,8 +148,11 @@ def cwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
             shot, (context, answer) = example(20, 3, 1), example(n, 6, 1)
         else:
             shot, (context, answer) = example(40, 10, 3), example(n, FREQ_CW, FREQ_UCW)
-        shot_text = template.format(num_cw=NUM_CW, context=shot[0], query="") + " " + " ".join(
-            f"{i + 1}. {w}" for i, w in enumerate(shot[1]))
+        shot_text = (
+            template.format(num_cw=NUM_CW, context=shot[0], query="")
+            + " "
+            + " ".join(f"{i + 1}. {w}" for i, w in enumerate(shot[1]))
+        )
         return shot_text + "\n" + template.format(num_cw=NUM_CW, context=context, query=""), answer
 
     budget = TASK_TEXT["common_words_extraction"].tokens_to_generate
@@ -129,8 +160,9 @@ def cwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
     out = []
     for _ in range(samples):
         text, (answer,), total, used = fit(make, source.count, size, 10, length, budget)
-        out.append(Built(*split_prefix(text, "common_words_extraction"), tuple(answer), total, used,
-                         {"searched_units": size}))
+        out.append(
+            Built(*split_prefix(text, "common_words_extraction"), tuple(answer), total, used, {"searched_units": size})
+        )
     return out
 
 
@@ -141,7 +173,7 @@ def zipf_counts(num_words: int, vocab: int) -> np.ndarray:
     from scipy.special import zeta
 
     k = np.arange(1, vocab + 1)
-    return (num_words * (k ** -ALPHA) / zeta(ALPHA)).astype(int)
+    return (num_words * (k**-ALPHA) / zeta(ALPHA)).astype(int)
 
 
 def fwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
@@ -151,8 +183,10 @@ def fwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
     max_len = length - task.tokens_to_generate
     size = max_len // 50  # RULER's vocab_size
     if size < 5:
-        raise ConfigError(f"context length {length} is too short for fwe (a vocabulary of {size} coded words)",
-                          "use 300 tokens or more")
+        raise ConfigError(
+            f"context length {length} is too short for fwe (a vocabulary of {size} coded words)",
+            "use 300 tokens or more",
+        )
     step = max_len // 32
 
     def vocab():
@@ -188,8 +222,15 @@ def fwe(source: Source, name: str, length: int, samples: int) -> list[Built]:
     for _ in range(samples):
         text, words, used = draw(first)
         total = source.count(text) + task.tokens_to_generate
-        out.append(Built(*split_prefix(text, "freq_words_extraction"), tuple(words[1:4]), total, used,
-                         {"vocab_size": size, "searched_units": first}))
+        out.append(
+            Built(
+                *split_prefix(text, "freq_words_extraction"),
+                tuple(words[1:4]),
+                total,
+                used,
+                {"vocab_size": size, "searched_units": first},
+            )
+        )
     return out
 
 
@@ -211,16 +252,25 @@ def _read_qa(path: str, kind: str):
                 for p in d["paragraphs"]:
                     for q in p["qas"]:
                         if not q.get("is_impossible", False):
-                            qas.append((q["question"], [a["text"] for a in q["answers"]], [where[p["context"]]],
-                                        [i for i in more if i != where[p["context"]]]))
+                            qas.append(
+                                (
+                                    q["question"],
+                                    [a["text"] for a in q["answers"]],
+                                    [where[p["context"]]],
+                                    [i for i in more if i != where[p["context"]]],
+                                )
+                            )
         else:
             docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
             where = {c: i for i, c in enumerate(docs)}
-            qas = [(d["question"], [d["answer"]], [where[f"{t}\n{''.join(p)}"] for t, p in d["context"]], [])
-                   for d in data]
+            qas = [
+                (d["question"], [d["answer"]], [where[f"{t}\n{''.join(p)}"] for t, p in d["context"]], []) for d in data
+            ]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"cannot read {path} as RULER's {kind} file ({type(e).__name__}: {e})",
-                        "give the SQuAD v2 / HotpotQA JSON RULER's download_qa_dataset.sh fetches") from None
+        raise DataError(
+            f"cannot read {path} as RULER's {kind} file ({type(e).__name__}: {e})",
+            "give the SQuAD v2 / HotpotQA JSON RULER's download_qa_dataset.sh fetches",
+        ) from None
     return qas, docs
 
 
@@ -231,12 +281,16 @@ def qa(source: Source, name: str, length: int, samples: int) -> list[Built]:
     kind = "squad" if name == "qa_1" else "hotpotqa"
     path = next((p for p in source.qa_files if load(p).format == kind), None)
     if path is None:
-        raise SkipTask(f"{name} needs a local {'SQuAD v2' if kind == 'squad' else 'HotpotQA'} JSON file: "
-                       "pass --qa-dataset FILE.json")
+        raise SkipTask(
+            f"{name} needs a local {'SQuAD v2' if kind == 'squad' else 'HotpotQA'} JSON file: "
+            "pass --qa-dataset FILE.json"
+        )
     qas, docs = source._cache.get(path) or source._cache.setdefault(path, _read_qa(path, kind))
     if samples > len(qas):
-        raise ConfigError(f"{path} has {len(qas)} answerable questions, fewer than --samples {samples}",
-                          f"use --samples {len(qas)} or fewer (RULER asks question i for sample i)")
+        raise ConfigError(
+            f"{path} has {len(qas)} answerable questions, fewer than --samples {samples}",
+            f"use --samples {len(qas)} or fewer (RULER asks question i for sample i)",
+        )
     rnd = random.Random(source.seed)
     template = full_template("qa", source.template, source.tokenizer)
 
@@ -256,6 +310,7 @@ def qa(source: Source, name: str, length: int, samples: int) -> list[Built]:
             random.Random(source.seed).shuffle(texts)
             context = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(texts))
             return template.format(context=context, query=query), answers
+
         return make
 
     budget = TASK_TEXT["qa"].tokens_to_generate
@@ -263,8 +318,15 @@ def qa(source: Source, name: str, length: int, samples: int) -> list[Built]:
     out = []
     for index in range(samples):
         text, (answers,), total, used = fit(make_for(index), source.count, size, 10, length, budget)
-        out.append(Built(*split_prefix(text, "qa"), tuple(answers), total, used,
-                         {"question_index": index, "file": path, "searched_units": size}))
+        out.append(
+            Built(
+                *split_prefix(text, "qa"),
+                tuple(answers),
+                total,
+                used,
+                {"question_index": index, "file": path, "searched_units": size},
+            )
+        )
     return out
 
 

@@ -20,7 +20,9 @@ from evalkit.data.haystack import _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, SkipTask, register
 from evalkit.core.errors import ConfigError, DataError
 
-INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+INSTRUCTION = (
+    "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+)
 BEFORE = f"{INSTRUCTION}\n\nThe following are given documents.\n\n"
 AFTER = f"\n\n{INSTRUCTION}\n\nQuestion: {{query}}"
 PREFIX = "Answer:"
@@ -56,8 +58,15 @@ def _squad(data: dict, path: str) -> QAFile:
                 answers = tuple(dict.fromkeys(a["text"] for a in q.get("answers", []) if a["text"].strip()))
                 if q.get("is_impossible") or not answers:
                     continue
-                questions.append(Question(str(q.get("id", len(questions))), q["question"], answers, (doc,),
-                                          tuple(d for d in dict.fromkeys(article_docs) if d != doc)))
+                questions.append(
+                    Question(
+                        str(q.get("id", len(questions))),
+                        q["question"],
+                        answers,
+                        (doc,),
+                        tuple(d for d in dict.fromkeys(article_docs) if d != doc),
+                    )
+                )
     return QAFile(path, "squad", tuple(docs), tuple(questions))
 
 
@@ -72,11 +81,20 @@ def _hotpot(data: list, path: str) -> QAFile:
     for n, d in enumerate(data):
         own = [where[_hotpot_doc(t, s)] for t, s in d["context"]]
         titles = {t for t, _ in d.get("supporting_facts", [])}
-        gold = [where[_hotpot_doc(t, s)] for t, s in d["context"] if t in titles] or own  # no supporting facts: all its paragraphs
+        gold = [
+            where[_hotpot_doc(t, s)] for t, s in d["context"] if t in titles
+        ] or own  # no supporting facts: all its paragraphs
         answer = str(d["answer"]).strip()
         if answer:
-            questions.append(Question(str(d.get("_id", n)), d["question"], (answer,), tuple(dict.fromkeys(gold)),
-                                      tuple(i for i in dict.fromkeys(own) if i not in gold)))
+            questions.append(
+                Question(
+                    str(d.get("_id", n)),
+                    d["question"],
+                    (answer,),
+                    tuple(dict.fromkeys(gold)),
+                    tuple(i for i in dict.fromkeys(own) if i not in gold),
+                )
+            )
     return QAFile(path, "hotpotqa", tuple(docs), tuple(questions))
 
 
@@ -90,15 +108,28 @@ def _read(path: str, stamp: tuple[int, int]) -> QAFile:
     try:
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             qa = _squad(data, path)
-        elif isinstance(data, list) and data and isinstance(data[0], dict) and {"question", "answer", "context"} <= data[0].keys():
+        elif (
+            isinstance(data, list)
+            and data
+            and isinstance(data[0], dict)
+            and {"question", "answer", "context"} <= data[0].keys()
+        ):
             qa = _hotpot(data, path)
         else:
-            raise DataError(f"QA file {path} is neither SQuAD (data -> paragraphs -> qas) nor HotpotQA "
-                            "(a list of question, answer, context)", "give a SQuAD v2 or HotpotQA JSON file")
+            raise DataError(
+                f"QA file {path} is neither SQuAD (data -> paragraphs -> qas) nor HotpotQA "
+                "(a list of question, answer, context)",
+                "give a SQuAD v2 or HotpotQA JSON file",
+            )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise DataError(f"QA file {path} is malformed ({type(e).__name__}: {e})", "give an unmodified SQuAD v2 or HotpotQA JSON file") from None
+        raise DataError(
+            f"QA file {path} is malformed ({type(e).__name__}: {e})",
+            "give an unmodified SQuAD v2 or HotpotQA JSON file",
+        ) from None
     if not qa.questions:
-        raise DataError(f"QA file {path} has no answerable question", "give a SQuAD v2 or HotpotQA JSON file with answers")
+        raise DataError(
+            f"QA file {path} has no answerable question", "give a SQuAD v2 or HotpotQA JSON file with answers"
+        )
     return qa
 
 
@@ -106,7 +137,9 @@ def load(path: str) -> QAFile:
     try:
         st = os.stat(path)
     except OSError:
-        raise DataError(f"QA file {path} does not exist", "give the path of a local SQuAD v2 or HotpotQA JSON file") from None
+        raise DataError(
+            f"QA file {path} does not exist", "give the path of a local SQuAD v2 or HotpotQA JSON file"
+        ) from None
     return _read(os.path.abspath(path), (st.st_mtime_ns, st.st_size))
 
 
@@ -126,15 +159,23 @@ def _doc_cache(tokenizer, qa: QAFile) -> dict:
 
 
 def _header(i: int) -> str:
-    return ("\n\n" if i > 1 else "") + f"Document {i}:\n"  # RULER joins "Document {i}:\n{document}" blocks with blank lines
+    return (
+        "\n\n" if i > 1 else ""
+    ) + f"Document {i}:\n"  # RULER joins "Document {i}:\n{document}" blocks with blank lines
 
 
 def build(source: RulerSource, length: int, index: int, task: str) -> RulerSample:
     qa, tok = qa_file(source, task), source.tokenizer
     rng = source.rng(task, length, index)
     q = qa.questions[index % len(qa.questions)]
-    frame = PromptFrame.build(tok, source.chat, BEFORE, AFTER.format(query=q.query), PREFIX,
-                              answer=q.answers[0] if len(q.answers) == 1 else None)
+    frame = PromptFrame.build(
+        tok,
+        source.chat,
+        BEFORE,
+        AFTER.format(query=q.query),
+        PREFIX,
+        answer=q.answers[0] if len(q.answers) == 1 else None,
+    )
     budget, ids = frame.budget(length), _doc_cache(tok, qa)
     first = set(q.gold) | set(q.own)
     rest = (i for i in rng.permutation(len(qa.docs)).tolist() if i not in first)
@@ -152,14 +193,26 @@ def build(source: RulerSource, length: int, index: int, task: str) -> RulerSampl
         chosen.append(doc)
         used += cost
     if len(chosen) < len(q.gold):
-        raise ConfigError(f"context length {length} is too short for {task}: question {q.id}'s gold paragraph(s) do not fit "
-                          f"in the {budget} tokens left", "use longer lengths")
+        raise ConfigError(
+            f"context length {length} is too short for {task}: question {q.id}'s gold paragraph(s) do not fit "
+            f"in the {budget} tokens left",
+            "use longer lengths",
+        )
     order = [chosen[i] for i in rng.permutation(len(chosen))]
     context = [t for n, doc in enumerate(order, 1) for t in _encode(tok, _header(n)) + ids[doc]]
     prompt = frame.assemble(context)
-    provenance = {"seed": source.seed, "file": qa.path, "format": qa.format, "question_index": index % len(qa.questions),
-                  "question_id": q.id, "gold_docs": list(q.gold), "docs": order, "docs_in_file": len(qa.docs),
-                  "short_by": length - len(prompt), "chat": source.chat}
+    provenance = {
+        "seed": source.seed,
+        "file": qa.path,
+        "format": qa.format,
+        "question_index": index % len(qa.questions),
+        "question_id": q.id,
+        "gold_docs": list(q.gold),
+        "docs": order,
+        "docs_in_file": len(qa.docs),
+        "short_by": length - len(prompt),
+        "chat": source.chat,
+    }
     return RulerSample(task, length, index, prompt, q.answers, frame.answer_ids, provenance)
 
 

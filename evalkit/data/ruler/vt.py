@@ -20,8 +20,10 @@ from evalkit.core.errors import ConfigError
 
 NUM_CHAINS, NUM_HOPS = 1, 4  # RULER's synthetic.yaml
 EXAMPLE_TOKENS = 500  # RULER builds its in-context example at max_seq_length 500
-TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-            "Question: Find all variables that are assigned the value {query} in the text above.")
+TEMPLATE = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+    "Question: Find all variables that are assigned the value {query} in the text above."
+)
 PREFIX = "Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned the value {query}, they are: "
 NOISE_LINE = NOISE + "\n"
 
@@ -83,13 +85,17 @@ def build(source: RulerSource, length: int, index: int) -> RulerSample:
     names, lines, vals = _chains(rng, 5, taken, values)
     example, example_info = _example(source, rng, min(EXAMPLE_TOKENS, length // 4), taken, values)
     before, after = TEMPLATE.format(context="\0", query=vals[0]).split("\0")
-    frame = PromptFrame.build(tok, source.chat, example + "\n\n" + before, after, PREFIX.format(num_v=NUM_HOPS + 1, query=vals[0]))
+    frame = PromptFrame.build(
+        tok, source.chat, example + "\n\n" + before, after, PREFIX.format(num_v=NUM_HOPS + 1, query=vals[0])
+    )
     statements = [_encode(tok, line) for chain in lines for line in chain]
     noise_ids = _encode(tok, NOISE_LINE)
     room = frame.budget(length) - sum(map(len, statements))
     if room < 0:
-        raise ConfigError(f"context length {length} is too short for vt: its frame and chain need {length - room} tokens",
-                          "use longer lengths")
+        raise ConfigError(
+            f"context length {length} is too short for vt: its frame and chain need {length - room} tokens",
+            "use longer lengths",
+        )
     full, cut = divmod(room, len(noise_ids))
     where = _slots(rng, full, len(statements))
     context, pending = [], iter(statements)
@@ -99,6 +105,14 @@ def build(source: RulerSource, length: int, index: int) -> RulerSample:
         context += noise_ids if i < full else noise_ids[:cut]
     prompt = frame.assemble(context)
     assert len(prompt) == length, (len(prompt), length)  # exact by construction
-    provenance = {"seed": source.seed, "variables": names, "values": vals, "statement_slots": where, "noise_lines": full,
-                  "cut_noise_tokens": cut, "example": example_info, "chat": source.chat}
+    provenance = {
+        "seed": source.seed,
+        "variables": names,
+        "values": vals,
+        "statement_slots": where,
+        "noise_lines": full,
+        "cut_noise_tokens": cut,
+        "example": example_info,
+        "chat": source.chat,
+    }
     return RulerSample("vt", length, index, prompt, tuple(names[0]), None, provenance)

@@ -28,12 +28,16 @@ from evalkit.data.haystack import _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, register
 from evalkit.core.errors import ConfigError, DataError
 
-CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. "
-                "Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?")
+CWE_TEMPLATE = (
+    "Below is a numbered list of words. In these words, some appear more often than others. "
+    "Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?"
+)
 CWE_PREFIX = "Answer: The top 10 words that appear most often in the list are:"
-FWE_TEMPLATE = ("Read the following coded text and track the frequency of each coded word. Find the three most frequently "
-                "appeared coded words.{context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
-                "What are the three most frequently appeared words in the above coded text?")
+FWE_TEMPLATE = (
+    "Read the following coded text and track the frequency of each coded word. Find the three most frequently "
+    "appeared coded words.{context}\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
+    "What are the three most frequently appeared words in the above coded text?"
+)
 FWE_PREFIX = "Answer: According to the coded text above, the three most frequently appeared words are:"
 NUM_CW = 10
 ALPHA = 2.0
@@ -47,7 +51,11 @@ def word_list() -> tuple[str, ...]:
         from wonderwords import random_word
     except ImportError as e:
         raise DataError("cwe needs RULER's word list from the wonderwords package", "pip install wonderwords") from e
-    words = {w for f in ("nounlist.txt", "adjectivelist.txt", "verblist.txt") for w in random_word._get_words_from_text_file(f)}
+    words = {
+        w
+        for f in ("nounlist.txt", "adjectivelist.txt", "verblist.txt")
+        for w in random_word._get_words_from_text_file(f)
+    }
     return tuple(sorted(w for w in words if re.fullmatch(r"[a-z]+", w)))  # multi-word entries would blur what a word is
 
 
@@ -60,7 +68,9 @@ def _word_ids(tokenizer) -> list[list[int]]:
 @lru_cache(maxsize=16)
 def _number_ids(tokenizer, upto: int) -> tuple[list[list[int]], np.ndarray]:
     """The item numbers "1.", " 2.", ... " upto." and their cumulative token counts (index 0: no item)."""
-    ids = tokenizer([("" if i == 1 else " ") + f"{i}." for i in range(1, upto + 1)], add_special_tokens=False)["input_ids"]
+    ids = tokenizer([("" if i == 1 else " ") + f"{i}." for i in range(1, upto + 1)], add_special_tokens=False)[
+        "input_ids"
+    ]
     return ids, np.concatenate([[0], np.cumsum([len(x) for x in ids])])
 
 
@@ -83,7 +93,9 @@ def _numbered(items: list[str]) -> str:
 @register("cwe")
 def build_cwe(source: RulerSource, length: int, index: int) -> RulerSample:
     rng, tok, words = source.rng("cwe", length, index), source.tokenizer, word_list()
-    (ex_n, ex_cw, ex_ucw), (cw, ucw) = ((20, 3, 1), (6, 1)) if length < 4096 else ((40, 10, 3), (30, 3))  # RULER's switch
+    (ex_n, ex_cw, ex_ucw), (cw, ucw) = (
+        ((20, 3, 1), (6, 1)) if length < 4096 else ((40, 10, 3), (30, 3))
+    )  # RULER's switch
     order = rng.permutation(len(words))
     example_words = [words[i] for i in order[-ex_n:]]  # the example's words never appear in the task's list
     example = CWE_TEMPLATE.format(context=_numbered(_cwe_list(rng, example_words, ex_cw, ex_ucw)))
@@ -100,21 +112,37 @@ def build_cwe(source: RulerSource, length: int, index: int) -> RulerSample:
     n = np.arange(NUM_CW, n_max + 1)
     items = NUM_CW * cw + (n - NUM_CW) * ucw
     number_ids, numbers = _number_ids(tok, 1 << int(items[-1]).bit_length())
-    tokens = numbers[items] + cw * word_tokens[:NUM_CW].sum() + ucw * np.concatenate([[0], np.cumsum(word_tokens[NUM_CW:n_max])])
+    tokens = (
+        numbers[items]
+        + cw * word_tokens[:NUM_CW].sum()
+        + ucw * np.concatenate([[0], np.cumsum(word_tokens[NUM_CW:n_max])])
+    )
     fits = np.flatnonzero(tokens <= budget)
     if not len(fits):
-        raise ConfigError(f"context length {length} is too short for cwe: 10 words x {cw} need {int(tokens[0])} tokens, "
-                          f"{budget} are left", "use longer lengths")
-    picked = pool[:int(n[fits[-1]])].tolist()
+        raise ConfigError(
+            f"context length {length} is too short for cwe: 10 words x {cw} need {int(tokens[0])} tokens, "
+            f"{budget} are left",
+            "use longer lengths",
+        )
+    picked = pool[: int(n[fits[-1]])].tolist()
     chosen = [words[i] for i in picked]
     items = _cwe_list(rng, picked, cw, ucw)
     context = [t for i, w in enumerate(items) for t in number_ids[i] + word_ids[w]]
     exhausted = len(chosen) == len(pool)  # every word used: the shortfall is not a part-item, leave it
     context, pad = (context, 0) if exhausted else _pad(tok, frame, length, context)
     prompt = frame.assemble(context)
-    provenance = {"seed": source.seed, "words": "wonderwords nouns+adjectives+verbs", "num_words": len(chosen),
-                  "freq_cw": cw, "freq_ucw": ucw, "common": chosen[:NUM_CW], "items": len(items), "pad_tokens": pad,
-                  "example_words": example_words, "chat": source.chat}
+    provenance = {
+        "seed": source.seed,
+        "words": "wonderwords nouns+adjectives+verbs",
+        "num_words": len(chosen),
+        "freq_cw": cw,
+        "freq_ucw": ucw,
+        "common": chosen[:NUM_CW],
+        "items": len(items),
+        "pad_tokens": pad,
+        "example_words": example_words,
+        "chat": source.chat,
+    }
     return RulerSample("cwe", length, index, prompt, tuple(chosen[:NUM_CW]), None, provenance)
 
 
@@ -128,7 +156,10 @@ def build_fwe(source: RulerSource, length: int, index: int) -> RulerSample:
     rng, tok = source.rng("fwe", length, index), source.tokenizer
     size = length // 50  # RULER's vocab_size
     if size < 5:
-        raise ConfigError(f"context length {length} is too short for fwe (a vocabulary of {size} coded words)", "use 250 tokens or more")
+        raise ConfigError(
+            f"context length {length} is too short for fwe (a vocabulary of {size} coded words)",
+            "use 250 tokens or more",
+        )
     vocab: dict[str, None] = {}
     while len(vocab) < size - 1:
         vocab.setdefault("".join(rng.choice(list(string.ascii_lowercase), size=CODED_LEN)), None)
@@ -138,20 +169,32 @@ def build_fwe(source: RulerSource, length: int, index: int) -> RulerSample:
     budget = frame.budget(length)
     pieces = tok([" " + w for w in vocab], add_special_tokens=False)["input_ids"]
     sizes = np.array([len(p) for p in pieces])
-    low, high = 0, budget + size + 1  # counts sum to at least N - size, each word 1+ token: N = budget + size + 1 never fits
+    low, high = (
+        0,
+        budget + size + 1,
+    )  # counts sum to at least N - size, each word 1+ token: N = budget + size + 1 never fits
     while high - low > 1:  # the largest N whose list fits
         mid = (low + high) // 2
         low, high = (mid, high) if zipf_counts(mid, size) @ sizes <= budget else (low, mid)
     counts = zipf_counts(low, size)
     if not counts[1] > counts[2] > counts[3] > counts[4]:
-        raise ConfigError(f"context length {length} is too short for fwe: the top counts {counts[1:5].tolist()} tie",
-                          "use longer lengths")
+        raise ConfigError(
+            f"context length {length} is too short for fwe: the top counts {counts[1:5].tolist()} tie",
+            "use longer lengths",
+        )
     pad = budget - int(counts @ sizes)
     if sizes[0] == 1:  # fill the part-step left over with more of the noise word the model is told to ignore
         counts[0], pad = counts[0] + pad, 0
     ranks = np.repeat(np.arange(size), counts)[rng.permutation(int(counts.sum()))]
     context, pad = _pad(tok, frame, length, [t for r in ranks for t in pieces[r]])
     prompt = frame.assemble(context)
-    provenance = {"seed": source.seed, "alpha": ALPHA, "num_words": low, "vocab": vocab, "counts": counts.tolist(),
-                  "pad_tokens": pad, "chat": source.chat}
+    provenance = {
+        "seed": source.seed,
+        "alpha": ALPHA,
+        "num_words": low,
+        "vocab": vocab,
+        "counts": counts.tolist(),
+        "pad_tokens": pad,
+        "chat": source.chat,
+    }
     return RulerSample("fwe", length, index, prompt, tuple(vocab[1:4]), None, provenance)
