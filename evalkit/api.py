@@ -18,10 +18,11 @@ import dataclasses
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from evalkit.core.errors import ConfigError, ResultsError, did_you_mean
 
@@ -86,7 +87,7 @@ class Run:
 
         return headline_metrics(self.summary, self.task)
 
-    def save(self, path: str | Path) -> "Run":
+    def save(self, path: str | Path) -> Run:
         """Copy the run folder to ``path`` (new, or empty) and return the Run read from there.
         The rows keep their ``run_id``: it names the run, not the folder."""
         target = Path(path)

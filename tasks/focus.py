@@ -15,10 +15,10 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths
+from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
 from evalkit.models.requests import PROBE_METRICS, ProbeRequest
 from evalkit.report import stats
-from evalkit.core.task import Sample, Task, option
 
 TOP_HEADS = 5
 

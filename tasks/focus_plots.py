@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.report import draw
 from evalkit.core.grid import format_length
+from evalkit.report import draw
 from tasks.needle_plots import save_untight, summary_vs_length
 
 

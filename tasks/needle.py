@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
 from evalkit.core.errors import ConfigError
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
-from evalkit.report import stats
 from evalkit.core.scoring import parse_answer
 from evalkit.core.task import Sample, Task, option
+from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
+from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+from evalkit.report import stats
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class NeedleOptions(NeedleGridOptions):
     )
     threshold: str = option(
         str(stats.RULER_THRESHOLD),
-        "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or rel:F for F x the variant's accuracy at its shortest length.",
+        "Effective context length: the longest length whose accuracy stays at or above this (RULER's 0.856), or "
+        "rel:F for F x the variant's accuracy at its shortest length.",
         summary=True,
     )
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evalkit.report import draw
 from evalkit.core.grid import format_length
+from evalkit.report import draw
 
 
 def heatmaps(acc, title, train, path):

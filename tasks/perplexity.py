@@ -26,6 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evalkit.core.errors import ConfigError
+from evalkit.core.grid import parse_length, parse_lengths
+from evalkit.core.task import Sample, Task, option
 from evalkit.data.corpus import (
     JOINED,
     LM_EVAL,
@@ -37,11 +40,8 @@ from evalkit.data.corpus import (
 )
 from evalkit.data.options import CorpusOptions
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
-from evalkit.core.errors import ConfigError
-from evalkit.core.grid import parse_length, parse_lengths
 from evalkit.models.requests import TokenLossRequest
 from evalkit.report import longppl, stats
-from evalkit.core.task import Sample, Task, option
 
 LINEAR_BINS = 32
 
@@ -51,21 +51,25 @@ class PerplexityOptions(CorpusOptions):
     lengths: str = option("1k,2k,4k,8k", "Context lengths: 1k,2k,8k or 1k..32k (doubling); k = 1024 tokens.", grid=True)
     samples: int | None = option(
         None,
-        "Windows per length (default 4); with --stride, a cap on the number of windows, with --match lm-eval on the number of documents (default: the whole corpus).",
+        "Windows per length (default 4); with --stride, a cap on the number of windows, with --match lm-eval on "
+        "the number of documents (default: the whole corpus).",
         grid=True,
     )
     stride: int | None = option(
         None,
-        "Sliding-window mode: windows of L tokens every STRIDE tokens (at most L - 1), each token after the first scored exactly once.",
+        "Sliding-window mode: windows of L tokens every STRIDE tokens (at most L - 1), each token after the first "
+        "scored exactly once.",
     )
     match: str = option(
         "none",
-        "lm-eval: lm-eval's loglikelihood_rolling windows (each document alone after a BOS/EOS prefix, L tokens in, stride L) and its word/byte perplexity.",
+        "lm-eval: lm-eval's loglikelihood_rolling windows (each document alone after a BOS/EOS prefix, L tokens "
+        "in, stride L) and its word/byte perplexity.",
         choices=("none", "lm-eval"),
     )
     windows: str = option(
         "nested",
-        "Random windows: nested (one pass of the longest length per offset gives every length's rows; exact under causal attention, else independent by itself) or independent (one pass per length and offset).",
+        "Random windows: nested (one pass of the longest length per offset gives every length's rows; exact under "
+        "causal attention, else independent by itself) or independent (one pass per length and offset).",
         choices=("nested", "independent"),
     )
     bins: str = option(
@@ -75,16 +79,21 @@ class PerplexityOptions(CorpusOptions):
     )
     dataset: str | None = option(
         None,
-        "Text source: builtin:python-stdlib (the interpreter's standard library source: long documents), builtin:pydoc-topics (Python's documentation topics: short ones), a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: builtin:python-stdlib; with --stride or --match lm-eval, which score every token of the corpus, builtin:pydoc-topics (113k SmolLM2 tokens, not 3.3M).",
+        "Text source: builtin:python-stdlib (the interpreter's standard library source: long documents), "
+        "builtin:pydoc-topics (Python's documentation topics: short ones), a .txt/.jsonl/.parquet file or folder, "
+        "or a Hugging Face dataset name. Default: builtin:python-stdlib; with --stride or --match lm-eval, which "
+        "score every token of the corpus, builtin:pydoc-topics (113k SmolLM2 tokens, not 3.3M).",
     )
     documents: str = option(
         "inside",
-        "Random windows: inside (each window inside one document long enough to hold it, windows disjoint; shorter documents are skipped) or joined (anywhere in the documents joined by end-of-text tokens).",
+        "Random windows: inside (each window inside one document long enough to hold it, windows disjoint; shorter "
+        "documents are skipped) or joined (anywhere in the documents joined by end-of-text tokens).",
         choices=("inside", "joined"),
     )
     metric: str = option(
         "perplexity",
-        "longppl: also LongPPL (Fang et al. 2025), perplexity over the key tokens whose loss depends on the long context, beside perplexity.",
+        "longppl: also LongPPL (Fang et al. 2025), perplexity over the key tokens whose loss depends on the long "
+        "context, beside perplexity.",
         choices=("perplexity", "longppl"),
     )
     lsd_threshold: float = option(
@@ -96,12 +105,15 @@ class PerplexityOptions(CorpusOptions):
     )
     short_context: str = option(
         "4k",
-        "LongPPL: the short context: each token is rescored with between SHORT and SHORT + STRIDE - 1 tokens before it; positions below SHORT + STRIDE are never key (below SHORT + STRIDE the short window is the full window's own prefix).",
+        "LongPPL: the short context: each token is rescored with between SHORT and SHORT + STRIDE - 1 tokens "
+        "before it; positions below SHORT + STRIDE are never key (below SHORT + STRIDE the short window is the "
+        "full window's own prefix).",
     )
     short_stride: str = option("1k", "LongPPL: stride of the short-context windows (tokens sharing one short window).")
     evaluator: str | None = option(
         None,
-        "LongPPL: the model that chooses the key tokens (a local checkpoint with the same tokenizer); default: the model itself under its first --attention variant.",
+        "LongPPL: the model that chooses the key tokens (a local checkpoint with the same tokenizer); default: the "
+        "model itself under its first --attention variant.",
     )
 
     def resolved_dataset(self) -> str:

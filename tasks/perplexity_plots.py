@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.report import draw
 from evalkit.core.grid import format_length
-from evalkit.report import stats
+from evalkit.report import draw, stats
 
 
 def loss_vs_position(bins, units, title, train, path):
@@ -68,7 +67,7 @@ def longppl_vs_length(summary, short, title, train, path):
     """LongPPL (solid) and perplexity (dashed) per variant with 95% bands; a length whose windows hold no
     key token (every length up to the short context) has no LongPPL point."""
     fig, ax = draw.figure()
-    for k, (variant, part) in enumerate(summary.groupby("attention", sort=False)):
+    for _k, (variant, part) in enumerate(summary.groupby("attention", sort=False)):
         colour = draw.variant_colour(variant)
         x = part.context_length.astype(float)
         draw.line_with_band(

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.data.options import CorpusOptions
 from evalkit.core.errors import ConfigError, DataError, did_you_mean
 from evalkit.core.grid import parse_lengths
+from evalkit.core.task import Sample, Task, option
+from evalkit.data.options import CorpusOptions
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
-from evalkit.core.task import Sample, Task, option
 
 AVERAGE = "average"
 ALL_TASKS = 13
@@ -35,7 +35,8 @@ DEFAULT_SEED = 1234  # evalkit run's --seed default: it maps to RULER's --random
 class RulerOptions(CorpusOptions):
     tasks: str = option(
         "all",
-        "RULER tasks: all, or a comma list of niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2.",
+        "RULER tasks: all, or a comma list of niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
+        "niah_multiquery, vt, cwe, fwe, qa_1, qa_2.",
     )
     lengths: str = option(
         "1k,2k,4k",
@@ -65,11 +66,13 @@ class RulerOptions(CorpusOptions):
     )
     qa_dataset: list[str] | None = option(
         None,
-        "Local SQuAD v2 and/or HotpotQA JSON files for qa_1/qa_2 (repeat the option, or a comma list); without them QA is skipped with a note.",
+        "Local SQuAD v2 and/or HotpotQA JSON files for qa_1/qa_2 (repeat the option, or a comma list); without "
+        "them QA is skipped with a note.",
     )
     threshold: str = option(
         str(stats.RULER_THRESHOLD),
-        "Effective context length: the longest length whose average score stays at or above this (RULER's 0.856), or rel:F for F x the variant's average at its shortest length.",
+        "Effective context length: the longest length whose average score stays at or above this (RULER's 0.856), "
+        "or rel:F for F x the variant's average at its shortest length.",
         summary=True,
     )
 
@@ -357,8 +360,8 @@ class RulerTask(Task):
         return {"ruler": info}
 
     def rows(self, sample: Sample, answer) -> list[dict]:
-        from evalkit.data.ruler import TASKS
         from evalkit.core.scoring import STRING_MATCH
+        from evalkit.data.ruler import TASKS
 
         base = {**sample.keys, **sample.meta}
         if isinstance(sample.request, GenerateRequest):

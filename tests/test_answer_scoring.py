@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
-from tests.test_token_losses import adapter_for
 from tests.conftest import make_llama
+from tests.test_token_losses import adapter_for
 
 
 def naive_logits(model, ids: np.ndarray) -> torch.Tensor:

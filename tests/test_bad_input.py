@@ -167,8 +167,8 @@ def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("value", ["-0.4", "0", "0.3,-1", "nan"])
 def test_non_positive_ssmax_s_is_rejected(value):
-    from evalkit.run.calibration import parse_values
     from evalkit.core.errors import ConfigError
+    from evalkit.run.calibration import parse_values
 
     with pytest.raises(ConfigError, match="ssmax-s"):
         parse_values("--ssmax-s", value)

@@ -1,4 +1,5 @@
-"""``evalkit bench suite``: a tiny preset end to end, the GPU preset's plan checked on the CPU (no timing assertions)."""
+"""``evalkit bench suite``: a tiny preset end to end, the GPU preset's plan checked on the CPU (no timing
+assertions)."""
 
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def test_needle_and_focus_tables(suite_run):
     assert list(focus.columns[:4]) == ["model", "context_length", "plain_forward_s", "probed_forward_s"]
     report = (suite_run / "report.md").read_text()
     assert (
-        "| model | context_length | samples | tokens_computed_shared | auto_samples_per_s | generate_samples_per_s | auto_vs_generate"
-        in report
+        "| model | context_length | samples | tokens_computed_shared | auto_samples_per_s | generate_samples_per_s "
+        "| auto_vs_generate" in report
     )
 
 

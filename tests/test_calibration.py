@@ -16,8 +16,8 @@ import pytest
 from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
-from evalkit.run.calibration import ORACLE, choose, expand, parse_values
 from evalkit.core.errors import ConfigError
+from evalkit.run.calibration import ORACLE, choose, expand, parse_values
 from evalkit.run.evaluate import RunConfig, evaluate
 
 PPL = {"lengths": "64,128", "samples": 3}
@@ -192,8 +192,8 @@ def test_cli_sweep_flags_and_bad_values(tiny_checkpoint, tmp_path):
 def test_calibrate_on_a_dataset_swaps_only_the_text(tmp_path):
     from pathlib import Path
 
-    from evalkit.run.calibration import calibration_config
     from evalkit.core.registry import get_task
+    from evalkit.run.calibration import calibration_config
 
     config = RunConfig("perplexity", "m", task_options={"lengths": "64"}, calibrate_on="dataset:held_out.txt", seed=3)
     cal = calibration_config(config, get_task("perplexity"), Path("results/run"))

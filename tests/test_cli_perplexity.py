@@ -9,8 +9,8 @@ import pandas as pd
 from typer.testing import CliRunner
 
 import cli
-from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.models.adapter import ModelAdapter
+from evalkit.run.evaluate import RunConfig, evaluate
 
 runner = CliRunner()
 APP = cli.register_tasks()

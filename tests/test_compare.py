@@ -432,10 +432,10 @@ def test_trials_are_clusters(tmp_path):
     acc = row.loc["greedy_correct"]
     assert acc.pairs == 60 and acc.units == 12 and acc.test.startswith("paired t")
     per_trial = (ss - soft).reshape(12, 5).mean(axis=1)  # hand-computed: t on the 12 trial means
-    from scipy.stats import ttest_1samp
-
     # 12 units of 0/1 outcomes: the exact sign-flip p is checked too, and the larger p counts
     import itertools
+
+    from scipy.stats import ttest_1samp
 
     flips = [
         abs((np.array(signs) * per_trial).mean()) >= abs(per_trial.mean()) - 1e-12

@@ -140,8 +140,8 @@ def test_samples_file_hash_and_export_errors(tiny_checkpoint, tmp_path):
 
 
 def test_token_id_records_are_checked(tokenizer, tmp_path):
-    from evalkit.data.haystack import load_samples_file
     from evalkit.core.errors import DataError
+    from evalkit.data.haystack import load_samples_file
 
     path = tmp_path / "ids.jsonl"
     good = {

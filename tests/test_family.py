@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest, t as t_dist
+from scipy.stats import binomtest
+from scipy.stats import t as t_dist
+from test_compare import needle_rows, write_run
 
 from evalkit.report import family, runs, stats
 from evalkit.report.compare import Tolerance, _verdicts, compare_cells, compare_runs, to_json, to_junit, to_markdown
-from test_compare import needle_rows, write_run
 
 
 def test_holm_and_bonferroni_by_hand():
@@ -107,7 +108,7 @@ def noise_cells(rng, cells: int, trials=8, depths=5):
     """Needle-like paired cells, one shared trial structure: both sides are the same model (no shift)."""
     p = rng.beta(2, 2, (cells, trials))
     rows = []
-    for side in (0, 1):
+    for _side in (0, 1):
         own = np.clip(p + 0.2 * rng.standard_normal((cells, trials)), 0, 1)
         correct = rng.random((cells, trials, depths)) < own[:, :, None]
         index = np.indices(correct.shape).reshape(3, -1)

@@ -13,11 +13,10 @@ from scipy.stats import binomtest, ttest_1samp
 from typer.testing import CliRunner
 
 import cli
-from evalkit.report import draw
 from evalkit.core.errors import ConfigError
-from evalkit.run.evaluate import RunConfig, evaluate
-from evalkit.report import stats
 from evalkit.core.task import TaskContext
+from evalkit.report import draw, stats
+from evalkit.run.evaluate import RunConfig, evaluate
 
 runner = CliRunner()
 APP = cli.register_tasks()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.data.corpus import TokenStream, load_corpus, token_stream
 from evalkit.data.haystack import HaystackOptions, build_samples, load_samples_file
-from evalkit.core.errors import ConfigError, DataError
 
 CHAT = (
     "{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"

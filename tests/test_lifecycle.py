@@ -406,10 +406,10 @@ def test_attention_scale_of_smollm2_shape():
 def test_shared_run_costs_count_each_prefix_once():
     import numpy as np
 
+    from evalkit.core.task import Sample
     from evalkit.models.prefix import tokens_to_compute
     from evalkit.models.requests import AnswerScoreRequest
     from evalkit.run.runner import shared_costs
-    from evalkit.core.task import Sample
 
     rng = np.random.default_rng(0)
     trunk = rng.integers(0, 50, 300)
@@ -431,7 +431,7 @@ def test_heartbeat_lines_in_a_log(tmp_path):
     clock = FakeClock()
     progress = ProgressReporter(Console(file=stream, width=300, force_terminal=False), clock=clock)
     progress.start(100, 100 * 1000)
-    for k in range(100):
+    for _k in range(100):
         clock.now += 2.0  # 200 s in all: a line every 30 s, or at each tenth of the work, not more often than 5 s
         progress.advance(1, 1000, 2.0, "softmax L=1000")
     lines = stream.getvalue().splitlines()

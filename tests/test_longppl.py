@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.report import longppl
+from evalkit.run.evaluate import RunConfig, evaluate
 
 SHORT, STRIDE = 32, 16
 # a random model's losses barely depend on context: thresholds that make some of its tokens key
@@ -240,7 +240,10 @@ def test_an_evaluator_checkpoint_chooses_the_keys_and_another_tokenizer_is_refus
     self_chosen = run(tiny_checkpoint, tmp_path / "self", text_file).frame
     outcome = run(tiny_checkpoint, tmp_path / "ext", text_file, evaluator=str(copy))
     at = ["context_length", "sample", "position"]
-    keys = lambda f: sorted(f.loc[f.metric == "key_nll", at].astype(int).itertuples(index=False, name=None))
+
+    def keys(f):
+        return sorted(f.loc[f.metric == "key_nll", at].astype(int).itertuples(index=False, name=None))
+
     assert keys(outcome.frame) == keys(self_chosen) and len(keys(self_chosen))
     assert not (outcome.frame.metric == "short_nll").any()  # the evaluator's run holds them
     assert (tmp_path / "ext-evaluator" / "results.parquet").is_file()

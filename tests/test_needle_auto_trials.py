@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from evalkit.data.options import AutoTrials, parse_trials
 from evalkit.core.errors import ConfigError
+from evalkit.data.options import AutoTrials, parse_trials
 
 runner = CliRunner()
 APP = cli.register_tasks()

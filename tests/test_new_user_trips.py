@@ -105,8 +105,8 @@ def _run_ppl(model, out, dataset):
 def test_binary_file_as_text_dataset_is_refused(tiny_checkpoint, tmp_path):
     import numpy as np
 
-    from evalkit.data.corpus import load_corpus
     from evalkit.core.errors import DataError
+    from evalkit.data.corpus import load_corpus
 
     weights = tmp_path / "weights.txt"  # a checkpoint renamed: NUL bytes
     weights.write_bytes(np.random.default_rng(0).standard_normal(4096).astype(np.float32).tobytes())

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit.run.evaluate import RunConfig, evaluate
 from evalkit.models.adapter import ModelAdapter
+from evalkit.run.evaluate import RunConfig, evaluate
 
 NO_OVERLAP = "none: random windows share no token"
 KEYS = ["context_length", "sample", "position_bin", "metric"]

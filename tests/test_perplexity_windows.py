@@ -239,8 +239,8 @@ def test_lm_eval_mode_and_stride_are_exclusive(tiny_checkpoint, tmp_path):
 
 
 def test_random_windows_share_no_token_and_runs_without_overlap_keep_their_offsets():
-    from evalkit.data.windows import random_offsets
     from evalkit.core.errors import DataError
+    from evalkit.data.windows import random_offsets
 
     stream = TokenStream("s", np.arange(10_000, dtype=np.int64), np.array([0]))
     redrawn = 0

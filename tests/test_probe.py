@@ -91,18 +91,20 @@ def test_probe_memory_grows_linearly(tmp_path):
     script = tmp_path / "peak.py"
     script.write_text(
         "import resource, sys, numpy as np, torch\n"
-        "sys.path.insert(0, %r)\n"
+        "sys.path.insert(0, {!r})\n"
         "from tests.conftest import make_llama\n"
         "from evalkit.models.probe import run_probes\n"
         "from evalkit.models.requests import ProbeRequest\n"
         "torch.set_num_threads(1)\n"
         "n = int(sys.argv[1])\n"
-        "model = make_llama(vocab_size=97, max_positions=n, hidden_size=32, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16)\n"
+        "model = make_llama(vocab_size=97, max_positions=n, hidden_size=32, intermediate_size=32, "
+        "num_attention_heads=2, num_key_value_heads=1, head_dim=16)\n"
         "ids = torch.from_numpy(np.random.default_rng(0).integers(0, 97, size=(1, n)))\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "run_probes(model, ids, [ProbeRequest(ids[0].numpy(), (n - 1,), (10, 20))])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
-        % str(__import__("pathlib").Path(__file__).parent.parent)
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n".format(
+            str(__import__("pathlib").Path(__file__).parent.parent)
+        )
     )
 
     def peak_kb(n):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.data.ruler import RulerSource, SkipTask, generator
 from evalkit.data.ruler.words import word_list
-from evalkit.core.errors import ConfigError, DataError
 
 
 def _text(tokenizer, sample) -> str:

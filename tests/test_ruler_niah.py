@@ -7,11 +7,11 @@ import re
 import numpy as np
 import pytest
 
-from evalkit.data.haystack import NOISE
-from evalkit.data.ruler import RulerSource, TASKS, generator
-from evalkit.data.ruler.niah import SPECS
 from evalkit.core.errors import ConfigError
 from evalkit.core.scoring import postprocess, string_match_all, string_match_part
+from evalkit.data.haystack import NOISE
+from evalkit.data.ruler import TASKS, RulerSource, generator
+from evalkit.data.ruler.niah import SPECS
 
 NIAH = [name for name in TASKS if name.startswith("niah")]
 NEEDLE = re.compile(r"One of the special magic (numbers|uuids) for (\S+) is: (\S+)\.")

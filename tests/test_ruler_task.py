@@ -11,8 +11,8 @@ import pytest
 
 from evalkit.core import registry
 from evalkit.core.errors import ConfigError, DataError
-from evalkit.report import stats
 from evalkit.core.task import TaskContext
+from evalkit.report import stats
 from tasks.ruler import RulerOptions, RulerTask
 
 

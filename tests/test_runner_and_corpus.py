@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit.data.corpus import load_corpus, token_stream
 from evalkit.core.errors import DataError, EvalkitError
-from evalkit.models.requests import TokenLossRequest
-from evalkit.store.results import RunStore
-from evalkit.run.runner import Runner, Variant
 from evalkit.core.task import Sample, Task
+from evalkit.data.corpus import load_corpus, token_stream
+from evalkit.models.requests import TokenLossRequest
+from evalkit.run.runner import Runner, Variant
+from evalkit.store.results import RunStore
 
 
 class FakeAdapter:

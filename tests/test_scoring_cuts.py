@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import make_llama
 from typer.testing import CliRunner
 
 import cli
-from conftest import make_llama
-from evalkit.data.haystack import load_samples_file
 from evalkit.core.scoring import parse_answer
+from evalkit.data.haystack import load_samples_file
 
 runner = CliRunner()
 APP = cli.register_tasks()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evalkit.core.errors import DataError
 from evalkit.data import stdlib
 from evalkit.data.corpus import TokenStream, load_corpus
 from evalkit.data.doc_windows import document_spans, eligible, inside_documents
-from evalkit.core.errors import DataError
 
 
 def test_stdlib_corpus_is_sorted_non_test_source_with_its_version_and_file_list():

@@ -32,8 +32,8 @@ from evalkit.attention.apply import (
 )
 from evalkit.attention.check import check_model
 from evalkit.attention.function import IMPLEMENTATION, ProbeInputs, evalkit_attention_forward
-from evalkit.attention.native import NativeScaling, native_enabled, native_scaling, set_native
 from evalkit.attention.modules import attention_modules
+from evalkit.attention.native import NativeScaling, native_enabled, native_scaling, set_native
 from evalkit.attention.reference import reference_attention_forward, reference_weights
 from evalkit.attention.rope import override_rope
 from evalkit.attention.spec import AttentionSpec, parse_attention_list

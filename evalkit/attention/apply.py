@@ -138,7 +138,7 @@ def as_head_table(value: HeadTable, *, param: str, names: list[str], num_heads: 
     try:
         table = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float32).cpu()
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{flag} is not a number or a numeric table ({exc})", f"expected shape {expected}")
+        raise ConfigError(f"{flag} is not a number or a numeric table ({exc})", f"expected shape {expected}") from None
     if table.dim() == 0:
         table = table.expand(layers, num_heads)
     if tuple(table.shape) != (layers, num_heads):
@@ -176,7 +176,7 @@ def load_param_table(path: str | os.PathLike) -> dict[str, HeadTable]:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read attention params {str(path)!r}: {exc}", "fix the JSON")
+            raise ConfigError(f"cannot read attention params {str(path)!r}: {exc}", "fix the JSON") from None
         if isinstance(data, list):
             return {"s": data}
         if not isinstance(data, dict) or set(data) - set(aliases):

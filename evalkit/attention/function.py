@@ -12,7 +12,8 @@ variant from attributes ``apply_attention`` sets on the attention module:
     module.evalkit_probe          None, or a callable taking ``ProbeInputs``
 
 then multiplies q by the variant's per-query, per-head factor (computed in float32, or in float64
-when q is float64, then cast to q's dtype) and hands everything to transformers' own ``sdpa_attention_forward``. Reusing that
+when q is float64, then cast to q's dtype) and hands everything to transformers' own ``sdpa_attention_forward``.
+Reusing that
 function keeps GQA, ``is_causal`` dispatch and decoding fast paths exactly as stock sdpa, so
 ``softmax`` through evalkit is bit-identical to ``attn_implementation="sdpa"``.
 

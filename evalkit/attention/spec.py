@@ -67,7 +67,7 @@ class AttentionSpec:
                 )
         object.__setattr__(self, "layers", canonical_layers(self.layers))
 
-    def with_defaults(self, config: Any = None) -> "AttentionSpec":
+    def with_defaults(self, config: Any = None) -> AttentionSpec:
         """The spec with the variant's defaults filled in for parameters not given; a default
         that names a config attribute (original_length: max_position_embeddings) reads it from
         ``config`` (a model config; its text config for multimodal models)."""
@@ -102,7 +102,7 @@ class AttentionSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AttentionSpec":
+    def from_dict(cls, data: dict[str, Any]) -> AttentionSpec:
         """Inverse of ``to_dict``; unknown keys are an error (a typo must not pass silently)."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

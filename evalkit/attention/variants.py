@@ -70,26 +70,26 @@ class Variant:
     defaults: Mapping[str, float | int | str] = field(default_factory=dict)
 
 
-def _per_head(t: "torch.Tensor", n: "torch.Tensor") -> "torch.Tensor":
+def _per_head(t: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """(H,) -> (1, H, 1, 1) in n's dtype, so it broadcasts against n of shape (B, 1, T_q, 1)."""
     return t.to(n.dtype).view(1, -1, 1, 1)
 
 
-def _ssmax(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+def _ssmax(n: torch.Tensor, num_heads: int, params: Mapping[str, Any]) -> torch.Tensor:
     return _per_head(params["s"], n) * n.log()  # (B, H, T_q, 1)
 
 
-def _ssmax_bias(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+def _ssmax_bias(n: torch.Tensor, num_heads: int, params: Mapping[str, Any]) -> torch.Tensor:
     return _per_head(params["s"], n) * n.log() + _per_head(params["b"], n)  # (B, H, T_q, 1)
 
 
-def _logn(n: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+def _logn(n: torch.Tensor, num_heads: int, params: Mapping[str, Any]) -> torch.Tensor:
     # Identity inside the training length, log-length scaling beyond it: training-free.
     factor = (n.log() / math.log(params["train_length"])).clamp(min=1.0)  # (B, 1, T_q, 1)
     return factor.expand(-1, num_heads, -1, -1)  # (B, H, T_q, 1), a view: no copy
 
 
-def _llama4_temp(pos: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+def _llama4_temp(pos: torch.Tensor, num_heads: int, params: Mapping[str, Any]) -> torch.Tensor:
     # transformers models/llama4/modeling_llama4.py, Llama4TextAttention.forward (NoPE layers with
     # attn_temperature_tuning): log1p(floor((positions + 1) / floor_scale)) * attn_scale + 1, where
     # positions = arange + past_seen_tokens; we take position_ids, equal to it without left padding.
@@ -97,7 +97,7 @@ def _llama4_temp(pos: "torch.Tensor", num_heads: int, params: Mapping[str, Any])
     return factor.expand(-1, num_heads, -1, -1)  # (B, H, T_q, 1)
 
 
-def _mistral_beta(pos: "torch.Tensor", num_heads: int, params: Mapping[str, Any]) -> "torch.Tensor":
+def _mistral_beta(pos: torch.Tensor, num_heads: int, params: Mapping[str, Any]) -> torch.Tensor:
     # transformers models/ministral3/modeling_ministral3.py (and mistral4), get_llama_4_attn_scale:
     # 1 + beta * log(1 + floor(position_ids / original_max_position_embeddings))
     factor = 1.0 + params["beta"] * (1.0 + (pos / params["original_length"]).floor()).log()  # (B, 1, T_q, 1)

@@ -11,8 +11,8 @@ def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: floa
     """Overhead of the attention probe (every layer, last row) over a plain forward, per length."""
     import torch
 
-    from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.core.grid import parse_lengths
+    from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.models.body import decoder_body
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.probe import run_probes
@@ -39,6 +39,12 @@ def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: floa
                 calls, elapsed = timed(fn, loaded.device, seconds / ROUNDS)
                 timings[name].append(elapsed / calls)
         plain_s, probe_s = float(np.median(timings["plain"])), float(np.median(timings["probe"]))
-        rows.append({"context_length": length, "plain_forward_s": round(plain_s, 4), "probed_forward_s": round(probe_s, 4),
-                     "overhead": f"{100 * (probe_s / plain_s - 1):+.1f}%"})
+        rows.append(
+            {
+                "context_length": length,
+                "plain_forward_s": round(plain_s, 4),
+                "probed_forward_s": round(probe_s, 4),
+                "overhead": f"{100 * (probe_s / plain_s - 1):+.1f}%",
+            }
+        )
     return write_table(rows, loaded, out, "bench_focus.csv")

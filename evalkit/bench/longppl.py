@@ -32,9 +32,9 @@ def bench_longppl(
     """Table (one row per metric) of seconds per run, tokens computed, and the cost of LongPPL over perplexity."""
     import pandas as pd
 
-    from evalkit.run.evaluate import RunConfig, evaluate, load_for
     from evalkit.core.grid import parse_length, parse_lengths
     from evalkit.report.longppl import short_context_tokens
+    from evalkit.run.evaluate import RunConfig, evaluate, load_for
 
     longest = max(parse_lengths(lengths))
     base = RunConfig(

@@ -16,20 +16,37 @@ from pathlib import Path
 from evalkit.bench.timing import Mode, run_rounds
 
 
-def bench_nested(model: str, lengths: str, device: str, dtype: str, out: str | None = None, samples: int = 1,
-                 seconds: float = 0.0, rounds: int | None = None, allow_extrapolation: bool = False):
+def bench_nested(
+    model: str,
+    lengths: str,
+    device: str,
+    dtype: str,
+    out: str | None = None,
+    samples: int = 1,
+    seconds: float = 0.0,
+    rounds: int | None = None,
+    allow_extrapolation: bool = False,
+):
     """Table (one row per window mode) of seconds per run, scored tokens/s, tokens computed and scored,
     and the speed-up of nested over independent."""
     import pandas as pd
 
-    from evalkit.run.evaluate import RunConfig, evaluate, load_for
     from evalkit.core.grid import parse_lengths
+    from evalkit.run.evaluate import RunConfig, evaluate, load_for
     from evalkit.store.results import read_manifest
 
     sizes = parse_lengths(lengths)
-    base = RunConfig(task="perplexity", model=model, attention=({"name": "softmax"},), device=device, dtype=dtype,
-                     allow_extrapolation=allow_extrapolation, quiet=True, plots=False,
-                     task_options={"lengths": lengths, "samples": samples})
+    base = RunConfig(
+        task="perplexity",
+        model=model,
+        attention=({"name": "softmax"},),
+        device=device,
+        dtype=dtype,
+        allow_extrapolation=allow_extrapolation,
+        quiet=True,
+        plots=False,
+        task_options={"lengths": lengths, "samples": samples},
+    )
     loaded = load_for(base, log=lambda *a: None)
     scratch = Path(tempfile.mkdtemp(prefix="evalkit-bench-nested-"))
     runs = itertools.count()
@@ -37,20 +54,40 @@ def bench_nested(model: str, lengths: str, device: str, dtype: str, out: str | N
 
     def mode(windows: str, computed: int) -> Mode:
         def call():
-            config = replace(base, task_options={**base.task_options, "windows": windows}, out=str(scratch / f"{windows}-{next(runs)}"))
+            config = replace(
+                base,
+                task_options={**base.task_options, "windows": windows},
+                out=str(scratch / f"{windows}-{next(runs)}"),
+            )
             outcome = evaluate(config, loaded=loaded)
-            used[windows] = read_manifest(outcome.folder).get("windows", {}).get("used", windows)  # nested may fall back
+            used[windows] = (
+                read_manifest(outcome.folder).get("windows", {}).get("used", windows)
+            )  # nested may fall back
+
         return Mode(windows, call, 1, computed * samples, sum(sizes) * samples)
 
     modes = [mode("nested", max(sizes)), mode("independent", sum(sizes))]
     per_call = run_rounds(modes, loaded.device, seconds, rounds)
-    rows = [{"model": model, "lengths": lengths, "samples": samples, "windows": m.label, "windows_used": used[m.label],
-             "seconds_per_run": round(per_call[m.label], 3), "scored_tokens_per_s": round(m.tokens_scored / per_call[m.label], 1),
-             "tokens_computed": m.tokens_computed, "tokens_scored": m.tokens_scored,
-             "speedup_vs_independent": round(per_call["independent"] / per_call[m.label], 3)} for m in modes]
+    rows = [
+        {
+            "model": model,
+            "lengths": lengths,
+            "samples": samples,
+            "windows": m.label,
+            "windows_used": used[m.label],
+            "seconds_per_run": round(per_call[m.label], 3),
+            "scored_tokens_per_s": round(m.tokens_scored / per_call[m.label], 1),
+            "tokens_computed": m.tokens_computed,
+            "tokens_scored": m.tokens_scored,
+            "speedup_vs_independent": round(per_call["independent"] / per_call[m.label], 3),
+        }
+        for m in modes
+    ]
     frame = pd.DataFrame(rows)
-    frame.attrs["caption"] = (f"evalkit bench nested: run perplexity --lengths {lengths} --samples {samples}, nested vs "
-                              f"independent windows, median of the rounds, the two taking turns in each")
+    frame.attrs["caption"] = (
+        f"evalkit bench nested: run perplexity --lengths {lengths} --samples {samples}, nested vs "
+        f"independent windows, median of the rounds, the two taking turns in each"
+    )
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         frame.to_csv(Path(out) / "bench_nested.csv", index=False)

@@ -24,8 +24,17 @@ from evalkit.bench.timing import ROUNDS, Mode, run_rounds, write_table
 TIMING = "median of {} rounds, all four contenders taking turns in each; one-query contenders x queries"
 
 
-def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens: int | None, out: str | None,
-                  seconds: float = 0.0, rounds: int | None = None, seed: int = 1234):
+def bench_queries(
+    model: str,
+    length: int,
+    device: str,
+    dtype: str,
+    batch_tokens: int | None,
+    out: str | None,
+    seconds: float = 0.0,
+    rounds: int | None = None,
+    seed: int = 1234,
+):
     """Table (one row per contender) of seconds for all queries, queries/s, forward tokens computed,
     speedup over the one-pass-per-query baseline of its kind, and the greedy verdicts' agreement."""
     import torch
@@ -57,20 +66,44 @@ def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens
     def generate_one():
         ids = torch.from_numpy(generations[one("generate")].prompt)[None].to(loaded.device)
         with torch.inference_mode():
-            return loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(samples[0].answer_ids),
-                                         **adapter._greedy())
+            return loaded.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=len(samples[0].answer_ids),
+                **adapter._greedy(),
+            )
 
     answer_tokens = sum(len(s.answer_ids) for s in samples)
     suffix_tokens = sum(r.length - 1 - trunk for r in scores)
     modes = [
-        Mode("branch score (trunk once, 26 suffixes packed)", lambda: adapter.answer_branched(scores, budget), count,
-             trunk + suffix_tokens, answer_tokens),
-        Mode("independent score (one pass per query)", lambda: adapter.score_answers([scores[one("score")]]), 1,
-             scores[0].length - 1, len(samples[0].answer_ids)),
-        Mode("branch generate (batched decode on the trunk)", lambda: adapter.answer_branched(generations, budget), count,
-             trunk + sum(r.length - trunk for r in generations) + answer_tokens, answer_tokens),
-        Mode("generate loop (plain transformers, one query)", generate_one, 1,
-             generations[0].length + len(samples[0].answer_ids), len(samples[0].answer_ids)),
+        Mode(
+            "branch score (trunk once, 26 suffixes packed)",
+            lambda: adapter.answer_branched(scores, budget),
+            count,
+            trunk + suffix_tokens,
+            answer_tokens,
+        ),
+        Mode(
+            "independent score (one pass per query)",
+            lambda: adapter.score_answers([scores[one("score")]]),
+            1,
+            scores[0].length - 1,
+            len(samples[0].answer_ids),
+        ),
+        Mode(
+            "branch generate (batched decode on the trunk)",
+            lambda: adapter.answer_branched(generations, budget),
+            count,
+            trunk + sum(r.length - trunk for r in generations) + answer_tokens,
+            answer_tokens,
+        ),
+        Mode(
+            "generate loop (plain transformers, one query)",
+            generate_one,
+            1,
+            generations[0].length + len(samples[0].answer_ids),
+            len(samples[0].answer_ids),
+        ),
     ]
     per_call = run_rounds(modes, loaded.device, seconds, rounds)
     total = {m.label: per_call[m.label] * (count // m.batch) for m in modes}  # seconds for all the queries
@@ -78,15 +111,23 @@ def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens
     # the verdicts: branched answers against independent ones, on every query
     branch_scores, branch_tokens = adapter.answer_branched(scores, budget), adapter.answer_branched(generations, budget)
     alone_scores = [adapter.score_answers([r])[0] for r in scores]
-    max_diff = max(float(np.abs(a.token_logprobs - b.token_logprobs).max()) for a, b in zip(branch_scores, alone_scores))
+    max_diff = max(
+        float(np.abs(a.token_logprobs - b.token_logprobs).max()) for a, b in zip(branch_scores, alone_scores)
+    )
     greedy_agree = sum(a.greedy_correct == b.greedy_correct for a, b in zip(branch_scores, alone_scores))
-    decoded_right = sum(len(t) == len(s.answer_ids) and bool((t == s.answer_ids).all()) for t, s in zip(branch_tokens, samples))
-    agree_generate = sum(bool(b.greedy_correct) == (len(t) == len(s.answer_ids) and bool((t == s.answer_ids).all()))
-                         for b, t, s in zip(branch_scores, branch_tokens, samples))
+    decoded_right = sum(
+        len(t) == len(s.answer_ids) and bool((t == s.answer_ids).all()) for t, s in zip(branch_tokens, samples)
+    )
+    agree_generate = sum(
+        bool(b.greedy_correct) == (len(t) == len(s.answer_ids) and bool((t == s.answer_ids).all()))
+        for b, t, s in zip(branch_scores, branch_tokens, samples)
+    )
 
     costs = prefix_cost.costs_for(adapter, shared_sequence(scores[-1]), budget)
-    predicted = {"batched": prefix_cost.predicted_seconds(scores, costs, loaded.model.config, budget)[1],
-                 "walk": prefix_cost.predicted_seconds(scores, costs, loaded.model.config, budget)[0]}
+    predicted = {
+        "batched": prefix_cost.predicted_seconds(scores, costs, loaded.model.config, budget)[1],
+        "walk": prefix_cost.predicted_seconds(scores, costs, loaded.model.config, budget)[0],
+    }
     if adapter.can_branch():
         predicted["branch"] = prefix_cost.predicted_branch_seconds(scores, costs, loaded.model.config, budget)
     chosen = prefix_cost.choose_path(predicted)
@@ -94,18 +135,33 @@ def bench_queries(model: str, length: int, device: str, dtype: str, batch_tokens
     baseline = {"score": total[modes[1].label], "generate": total[modes[3].label]}
     rows = []
     for mode, kind in zip(modes, ("score", "score", "generate", "generate")):
-        rows.append({"contender": mode.label, "queries": count, "context_length": length, "trunk_tokens": trunk,
-                     "seconds_all_queries": round(total[mode.label], 3),
-                     "queries_per_s": round(count / total[mode.label], 3),
-                     "tokens_computed": mode.tokens_computed * (count // mode.batch),
-                     "speedup_vs_one_pass": round(baseline[kind] / total[mode.label], 2),
-                     "timing": TIMING.format(rounds or ROUNDS)})
+        rows.append(
+            {
+                "contender": mode.label,
+                "queries": count,
+                "context_length": length,
+                "trunk_tokens": trunk,
+                "seconds_all_queries": round(total[mode.label], 3),
+                "queries_per_s": round(count / total[mode.label], 3),
+                "tokens_computed": mode.tokens_computed * (count // mode.batch),
+                "speedup_vs_one_pass": round(baseline[kind] / total[mode.label], 2),
+                "timing": TIMING.format(rounds or ROUNDS),
+            }
+        )
     frame = write_table(rows, loaded, out, "bench_queries.csv")
     frame.attrs["caption"] = (
-        f"evalkit bench queries: ABCDigits over all {count} keys on one {length}-token haystack; {TIMING.format(rounds or ROUNDS)}. "
+        f"evalkit bench queries: ABCDigits over all {count} keys on one {length}-token haystack; "
+        f"{TIMING.format(rounds or ROUNDS)}. "
         f"Branched vs independent log-probs: max |diff| {max_diff:.2e}, greedy verdicts agree {greedy_agree}/{count}; "
-        f"branched decoding right on {decoded_right}/{count}, agreeing with the scored verdict on {agree_generate}/{count}. "
-        f"Cost model (auto) picks: {chosen} (predicted s: {', '.join(f'{k} {v:.2f}' for k, v in predicted.items())})")
-    frame.attrs["checks"] = {"max_logprob_diff": max_diff, "greedy_agree": greedy_agree, "decoded_right": decoded_right,
-                             "auto_path": chosen, "predicted_seconds": predicted}
+        f"branched decoding right on {decoded_right}/{count}, agreeing with the scored verdict on "
+        f"{agree_generate}/{count}. "
+        f"Cost model (auto) picks: {chosen} (predicted s: {', '.join(f'{k} {v:.2f}' for k, v in predicted.items())})"
+    )
+    frame.attrs["checks"] = {
+        "max_logprob_diff": max_diff,
+        "greedy_agree": greedy_agree,
+        "decoded_right": decoded_right,
+        "auto_path": chosen,
+        "predicted_seconds": predicted,
+    }
     return frame

@@ -13,9 +13,9 @@ import inspect
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from evalkit.bench import timing
 from evalkit.bench.focus import bench_focus
@@ -83,7 +83,9 @@ def _perplexity_summary(frame):
             row[f"{mode.attention} tok/s"] = mode.scored_tokens_per_s
             row[f"{mode.attention} MFU"] = mode.mfu
         for mode in ours.iloc[1:].itertuples():
-            row[f"{mode.attention} vs {first.attention}"] = round(mode.scored_tokens_per_s / first.scored_tokens_per_s, 3)
+            row[f"{mode.attention} vs {first.attention}"] = round(
+                mode.scored_tokens_per_s / first.scored_tokens_per_s, 3
+            )
         for peer, name in (("plain transformers", "plain"), ("lm-eval", "lm-eval")):
             match = theirs[theirs.attention.str.startswith(peer)]
             if len(match):
@@ -97,8 +99,20 @@ def _perplexity_summary(frame):
 
 
 def _needle_summary(frame):
-    keep = ["model", "context_length", "samples", "tokens_computed_shared", "auto_samples_per_s", "generate_samples_per_s",
-            "shared_vs_batched", "shared_vs_generate", "auto_vs_faster", "auto_walked", "verdicts_agree", "accuracy"]
+    keep = [
+        "model",
+        "context_length",
+        "samples",
+        "tokens_computed_shared",
+        "auto_samples_per_s",
+        "generate_samples_per_s",
+        "shared_vs_batched",
+        "shared_vs_generate",
+        "auto_vs_faster",
+        "auto_walked",
+        "verdicts_agree",
+        "accuracy",
+    ]
     table = frame[keep].copy()
     # the generate loop is the peer here; the row 'all' compares against the sum of its per-length medians
     table.insert(6, "auto_vs_generate", (frame.auto_samples_per_s / frame.generate_samples_per_s).round(2))
@@ -122,59 +136,129 @@ def _queries(model: str, lengths: str, device: str, dtype: str, out: str | None,
     return frame
 
 
-def _nested(model: str, lengths: str, device: str, dtype: str, out: str | None, samples: int, rounds: int,
-            allow_extrapolation: bool = False):
+def _nested(
+    model: str,
+    lengths: str,
+    device: str,
+    dtype: str,
+    out: str | None,
+    samples: int,
+    rounds: int,
+    allow_extrapolation: bool = False,
+):
     from evalkit.bench.nested import bench_nested
 
-    return bench_nested(model, lengths, device, dtype, out, samples=samples, rounds=rounds, allow_extrapolation=allow_extrapolation)
+    return bench_nested(
+        model, lengths, device, dtype, out, samples=samples, rounds=rounds, allow_extrapolation=allow_extrapolation
+    )
 
 
 REGISTRY: list[SuiteBench] = [
-    SuiteBench("perplexity", bench_perplexity, {
-        "cpu": dict(seconds=6.0, batch_tokens=2048, attention="ssmax-pair"),
-        "gpu": dict(seconds=2.0, batch_tokens=131072, attention="ssmax-pair"),  # 2-4 x 32k windows: ~1 s a call
-        "smoke": dict(seconds=0.3, batch_tokens=None, attention="ssmax-pair"),
-    }, _perplexity_summary),
-    SuiteBench("needle", bench_needle, {
-        "cpu": dict(depths="50", trials=2, batch_tokens=None),
-        "gpu": dict(depths="0:100:50", trials=1, batch_tokens=None),
-        "smoke": dict(depths="50", trials=1, batch_tokens=None),
-    }, _needle_summary),
-    SuiteBench("focus", bench_focus, {
-        "cpu": dict(seconds=3.0),
-        "gpu": dict(seconds=1.5),
-        "smoke": dict(seconds=0.3),
-    }, _focus_summary),
-    SuiteBench("nested", _nested, {
-        "cpu": dict(samples=1, rounds=2),
-        "gpu": dict(samples=2, rounds=3, allow_extrapolation=True),  # the SmolLM2 shape's grid reaches 64k, past its 8k
-        "smoke": dict(samples=1, rounds=1),
-    }),
-    SuiteBench("queries", _queries, {
-        "cpu": dict(rounds=2),
-        "gpu": dict(rounds=3),
-        "smoke": dict(rounds=1),
-    }),
+    SuiteBench(
+        "perplexity",
+        bench_perplexity,
+        {
+            "cpu": dict(seconds=6.0, batch_tokens=2048, attention="ssmax-pair"),
+            "gpu": dict(seconds=2.0, batch_tokens=131072, attention="ssmax-pair"),  # 2-4 x 32k windows: ~1 s a call
+            "smoke": dict(seconds=0.3, batch_tokens=None, attention="ssmax-pair"),
+        },
+        _perplexity_summary,
+    ),
+    SuiteBench(
+        "needle",
+        bench_needle,
+        {
+            "cpu": dict(depths="50", trials=2, batch_tokens=None),
+            "gpu": dict(depths="0:100:50", trials=1, batch_tokens=None),
+            "smoke": dict(depths="50", trials=1, batch_tokens=None),
+        },
+        _needle_summary,
+    ),
+    SuiteBench(
+        "focus",
+        bench_focus,
+        {
+            "cpu": dict(seconds=3.0),
+            "gpu": dict(seconds=1.5),
+            "smoke": dict(seconds=0.3),
+        },
+        _focus_summary,
+    ),
+    SuiteBench(
+        "nested",
+        _nested,
+        {
+            "cpu": dict(samples=1, rounds=2),
+            "gpu": dict(
+                samples=2, rounds=3, allow_extrapolation=True
+            ),  # the SmolLM2 shape's grid reaches 64k, past its 8k
+            "smoke": dict(samples=1, rounds=1),
+        },
+    ),
+    SuiteBench(
+        "queries",
+        _queries,
+        {
+            "cpu": dict(rounds=2),
+            "gpu": dict(rounds=3),
+            "smoke": dict(rounds=1),
+        },
+    ),
 ]
 
 
-SMOLLM2_GPU_LENGTHS = {"*": "2k,4k,8k,16k,32k,64k", "needle": "2k,8k,32k", "focus": "2k,16k,64k", "queries": "8k",
-                       "nested": "1k..32k"}
+SMOLLM2_GPU_LENGTHS = {
+    "*": "2k,4k,8k,16k,32k,64k",
+    "needle": "2k,8k,32k",
+    "focus": "2k,16k,64k",
+    "queries": "8k",
+    "nested": "1k..32k",
+}
 
 PRESETS: dict[str, Preset] = {
     # SmolLM2-135M fp32 at ~300 tokens/s: perplexity 2 lengths x 4 contenders, needle 4 samples,
     # focus 2 lengths; the estimate in NOTES-bench17.md adds up to about 10 minutes
-    "cpu": Preset("cpu", "cpu", "float32", 600, (SuiteModel("smollm2-135m", {"*": "512,2k", "needle": "512,1k", "queries": "4k", "nested": "256..4k"}, spec="smollm2-135m"),),
-                  sized_for="2 CPU cores"),
+    "cpu": Preset(
+        "cpu",
+        "cpu",
+        "float32",
+        600,
+        (
+            SuiteModel(
+                "smollm2-135m",
+                {"*": "512,2k", "needle": "512,1k", "queries": "4k", "nested": "256..4k"},
+                spec="smollm2-135m",
+            ),
+        ),
+        sized_for="2 CPU cores",
+    ),
     # random weights: the Llama-3.2-1B shape at 8k and 32k, the SmolLM2 shape from 2k to 64k; bf16,
     # batched, softmax vs SSMax; about 7 minutes by the estimate in NOTES-bench17.md
-    "gpu": Preset("gpu", "cuda", "bfloat16", 480, (
-        SuiteModel("llama-1b shape (random weights)", {"*": "8k,32k", "queries": "8k", "nested": "1k..32k"}, shape="llama-1b"),
-        SuiteModel("smollm2-135m shape (random weights)", SMOLLM2_GPU_LENGTHS, shape="smollm2-135m"),
-    ), sized_for="one H100"),
+    "gpu": Preset(
+        "gpu",
+        "cuda",
+        "bfloat16",
+        480,
+        (
+            SuiteModel(
+                "llama-1b shape (random weights)",
+                {"*": "8k,32k", "queries": "8k", "nested": "1k..32k"},
+                shape="llama-1b",
+            ),
+            SuiteModel("smollm2-135m shape (random weights)", SMOLLM2_GPU_LENGTHS, shape="smollm2-135m"),
+        ),
+        sized_for="one H100",
+    ),
     # a look at every table in about a minute on 2 cores; its figures are too short to quote
-    "smoke": Preset("smoke", "cpu", "float32", 90, (SuiteModel("smollm2-135m", {"*": "256", "queries": "1k", "nested": "128..512"}, spec="smollm2-135m"),),
-                    sized_for="2 CPU cores", probe_size=1024),
+    "smoke": Preset(
+        "smoke",
+        "cpu",
+        "float32",
+        90,
+        (SuiteModel("smollm2-135m", {"*": "256", "queries": "1k", "nested": "128..512"}, spec="smollm2-135m"),),
+        sized_for="2 CPU cores",
+        probe_size=1024,
+    ),
 }
 
 
@@ -192,8 +276,9 @@ class Plan:
     jobs: list[Job] = field(default_factory=list)
 
 
-def plan_suite(preset: Preset, model: str | None = None, lengths: str | None = None,
-               benches: list[SuiteBench] | None = None) -> Plan:
+def plan_suite(
+    preset: Preset, model: str | None = None, lengths: str | None = None, benches: list[SuiteBench] | None = None
+) -> Plan:
     """Every (model, bench) job of a preset with its exact keyword arguments; ``model`` replaces the
     preset's models by one checkpoint (with the first model's lengths), ``lengths`` every bench's lengths."""
     models = preset.models
@@ -220,8 +305,14 @@ def _checkpoint(suite_model: SuiteModel, dtype: str, tokenizer: str, checkpoints
 
     folder = checkpoints / f"{suite_model.shape}-{suite_model.layers or 'full'}-{dtype}"
     if not (folder / "config.json").exists():
-        write_random_checkpoint(suite_model.shape, tokenizer, folder, layers=suite_model.layers,
-                                dtype=dtype if dtype != "auto" else "bfloat16", log=log)
+        write_random_checkpoint(
+            suite_model.shape,
+            tokenizer,
+            folder,
+            layers=suite_model.layers,
+            dtype=dtype if dtype != "auto" else "bfloat16",
+            log=log,
+        )
     return str(folder)
 
 
@@ -232,8 +323,14 @@ def _call(job: Job, spec: str, preset: Preset, peak: float):
     return job.bench.run(**{k: v for k, v in common.items() if k in accepted}, **job.kwargs)
 
 
-def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smollm2-135m",
-              checkpoints: str | Path | None = None, log=print) -> dict:
+def run_suite(
+    plan: Plan,
+    out: str | Path,
+    command: str,
+    tokenizer: str = "smollm2-135m",
+    checkpoints: str | Path | None = None,
+    log=print,
+) -> dict:
     """Run every job of the plan, write OUT/bench_<name>.csv and OUT/report.md; the tables by bench name."""
     import pandas as pd
     import torch
@@ -242,7 +339,10 @@ def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smoll
 
     preset = plan.preset
     if preset.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"preset {preset.name!r} needs a CUDA device and torch sees none", "run --preset cpu here, or run on the GPU machine")
+        raise ConfigError(
+            f"preset {preset.name!r} needs a CUDA device and torch sees none",
+            "run --preset cpu here, or run on the GPU machine",
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Path(checkpoints) if checkpoints else cache_dir("random-checkpoints")
@@ -256,7 +356,9 @@ def run_suite(plan: Plan, out: str | Path, command: str, tokenizer: str = "smoll
         job_started = time.perf_counter()
         frame = _call(job, spec, preset, peak)
         job.seconds = time.perf_counter() - job_started
-        frame = frame.drop(columns="model", errors="ignore")  # a bench may name the model itself: the preset's label counts
+        frame = frame.drop(
+            columns="model", errors="ignore"
+        )  # a bench may name the model itself: the preset's label counts
         frame.insert(0, "model", job.model.label)
         frames.setdefault(job.bench.name, []).append(frame)
     total = time.perf_counter() - started
@@ -280,7 +382,9 @@ def environment(preset: Preset, peak: float) -> dict[str, str]:
     env["CPU"] = f"{_cpu_model()}, {os.cpu_count()} cores visible, torch uses {torch.get_num_threads()} threads"
     env["dtype"] = preset.dtype
     sheet = timing.peak_tflops(env["device"], preset.dtype)
-    env["peak"] = f"{peak:.3g} TFLOP/s measured (dense {preset.dtype} matmul probe)" + (f"; data sheet {sheet:g}" if sheet else "")
+    env["peak"] = f"{peak:.3g} TFLOP/s measured (dense {preset.dtype} matmul probe)" + (
+        f"; data sheet {sheet:g}" if sheet else ""
+    )
     for package, name in (("torch", "torch"), ("transformers", "transformers"), ("lm_eval", "lm-eval")):
         try:
             env[name] = timing.version_of(package)
@@ -304,10 +408,21 @@ def render_report(plan: Plan, tables: dict, env: dict, command: str, total_s: fl
     from evalkit.report.render import markdown_table
 
     preset = plan.preset
-    lines = [f"# evalkit bench suite: preset {preset.name}", "", "```", command, "```", "",
-             f"Finished in {total_s / 60:.1f} min; the preset is sized for {preset.budget_s / 60:.0f} min on {preset.sized_for}.",
-             "Every timing is the median of the bench's rounds, evalkit and its peers taking turns in each round; "
-             "ratios divide those recorded rates.", "", "## Environment", ""]
+    lines = [
+        f"# evalkit bench suite: preset {preset.name}",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Finished in {total_s / 60:.1f} min; the preset is sized for {preset.budget_s / 60:.0f} min on "
+        f"{preset.sized_for}.",
+        "Every timing is the median of the bench's rounds, evalkit and its peers taking turns in each round; "
+        "ratios divide those recorded rates.",
+        "",
+        "## Environment",
+        "",
+    ]
     lines += [f"- {key}: {value}" for key, value in env.items()]
     lines += ["", "## Grid", "", "| bench | model | lengths | settings | wall s |", "|---|---|---|---|---|"]
     for job in plan.jobs:
@@ -318,8 +433,14 @@ def render_report(plan: Plan, tables: dict, env: dict, command: str, total_s: fl
         table = tables.get(entry.name)
         if table is None:
             continue
-        lines += ["", f"## {entry.name}", "", markdown_table(entry.summary(table) if entry.summary else table, limit=200),
-                  "", f"All columns: `bench_{entry.name}.csv`."]
+        lines += [
+            "",
+            f"## {entry.name}",
+            "",
+            markdown_table(entry.summary(table) if entry.summary else table, limit=200),
+            "",
+            f"All columns: `bench_{entry.name}.csv`.",
+        ]
     return "\n".join(lines) + "\n"
 
 

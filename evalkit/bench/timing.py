@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -147,17 +147,29 @@ def lm_eval_mode(loaded, window, length: int, dtype: str) -> Mode | None:
     if loaded.source.kind != "hf":
         return None
     with quiet_peer():
-        lm = HFLM(pretrained=loaded.source.location, device=str(loaded.device), dtype=dtype, batch_size=1, max_length=length)
+        lm = HFLM(
+            pretrained=loaded.source.location, device=str(loaded.device), dtype=dtype, batch_size=1, max_length=length
+        )
     text = loaded.tokenizer.decode(window)
     requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)]
     # lm-eval's own windows: an EOT prefix, then disjoint windows of max_length; the model runs on
     # context + continuation minus the last token, the continuation is scored
-    pieces = [lm_utils.make_disjoint_window(w) for w in lm_utils.get_rolling_token_windows(
-        token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id, max_seq_len=lm.max_length, context_len=1)]
+    pieces = [
+        lm_utils.make_disjoint_window(w)
+        for w in lm_utils.get_rolling_token_windows(
+            token_list=lm.tok_encode(text), prefix_token=lm.prefix_token_id, max_seq_len=lm.max_length, context_len=1
+        )
+    ]
     computed = sum(min(len(context) + len(continuation) - 1, lm.max_length) for context, continuation in pieces)
     scored = sum(len(continuation) for _, continuation in pieces)
-    return Mode(f"lm-eval {version_of('lm_eval')} HFLM loglikelihood_rolling (batch 1)",
-                lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True), 1, computed, scored, quiet=True)
+    return Mode(
+        f"lm-eval {version_of('lm_eval')} HFLM loglikelihood_rolling (batch 1)",
+        lambda: lm.loglikelihood_rolling(requests, disable_tqdm=True),
+        1,
+        computed,
+        scored,
+        quiet=True,
+    )
 
 
 def version_of(package: str) -> str:

@@ -63,8 +63,8 @@ def attention_check(
     import torch
 
     from evalkit.attention import check_model
-    from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.core.grid import parse_length
+    from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.run.attention_flags import VariantRequest, attention_flag_requests, resolve_variants
 

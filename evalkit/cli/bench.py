@@ -69,7 +69,8 @@ def bench_needle_command(
     chat: Annotated[str, typer.Option(help="Chat template: auto, on or off.")] = "auto",
     digits: Annotated[int, typer.Option(help="Digits of the numbers to retrieve.")] = 5,
 ) -> None:
-    """Needle samples/s: evalkit with the shared prefix cache, without it, and choosing per group from the measured cost (the default), vs a plain greedy generate loop."""
+    """Needle samples/s: evalkit with the shared prefix cache, without it, and choosing per group from the measured
+    cost (the default), vs a plain greedy generate loop."""
     from evalkit.bench.needle import bench_needle
 
     frame = bench_needle(
@@ -161,7 +162,8 @@ def bench_queries_command(
     rounds: Annotated[int, typer.Option(help="Rounds; every contender takes a turn in each, the median counts.")] = 3,
     out: Annotated[Optional[str], typer.Option(help="Folder to write bench_queries.csv into.")] = None,
 ) -> None:
-    """26 queries on one haystack (ABCDigits over all keys): branched off one cache vs one pass each, scoring and generation."""
+    """26 queries on one haystack (ABCDigits over all keys): branched off one cache vs one pass each, scoring and
+    generation."""
     from evalkit.bench.queries import bench_queries
     from evalkit.core.errors import ConfigError
     from evalkit.core.grid import parse_lengths
@@ -182,7 +184,8 @@ def bench_suite_command(
     preset: Annotated[
         str,
         typer.Option(
-            help="cpu (~10 min on 2 cores, SmolLM2-135M), gpu (random Llama-1B and SmolLM2 shapes, bf16, <8 min on one H100) or smoke (~1 min)."
+            help="cpu (~10 min on 2 cores, SmolLM2-135M), gpu (random Llama-1B and SmolLM2 shapes, bf16, <8 min on "
+            "one H100) or smoke (~1 min)."
         ),
     ] = "cpu",
     model: Annotated[

@@ -27,7 +27,8 @@ def models_random(
     shape: Annotated[
         str,
         typer.Option(
-            help="Architecture shape: llama-1b, llama-8b, smollm2-135m, smollm3-3b (NoPE layers), llama4-scout-text (MoE, NoPE, temperature tuning) or ministral3-8b (beta scaling)."
+            help="Architecture shape: llama-1b, llama-8b, smollm2-135m, smollm3-3b (NoPE layers), "
+            "llama4-scout-text (MoE, NoPE, temperature tuning) or ministral3-8b (beta scaling)."
         ),
     ] = "llama-1b",
     tokenizer: Annotated[
@@ -39,7 +40,8 @@ def models_random(
     dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32.")] = "bfloat16",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
-    """Write a random-weight checkpoint of a known shape, to measure speed (bench) where the real weights are not at hand."""
+    """Write a random-weight checkpoint of a known shape, to measure speed (bench) where the real weights are not at
+    hand."""
     from evalkit.models.shapes import write_random_checkpoint
 
     write_random_checkpoint(shape, tokenizer, out, layers=layers, dtype=dtype, seed=seed, log=make_console().print)

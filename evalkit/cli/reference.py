@@ -24,7 +24,8 @@ def reference_train(
     positions: Annotated[
         str,
         typer.Option(
-            help="rope (RoPE on every layer), nope (no positional encoding) or irope (local RoPE layers with a sliding window + global NoPE layers)."
+            help="rope (RoPE on every layer), nope (no positional encoding) or irope (local RoPE layers with a "
+            "sliding window + global NoPE layers)."
         ),
     ] = "rope",
     window: Annotated[
@@ -34,13 +35,15 @@ def reference_train(
     pattern: Annotated[
         Optional[str],
         typer.Option(
-            help="irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE (default: the recipe's, lg)."
+            help="irope: layer kinds repeated to the layer count, l = local RoPE, g = global NoPE (default: the "
+            "recipe's, lg)."
         ),
     ] = None,
     save_every: Annotated[
         Optional[int],
         typer.Option(
-            help="Also save both models every N steps as OUT/checkpoints/{softmax,ssmax}/checkpoint-N (for evalkit track)."
+            help="Also save both models every N steps as OUT/checkpoints/{softmax,ssmax}/checkpoint-N (for evalkit "
+            "track)."
         ),
     ] = None,
 ) -> None:

@@ -38,7 +38,8 @@ def compare_command(
         Optional[list[str]],
         typer.Option(
             "--baseline",
-            help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run, seed, or step and series (evalkit track's runs) (repeatable; VALUE may be a comma list).",
+            help="Select the baseline's rows: KEY=VALUE with KEY attention, model, run, seed, or step and series "
+            "(evalkit track's runs) (repeatable; VALUE may be a comma list).",
         ),
     ] = None,
     cand_select: Annotated[
@@ -47,7 +48,8 @@ def compare_command(
     tolerance: Annotated[
         Optional[float],
         typer.Option(
-            help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 x |baseline|."
+            help="Allowed worsening per metric (absolute; see --relative), on top of a float floor of 1e-9 + 1e-6 "
+            "x |baseline|."
         ),
     ] = None,
     relative: Annotated[bool, typer.Option(help="Read --tolerance as a fraction of the baseline value.")] = False,
@@ -61,13 +63,15 @@ def compare_command(
     unpaired: Annotated[
         bool,
         typer.Option(
-            help="Treat the sides as independent samples; differing task options or tokenizers become notes, not failures."
+            help="Treat the sides as independent samples; differing task options or tokenizers become notes, not "
+            "failures."
         ),
     ] = False,
     threshold: Annotated[
         str,
         typer.Option(
-            help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the accuracy at the shortest length."
+            help="Effective context length threshold: an accuracy (default 0.856, RULER's) or rel:F, F x the "
+            "accuracy at the shortest length."
         ),
     ] = "0.856",
     nll_tolerance: Annotated[
@@ -195,23 +199,27 @@ def plot_command(
     label: Annotated[
         Optional[list[str]],
         typer.Option(
-            help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique with the run folder."
+            help="A legend label per run, in order (repeat: --label a --label b). Default: the model, made unique "
+            "with the run folder."
         ),
     ] = None,
     aggregate: Annotated[
         Optional[Aggregate],
         typer.Option(
-            help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the spread across seeds."
+            help="seeds: runs that differ only in --seed become one line, the mean with a 95% interval from the "
+            "spread across seeds."
         ),
     ] = None,
     x: Annotated[
         XAxis,
         typer.Option(
-            help="length: metric vs context length; step: metric and effective length vs training step, from evalkit track's (or the training callback's) folder, one panel per length."
+            help="length: metric vs context length; step: metric and effective length vs training step, from "
+            "evalkit track's (or the training callback's) folder, one panel per length."
         ),
     ] = XAxis.length,
 ) -> None:
-    """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points also as CSV."""
+    """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points
+    also as CSV."""
     from evalkit.core.errors import ConfigError
     from evalkit.report.figures import plot_runs
     from evalkit.report.steps import plot_steps

@@ -33,7 +33,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             list[str],
             typer.Option(
-                help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub id; repeat for several models (one run folder each, under --out)."
+                help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub "
+                "id; repeat for several models (one run folder each, under --out)."
             ),
         ],
         ["smollm2-135m"],
@@ -43,7 +44,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             str,
             typer.Option(
-                help="Attention variant(s), comma-separated; auto = the checkpoint's own (its evalkit variant, else native)."
+                help="Attention variant(s), comma-separated; auto = the checkpoint's own (its evalkit variant, "
+                "else native)."
             ),
         ],
         "auto",
@@ -53,7 +55,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             Optional[str],
             typer.Option(
-                help="SSMax scale s for every head (default: the checkpoint's per-head values); a list 0.3,0.4,0.5 runs one variant per value (a calibration sweep). So do the other variant parameters below."
+                help="SSMax scale s for every head (default: the checkpoint's per-head values); a list 0.3,0.4,0.5 "
+                "runs one variant per value (a calibration sweep). So do the other variant parameters below."
             ),
         ],
         None,
@@ -76,7 +79,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             Optional[str],
             typer.Option(
-                help="n convention: position (keys query i may see) or length (whole row) [default: the checkpoint's, else position]."
+                help="n convention: position (keys query i may see) or length (whole row) [default: the "
+                "checkpoint's, else position]."
             ),
         ],
         None,
@@ -100,7 +104,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             Optional[str],
             typer.Option(
-                help="With a sweep: choose each value on other samples, seed:N or dataset:PATH, run first into <out>-calibration [default: chosen on the evaluation data, marked as an oracle]."
+                help="With a sweep: choose each value on other samples, seed:N or dataset:PATH, run first into "
+                "<out>-calibration [default: chosen on the evaluation data, marked as an oracle]."
             ),
         ],
         None,
@@ -110,7 +115,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             Optional[str],
             typer.Option(
-                help="Layers the variant is on: all, nope, rope (by the config's no_rope_layers) or indices like 0,2,5; the others run softmax [default: all]."
+                help="Layers the variant is on: all, nope, rope (by the config's no_rope_layers) or indices like "
+                "0,2,5; the others run softmax [default: all]."
             ),
         ],
         None,
@@ -150,7 +156,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             bool,
             typer.Option(
-                help="Compute a prompt prefix that several samples share once, on one KV cache (needle depths of a trial), for the groups where a cost measured on the model at the start says it beats batched passes."
+                help="Compute a prompt prefix that several samples share once, on one KV cache (needle depths of a "
+                "trial), for the groups where a cost measured on the model at the start says it beats batched passes."
             ),
         ],
         True,
@@ -176,7 +183,8 @@ COMMON_RUN_OPTIONS = [
         Annotated[
             bool,
             typer.Option(
-                help="No progress bar, heartbeat lines or tables (a log without --quiet gets a progress line every 30 s)."
+                help="No progress bar, heartbeat lines or tables (a log without --quiet gets a progress line every "
+                "30 s)."
             ),
         ],
         False,
@@ -391,7 +399,8 @@ def export_command(
     prompts: Annotated[
         str,
         typer.Option(
-            help="JSONL file for the run's prompts: token ids and text, answers, keys and provenance, in the --samples-file format."
+            help="JSONL file for the run's prompts: token ids and text, answers, keys and provenance, in the "
+            "--samples-file format."
         ),
     ],
 ) -> None:
@@ -406,12 +415,13 @@ def track_command(
     checkpoints: Annotated[
         list[str],
         typer.Argument(
-            help="Checkpoint folders or globs (ckpts/checkpoint-*); the step comes from trainer_state.json's global_step, else the folder name."
+            help="Checkpoint folders or globs (ckpts/checkpoint-*); the step comes from trainer_state.json's "
+            "global_step, else the folder name."
         ),
     ],
     task: Annotated[
         list[str], typer.Option(help="Task(s) to run on every checkpoint (repeat, or comma-separated).")
-    ] = ["needle"],
+    ] = ["needle"],  # noqa: B006 (typer reads the default; it is never mutated)
     lengths: Annotated[
         Optional[str], typer.Option(help="Context lengths, for every task that has them (1k..16k).")
     ] = None,
@@ -475,7 +485,8 @@ def track_command(
         typer.echo(f"interrupted; continue with:\n  {continue_command()}", err=True)
         raise typer.Exit(130)
     typer.echo(
-        f"{len(outcome.evaluated)} run(s) evaluated, {len(outcome.skipped)} done before; tables: {outcome.folder}/track_summary.csv"
+        f"{len(outcome.evaluated)} run(s) evaluated, {len(outcome.skipped)} done before; tables: "
+        f"{outcome.folder}/track_summary.csv"
     )
     for path in outcome.figures:
         typer.echo(str(path))

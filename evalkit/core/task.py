@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-
 # Keys that index parts of one sample (a position bin, a head), never independent samples.
 WITHIN_SAMPLE_KEYS = frozenset({"position_bin", "layer", "head"})
 

@@ -175,7 +175,8 @@ def _hf_corpus(name: str, text_field: str, split: str) -> Corpus:
         ds = datasets.load_dataset(name, split=split)
     except Exception as exc:
         raise DataError(
-            f"cannot load dataset {name!r} split {split!r} ({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})",
+            f"cannot load dataset {name!r} split {split!r} ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:160]})",
             "give a local .txt/.jsonl/.parquet path, or a dataset name that is cached or reachable",
         ) from None
     if text_field not in ds.column_names:
@@ -189,7 +190,8 @@ def _hf_corpus(name: str, text_field: str, split: str) -> Corpus:
         name=f"{name}:{split}",
         fingerprint=str(fingerprint),
         documents=docs,
-        recipe=f"datasets.load_dataset({name!r}, split={split!r}), column {text_field!r} in row order, blank rows dropped",
+        recipe=f"datasets.load_dataset({name!r}, split={split!r}), column {text_field!r} in row order, blank rows "
+        f"dropped",
     )
 
 

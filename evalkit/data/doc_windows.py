@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.core.errors import DataError
 from evalkit.data.corpus import TokenStream
 from evalkit.data.windows import check_fits
-from evalkit.core.errors import DataError
 
 
 def document_spans(stream: TokenStream) -> tuple[np.ndarray, np.ndarray]:

@@ -25,21 +25,25 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.data.corpus import load_corpus, separator_id, token_stream
 from evalkit.core.errors import ConfigError, DataError
+from evalkit.data.corpus import load_corpus, separator_id, token_stream
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 _PLACEHOLDER = "EVALKITUSERMESSAGE7F3A"  # rendered in the template's place of the user message, then split on
 _REPEAT_TOKENS = 300
 # keys for kv needles are "adjective-noun" pairs: thousands of them, word-like but meaningless together
-_ADJECTIVES = """able angry bold brave bright broad busy calm cheap clean clever cold cool crisp curly damp dark deep dry dull eager early easy
-empty fair fancy fast fierce flat fresh funny gentle giant glad golden grand green happy hard heavy hollow honest huge humble icy jolly
-keen kind large late lazy light little lively long loud lucky mighty modern narrow neat new nice noble odd old pale plain polite proud
-quick quiet rapid rare red rich rough round royal rusty sad safe salty sharp shiny short shy silent silly simple slow small smooth soft""".split()
-_NOUNS = """apple anchor arrow badge basket beach bell bird blanket boat book bottle bridge brush bucket button cabin cake camera candle
-canyon carpet castle chair cloud coat comet compass cookie crayon crown desert diamond dolphin dragon drum eagle engine falcon feather
-fence fiddle forest fountain garden glove guitar hammer harbor helmet hill island jacket jungle kettle kite ladder lantern lemon lion
-magnet mango meadow mirror monkey moon mountain ocean orange owl paddle panda parrot pencil pepper piano pillow planet pocket pond""".split()
+_ADJECTIVES = """able angry bold brave bright broad busy calm cheap clean clever cold cool crisp curly damp dark deep
+dry dull eager early easy empty fair fancy fast fierce flat fresh funny gentle giant glad golden
+grand green happy hard heavy hollow honest huge humble icy jolly keen kind large late lazy light
+little lively long loud lucky mighty modern narrow neat new nice noble odd old pale plain polite
+proud quick quiet rapid rare red rich rough round royal rusty sad safe salty sharp shiny short shy
+silent silly simple slow small smooth soft""".split()
+_NOUNS = """apple anchor arrow badge basket beach bell bird blanket boat book bottle bridge brush bucket button
+cabin cake camera candle canyon carpet castle chair cloud coat comet compass cookie crayon crown
+desert diamond dolphin dragon drum eagle engine falcon feather fence fiddle forest fountain garden
+glove guitar hammer harbor helmet hill island jacket jungle kettle kite ladder lantern lemon lion
+magnet mango meadow mirror monkey moon mountain ocean orange owl paddle panda parrot pencil pepper
+piano pillow planet pocket pond""".split()
 
 
 @dataclass(frozen=True)
@@ -453,7 +457,8 @@ def _file_sample(record, tokenizer, parts, where: str, index: int) -> NeedleSamp
     text = head + prompt + tail + record.get("answer_prefix", "")
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
-    # a space joins the answer to a prefix that ends in a word or punctuation ("... is" 1234), not after "=" or a newline
+    # a space joins the answer to a prefix that ends in a word or punctuation ("... is" 1234), not after "=" or a
+    # newline
     sep = " " if text and (text[-1].isalnum() or text[-1] in ".,;:!?") else ""
     answer_ids, moved = _answer_tokens(tokenizer, text, ids, sep + answer)
     bos = [] if parts else _bos_ids(tokenizer)

@@ -13,7 +13,8 @@ from evalkit.core.task import option
 class CorpusOptions:
     dataset: str | None = option(
         None,
-        "Text source: a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: the built-in corpus (Python's own documentation topics).",
+        "Text source: a .txt/.jsonl/.parquet file or folder, or a Hugging Face dataset name. Default: the built-in "
+        "corpus (Python's own documentation topics).",
     )
     text_field: str = option("text", "Field/column holding the text in .jsonl, .parquet and datasets.")
     split: str = option("train", "Dataset split, for Hugging Face datasets.")
@@ -43,7 +44,8 @@ class NeedleGridOptions(CorpusOptions):
     )
     draw: str = option(
         "trial",
-        "trial: one needle and haystack per trial, shared by every depth and length (Kamradt's layout; the common prompt prefix is computed once); sample: a fresh draw for every (length, depth, trial).",
+        "trial: one needle and haystack per trial, shared by every depth and length (Kamradt's layout; the common "
+        "prompt prefix is computed once); sample: a fresh draw for every (length, depth, trial).",
         choices=("trial", "sample"),
     )
     needle: str = option("passkey", "Needle kind.", choices=("passkey", "kv", "abcdigits"))
@@ -58,12 +60,14 @@ class NeedleGridOptions(CorpusOptions):
     digits: int = option(5, "Digits of the numbers to retrieve.")
     chat: str = option(
         "auto",
-        "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file prompts, used verbatim), on, off.",
+        "Wrap the question in the tokenizer's chat template: auto (when it has one; never around --samples-file "
+        "prompts, used verbatim), on, off.",
         choices=("auto", "on", "off"),
     )
     samples_file: str | None = option(
         None,
-        "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and answer_ids (evalkit export writes them).",
+        "Your own prompts: JSONL with prompt, answer, optional depth and needle; or exact prompt_ids and "
+        "answer_ids (evalkit export writes them).",
     )
 
     def __post_init__(self):

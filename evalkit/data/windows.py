@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.data.corpus import TokenStream
 from evalkit.core.errors import DataError
+from evalkit.data.corpus import TokenStream
 
 
 def check_fits(stream: TokenStream, length: int) -> None:

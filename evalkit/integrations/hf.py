@@ -19,8 +19,9 @@ training); ``distributed=True`` has every rank take a shard of the samples.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 

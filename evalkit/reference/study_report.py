@@ -8,8 +8,9 @@ the prompts of one trained model beyond what the seeds allow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -251,7 +252,8 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
         f"# Reference study: Softmax vs SSMax, {', '.join(settings.positions)}",
         "",
         f"Recipe `{settings.recipe}`; seeds {seeds}; every model evaluated on the same prompts (run seed "
-        f"{frames['needle'].seed.iloc[0]}). Intervals are 95%, the independent unit is (training seed, trial) for needle "
+        f"{frames['needle'].seed.iloc[0]}). Intervals are 95%, the independent unit is (training seed, trial) for "
+        f"needle "
         "and focus and (training seed, window) for perplexity (`evalkit.report.stats`).",
         "",
         "## Training",
@@ -290,7 +292,8 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
         "### Effective context length",
         "",
         f"The longest length whose accuracy stays at or above RULER's {stats.RULER_THRESHOLD} at it and every shorter "
-        "length; the interval from the accuracy bands' ends (pessimistic, optimistic). `-`: even the training length is below.",
+        "length; the interval from the accuracy bands' ends (pessimistic, optimistic). `-`: even the training "
+        "length is below.",
         "",
         "| positions | variant | effective length [95%] |",
         "|---|---|---|",

@@ -66,11 +66,12 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -164,7 +165,7 @@ class Recipe:
 
         check_positions(self.positions, self.pattern, self.window, self.train_length)
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
@@ -486,7 +487,8 @@ def train_reference_pair(
 
     ``recipe``: "cpu", "gpu" or a ``Recipe`` (e.g. ``RECIPES["cpu"].replace(layers=1)``);
     ``steps``, ``window`` and ``pattern`` override the recipe's; ``positions`` (rope, nope, irope)
-    picks the position scheme (and the recipe tuned for it, ``get_recipe``). Deterministic from ``seed`` on a given device.
+    picks the position scheme (and the recipe tuned for it, ``get_recipe``). Deterministic from ``seed`` on a given
+    device.
     Returns the summary (also written to ``out/summary.json``).
     """
     import pandas as pd

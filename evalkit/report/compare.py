@@ -37,7 +37,6 @@ import pandas as pd
 from evalkit.core.errors import ConfigError
 from evalkit.report import stats
 from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
-from evalkit.report.tolerances import FLOAT_TOLERANCE, METRIC_DIRECTIONS, Tolerance, load_tolerances
 from evalkit.report.runs import (
     ACCURACY_METRICS,
     HEADLINE_METRICS,
@@ -52,6 +51,7 @@ from evalkit.report.runs import (
     setup_differences,
     unit_columns,
 )
+from evalkit.report.tolerances import FLOAT_TOLERANCE, METRIC_DIRECTIONS, Tolerance, load_tolerances
 
 ROW_COLUMNS = [
     "attention",
@@ -742,7 +742,8 @@ def to_markdown(c: Comparison, limit: int = 50) -> str:
         _sides(c),
         "",
         _method(c),
-        f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} beyond noise.",
+        f"{s['cells']} cells: {s['regressions']} regressed, {s['improvements']} improved, {s['beyond_noise']} "
+        f"beyond noise.",
     ]
     if c.failed_checks:
         parts += ["", "**Failed checks**", ""] + [f"- {ch['check']}: {ch['reason']}" for ch in c.failed_checks]

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.report import draw
 from evalkit.core.errors import ConfigError, ResultsError
-from evalkit.report import stats
+from evalkit.report import draw, stats
 from evalkit.report.runs import recorded_options
 
 # The row metric a reader looks for first, per task (it names the figure file).
@@ -121,7 +120,8 @@ def points(run: Run, metric: str) -> pd.DataFrame | None:
     # a sample's rows (bins, heads) are one value; the task's independent unit is the cluster
     per_sample = [c for c in ("attention", *run.task.sample_columns(), "seed") if c in rows.columns]
     rows = rows.groupby(per_sample, as_index=False, sort=False, dropna=False)["value"].mean()
-    # a 0/1 metric is a proportion (Wilson); anything else a mean (t), even where its values happen to be 0/1 (ranks all 1)
+    # a 0/1 metric is a proportion (Wilson); anything else a mean (t), even where its values happen to be 0/1
+    # (ranks all 1)
     kind = "proportion" if metric in BINARY else "mean"
     out = stats.estimates(rows, ["attention", "context_length"], run.task.unit_columns(run.task.options), kind=kind)
     return out.assign(context_length=out.context_length.astype(int))[POINT_COLUMNS]
@@ -255,7 +255,7 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
     points_table = pd.concat(table, ignore_index=True).sort_values(["series", "context_length"], kind="stable")
     lengths = sorted(points_table.context_length.unique())
     trains = {}
-    for label, members, _ in series:
+    for _label, members, _ in series:
         trains.setdefault(training_length(members[0].manifest), []).append(members[0].model)
     for row, (train, models) in enumerate(t for t in trains.items() if t[0]):
         suffix = f" ({', '.join(dict.fromkeys(models))})" if len(trains) > 1 else ""

@@ -55,10 +55,10 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.core.errors import ConfigError
+from evalkit.core.registry import task_names
 from evalkit.report import stats
 from evalkit.report.render import dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
 from evalkit.report.runs import Run, completeness, load_run, samples, unit_columns
-from evalkit.core.registry import task_names
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 THRESHOLDS = ("value", "baseline_factor", "baseline_delta")
@@ -475,7 +475,8 @@ def to_junit(report: GateReport) -> str:
             ""
             if row["value"] is None
             else (
-                f" (value {fmt(row['value'])}, 95% CI {interval(row['ci_low'], row['ci_high'], '.4g')}, n {row['n']} in "
+                f" (value {fmt(row['value'])}, 95% CI {interval(row['ci_low'], row['ci_high'], '.4g')}, n "
+                f"{row['n']} in "
                 f"{row['units']} units)"
             )
         )

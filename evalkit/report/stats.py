@@ -62,7 +62,7 @@ class Estimate:
     method: str
     confidence: float = CONFIDENCE
 
-    def exp(self) -> "Estimate":
+    def exp(self) -> Estimate:
         """Perplexity from mean NLL: exp is monotone, so the interval maps through it."""
         return Estimate(
             math.exp(self.value),

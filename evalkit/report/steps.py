@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.report import draw
 from evalkit.core.errors import ResultsError
+from evalkit.report import draw
 from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, load_run, points
 
 HEADLINE_COLUMN = {"ruler": "score"}  # tasks whose headline summary column is not HEADLINE's metric renamed
@@ -97,7 +97,7 @@ def _line_label(series: str, attention: str, all_series: list[str]) -> str:
 
 
 def _draw_lines(ax, part: pd.DataFrame, all_series: list[str]) -> None:
-    for k, ((series, attention), line) in enumerate(part.groupby(["series", "attention"], sort=True)):
+    for _k, ((series, attention), line) in enumerate(part.groupby(["series", "attention"], sort=True)):
         style = draw.VARIANT_STYLES[all_series.index(series) % len(draw.VARIANT_STYLES)]
         marker = draw.MARKERS[all_series.index(series) % len(draw.MARKERS)]
         draw.line_with_band(

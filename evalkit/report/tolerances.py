@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from evalkit.core.errors import ConfigError
 

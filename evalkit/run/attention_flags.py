@@ -47,7 +47,7 @@ class VariantRequest:
     label: str | None = None
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VariantRequest":
+    def from_dict(cls, data: dict) -> VariantRequest:
         data = dict(data)
         name, label = data.pop("name"), data.pop("label", None)
         unknown = set(data) - set(AttentionOptions.__dataclass_fields__)

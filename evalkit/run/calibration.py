@@ -138,7 +138,7 @@ def calibration_config(config, task_cls, folder: Path):
     )
 
 
-def scores(frame, task) -> "Any":
+def scores(frame, task) -> Any:
     """Per attention label: the score metrics over all samples, with 95% intervals (stats.estimates)."""
     import pandas as pd
 
@@ -250,7 +250,8 @@ def finalize(outcome, task, choice=None, calibration_folder=None):
 
 
 def plot_choice(choice, task, path: Path) -> Path:
-    """Score against the swept value, one panel per variant, the chosen value starred, the data it was chosen on in the title."""
+    """Score against the swept value, one panel per variant, the chosen value starred, the data it was chosen on in the
+    title."""
     from evalkit.report import draw
 
     metric, higher = SCORE[task.name][0]

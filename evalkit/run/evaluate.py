@@ -154,10 +154,10 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     alone, as a rank-0-only evaluation inside a data-parallel training job must)."""
     from rich.console import Console
 
+    from evalkit.run.attention_flags import VariantRequest, prefix_limits, resolve_variants
     from evalkit.run.distributed import current_world
     from evalkit.store.manifest import git_dirty, git_revision, library_versions
     from evalkit.store.results import check_out_folder, read_manifest
-    from evalkit.run.attention_flags import VariantRequest, prefix_limits, resolve_variants
 
     console = console or Console(stderr=True, markup=False, emoji=False)
     log = (lambda *a: None) if config.quiet else console.print
@@ -221,7 +221,8 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     stored_hash = stored.get("model", {}).get("content_hash")
     if stored_hash and stored_hash != loaded.content_hash:
         raise ConfigError(
-            f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> {loaded.content_hash})",
+            f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> "
+            f"{loaded.content_hash})",
             "resume with the same checkpoint, or choose another --out",
         )
     stored_tokenizer = (stored.get("model", {}).get("tokenizer") or {}).get("content_hash")
@@ -305,11 +306,11 @@ def _open_store(world, folder: Path, identity: dict, resume: bool):
 
 
 def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings) -> RunOutcome:
-    from evalkit.store.manifest import dataset_hash, device_description
+    from evalkit.core.task import runs_under
     from evalkit.models.adapter import ModelAdapter
     from evalkit.run.progress import ProgressReporter, quiet_library_warnings
     from evalkit.run.runner import Runner, default_batch_tokens
-    from evalkit.core.task import runs_under
+    from evalkit.store.manifest import dataset_hash, device_description
 
     adapter = ModelAdapter(loaded)
     batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
@@ -364,8 +365,8 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
 def check_config(config: RunConfig) -> None:
     """Every check of a run config that needs no model and writes nothing: a sweep or several
     models check all their runs this way before the first one loads anything."""
-    from evalkit.store.results import check_out_folder
     from evalkit.run.attention_flags import VariantRequest
+    from evalkit.store.results import check_out_folder
 
     task_cls = get_task(config.task)
     options = build_options(task_cls, config.task_options)
@@ -457,7 +458,8 @@ def run_evaluator(config, loaded, folder: Path, console, log):
     other = load_for(dataclasses.replace(config, model=path), log)
     if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
         raise ConfigError(
-            f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token stream",
+            f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token "
+            f"stream",
             "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
         )
     sub = RunConfig(

@@ -17,7 +17,8 @@ from evalkit.store.records import token_records
 
 
 def read_manifest(run: str | Path) -> dict:
-    from evalkit.store.results import MANIFEST, read_manifest as read
+    from evalkit.store.results import MANIFEST
+    from evalkit.store.results import read_manifest as read
 
     if not (Path(run) / MANIFEST).is_file():
         raise ResultsError(
@@ -36,10 +37,10 @@ def model_spec(manifest: dict) -> str:
 
 def rebuild_task(manifest: dict, log=print):
     """The run's task with the run's options, seed and tokenizer."""
-    from evalkit.run.evaluate import build_options
-    from evalkit.models.loading import load_tokenizer_only, part_hashes, resolve
     from evalkit.core.registry import get_task
     from evalkit.core.task import TaskContext
+    from evalkit.models.loading import load_tokenizer_only, part_hashes, resolve
+    from evalkit.run.evaluate import build_options
 
     config = manifest["config"]
     task_cls = get_task(config["task"])

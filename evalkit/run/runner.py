@@ -4,7 +4,8 @@ Samples are bucketed by request length; a batch holds as many sequences of one l
 the token budget. On an out-of-memory error the batch is halved and retried. Answer and generate
 requests whose prompts share long prefixes (needle depths of one trial) are instead walked one by
 one on a shared KV cache (``evalkit.models.prefix``), or, when they share one trunk (many queries on
-one haystack), branched off its cache in packed batches (``evalkit.models.branch``). Each finished sample's rows go straight to the run
+one haystack), branched off its cache in packed batches (``evalkit.models.branch``). Each finished sample's rows go
+straight to the run
 store, so an interrupt loses at most one batch.
 """
 
@@ -13,8 +14,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from evalkit.core.errors import EvalkitError
 from evalkit.core.task import Sample, Task, runs_under
@@ -187,7 +188,8 @@ class Runner:
             "predicted_seconds": {k: round(v, 3) for k, v in totals.items()},
             "why": (
                 f"each group takes the fastest predicted path of batched passes, a walk on one cache "
-                f"and branching off its trunk in packed batches{'' if can_branch else ' (not exact for this model: off)'}; "
+                f"and branching off its trunk in packed "
+                f"batches{'' if can_branch else ' (not exact for this model: off)'}; "
                 f"batched unless another is predicted under {prefix_cost.MARGIN:.0%} of its time"
             ),
         }

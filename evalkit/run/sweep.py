@@ -23,10 +23,11 @@ a comparison reads one folder. A model is loaded once for all its variants and t
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from evalkit.core.errors import ConfigError
 
@@ -84,8 +85,8 @@ def load_study(path: str | Path) -> Study:
     for entry in tasks:
         if "name" not in entry:
             raise ConfigError(f"a [[task]] in {path} has no name", 'add name = "perplexity" (or needle, focus)')
-    from evalkit.run.evaluate import build_options, model_slug
     from evalkit.core.registry import get_task
+    from evalkit.run.evaluate import build_options, model_slug
 
     for entry in tasks:  # a typo in any task's options fails now, not after the first cells ran
         build_options(get_task(entry["name"]), {k: v for k, v in entry.items() if k != "name"})

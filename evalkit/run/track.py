@@ -24,9 +24,10 @@ import dataclasses
 import glob
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from evalkit.core.errors import ConfigError, ResultsError
 

@@ -10,8 +10,9 @@ a generator fills exactly that budget (or, for lists that cannot be cut, the lon
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class PromptFrame:
     @classmethod
     def build(
         cls, tokenizer, chat: str, before: str, after: str, answer_prefix: str, answer: str | None = None
-    ) -> "PromptFrame":
+    ) -> PromptFrame:
         """``answer``: the single-span gold answer (teacher-forced scoring), tokenized as it follows the prefix."""
         parts = _chat_parts(tokenizer, chat)
         head = _encode(tokenizer, parts[0]) if parts else _bos_ids(tokenizer)

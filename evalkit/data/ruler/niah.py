@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.data import haystack as hs
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, register
-from evalkit.core.errors import ConfigError, DataError
 
 NEEDLE = "One of the special magic {kind} for {key} is: {value}."
 DEPTHS = np.round(np.linspace(0, 100, num=40, endpoint=True)).astype(int)  # RULER's depths, in percent

@@ -17,6 +17,7 @@ import string
 
 import numpy as np
 
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.data.ruler.nvidia import (
     NIAH,
     NOISE,
@@ -30,7 +31,6 @@ from evalkit.data.ruler.nvidia import (
     search,
     split_prefix,
 )
-from evalkit.core.errors import ConfigError, DataError
 
 NUM_CHAINS, NUM_HOPS = 1, 4  # synthetic.yaml
 NUM_CW, FREQ_CW, FREQ_UCW = 10, 30, 3

@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.data.haystack import _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, SkipTask, register
-from evalkit.core.errors import ConfigError, DataError
 
 INSTRUCTION = (
     "Answer the question based on the given documents. Only give me the answer and do not output any other words."

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import string
 
+from evalkit.core.errors import ConfigError
 from evalkit.data.haystack import NOISE, _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, register
-from evalkit.core.errors import ConfigError
 
 NUM_CHAINS, NUM_HOPS = 1, 4  # RULER's synthetic.yaml
 EXAMPLE_TOKENS = 500  # RULER builds its in-context example at max_seq_length 500
@@ -24,7 +24,10 @@ TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
     "Question: Find all variables that are assigned the value {query} in the text above."
 )
-PREFIX = "Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are assigned the value {query}, they are: "
+PREFIX = (
+    "Answer: According to the chain(s) of variable assignment in the text above, "
+    "{num_v} variables are assigned the value {query}, they are: "
+)
 NOISE_LINE = NOISE + "\n"
 
 

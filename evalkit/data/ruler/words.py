@@ -24,13 +24,14 @@ from functools import lru_cache
 
 import numpy as np
 
+from evalkit.core.errors import ConfigError, DataError
 from evalkit.data.haystack import _encode
 from evalkit.data.ruler import PromptFrame, RulerSample, RulerSource, register
-from evalkit.core.errors import ConfigError, DataError
 
 CWE_TEMPLATE = (
     "Below is a numbered list of words. In these words, some appear more often than others. "
-    "Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?"
+    "Memorize the ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the "
+    "above list?"
 )
 CWE_PREFIX = "Answer: The top 10 words that appear most often in the list are:"
 FWE_TEMPLATE = (
