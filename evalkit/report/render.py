@@ -65,8 +65,8 @@ def junit_xml(suite: str, cases: list[dict]) -> str:
 def rich_table(
     table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series, limit: int = 50, caption: str | None = None
 ):
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     omitted = f"{len(table) - limit} more rows omitted" if len(table) > limit else None
     out = Table(title=title, caption="\n".join(filter(None, [caption, omitted])) or None)
@@ -74,7 +74,8 @@ def rich_table(
     for column in table.columns:
         out.add_column(column, justify="left" if column in left else "right")
     for row, is_bad, is_good in list(zip(table.itertuples(index=False), bad, good))[:limit]:
-        out.add_row(*map(escape, row), style="red" if is_bad else "green" if is_good else None)
+        # Text, not markup: a cell such as "[none, 2048]" prints as it is whatever the console's markup setting
+        out.add_row(*(Text(str(v)) for v in row), style="red" if is_bad else "green" if is_good else None)
     return out
 
 
