@@ -58,6 +58,38 @@ def make_llama(vocab_size: int, seed: int = 0, max_positions: int = 512, **overr
     return LlamaForCausalLM(config).eval()
 
 
+def make_llama4(vocab_size: int, seed: int = 0, max_positions: int = 256, temperature: bool = True):
+    """A tiny random Llama 4 text model: one RoPE and one NoPE layer, dense MLPs, temperature tuning
+    (floor_scale 4, attn_scale 0.5) so its native scaling differs from 1 within a few tokens."""
+    import torch
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    torch.manual_seed(seed)
+    config = Llama4TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=64,
+        intermediate_size_mlp=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        moe_layers=[],
+        no_rope_layers=[1, 0],
+        attention_chunk_size=None,
+        max_position_embeddings=max_positions,
+        attn_temperature_tuning=temperature,
+        floor_scale=4,
+        attn_scale=0.5,
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
+    return Llama4ForCausalLM(config).eval()
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return make_tokenizer()

@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from conftest import make_llama4
 
 from evalkit.attention import apply_attention, native_enabled, native_scaling
 
@@ -21,32 +22,7 @@ TOKENS = 24
 
 
 def _llama4(temperature: bool = True, seed: int = 0):
-    from transformers import Llama4ForCausalLM, Llama4TextConfig
-
-    torch.manual_seed(seed)
-    config = Llama4TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=64,
-        intermediate_size_mlp=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_local_experts=2,
-        num_experts_per_tok=1,
-        moe_layers=[],
-        no_rope_layers=[1, 0],
-        attention_chunk_size=None,
-        max_position_embeddings=256,
-        attn_temperature_tuning=temperature,
-        floor_scale=4,
-        attn_scale=0.5,
-        pad_token_id=0,
-        eos_token_id=0,
-        bos_token_id=0,
-    )
-    return Llama4ForCausalLM(config).eval()
+    return make_llama4(VOCAB, seed=seed, temperature=temperature)
 
 
 def _ministral3(beta: float = 0.3, seed: int = 0):

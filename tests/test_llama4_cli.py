@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import make_llama4
 from typer.testing import CliRunner
 
 import cli
@@ -20,33 +21,8 @@ APP = cli.register_tasks()
 
 @pytest.fixture(scope="module")
 def llama4_checkpoint(tmp_path_factory, tokenizer):
-    from transformers import Llama4ForCausalLM, Llama4TextConfig
-
-    torch.manual_seed(0)
-    config = Llama4TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=64,
-        intermediate_size_mlp=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_local_experts=2,
-        num_experts_per_tok=1,
-        moe_layers=[],
-        no_rope_layers=[1, 0],
-        attention_chunk_size=None,
-        max_position_embeddings=512,
-        attn_temperature_tuning=True,
-        floor_scale=4,
-        attn_scale=0.5,
-        pad_token_id=0,
-        eos_token_id=0,
-        bos_token_id=0,
-    )
     folder = tmp_path_factory.mktemp("tiny-llama4")
-    Llama4ForCausalLM(config).eval().save_pretrained(folder)
+    make_llama4(len(tokenizer), max_positions=512).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
