@@ -15,9 +15,9 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths
+from evalkit.core.requests import PROBE_METRICS, ProbeRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
-from evalkit.models.requests import PROBE_METRICS, ProbeRequest
 from evalkit.report import stats
 
 TOP_HEADS = 5

@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 
 from evalkit.core.errors import ConfigError
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.core.scoring import parse_answer
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
 
 

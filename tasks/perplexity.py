@@ -28,6 +28,7 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_length, parse_lengths
+from evalkit.core.requests import TokenLossRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.corpus import (
     JOINED,
@@ -40,7 +41,6 @@ from evalkit.data.corpus import (
 )
 from evalkit.data.options import CorpusOptions
 from evalkit.data.windows import document_windows, effective_stride, random_offsets, strided_windows
-from evalkit.models.requests import TokenLossRequest
 from evalkit.report import longppl, stats
 
 LINEAR_BINS = 32

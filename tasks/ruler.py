@@ -21,9 +21,9 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError, DataError, did_you_mean
 from evalkit.core.grid import parse_lengths
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import CorpusOptions
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.report import stats
 
 AVERAGE = "average"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from tests.conftest import make_llama
 from tests.test_token_losses import adapter_for
 

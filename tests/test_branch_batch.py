@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from evalkit.attention import apply_attention
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.core.task import Sample
 from evalkit.models.adapter import ModelAdapter
 from evalkit.models.branch import packs, trunk_length
 from evalkit.models.loading import LoadedModel, ModelSource
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from tests.conftest import make_llama
 
 VOCAB = 120

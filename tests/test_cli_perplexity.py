@@ -88,9 +88,9 @@ def test_run_writes_every_file(tiny_checkpoint, tmp_path):
 
 def test_windows_recompute_from_recorded_offsets(tiny_checkpoint, tmp_path, tokenizer):
     """Any row can be recomputed from its source and offset."""
+    from evalkit.core.requests import TokenLossRequest
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.models.requests import TokenLossRequest
 
     out = tmp_path / "run"
     assert run_cli(*base_args(tiny_checkpoint, out)).exit_code == 0

@@ -406,9 +406,9 @@ def test_attention_scale_of_smollm2_shape():
 def test_shared_run_costs_count_each_prefix_once():
     import numpy as np
 
+    from evalkit.core.requests import AnswerScoreRequest
     from evalkit.core.task import Sample
     from evalkit.models.prefix import tokens_to_compute
-    from evalkit.models.requests import AnswerScoreRequest
     from evalkit.run.runner import shared_costs
 
     rng = np.random.default_rng(0)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from evalkit.bench.timing import forward_flops_per_token
+from evalkit.core.requests import AnswerScoreRequest
 from evalkit.core.task import Sample, Task
 from evalkit.models import prefix_cost
 from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.prefix_cost import PathCosts, body_flops, predicted_seconds
-from evalkit.models.requests import AnswerScoreRequest
 from evalkit.run.runner import Runner, Variant
 from tests.conftest import make_llama
 

@@ -10,13 +10,13 @@ from typer.testing import CliRunner
 
 import cli
 from evalkit.attention import apply_attention
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.data.corpus import load_corpus, token_stream
 from evalkit.data.haystack import HaystackOptions, build_samples
 from evalkit.models import prefix_cost
 from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.prefix import common_prefix, lexicographic_order, shared_runs, tokens_to_compute
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 from tests.conftest import make_llama
 
 # transformers 5.24 deprecates past_key_values= (removed in 5.40): the shared-cache path must not use it

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from evalkit.attention import apply_attention
+from evalkit.core.requests import PROBE_METRICS, ProbeRequest
 from evalkit.models.probe import analytic_max_weight, run_probes
-from evalkit.models.requests import PROBE_METRICS, ProbeRequest
 from tests.conftest import make_llama
 
 
@@ -94,7 +94,7 @@ def test_probe_memory_grows_linearly(tmp_path):
         "sys.path.insert(0, {!r})\n"
         "from tests.conftest import make_llama\n"
         "from evalkit.models.probe import run_probes\n"
-        "from evalkit.models.requests import ProbeRequest\n"
+        "from evalkit.core.requests import ProbeRequest\n"
         "torch.set_num_threads(1)\n"
         "n = int(sys.argv[1])\n"
         "model = make_llama(vocab_size=97, max_positions=n, hidden_size=32, intermediate_size=32, "

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from evalkit.core.errors import DataError, EvalkitError
+from evalkit.core.requests import TokenLossRequest
 from evalkit.core.task import Sample, Task
 from evalkit.data.corpus import load_corpus, token_stream
-from evalkit.models.requests import TokenLossRequest
 from evalkit.run.runner import Runner, Variant
 from evalkit.store.results import RunStore
 

@@ -115,9 +115,9 @@ def test_needle_at_exactly_the_position_limit(short_checkpoint, tmp_path):
 
 
 def test_answer_scoring_runs_prompt_plus_answer_minus_one_positions(tokenizer):
+    from evalkit.core.requests import AnswerScoreRequest
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadedModel, ModelSource
-    from evalkit.models.requests import AnswerScoreRequest
 
     model = make_llama(len(tokenizer))
     seen = []

@@ -25,11 +25,11 @@ def test_gguf_nll_matches_naive_transformers_forward(gguf_path):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from evalkit.core.requests import TokenLossRequest
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.data.windows import random_offsets
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.models.requests import TokenLossRequest
 
     loaded = load_model(str(gguf_path), LoadOptions(device="cpu"), log=print)
     assert loaded.model.config.num_hidden_layers == 30 and loaded.max_positions == 8192

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.core.requests import TokenLossRequest
 from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
-from evalkit.models.requests import TokenLossRequest
 from tests.conftest import make_llama
 
 

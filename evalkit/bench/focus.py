@@ -12,11 +12,11 @@ def bench_focus(model: str, lengths: str, device: str, dtype: str, seconds: floa
     import torch
 
     from evalkit.core.grid import parse_lengths
+    from evalkit.core.requests import ProbeRequest
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.models.body import decoder_body
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.probe import run_probes
-    from evalkit.models.requests import ProbeRequest
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
     stream = token_stream(load_corpus(), loaded.tokenizer)

@@ -36,11 +36,11 @@ def bench_perplexity(
     import torch
 
     from evalkit.core.grid import parse_lengths
+    from evalkit.core.requests import TokenLossRequest
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.data.windows import random_offsets
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
-    from evalkit.models.requests import TokenLossRequest
     from evalkit.run.attention_flags import VariantRequest, resolve_variants
     from evalkit.run.runner import default_batch_tokens
     from evalkit.store.manifest import device_description

@@ -39,13 +39,13 @@ def bench_queries(
     speedup over the one-pass-per-query baseline of its kind, and the greedy verdicts' agreement."""
     import torch
 
+    from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
     from evalkit.data.haystack import abcdigits_all_keys
     from evalkit.models import prefix_cost
     from evalkit.models.adapter import ModelAdapter
     from evalkit.models.branch import trunk_length
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.prefix import shared_sequence
-    from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
     from evalkit.run.runner import default_batch_tokens
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)

@@ -19,7 +19,7 @@ WITHIN_SAMPLE_KEYS = frozenset({"position_bin", "layer", "head"})
 @dataclass(frozen=True)
 class Sample:
     id: str  # stable across runs with the same options: the unit of resume
-    request: Any  # a typed request from evalkit.models.requests
+    request: Any  # a typed request from evalkit.core.requests
     keys: dict[str, Any]  # task key columns shared by all its rows (context_length, ...)
     meta: dict[str, Any] = field(default_factory=dict)  # recorded, not keys (source, offset, ...)
     first_variant_only: bool = (

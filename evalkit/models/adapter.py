@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.core.requests import AnswerScore, AnswerScoreRequest, GenerateRequest, ProbeRequest, TokenLossRequest
 from evalkit.models.body import decoder_body
 from evalkit.models.loading import LoadedModel
-from evalkit.models.requests import AnswerScore, AnswerScoreRequest, GenerateRequest, ProbeRequest, TokenLossRequest
 
 # Bytes of float32 logits materialized at once; the LM head and loss run in chunks of
 # rows so that a 64k-token sequence never holds a (64k x vocab) logits tensor.

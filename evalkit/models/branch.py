@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.models.body import decoder_body
 from evalkit.models.prefix import common_prefix, shared_sequence
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 
 
 def trunk_length(requests: list) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 
 # A run of requests is scored on a shared cache when consecutive ones have this much in common;
 # below it the batched path wins (equal-length batches, no cache copies). A guess, not measured on GPU.

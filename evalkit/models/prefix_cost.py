@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.models.prefix import walk_plan
-from evalkit.models.requests import AnswerScoreRequest, GenerateRequest
 
 MARGIN = 0.85  # walk only when predicted at most 85% of the batched time: the batched path is the safe default
 REPEATS = 3  # each timing is the fastest of this many calls (the first, warm-up call is not counted)

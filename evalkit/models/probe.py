@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from evalkit.core.requests import PROBE_METRICS, ProbeRequest, ProbeResult
 from evalkit.models.body import decoder_body
-from evalkit.models.requests import PROBE_METRICS, ProbeRequest, ProbeResult
 
 
 def row_statistics(weights, allowed_keys, needle_start, needle_end):

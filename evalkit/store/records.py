@@ -4,7 +4,7 @@ rebuilt and rescored outside evalkit. Tasks build their export from these; ``eva
 from __future__ import annotations
 
 from evalkit.core.errors import ConfigError
-from evalkit.models.requests import TokenLossRequest
+from evalkit.core.requests import TokenLossRequest
 
 
 def decode_text(tokenizer, ids) -> str:
