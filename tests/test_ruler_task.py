@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib.metadata import EntryPoint
 
 import numpy as np
 import pandas as pd
@@ -17,12 +16,14 @@ from tasks.ruler import RulerOptions, RulerTask
 
 
 @pytest.fixture
-def ruler_registered(monkeypatch):
+def ruler_registered():
     """The plugin as pyproject.toml registers it, also where the installed metadata predates it."""
-    found = registry._entry_points()
-    if "ruler" not in found:
-        found["ruler"] = EntryPoint("ruler", "tasks.ruler:RulerTask", registry.GROUP)
-        monkeypatch.setattr(registry, "_entry_points", lambda: dict(found))
+    if "ruler" not in registry.TASKS.names():
+        registry.TASKS.register("ruler", RulerTask)
+        yield
+        registry.TASKS.unregister("ruler")
+    else:
+        yield
 
 
 def test_options_parse_tasks_and_qa_files():
