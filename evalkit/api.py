@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalkit.core.errors import ConfigError, ResultsError, did_you_mean
+from evalkit.core.errors import ConfigError, did_you_mean
+from evalkit.store import run_folder
 
 # Keywords of evaluate() that are not task options: attention flags (as the CLI's), then run settings.
 ATTENTION_FLAGS = (
@@ -61,25 +60,9 @@ RUN_SETTINGS = (
 )
 
 
-@dataclass
-class Run:
-    """One evaluation: its tidy rows, the summary (summary.csv: headline numbers per variant and
-    length with n and 95% intervals), the manifest, the figures, and the folder they live in."""
-
-    folder: Path
-    rows: Any  # pandas DataFrame, the results.parquet table
-    summary: Any  # pandas DataFrame or None (no rows)
-    manifest: dict
-    figures: list[Path] = field(default_factory=list)
-    _scratch: Any = field(default=None, repr=False)  # the TemporaryDirectory holding an unsaved run
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(self.manifest.get("interrupted"))
-
-    @property
-    def task(self) -> str:
-        return str(self.manifest.get("config", {}).get("task", ""))
+class Run(run_folder.Run):
+    """One evaluation read back from its folder: ``evalkit.store.run_folder.Run`` (rows, summary.csv,
+    manifest, figures, completeness, a short repr), plus the headline numbers a training log wants."""
 
     def headline(self) -> dict[str, float]:
         """The few numbers a training log wants, named ``<metric>@<length>`` (see ``evalkit.integrations``)."""
@@ -87,42 +70,10 @@ class Run:
 
         return headline_metrics(self.summary, self.task)
 
-    def save(self, path: str | Path) -> Run:
-        """Copy the run folder to ``path`` (new, or empty) and return the Run read from there.
-        The rows keep their ``run_id``: it names the run, not the folder."""
-        target = Path(path)
-        if target.resolve() == self.folder.resolve():
-            return self
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise ResultsError(
-                f"cannot save the run to {target}: it exists and is not an empty folder", "choose a new folder"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(self.folder, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".evalkit.lock"))
-        return load_run(target)
-
 
 def load_run(path: str | Path) -> Run:
     """A run folder (written by ``evalkit run``, ``evaluate`` or ``Run.save``) back as a ``Run``."""
-    import json
-
-    import pandas as pd
-
-    folder = Path(path)
-    if not (folder / "results.parquet").is_file():
-        raise ResultsError(
-            f"{folder} is not an evalkit run folder (no results.parquet)",
-            "pass a folder written by evalkit run, evalkit.evaluate or Run.save",
-        )
-    manifest_path = folder / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    except ValueError:
-        raise ResultsError(f"{manifest_path} is corrupt", "rerun the task") from None
-    summary_path = folder / "summary.csv"
-    summary = pd.read_csv(summary_path) if summary_path.is_file() else None
-    figures = sorted((folder / "plots").glob("*.png")) if (folder / "plots").is_dir() else []
-    return Run(folder, pd.read_parquet(folder / "results.parquet"), summary, manifest, figures)
+    return run_folder.load_run(path, cls=Run)
 
 
 def known_options(task: str) -> list[str]:
@@ -254,19 +205,9 @@ def _slug(name: str) -> str:
 
 
 def _run_from(outcome, scratch) -> Run:
-    import json
-
     if outcome.frame is None:  # a non-zero rank of a distributed run: rank 0 writes and reports
-        return Run(Path(outcome.folder), None, None, {}, [], scratch)
-    manifest = json.loads((Path(outcome.folder) / "manifest.json").read_text())
-    return Run(
-        Path(outcome.folder),
-        outcome.frame,
-        outcome.summary,
-        manifest,
-        [p for p in outcome.plots if str(p).endswith(".png")],
-        scratch,
-    )
+        return Run(Path(outcome.folder), None, {}, [], scratch)
+    return dataclasses.replace(load_run(outcome.folder), scratch=scratch)  # what load_run reads back later
 
 
 # --- the model object as the engine's LoadedModel -----------------------------------------------

@@ -163,11 +163,11 @@ def _evaluate(
     resume: bool,
     log,
 ) -> Path:
-    from evalkit.report.runs import completeness, load_run
     from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.store.run_folder import load_run
 
     folder = run_folder(out, positions, seed, variant, task)
-    if (folder / "manifest.json").is_file() and completeness(load_run(folder)) is None:
+    if (folder / "manifest.json").is_file() and load_run(folder).complete:
         return folder
     if folder.exists() and not resume:
         raise ResultsError(

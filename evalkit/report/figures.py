@@ -2,8 +2,9 @@
 
 - One line per (run, attention variant), never merged silently: two runs of one model are two
   lines. Labels: ``--label`` (one per run), else the model name, made unique with the run folder.
-- The numbers are summary.csv's: each run's own task ``summarize`` computes them (perplexity is
-  exp of the mean NLL with exp of its interval), so a figure and its run's summary never disagree.
+- The numbers are summary.csv's (each run's own task ``summarize`` made them; a folder without one
+  gets it from the rows): perplexity is exp of the mean NLL with exp of its interval, and a figure
+  and its run's summary never disagree.
   A ``--metric`` the summary lacks gets the same statistics module over the rows (a sample's rows
   averaged first, the task's independent unit as the cluster).
 - ``--aggregate seeds`` makes runs that differ only in their seed one line: the mean of the
@@ -17,14 +18,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from evalkit.core.errors import ConfigError, ResultsError
 from evalkit.report import draw, stats
-from evalkit.report.runs import recorded_options
+from evalkit.store.run_folder import Run, load_run, training_length
 
 # The row metric a reader looks for first, per task (it names the figure file).
 HEADLINE = {"perplexity": "perplexity", "needle": "greedy_correct", "focus": "needle_mass"}
@@ -43,87 +43,48 @@ NOT_MEASURED = {"seed", "out", "resume", "quiet", "device", "device_map", "batch
 POINT_COLUMNS = ["attention", "context_length", "value", "ci_low", "ci_high", "n", "units"]
 
 
-@dataclass
-class Run:
-    folder: Path
-    frame: pd.DataFrame
-    manifest: dict
-    task: object  # the run's Task, rebuilt from its manifest: its summarize() makes the numbers
-    summary: pd.DataFrame
-
-    @property
-    def model(self) -> str:
-        return str(self.frame.model.iloc[0]) if len(self.frame) else self.folder.name
-
-    @property
-    def seed(self):
-        return self.manifest.get("seed")
-
-    @property
-    def settings(self) -> str:
-        """What the run measured, seed aside: equal settings make runs seeds of one experiment."""
-        config = {k: v for k, v in self.manifest.get("config", {}).items() if k not in NOT_MEASURED}
-        return json.dumps(
-            {
-                "task": self.task.name,
-                "config": config,
-                "options": self.manifest.get("task_options"),
-                "hash": (self.manifest.get("model") or {}).get("content_hash"),
-            },
-            sort_keys=True,
-            default=str,
-        )
-
-
-def training_length(manifest: dict) -> int | None:
-    """The checkpoint's own training length when it records one, else its position limit.
-
-    A ``--train-length`` given for logn is an evaluation setting, not a fact about the model.
-    """
-    own = [
-        a["train_length"] for a in manifest.get("attention", []) if a.get("from_checkpoint") and a.get("train_length")
-    ]
-    model = manifest.get("model") or {}
-    return own[0] if own else model.get("training_length") or model.get("max_position_embeddings")
-
-
-def load_run(folder: Path) -> Run:
-    from evalkit.core.registry import get_task
-    from evalkit.core.task import TaskContext
-
-    parquet, manifest_path = folder / "results.parquet", folder / "manifest.json"
-    if not parquet.is_file() or not manifest_path.is_file():
-        raise ResultsError(
-            f"{folder} is not a finished evalkit run (no results.parquet or manifest.json)",
-            "pass run folders written by evalkit run",
-        )
-    frame, manifest = pd.read_parquet(parquet), json.loads(manifest_path.read_text())
-    task_name = str(frame.task.iloc[0]) if len(frame) else manifest.get("config", {}).get("task")
-    task_cls = get_task(task_name)
-    task = task_cls(
-        recorded_options(task_cls, manifest),
-        TaskContext(None, None, True, manifest.get("seed", 0), training_length(manifest)),
+def settings(run: Run) -> str:
+    """What a run measured, seed aside: equal settings make runs seeds of one experiment."""
+    config = {k: v for k, v in run.manifest.get("config", {}).items() if k not in NOT_MEASURED}
+    return json.dumps(
+        {
+            "task": run.task,
+            "config": config,
+            "options": run.manifest.get("task_options"),
+            "hash": (run.manifest.get("model") or {}).get("content_hash"),
+        },
+        sort_keys=True,
+        default=str,
     )
-    return Run(folder, frame, manifest, task, task.summarize(frame) if len(frame) else pd.DataFrame())
+
+
+def _interval_columns(summary: pd.DataFrame) -> set[str]:
+    return {c for c in summary if f"{c}_ci_low" in summary}
+
+
+def _summary(run: Run) -> pd.DataFrame:
+    """summary.csv's numbers (the task's ``summarize`` where a folder has none), empty if neither."""
+    return run.summary if run.summary is not None else pd.DataFrame()
 
 
 def points(run: Run, metric: str) -> pd.DataFrame | None:
     """(attention, context_length) -> value with its 95% interval, n and units; None if the run lacks the metric."""
-    column = SUMMARY_COLUMN.get(metric, metric)
-    if f"{column}_ci_low" in run.summary:
-        rows = run.summary[pd.to_numeric(run.summary.context_length, errors="coerce").notna()]
+    column, summary = SUMMARY_COLUMN.get(metric, metric), _summary(run)
+    if f"{column}_ci_low" in summary:
+        rows = summary[pd.to_numeric(summary.context_length, errors="coerce").notna()]
         out = rows.rename(columns={column: "value", f"{column}_ci_low": "ci_low", f"{column}_ci_high": "ci_high"})
         return out.assign(context_length=out.context_length.astype(int)).reindex(columns=POINT_COLUMNS)
-    rows = run.frame[run.frame.metric == metric]
+    rows = run.rows[run.rows.metric == metric]
     if rows.empty:
         return None
     # a sample's rows (bins, heads) are one value; the task's independent unit is the cluster
-    per_sample = [c for c in ("attention", *run.task.sample_columns(), "seed") if c in rows.columns]
+    task = run.task_plugin
+    per_sample = [c for c in ("attention", *task.sample_columns(), "seed") if c in rows.columns]
     rows = rows.groupby(per_sample, as_index=False, sort=False, dropna=False)["value"].mean()
     # a 0/1 metric is a proportion (Wilson); anything else a mean (t), even where its values happen to be 0/1
     # (ranks all 1)
     kind = "proportion" if metric in BINARY else "mean"
-    out = stats.estimates(rows, ["attention", "context_length"], run.task.unit_columns(run.task.options), kind=kind)
+    out = stats.estimates(rows, ["attention", "context_length"], task.unit_columns(task.options), kind=kind)
     return out.assign(context_length=out.context_length.astype(int))[POINT_COLUMNS]
 
 
@@ -131,7 +92,7 @@ def across_seeds(runs: list[Run], metric: str) -> pd.DataFrame | None:
     """One line from runs that differ only in seed: the mean of the per-seed values, its t interval
     from their spread (each seed one unit)."""
     column = SUMMARY_COLUMN.get(metric, metric)
-    log = EXP_OF.get(column) if f"{column}_ci_low" in runs[0].summary else None
+    log = EXP_OF.get(column) if f"{column}_ci_low" in _summary(runs[0]) else None
     per_seed = [p.assign(seed=run.seed) for run in runs if (p := points(run, log or metric)) is not None]
     if not per_seed:
         return None
@@ -161,7 +122,7 @@ def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tu
     given = dict(zip(map(id, runs), labels or []))
     groups: dict[str, list[Run]] = {}
     for k, run in enumerate(runs):
-        groups.setdefault(run.settings if aggregate else str(k), []).append(run)
+        groups.setdefault(settings(run) if aggregate else str(k), []).append(run)
     for members in groups.values():
         seeds = [str(run.seed) for run in members]
         if len(set(seeds)) < len(seeds):
@@ -176,7 +137,7 @@ def lines(runs: list[Run], labels: list[str] | None, aggregate: bool) -> list[tu
         (
             name
             + (f" ({len(m)} seeds)" if len(m) > 1 else "")
-            + (" (interrupted)" if any(r.manifest.get("interrupted") for r in m) else ""),
+            + (" (interrupted)" if any(r.interrupted for r in m) else ""),
             m,
         )
         for name, m in zip(names, members)
@@ -202,15 +163,15 @@ def plot_runs(
             f"{len(labels)} --label value(s) for {len(runs)} run folder(s)", "give one --label per run, in order"
         )
     if metric is not None:
-        there = set().union(*(set(r.frame.metric) | {c for c in r.summary if f"{c}_ci_low" in r.summary} for r in runs))
+        there = set().union(*(set(r.rows.metric) | _interval_columns(_summary(r)) for r in runs))
         if metric not in there:
             raise ResultsError(f"no run has the metric {metric!r}", f"use one of: {', '.join(sorted(there))}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for task in dict.fromkeys(run.task.name for run in runs):
-        mine = [(run, label) for run, label in zip(runs, labels or [None] * len(runs)) if run.task.name == task]
-        name = metric or HEADLINE.get(task, str(mine[0][0].frame.metric.iloc[0]))
+    for task in dict.fromkeys(run.task for run in runs):
+        mine = [(run, label) for run, label in zip(runs, labels or [None] * len(runs)) if run.task == task]
+        name = metric or HEADLINE.get(task, str(mine[0][0].rows.metric.iloc[0]))
         series = []
         for label, members in lines(
             [r for r, _ in mine], [l for _, l in mine] if labels else None, aggregate == "seeds"

@@ -58,7 +58,8 @@ from evalkit.core.errors import ConfigError
 from evalkit.core.registry import task_names
 from evalkit.report import stats
 from evalkit.report.render import dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
-from evalkit.report.runs import Run, completeness, load_run, samples, unit_columns
+from evalkit.report.runs import samples, unit_columns, with_rows
+from evalkit.store.run_folder import Run, load_run
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 THRESHOLDS = ("value", "baseline_factor", "baseline_delta")
@@ -186,7 +187,7 @@ def load_gates(path: str | Path) -> list[Gate]:
 
 def _samples(folder) -> tuple[Run, pd.DataFrame]:
     """A run and its per-prompt values (heads and position bins averaged), with their units."""
-    run = load_run(folder)
+    run = with_rows(load_run(folder))
     return run, samples(run.frame, run.keys, unit_columns(run), None)
 
 
@@ -280,7 +281,7 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
         )
     baselines: dict[str, tuple[Run, pd.DataFrame]] = {}
     rows = []
-    unsafe = completeness(run)  # an interrupted or incomplete run is never a pass, whatever its numbers
+    unsafe = run.completeness.problem  # an interrupted or incomplete run is never a pass, whatever its numbers
     if unsafe:
         rows.append(
             {
@@ -343,7 +344,7 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
                                 "same seed, windows, options, tokenizer, dtype and device class",
                             }
                         )
-                    if completeness(base_run):
+                    if not base_run.complete:
                         rows.append(
                             {
                                 "gate": "(baseline complete)",
@@ -353,7 +354,7 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
                                 "context_length": "all",
                                 "attention": "*",
                                 "status": "fail",
-                                "reason": f"baseline: {completeness(base_run)}",
+                                "reason": f"baseline: {base_run.completeness.problem}",
                             }
                         )
                 base_est, base_why = _select(baselines[folder][1], gate, attention)

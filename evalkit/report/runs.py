@@ -1,4 +1,4 @@
-"""Run folders as compare and gate read them: rows, manifest, completeness, selections and units.
+"""Runs as compare and gate read them (through ``evalkit.store.run_folder``): selections, samples and units.
 
 A *sample* is one prompt (its heads and position bins averaged first); a *unit* is the task's
 independent unit (``Task.unit_columns``: a needle trial under ``--draw trial``, a perplexity
@@ -8,13 +8,12 @@ window), with the run's seed on top. Samples pair prompt by prompt; units cluste
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from evalkit.core.errors import ConfigError, ResultsError, did_you_mean
+from evalkit.store.run_folder import Run, load_run, run_folders
 
 WITHIN_SAMPLE_KEYS = {"position_bin", "layer", "head"}  # parts of one prompt, averaged first
 HEADLINE_METRICS = {  # what compare judges; a plugin task's metrics are all compared
@@ -27,91 +26,25 @@ NOT_PROVENANCE = {"run_id", "run", "seed", "generated", "position_end", "scored_
 SELECTOR_KEYS = ("attention", "model", "run", "seed", "step", "series")  # step, series: evalkit track's runs
 
 
-@dataclass(frozen=True)
-class Run:
-    folder: Path
-    frame: pd.DataFrame  # the rows, plus ``run`` (folder name) and ``seed`` (the row's, else the manifest's)
-    task: str
-    keys: tuple[str, ...]  # the task's key columns: those between context_length and metric
-    manifest: dict
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-
-def load_run(folder: str | Path) -> Run:
-    folder = Path(folder)
-    path = folder / "results.parquet"
-    if not folder.is_dir():
-        raise ResultsError(
-            f"run folder {folder} does not exist", "pass a folder written by `evalkit run ... --out DIR`"
-        )
-    if not path.is_file():
-        raise ResultsError(
-            f"{folder} has no results.parquet", "pass an evalkit run folder; finish an interrupted run with --resume"
-        )
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a torn or foreign file
-        raise ResultsError(
-            f"{path} cannot be read ({type(exc).__name__})", "rerun the task or restore the file"
-        ) from None
-    columns = list(frame.columns)
-    missing = [c for c in ["task", "attention", "context_length", "metric", "value"] if c not in columns]
-    if missing or frame.empty:
-        what = f"lacks column(s) {', '.join(missing)}" if missing else "holds no rows"
-        raise ResultsError(f"{path} {what}", "pass a folder written by `evalkit run`")
-    tasks = frame["task"].dropna().unique()
-    if len(tasks) != 1:
-        raise ResultsError(f"{path} mixes tasks {', '.join(map(str, tasks))}", "compare runs of one task each")
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        manifest = {}  # completeness() reports it: a run that cannot show it finished never passes
-    keys = tuple(columns[columns.index("context_length") + 1 : columns.index("metric")])
-    frame = frame.assign(run=folder.name)
-    if "seed" not in frame.columns:
-        frame["seed"] = manifest.get("seed")
-    for key in ("step", "series"):  # a run of a checkpoint series (evalkit track, the training callback)
-        if key not in frame.columns:
-            frame[key] = manifest.get(key)
-    return Run(folder, frame, str(tasks[0]), keys, manifest)
-
-
 def find_runs(folder: str | Path) -> list[Run]:
-    """The run in ``folder``, or every run below it (a sweep's out/<model>/<task>[-seedN]/)."""
+    """The run in ``folder``, or every run below it (a sweep's out/<model>/<task>[-seedN]/), each with rows."""
     folder = Path(folder)
-    if not folder.is_dir() or (folder / "results.parquet").exists():
-        return [load_run(folder)]
-    found = sorted(p.parent for p in folder.glob("**/results.parquet") if len(p.relative_to(folder).parts) <= 4)
+    if not folder.is_dir():
+        return [with_rows(load_run(folder))]  # raises: the folder does not exist
+    found = run_folders(folder, depth=4)
     if not found:
         raise ResultsError(
             f"{folder} holds no run (no results.parquet in it or below it)",
             "pass a folder written by `evalkit run` or `evalkit sweep`",
         )
-    return [load_run(p) for p in found]
+    return [with_rows(load_run(p)) for p in found]
 
 
-def completeness(run: Run) -> str | None:
-    """Why a run cannot be trusted to be whole, or None when its manifest says it finished every sample."""
-    m = run.manifest
-    if not m:
-        return f"run {run.folder} has no readable manifest.json, so nothing shows that it finished"
-    planned = m.get("samples")
-    variants = len(m.get("attention") or []) or 1
-    finished = m.get("finished_samples")
-    expected = m.get(
-        "planned_answers", planned * variants if planned is not None else None
-    )  # some samples run under one variant
-    count = f" ({finished} of {expected} samples finished)" if expected is not None and finished is not None else ""
-    if m.get("interrupted"):
-        return f"run {run.folder} was interrupted{count}; finish it with `evalkit run ... --resume`"
-    if "interrupted" not in m:
-        return f"run {run.folder} did not finish (its manifest has no end record: still running, or killed)"
-    if count and finished < expected:
-        return f"run {run.folder} is incomplete{count}; finish it with `evalkit run ... --resume`"
-    return None
+def with_rows(run: Run) -> Run:
+    """The run, if it has rows to compare (a run interrupted before its first sample has none)."""
+    if not len(run.rows):
+        raise ResultsError(f"{run.folder / 'results.parquet'} holds no rows", "pass a folder written by `evalkit run`")
+    return run
 
 
 # -- selections ----------------------------------------------------------------------------------
@@ -157,23 +90,11 @@ def select(runs: list[Run], selector: dict[str, set[str]], side: str) -> pd.Data
 
 def unit_columns(run: Run) -> tuple[str, ...]:
     """The task's independent-unit columns for this run's options (``Task.unit_columns``)."""
-    from evalkit.core.registry import get_task
-
     try:
-        task_cls = get_task(run.task)
+        task = run.task_plugin
     except ConfigError:  # a plugin that is not installed here: each sample is its own unit
         return ("context_length",) + tuple(k for k in run.keys if k not in WITHIN_SAMPLE_KEYS)
-    try:
-        options = recorded_options(task_cls, run.manifest)
-    except (TypeError, ValueError):
-        options = task_cls.Options()
-    return tuple(task_cls.unit_columns(options))
-
-
-def recorded_options(task_cls, manifest: dict):
-    """The task options a run's manifest records, as the task's Options (keys this version lacks dropped)."""
-    names = {f.name for f in dataclasses.fields(task_cls.Options)}
-    return task_cls.Options(**{k: v for k, v in (manifest.get("task_options") or {}).items() if k in names})
+    return tuple(task.unit_columns(task.options))
 
 
 def samples(

@@ -17,7 +17,8 @@ import pandas as pd
 
 from evalkit.core.errors import ResultsError
 from evalkit.report import draw
-from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, load_run, points
+from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, points
+from evalkit.store.run_folder import load_run, run_folders
 
 HEADLINE_COLUMN = {"ruler": "score"}  # tasks whose headline summary column is not HEADLINE's metric renamed
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
@@ -31,8 +32,8 @@ def step_points(folders: list[str], metric: str | None = None) -> tuple[pd.DataF
     for folder in folders:
         for run_folder in tagged_runs(folder):
             run = load_run(run_folder)
-            task = run.task.name
-            name = metric or HEADLINE_COLUMN.get(task) or HEADLINE.get(task) or str(run.frame.metric.iloc[0])
+            task = run.task
+            name = metric or HEADLINE_COLUMN.get(task) or HEADLINE.get(task) or str(run.rows.metric.iloc[0])
             curve = points(run, name)
             base = {
                 "task": task,
@@ -44,7 +45,7 @@ def step_points(folders: list[str], metric: str | None = None) -> tuple[pd.DataF
             }  # recorded, not the position limit
             if curve is not None and not curve.empty:
                 per_length.append(curve.assign(**base))
-            if metric is None and "effective_length" in run.summary:
+            if metric is None and run.summary is not None and "effective_length" in run.summary:
                 rows = run.summary[run.summary.context_length.astype(str) == "all"]
                 for row in rows.itertuples(index=False):
                     row = row._asdict()
@@ -225,11 +226,7 @@ def tagged_runs(folder: str | Path) -> list[Path]:
         raise ResultsError(
             f"{folder} does not exist", "pass a folder written by evalkit track or the training callback"
         )
-    candidates = (
-        [folder]
-        if (folder / "results.parquet").is_file()
-        else sorted(p.parent for p in folder.glob("**/results.parquet"))
-    )
+    candidates = run_folders(folder)
     found = []
     for run in candidates:
         manifest = read_manifest(run)

@@ -152,19 +152,13 @@ def tag_run(folder: Path, step: int, series: str, checkpoint: str | None = None)
 
 
 def is_finished(folder: Path) -> bool:
-    """Whether a run folder holds a finished, complete, tagged run (a resume skips it)."""
+    """Whether a run folder holds a complete, tagged run (a resume skips it): the one completeness
+    rule (``store.run_folder.completeness``, as compare and gate judge), and a recorded step."""
     from evalkit.store.results import read_manifest
+    from evalkit.store.run_folder import completeness
 
     manifest = read_manifest(folder) if Path(folder).is_dir() else {}
-    planned, finished = manifest.get("samples"), manifest.get("finished_samples")
-    variants = len(manifest.get("attention") or []) or 1
-    return (
-        manifest.get("interrupted") is False
-        and "step" in manifest
-        and planned is not None
-        and finished is not None
-        and finished >= planned * variants
-    )
+    return "step" in manifest and completeness(manifest, folder).complete
 
 
 def run_configs(checkpoint: Checkpoint, settings: TrackSettings, out: Path) -> list:
@@ -282,23 +276,22 @@ def write_tables(out: Path):
     """track.parquet / track.csv (every row, with series and step) and track_summary.csv, from the run folders."""
     import pandas as pd
 
-    from evalkit.report.figures import load_run
+    from evalkit.report.steps import tagged_runs
     from evalkit.store.results import atomic_write
+    from evalkit.store.run_folder import load_run
 
     rows, summaries = [], []
-    from evalkit.report.steps import tagged_runs
-
     for folder in tagged_runs(out):
         run = load_run(folder)
         extra = {"series": run.manifest.get("series"), "step": int(run.manifest["step"])}
-        frame = run.frame.copy()
+        frame = run.rows.copy()
         at = list(frame.columns).index("model") + 1
         for offset, (column, value) in enumerate(extra.items()):
             frame.insert(at + offset, column, value)
         rows.append(frame)
-        if len(run.summary):
+        if run.summary is not None and len(run.summary):
             summaries.append(
-                run.summary.assign(**extra, task=run.task.name)[["task", "series", "step", *run.summary.columns]]
+                run.summary.assign(**extra, task=run.task)[["task", "series", "step", *run.summary.columns]]
             )
     frame = pd.concat(rows, ignore_index=True)
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
