@@ -162,17 +162,41 @@ def plan_command(
 
 def gate_command(
     candidate: Annotated[str, typer.Argument(help="Run folder to check.")],
-    config: Annotated[str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold.")],
+    config: Annotated[
+        str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold (format below).")
+    ],
     baseline: Annotated[
-        Optional[str], typer.Option(help="Baseline run for relative gates (overrides the file's).")
+        Optional[str],
+        typer.Option(
+            help="Baseline run for relative gates, from the current folder (overrides the file's baseline, which "
+            "is read from the TOML file's folder)."
+        ),
     ] = None,
     format: Annotated[ReportFormat, typer.Option(help="table, markdown or json.")] = ReportFormat.table,
     junit: Annotated[Optional[str], typer.Option(help="Also write a JUnit XML report here.")] = None,
 ) -> None:
     """Check a run against thresholds from a file; exit 1 when any gate fails or the run is interrupted or incomplete.
 
-    Each gate reports its value with n and a 95% interval. The point value decides, unless the
-    gate sets require = "ci": then the whole interval must be on the passing side.
+    Each gate reports its value with n and a 95% interval. The point value decides, unless the gate
+    sets require = "ci": then the whole interval must be on the passing side. Exit 2: a bad gate
+    file or run folder.
+
+    \b
+    The gate file (TOML; docs/statistics-and-ci.md, "Gates"):
+      baseline = "results/base"    # optional: the run baseline_factor/baseline_delta read;
+                                   # a relative path is read from this file's folder
+      [[gate]]
+      name = "needle at 8k"        # optional, shown in reports
+      task = "needle"              # required; gates of another task are skipped
+      metric = "greedy_correct"    # required: a metric of the run (or perplexity)
+      op = ">="                    # required: >=, <=, > or <
+      value = 0.9                  # the threshold: exactly one of value,
+      # baseline_factor = 1.02     #   the baseline's value x 1.02,
+      # baseline_delta = -0.05     #   the baseline's value - 0.05
+      attention = "softmax"        # optional; default: each variant, separately
+      context_length = "8k"        # optional; default "all": the mean over lengths
+      require = "ci"               # optional: "value" (default) or "ci"
+      baseline = "results/other"   # optional: this gate's own baseline run
     """
     from evalkit.report import gate
 

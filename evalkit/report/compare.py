@@ -41,7 +41,6 @@ from evalkit.report.runs import (
     ACCURACY_METRICS,
     HEADLINE_METRICS,
     Run,
-    completeness,
     describe_selector,
     find_runs,
     option_differences,
@@ -216,7 +215,10 @@ def compare_runs(
         b["attention"] = c["attention"] = f"{variants[0]} → {variants[1]}"
 
     checks, notes = _run_checks(b_runs, c_runs)
-    same_runs = {r.folder for r in b_runs} == {r.folder for r in c_runs}
+    same_runs = {r.folder.resolve() for r in b_runs} == {r.folder.resolve() for r in c_runs}
+    itself = b_sel == c_sel and (same_runs or _same_rows(b_frame, c_frame))
+    if itself:  # no regression by construction: say so wherever the verdict is shown
+        checks.append(_self_check(b_runs, same_runs))
     differences = [] if same_runs else option_differences(b_runs, c_runs)
     b_seeds, c_seeds = sorted(map(str, b.seed.unique())), sorted(map(str, c.seed.unique()))
     if b_seeds != c_seeds:
@@ -317,6 +319,7 @@ def compare_runs(
         "tests": sorted(set(rows.test.map(_short_test))),
         "failed_checks": [f"{ch['check']}: {ch['reason']}" for ch in failed],
         "notes": notes,
+        "self_comparison": itself,
         "exit_code": exit_code,
     }
     return Comparison(rows, checks, lengths, summary, exit_code, notes)
@@ -325,11 +328,30 @@ def compare_runs(
 def _run_checks(b_runs: list[Run], c_runs: list[Run]) -> tuple[list[dict], list[str]]:
     checks = []
     for side, runs in (("baseline", b_runs), ("candidate", c_runs)):
-        problems = [p for p in map(completeness, runs) if p]
+        problems = [r.completeness.problem for r in runs if not r.complete]  # the one rule (store.run_folder)
         checks.append(
             _check(f"{side} complete", "; ".join(problems) or None, f"{len(runs)} run(s) finished every planned sample")
         )
     return checks, []
+
+
+def _same_rows(b: pd.DataFrame, c: pd.DataFrame) -> bool:
+    """Whether the two sides hold the same rows (a run and its copy: only the folder name differs)."""
+    drop = [k for k in ("run",) if k in b.columns]
+    return b.drop(columns=drop).reset_index(drop=True).equals(c.drop(columns=drop).reset_index(drop=True))
+
+
+def _self_check(runs: list[Run], same_folder: bool) -> dict:
+    """A warning, not a failure: comparing a run with itself is harmless, but its "no regression" means nothing."""
+    what = ", ".join(str(r.folder) for r in runs)
+    how = "the same run folder" if same_folder else "identical rows (a copy of one run)"
+    return {
+        "check": "baseline and candidate differ",
+        "passed": True,
+        "warning": True,
+        "reason": f"both sides are {how}: {what}; a run compared with itself shows no regression by construction "
+        "(give two runs, or select different rows with --baseline/--candidate)",
+    }
 
 
 def _cells_of(frame: pd.DataFrame) -> str:
@@ -712,7 +734,8 @@ def _headline(c: Comparison) -> str:
     s, failed = c.summary, len(c.failed_checks)
     parts = [f"{s['regressions']} regression{'s' * (s['regressions'] != 1)}"] if s["regressions"] else []
     parts += [f"{failed} failed check{'s' * (failed != 1)}"] if failed else []
-    return f"{'❌' if c.exit_code else '✅'} evalkit compare: " + (", ".join(parts) or "no regression")
+    itself = " (a run compared with itself)" if s.get("self_comparison") else ""
+    return f"{'❌' if c.exit_code else '✅'} evalkit compare: " + (", ".join(parts) or "no regression") + itself
 
 
 def _sides(c: Comparison) -> str:
