@@ -203,6 +203,15 @@ def test_variants_are_scored_on_the_same_key_tokens_and_compare_pairs_them(tiny_
     assert cells.loc[(128, "key_nll"), "units"] == 2 and cells.loc[(128, "key_nll"), "pairs"] == row_keys(outcome, 128)
     row = outcome.summary.set_index(["attention", "context_length"])
     assert cells.loc[(128, "longppl"), "candidate"] == pytest.approx(row.loc[("ssmax", 128), "longppl"])
+    # fewer answers than samples x variants, and one completeness rule: track's resume, compare and gate agree
+    from evalkit.run.track import is_finished, tag_run
+    from evalkit.store.run_folder import load_run
+
+    manifest = json.loads((outcome.folder / "manifest.json").read_text())
+    assert manifest["planned_answers"] == manifest["finished_samples"] < 2 * manifest["samples"]
+    assert load_run(outcome.folder).complete and all(ch["passed"] for ch in c.checks if "complete" in ch["check"])
+    tag_run(outcome.folder, 1, "ckpts")
+    assert is_finished(outcome.folder)  # was False: a track resume reran this finished run
 
 
 def test_bench_reports_the_cost_over_perplexity(tiny_checkpoint, text_file):
