@@ -526,20 +526,14 @@ def run_evaluator(config, loaded, folder: Path, console, log):
             f"stream",
             "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
         )
-    sub = RunConfig(
-        task=config.task,
+    sub = dataclasses.replace(  # the run's settings, on the evaluator's own checkpoint as shipped
+        config,
         model=path,
         task_options={**config.task_options, "evaluator": None},
+        attention=RunConfig.attention,
+        rope={},
         out=str(evaluator_folder(folder)),
-        resume=config.resume,
-        device=config.device,
-        dtype=config.dtype,
-        batch_tokens=config.batch_tokens,
-        seed=config.seed,
-        allow_extrapolation=config.allow_extrapolation,
-        allow_pickle=config.allow_pickle,
-        trust_remote_code=config.trust_remote_code,
-        quiet=config.quiet,
+        calibrate_on=None,
         plots=False,
     )
     outcome = evaluate(sub, console=console, loaded=other)
