@@ -47,16 +47,25 @@ def config_only(tmp_path) -> Path:
     return folder
 
 
-def test_an_option_error_is_reported_without_importing_torch():
+def _in_fresh_interpreter(args: list[str]) -> tuple[str, str]:
+    """(exit code and whether torch / transformers were imported, the output) of the CLI in a new process."""
     code = (
         "import sys; from typer.testing import CliRunner; import cli; "
-        "r = CliRunner().invoke(cli.register_tasks(), ['run', 'needle', '--model', 'smollm2-135m', '--trials', '-1']); "
+        f"r = CliRunner().invoke(cli.register_tasks(), {args!r}); "
         "print(r.exit_code, 'torch' in sys.modules, 'transformers' in sys.modules); print(r.output)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    first, message = done.stdout.split("\n", 1)
-    assert first == "2 False False", done.stdout + done.stderr
-    assert message.strip() == "error: bad --trials -1: give at least 1, or auto:D (e.g. auto:0.10)"
+    first, _, message = done.stdout.partition("\n")
+    return first, message.strip() or done.stderr
+
+
+def test_an_option_error_is_reported_without_importing_torch(config_only):
+    state, message = _in_fresh_interpreter(["run", "needle", "--model", "smollm2-135m", "--trials", "-1"])
+    assert state == "2 False False", message
+    assert message == "error: bad --trials -1: give at least 1, or auto:D (e.g. auto:0.10)"
+    # what the checkpoint's config.json says is checked before torch too
+    state, message = _in_fresh_interpreter(["run", "focus", "--model", str(config_only), "--layers", "99"])
+    assert state == "2 False False" and "has 2 layers (0..1), no layer 99" in message, message
 
 
 @pytest.mark.parametrize(

@@ -81,9 +81,16 @@ def _run(task_name: str, task_options: dict, given: dict) -> None:
     from evalkit.run.evaluate import check_task_options
 
     check_task_options(task_name, task_options, values["seed"], values["allow_extrapolation"])
+    from evalkit.run.evaluate import RunConfig, check_checkpoint
+
+    layers = values["attention_layers"]
+    for spec in values["model"]:  # each checkpoint's config.json, still before torch: layers, lengths
+        attention = ({"name": "auto", "layers": layers},) if layers else RunConfig.attention
+        fields = {"rope": settings.rope_of(values), "allow_extrapolation": values["allow_extrapolation"]}
+        check_checkpoint(RunConfig(task_name, spec, task_options, attention, **fields))
 
     from evalkit.run.attention_flags import attention_flag_requests
-    from evalkit.run.evaluate import RunConfig, check_checkpoint, check_config, default_parent, evaluate, model_folders
+    from evalkit.run.evaluate import check_config, default_parent, evaluate, model_folders
 
     console, errors = make_console(), make_console(stderr=True)
     model, out, quiet = values["model"], values["out"], values["quiet"]
@@ -105,9 +112,8 @@ def _run(task_name: str, task_options: dict, given: dict) -> None:
         )
         for spec, folder in zip(model, folders)
     ]
-    for config in configs:  # a bad option, --out or checkpoint fails now, not after the first model ran
+    for config in configs:  # a bad option or --out fails now, not after the first model ran
         check_config(config)
-        check_checkpoint(config)
     if values["resume"] and not Path(parent or out).exists():
         errors.print(f"note: --resume: {parent or out} does not exist yet; starting a new run there", soft_wrap=True)
     if parent:
