@@ -1,5 +1,6 @@
-"""``evalkit run TASK`` (one command per installed task plugin, its options from the task's options
-dataclass), ``evalkit tasks``, ``evalkit sweep`` and ``evalkit export``."""
+"""``evalkit run TASK`` (one command per installed task plugin: its options from the task's options
+dataclass, the run settings from ``evalkit.core.settings``), ``evalkit tasks``, ``evalkit sweep``,
+``evalkit export`` and ``evalkit track``."""
 
 from __future__ import annotations
 
@@ -86,8 +87,8 @@ def _run(task_name: str, task_options: dict, given: dict) -> None:
     layers = values["attention_layers"]
     for spec in values["model"]:  # each checkpoint's config.json, still before torch: layers, lengths
         attention = ({"name": "auto", "layers": layers},) if layers else RunConfig.attention
-        fields = {"rope": settings.rope_of(values), "allow_extrapolation": values["allow_extrapolation"]}
-        check_checkpoint(RunConfig(task_name, spec, task_options, attention, **fields))
+        limits = {"rope": settings.rope_of(values), "allow_extrapolation": values["allow_extrapolation"]}
+        check_checkpoint(RunConfig(task_name, spec, task_options, attention, **limits))
 
     from evalkit.run.attention_flags import attention_flag_requests
     from evalkit.run.evaluate import check_config, default_parent, evaluate, model_folders
