@@ -173,8 +173,10 @@ def test_one_schema_makes_runconfig_api_track_and_sweep():
     from evalkit.run.sweep import _TOP_KEYS
 
     fields = [f.name for f in dataclasses.fields(RunConfig)]
-    assert fields == ["task", "model", "task_options", "attention", "rope"] + [s.name for s in settings.config_fields()]
-    assert RunConfig("needle", "m").backend == "transformers"
+    assert fields == ["task", "model", "task_options", "attention", "rope", "backend_options"] + [
+        s.name for s in settings.config_fields()
+    ]
+    assert RunConfig("needle", "m").backend == "auto"
     api = inspect.signature(evaluate).parameters
     assert {"device_map", "backend", "batch_tokens", "ssmax_s", "progress"} <= set(api)
     track = invoke("track", "--help").output

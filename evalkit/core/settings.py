@@ -33,8 +33,6 @@ PANELS = (MODEL, ATTENTION, TASK, OUTPUT)
 CLI, API, TRACK, SWEEP = "cli", "api", "track", "sweep"
 EVERYWHERE = frozenset({CLI, API, TRACK, SWEEP})
 
-DEFAULT_BACKEND = "transformers"
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -79,7 +77,7 @@ def _device(setting: Setting, value) -> None:
 def _backend(setting: Setting, value) -> None:
     from evalkit.core.registry import BACKENDS
 
-    known = sorted({DEFAULT_BACKEND, *BACKENDS.names()})
+    known = ["auto", *BACKENDS.names()]
     if value not in known:
         from evalkit.core.errors import did_you_mean
 
@@ -137,8 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "backend",
         str,
-        DEFAULT_BACKEND,
-        "What answers the task's requests (evalkit backends lists them).",
+        "auto",
+        "What answers the task's requests: a name from evalkit backends; auto: by the checkpoint (transformers for "
+        "a checkpoint folder).",
         MODEL,
         check=_backend,
     ),

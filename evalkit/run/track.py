@@ -64,7 +64,6 @@ class TrackSettings:
     def identity(self) -> dict[str, Any]:
         """What a resume must match (the runs check their own identity too; this says it once, up front)."""
         rope = {k: v for k, v in self.rope.items() if v is not None}
-        backend = self.value("backend")
         return {
             "tasks": list(self.tasks),
             "task_options": self.task_options,
@@ -73,7 +72,6 @@ class TrackSettings:
             "dtype": self.value("dtype"),
             "allow_extrapolation": self.value("allow_extrapolation"),
             **({"rope": rope} if rope else {}),
-            **({"backend": backend} if backend != schema.DEFAULT_BACKEND else {}),
         }
 
 
@@ -262,18 +260,17 @@ def track(
             log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: done before, skipped")
             continue
         log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: {checkpoint.path}")
-        loaded = load_for(
-            todo[0], log=(lambda *a: None) if settings.value("quiet") else log
-        )  # one model in memory at a time
+        quiet = settings.value("quiet")
+        backend = load_for(todo[0], log=(lambda *a: None) if quiet else log)  # one model in memory at a time
         try:
             for config in todo:
-                outcome = evaluate(config, console=console, loaded=loaded)
+                outcome = evaluate(config, console=console, backend=backend)
                 if outcome.interrupted:
                     return TrackOutcome(out, evaluated, skipped, True)
                 tag_run(outcome.folder, checkpoint.step, checkpoint.series, str(checkpoint.path))
                 evaluated.append(outcome.folder)
         finally:
-            del loaded
+            del backend
     rows, summary = write_tables(out)
     drawn = []
     if figures:
