@@ -82,6 +82,8 @@ def test_an_option_error_is_reported_without_importing_torch(config_only):
     state, message = _in_fresh_interpreter(["run", "needle", "--model", "smollm2-135m", "--trials", "-1"])
     assert state == "2 False False", message
     assert message == "error: bad --trials -1: give at least 1, or auto:D (e.g. auto:0.10)"
+    state, message = _in_fresh_interpreter(["run", "needle", "--attention-layers", "1,x"])
+    assert state == "2 False False" and "bad --attention-layers '1,x'" in message, message
     # what the checkpoint's config.json says is checked before torch too
     state, message = _in_fresh_interpreter(["run", "focus", "--model", str(config_only), "--layers", "99"])
     assert state == "2 False False" and "has 2 layers (0..1), no layer 99" in message, message
@@ -103,6 +105,7 @@ def test_an_option_error_is_reported_without_importing_torch(config_only):
         (["--lengths", "1k.."], ["'1k..' has no last length", "1k..32k"]),
         (["--lengths", "..2k"], ["no first length"]),
         (["--attention-layers", "x"], ["bad --attention-layers"]),
+        (["--ssmax-n", "rows"], ["bad --ssmax-n 'rows'", "position, length"]),
     ],
 )
 def test_bad_run_options_are_one_line(args, needles):

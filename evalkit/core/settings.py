@@ -110,6 +110,12 @@ def _writable_place(setting: Setting, value) -> None:
         ) from None
 
 
+def _layers(setting: Setting, value) -> None:
+    from evalkit.core.grid import canonical_layers
+
+    canonical_layers(value)
+
+
 def _choices(setting: Setting, value) -> None:
     if value not in setting.choices:
         raise ConfigError(f"bad {setting.flag} {value!r}", f"use one of: {', '.join(setting.choices)}")
@@ -306,6 +312,7 @@ SETTINGS: tuple[Setting, ...] = (
         ATTENTION,
         goes_to="attention",
         where=_NOT_SWEPT,
+        check=_layers,
     ),
     Setting(
         "calibrate_on",
@@ -402,7 +409,7 @@ def check_settings(values: dict[str, Any], where: str | None = None) -> dict[str
             continue
         value = _typed(setting, value)
         out[name] = value
-        if setting.choices and setting.goes_to != "attention":
+        if setting.choices:
             _choices(setting, value)
         if setting.check:
             setting.check(setting, value)
