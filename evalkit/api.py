@@ -15,48 +15,21 @@ lives in a temporary folder until ``Run.save(path)`` copies it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from evalkit.core import settings
 from evalkit.core.errors import ConfigError, did_you_mean
 from evalkit.store import run_folder
 
-# Keywords of evaluate() that are not task options: attention flags (as the CLI's), then run settings.
-ATTENTION_FLAGS = (
-    "ssmax_s",
-    "ssmax_b",
-    "attention_params",
-    "train_length",
-    "ssmax_n",
-    "attn_scale",
-    "floor_scale",
-    "beta",
-    "original_length",
-    "attention_layers",
-)
-RUN_SETTINGS = (
-    "out",
-    "resume",
-    "name",
-    "seed",
-    "device",
-    "dtype",
-    "batch_tokens",
-    "prefix_cache",
-    "allow_extrapolation",
-    "allow_pickle",
-    "trust_remote_code",
-    "rope_theta",
-    "rope_scaling",
-    "rope_factor",
-    "calibrate_on",
-    "progress",
-    "plots",
-    "distributed",
-)
+# Keywords of evaluate() that are not task options, from the run settings (evalkit.core.settings):
+# the attention flags (as the CLI's), then every other run setting the API takes.
+ATTENTION_FLAGS = tuple(n for n in settings.names(settings.API, "attention") if n != "attention")
+RUN_SETTINGS = tuple(s.name for s in settings.settings_for(settings.API) if s.goes_to != "attention")
 
 
 class Run(run_folder.Run):
@@ -80,25 +53,10 @@ def known_options(task: str) -> list[str]:
     from evalkit.core.registry import get_task
 
     task_cls = get_task(task)
-    return [f.name for f in dataclasses.fields(task_cls.Options)] + list(ATTENTION_FLAGS) + list(RUN_SETTINGS)
+    return [f.name for f in dataclasses.fields(task_cls.Options)] + list(settings.names(settings.API))
 
 
-def evaluate(
-    model_or_path: Any,
-    tokenizer: Any = None,
-    *,
-    task: str = "needle",
-    attention: str | Sequence[str] = "auto",
-    out: str | Path | None = None,
-    resume: bool = False,
-    name: str | None = None,
-    seed: int = 1234,
-    device: str = "auto",
-    dtype: str = "auto",
-    progress: bool = True,
-    plots: bool = True,
-    **options: Any,
-) -> Run:
+def evaluate(model_or_path: Any, tokenizer: Any = None, *, task: str = "needle", **options: Any) -> Run:
     """Evaluate a model object (with its tokenizer) or a checkpoint path on one task.
 
     ``model_or_path``: a transformers causal LM in memory, any causal LM ``torch.nn.Module`` mapping
@@ -108,22 +66,20 @@ def evaluate(
     ``auto`` is the model's own. Every other keyword is a task option (``lengths="1k..8k"`` or
     ``lengths=[1024, 2048]``, ``trials=5``, ``depths=...``), an attention flag (``ssmax_s=0.43``,
     a list sweeps it; ``ssmax_b``, ``train_length``, ``attention_layers``, ...) or a run setting
-    (``batch_tokens``, ``prefix_cache``, ``allow_extrapolation``, ``calibrate_on``; for a path
-    also ``allow_pickle``, ``trust_remote_code``, ``rope_theta``, ...): the CLI's options with
-    underscores. An unknown keyword raises ``ConfigError`` naming the known ones.
+    (``batch_tokens``, ``prefix_cache``, ``allow_extrapolation``, ``calibrate_on``, ``backend``; for
+    a path also ``device``, ``dtype``, ``device_map``, ``allow_pickle``, ``trust_remote_code``,
+    ``rope_theta``, ...): the CLI's options with underscores, from one table
+    (``evalkit.core.settings``). An unknown keyword raises ``ConfigError`` naming the known ones.
 
     A model object is evaluated where it is (its device and dtype; ``device``/``dtype`` apply to
     paths only) and left as found: attention, training flags, parameters, gradients, RNG state.
     ``name`` is the ``model`` column (default: the basename of ``config.name_or_path``).
     ``out``: the run folder (default: a temporary one; ``Run.save`` keeps it); ``resume`` continues it.
+    ``progress=False`` runs quietly; ``plots=False`` draws no figures.
     ``distributed=True`` (a model object under torchrun): every rank calls this at once with its
     own copy and takes a shard of the samples, rank 0 writes the tables; by default the calling
     process runs the whole grid alone (rank 0 only, the others do not wait for it).
     """
-    from evalkit.run.attention_flags import attention_flag_requests
-    from evalkit.run.evaluate import RunConfig, check_config
-    from evalkit.run.evaluate import evaluate as run_config
-
     names = known_options(task)
     unknown = sorted(set(options) - set(names))
     if unknown:
@@ -132,49 +88,44 @@ def evaluate(
             f"unknown option(s) for evalkit.evaluate(task={task!r}): {', '.join(unknown)}",
             f"{hint}known: {', '.join(names)}",
         )
-    flags = {k: options.pop(k) for k in ATTENTION_FLAGS if k in options}
-    settings = {k: options.pop(k) for k in RUN_SETTINGS if k in options}
-    task_options = {k: _option_value(k, v) for k, v in options.items()}
     in_memory = not isinstance(model_or_path, (str, Path))
     if in_memory and tokenizer is None:
         raise ConfigError(
             "evalkit.evaluate(model) needs the model's tokenizer", "pass it: evaluate(model, tokenizer, ...)"
         )
-    settings_distributed = bool(settings.pop("distributed", False))
-    rope = {
-        "theta": settings.pop("rope_theta", None),
-        "scaling": settings.pop("rope_scaling", None),
-        "factor": settings.pop("rope_factor", None),
-    }
+    values = settings.check_settings({k: options.pop(k) for k in settings.names(settings.API) if k in options}, "api")
+    rope = settings.rope_of(values)
     if in_memory and any(v is not None for v in rope.values()):
         raise ConfigError(
             "rope_theta/rope_scaling/rope_factor change how a model is built, so they apply to paths only",
             "save the model and pass its folder, or change its config yourself",
         )
-    model_name = name or (_memory_name(model_or_path) if in_memory else str(model_or_path))
-    scratch = None
+    task_options = {k: _option_value(k, v) for k, v in options.items()}
+    from evalkit.run.evaluate import check_task_options
+
+    check_task_options(task, task_options, values["seed"], values["allow_extrapolation"])
+
+    from evalkit.run.attention_flags import attention_flag_requests
+    from evalkit.run.evaluate import RunConfig, check_checkpoint, check_config
+    from evalkit.run.evaluate import evaluate as run_config
+
+    model_name = values["name"] or (_memory_name(model_or_path) if in_memory else str(model_or_path))
+    out, scratch = values["out"], None
     if out is None:
-        if resume:
-            raise ConfigError("resume=True needs out=", "give the folder of the run to continue")
         scratch = tempfile.TemporaryDirectory(prefix="evalkit-")
         out = Path(scratch.name) / f"{task}-{_slug(model_name)}"
+    fields = {s.name: values.get(s.name, s.default) for s in settings.config_fields()}
     config = RunConfig(
         task=task,
         model=model_name,
         task_options=task_options,
-        attention=attention_flag_requests(attention, **flags),
+        attention=attention_flag_requests(values["attention"], **{k: values[k] for k in ATTENTION_FLAGS}),
         rope=rope,
-        out=str(out),
-        resume=resume,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        quiet=not settings.pop("progress", progress),
-        plots=settings.pop("plots", plots),
-        **settings,
+        **{**fields, "out": str(out), "quiet": not values["progress"]},
     )
     check_config(config)
     if not in_memory:
+        check_checkpoint(config)
         outcome = run_config(config)
         return _run_from(outcome, scratch)
     with preserved(model_or_path):
@@ -183,9 +134,24 @@ def evaluate(
 
         backend = backend_for_object(config, model_or_path, tokenizer)
         # in a data-parallel job this process runs alone unless asked to share the run across ranks
-        world = current_world() if settings_distributed else World()
+        world = current_world() if values["distributed"] else World()
         outcome = run_config(config, backend=backend, world=world)
     return _run_from(outcome, scratch)
+
+
+evaluate.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter("model_or_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Any),
+        inspect.Parameter("tokenizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Any, default=None),
+        inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, annotation=str, default="needle"),
+        *[
+            inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, annotation=s.type, default=s.default)
+            for s in settings.settings_for(settings.API)
+        ],
+        inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation=Any),
+    ],
+    return_annotation="Run",
+)
 
 
 def _option_value(name: str, value: Any) -> Any:

@@ -25,6 +25,8 @@ TOP_HEADS = 5
 
 @dataclass(frozen=True)
 class FocusOptions(NeedleGridOptions):
+    # focus takes a number of trials only (auto:D sizes a needle grid for an accuracy drop): its help says so
+    trials: str = option("2", "Samples per (length, depth); each trial draws its own needle and haystack.", grid=True)
     layers: str = option("all", "Layers to probe: all, or indices like 0,6,11.")
     query: str = option(
         "last",

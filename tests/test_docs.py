@@ -103,7 +103,7 @@ def _problem(command: str, whole: bool) -> str | None:
     node = typer.main.get_command(cli.register_tasks())
     path, args = ["evalkit"], words[1:]
     while hasattr(node, "get_command"):  # a group: walk down to the command
-        if args == ["--help"]:
+        if args == ["--help"] or (path == ["evalkit"] and args == ["--version"]):
             return None
         if not args:
             return None if not whole else f"names no command under {' '.join(path)}"

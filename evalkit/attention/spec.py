@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from evalkit.attention.variants import PARAMETER_FLAGS, get_variant
 from evalkit.core.errors import ConfigError
+from evalkit.core.grid import LAYER_GROUPS, canonical_layers  # noqa: F401 (parsed where no torch is needed)
 
 NMode = Literal["position", "length"]
 N_MODES: tuple[str, ...] = ("position", "length")
@@ -129,28 +130,6 @@ def parse_attention_list(text: str) -> list[str]:
             raise ConfigError(f"attention variant {name!r} listed twice in {text!r}", "list it once")
         seen.append(name)
     return seen
-
-
-LAYER_GROUPS = ("all", "nope", "rope")
-
-
-def canonical_layers(layers: Any) -> str:
-    """--attention-layers as one canonical string: "all", "nope", "rope" or sorted "0,2,5"."""
-    if isinstance(layers, (list, tuple)):
-        layers = ",".join(str(i) for i in layers)
-    text = str(layers).strip().lower().replace(" ", "")
-    if text in LAYER_GROUPS:
-        return text
-    try:
-        indices = sorted({int(part) for part in text.split(",")})
-    except ValueError:
-        indices = []
-    if not indices or indices[0] < 0:
-        raise ConfigError(
-            f"bad --attention-layers {layers!r}",
-            "use all, nope, rope or layer indices like 0,2,5",
-        )
-    return ",".join(map(str, indices))
 
 
 @dataclass(frozen=True)

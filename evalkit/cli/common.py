@@ -14,8 +14,24 @@ from evalkit.core.errors import EvalkitError
 
 
 def new_group(help: str) -> typer.Typer:
-    """A command group with evalkit's settings: plain-text help, no locals in tracebacks."""
-    return typer.Typer(rich_markup_mode=None, help=help, no_args_is_help=True, pretty_exceptions_show_locals=False)
+    """A command group with evalkit's settings: help in panels, no locals in tracebacks."""
+    return typer.Typer(help=help, no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+
+def plain_help_text() -> None:
+    """Help text printed as text. typer draws help panels (``rich_help_panel``) only in its rich
+    mode, which reads every help string as markup: ``[default: all]`` vanishes and ``0:100:25``
+    becomes an emoji. Keep the panels, render the strings as plain text."""
+    import inspect
+
+    from rich.text import Text
+    from typer import rich_utils
+
+    def plain(*, text: str, style: str = "", markup_mode=None):
+        return rich_utils.highlighter(Text(inspect.cleandoc(text), style=style))
+
+    if hasattr(rich_utils, "_make_rich_text"):
+        rich_utils._make_rich_text = plain
 
 
 def make_console(stderr: bool = False):

@@ -1,5 +1,6 @@
-"""``evalkit run TASK`` (one command per installed task plugin, its options from the task's options
-dataclass), ``evalkit tasks``, ``evalkit sweep`` and ``evalkit export``."""
+"""``evalkit run TASK`` (one command per installed task plugin: its options from the task's options
+dataclass, the run settings from ``evalkit.core.settings``), ``evalkit tasks``, ``evalkit sweep``,
+``evalkit export`` and ``evalkit track``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,6 @@ from typing import Annotated, Optional
 import typer
 
 from evalkit.cli.common import (
-    DeviceOption,
-    DType,
-    DTypeOption,
     continue_command,
     make_console,
     new_group,
@@ -22,174 +20,21 @@ from evalkit.cli.common import (
     print_frame,
     user_errors,
 )
+from evalkit.core import settings
 
 run_app = new_group("Run a task on a model.")
 
 
-# Options every ``run`` command shares, as (name, annotation, default).
-COMMON_RUN_OPTIONS = [
-    (
-        "model",
-        Annotated[
-            list[str],
-            typer.Option(
-                help="Model folder (config.json + safetensors), .gguf file or folder, alias (smollm2-135m), or hub "
-                "id; repeat for several models (one run folder each, under --out)."
-            ),
-        ],
-        ["smollm2-135m"],
-    ),
-    (
-        "attention",
-        Annotated[
-            str,
-            typer.Option(
-                help="Attention variant(s), comma-separated; auto = the checkpoint's own (its evalkit variant, "
-                "else native)."
-            ),
-        ],
-        "auto",
-    ),
-    (
-        "ssmax_s",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                help="SSMax scale s for every head (default: the checkpoint's per-head values); a list 0.3,0.4,0.5 "
-                "runs one variant per value (a calibration sweep). So do the other variant parameters below."
-            ),
-        ],
-        None,
-    ),
-    ("ssmax_b", Annotated[Optional[str], typer.Option(help="SSMax bias b for every head (ssmax-bias).")], None),
-    (
-        "attention_params",
-        Annotated[Optional[str], typer.Option(help="Per-layer/head s and b tables: a .json or .safetensors file.")],
-        None,
-    ),
-    (
-        "train_length",
-        Annotated[
-            Optional[str], typer.Option(help="Training context length L for logn (default: max_position_embeddings).")
-        ],
-        None,
-    ),
-    (
-        "ssmax_n",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                help="n convention: position (keys query i may see) or length (whole row) [default: the "
-                "checkpoint's, else position]."
-            ),
-        ],
-        None,
-    ),
-    ("attn_scale", Annotated[Optional[str], typer.Option(help="llama4-temp: attn_scale [default 0.1].")], None),
-    (
-        "floor_scale",
-        Annotated[Optional[str], typer.Option(help="llama4-temp: floor_scale in tokens [default 8192].")],
-        None,
-    ),
-    ("beta", Annotated[Optional[str], typer.Option(help="mistral-beta: beta [default 0.1].")], None),
-    (
-        "original_length",
-        Annotated[
-            Optional[str], typer.Option(help="mistral-beta: original length L0 [default: max_position_embeddings].")
-        ],
-        None,
-    ),
-    (
-        "calibrate_on",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                help="With a sweep: choose each value on other samples, seed:N or dataset:PATH, run first into "
-                "<out>-calibration [default: chosen on the evaluation data, marked as an oracle]."
-            ),
-        ],
-        None,
-    ),
-    (
-        "attention_layers",
-        Annotated[
-            Optional[str],
-            typer.Option(
-                help="Layers the variant is on: all, nope, rope (by the config's no_rope_layers) or indices like "
-                "0,2,5; the others run softmax [default: all]."
-            ),
-        ],
-        None,
-    ),
-    (
-        "rope_theta",
-        Annotated[Optional[float], typer.Option(help="Override the RoPE base theta at evaluation time.")],
-        None,
-    ),
-    (
-        "rope_scaling",
-        Annotated[
-            Optional[str], typer.Option(help="RoPE scaling: linear, dynamic, yarn or none (needs --rope-factor).")
-        ],
-        None,
-    ),
-    ("rope_factor", Annotated[Optional[float], typer.Option(help="RoPE scaling factor.")], None),
-    ("out", Annotated[Optional[str], typer.Option(help="Run folder (default results/<task>-<model>-<time>).")], None),
-    ("resume", Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished samples.")], False),
-    ("device", DeviceOption, "auto"),
-    (
-        "device_map",
-        Annotated[Optional[str], typer.Option(help="auto: spread one large model over the visible GPUs (accelerate).")],
-        None,
-    ),
-    ("dtype", DTypeOption, DType.auto),
-    (
-        "batch_tokens",
-        Annotated[
-            Optional[int],
-            typer.Option(help="Tokens per batch (default: from free device memory); halves on out-of-memory."),
-        ],
-        None,
-    ),
-    (
-        "prefix_cache",
-        Annotated[
-            bool,
-            typer.Option(
-                help="Compute a prompt prefix that several samples share once, on one KV cache (needle depths of a "
-                "trial), for the groups where a cost measured on the model at the start says it beats batched passes."
-            ),
-        ],
-        True,
-    ),
-    ("seed", Annotated[int, typer.Option(help="Seed for sample selection.")], 1234),
-    (
-        "allow_extrapolation",
-        Annotated[bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")],
-        False,
-    ),
-    (
-        "allow_pickle",
-        Annotated[bool, typer.Option(help="Allow pickle (.bin) checkpoints, which can run code when loaded.")],
-        False,
-    ),
-    (
-        "trust_remote_code",
-        Annotated[bool, typer.Option(help="Allow checkpoints that ship their own modelling code.")],
-        False,
-    ),
-    (
-        "quiet",
-        Annotated[
-            bool,
-            typer.Option(
-                help="No progress bar, heartbeat lines or tables (a log without --quiet gets a progress line every "
-                "30 s)."
-            ),
-        ],
-        False,
-    ),
-]
+def setting_parameter(setting) -> inspect.Parameter:
+    """A command-line parameter for one run setting of ``evalkit.core.settings``, in its help panel."""
+    kind = setting.type
+    if type(None) in typing.get_args(kind):  # X | None -> Optional[X]; typer wants typing.Optional
+        kind = Optional[next(a for a in typing.get_args(kind) if a is not type(None))]
+    help_text = setting.help + (f" [{'|'.join(setting.choices)}]" if setting.choices else "")
+    option = typer.Option(help=help_text, rich_help_panel=setting.panel)
+    return inspect.Parameter(
+        setting.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, option], default=setting.default
+    )
 
 
 def _option_annotation(f: dataclasses.Field, hint):
@@ -199,113 +44,79 @@ def _option_annotation(f: dataclasses.Field, hint):
     args = typing.get_args(hint)
     if type(None) in args:  # X | None -> Optional[X]; typer wants typing.Optional
         hint = Optional[next(a for a in args if a is not type(None))]
-    return Annotated[hint, typer.Option(help=help_text)]
+    return Annotated[hint, typer.Option(help=help_text, rich_help_panel=settings.TASK)]
 
 
 def _make_run_command(task_name: str, task_cls) -> None:
     hints = typing.get_type_hints(task_cls.Options)
     task_fields = dataclasses.fields(task_cls.Options)
-    params = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
-        for name, ann, default in COMMON_RUN_OPTIONS
-    ]
+    params = [setting_parameter(s) for s in settings.settings_for(settings.CLI)]
     params += [
         inspect.Parameter(
             f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_annotation(f, hints[f.name]), default=f.default
         )
         for f in task_fields
     ]
+    params.sort(key=lambda p: _panel_order(p.annotation))  # typer lists panels in the order it first meets them
 
     @user_errors
     def command(**kwargs):
         given = {f.name: kwargs.pop(f.name) for f in task_fields}
         task_options = {f.name: given[f.name] for f in task_fields if given[f.name] != f.default}
-        _run(task_name, task_options, **kwargs)
+        _run(task_name, task_options, kwargs)
 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = task_cls.description
-    run_app.command(name=task_name)(command)
+    run_app.command(name=task_name, help=task_cls.description, short_help=task_cls.description)(command)
 
 
-def _run(
-    task_name: str,
-    task_options: dict,
-    *,
-    model,
-    attention,
-    ssmax_s,
-    ssmax_b,
-    attention_params,
-    train_length,
-    ssmax_n,
-    attn_scale,
-    floor_scale,
-    beta,
-    original_length,
-    calibrate_on,
-    attention_layers,
-    rope_theta,
-    rope_scaling,
-    rope_factor,
-    out,
-    resume,
-    device,
-    device_map,
-    dtype,
-    batch_tokens,
-    prefix_cache,
-    seed,
-    allow_extrapolation,
-    allow_pickle,
-    trust_remote_code,
-    quiet,
-) -> None:
+def _panel_order(annotation) -> int:
+    panel = next((getattr(a, "rich_help_panel", None) for a in typing.get_args(annotation)[1:]), None)
+    return settings.PANELS.index(panel) if panel in settings.PANELS else len(settings.PANELS)
+
+
+def _run(task_name: str, task_options: dict, given: dict) -> None:
+    """Check everything that needs no model (settings and the task's grid first: no torch is imported
+    before a mistake there is reported), then every model's checkpoint, then run the models in turn."""
+    values = settings.check_settings(given, settings.CLI)
+    from evalkit.run.evaluate import check_task_options
+
+    check_task_options(task_name, task_options, values["seed"], values["allow_extrapolation"])
+    from evalkit.run.evaluate import RunConfig, check_checkpoint
+
+    layers = values["attention_layers"]
+    for spec in values["model"]:  # each checkpoint's config.json, still before torch: layers, lengths
+        attention = ({"name": "auto", "layers": layers},) if layers else RunConfig.attention
+        limits = {"rope": settings.rope_of(values), "allow_extrapolation": values["allow_extrapolation"]}
+        check_checkpoint(RunConfig(task_name, spec, task_options, attention, **limits))
+
     from evalkit.run.attention_flags import attention_flag_requests
-    from evalkit.run.evaluate import RunConfig, check_config, default_parent, evaluate, model_folders
+    from evalkit.run.evaluate import check_config, default_parent, evaluate, model_folders
 
     console, errors = make_console(), make_console(stderr=True)
+    model, out, quiet = values["model"], values["out"], values["quiet"]
     # several models: one folder each under one parent, named from the specs alone, so the
     # continue command (which names the parent) finds the same folders again
     parent = (Path(out) if out else default_parent(task_name)) if len(model) > 1 else None
     folders = [str(parent / name) for name in model_folders(model)] if parent else [out]
-    attention_requests = attention_flag_requests(
-        attention,
-        ssmax_s,
-        ssmax_b,
-        attention_params,
-        train_length,
-        ssmax_n,
-        attn_scale=attn_scale,
-        floor_scale=floor_scale,
-        beta=beta,
-        original_length=original_length,
-        attention_layers=attention_layers,
-    )
+    flags = {name: values[name] for name in settings.names(settings.CLI, "attention") if name != "attention"}
+    requests = attention_flag_requests(values["attention"], **flags)
+    fields = {s.name: values[s.name] for s in settings.config_fields()}
     configs = [
         RunConfig(
             task=task_name,
             model=spec,
             task_options=task_options,
-            attention=attention_requests,
-            rope={"theta": rope_theta, "scaling": rope_scaling, "factor": rope_factor},
-            out=folder,
-            resume=resume,
-            device=device,
-            device_map=device_map,
-            dtype=dtype.value,
-            batch_tokens=batch_tokens,
-            prefix_cache=prefix_cache,
-            seed=seed,
-            allow_extrapolation=allow_extrapolation,
-            allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code,
-            quiet=quiet,
-            calibrate_on=calibrate_on,
+            attention=requests,
+            rope=settings.rope_of(values),
+            **{**fields, "out": folder},
         )
         for spec, folder in zip(model, folders)
     ]
     for config in configs:  # a bad option or --out fails now, not after the first model ran
         check_config(config)
+    if values["resume"] and not Path(parent or out).exists():
+        errors.print(f"note: --resume: {parent or out} does not exist yet; starting a new run there", soft_wrap=True)
     if parent:
         errors.print(f"{len(model)} models, one run folder each under {parent}", highlight=False, soft_wrap=True)
     for config in configs:
@@ -423,75 +234,104 @@ def export_command(
     typer.echo(f"{count} prompts written to {prompts}")
 
 
-def track_command(
-    checkpoints: Annotated[
-        list[str],
-        typer.Argument(
-            help="Checkpoint folders or globs (ckpts/checkpoint-*); the step comes from trainer_state.json's "
-            "global_step, else the folder name."
+def _track_parameters() -> list[inspect.Parameter]:
+    """``evalkit track``'s own options, then every run setting a track accepts (evalkit.core.settings)."""
+    own = [
+        (
+            "checkpoints",
+            Annotated[
+                list[str],
+                typer.Argument(
+                    help="Checkpoint folders or globs (ckpts/checkpoint-*); the step comes from trainer_state.json's "
+                    "global_step, else the folder name."
+                ),
+            ],
+            inspect.Parameter.empty,
         ),
-    ],
-    task: Annotated[
-        list[str], typer.Option(help="Task(s) to run on every checkpoint (repeat, or comma-separated).")
-    ] = ["needle"],  # noqa: B006 (typer reads the default; it is never mutated)
-    lengths: Annotated[
-        Optional[str], typer.Option(help="Context lengths, for every task that has them (1k..16k).")
-    ] = None,
-    trials: Annotated[Optional[int], typer.Option(help="Needle/focus trials per (length, depth).")] = None,
-    set_option: Annotated[
-        Optional[list[str]],
-        typer.Option("--set", help="Any other task option, OPTION=VALUE (repeatable): --set depths=0,50,100."),
-    ] = None,
-    attention: Annotated[
-        str, typer.Option(help="Attention variant(s), comma-separated; auto = each checkpoint's own.")
-    ] = "auto",
-    ssmax_s: Annotated[
-        Optional[str], typer.Option(help="SSMax scale s for every head (default: the checkpoint's per-head values).")
-    ] = None,
-    out: Annotated[
-        str,
-        typer.Option(
-            help="Track folder: OUT/<series>/step-<N>/<task>/ runs, track.parquet, track_summary.csv, figures/."
+        (
+            "task",
+            Annotated[
+                list[str],
+                typer.Option(
+                    help="Task(s) to run on every checkpoint (repeat, or comma-separated).",
+                    rich_help_panel=settings.TASK,
+                ),
+            ],
+            ["needle"],
         ),
-    ] = "results/track",
-    resume: Annotated[
-        bool, typer.Option(help="Continue the track in --out: finished runs are skipped, new checkpoints added.")
-    ] = False,
-    device: DeviceOption = "auto",
-    dtype: DTypeOption = DType.auto,
-    seed: Annotated[int, typer.Option(help="Seed for sample selection (the same prompts at every step).")] = 1234,
-    batch_tokens: Annotated[
-        Optional[int], typer.Option(help="Tokens per batch (default: from free device memory).")
-    ] = None,
-    allow_extrapolation: Annotated[
-        bool, typer.Option(help="Run context lengths above the model's max_position_embeddings.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
-) -> None:
+        (
+            "lengths",
+            Annotated[
+                Optional[str],
+                typer.Option(
+                    help="Context lengths, for every task that has them (1k..16k).", rich_help_panel=settings.TASK
+                ),
+            ],
+            None,
+        ),
+        (
+            "trials",
+            Annotated[
+                Optional[int],
+                typer.Option(help="Needle/focus trials per (length, depth).", rich_help_panel=settings.TASK),
+            ],
+            None,
+        ),
+        (
+            "set_option",
+            Annotated[
+                Optional[list[str]],
+                typer.Option(
+                    "--set",
+                    help="Any other task option, OPTION=VALUE (repeatable): --set depths=0,50,100.",
+                    rich_help_panel=settings.TASK,
+                ),
+            ],
+            None,
+        ),
+        (
+            "out",
+            Annotated[
+                str,
+                typer.Option(
+                    help="Track folder: OUT/<series>/step-<N>/<task>/ runs, track.parquet, track_summary.csv, "
+                    "figures/.",
+                    rich_help_panel=settings.OUTPUT,
+                ),
+            ],
+            "results/track",
+        ),
+        (
+            "resume",
+            Annotated[
+                bool,
+                typer.Option(
+                    help="Continue the track in --out: finished runs are skipped, new checkpoints added.",
+                    rich_help_panel=settings.OUTPUT,
+                ),
+            ],
+            False,
+        ),
+    ]
+    kind = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter(name, kind, annotation=ann, default=default) for name, ann, default in own]
+    params += [setting_parameter(s) for s in settings.settings_for(settings.TRACK)]
+    return [params[0], *sorted(params[1:], key=lambda p: _panel_order(p.annotation))]
+
+
+def track_command(**kwargs) -> None:
     """Evaluate a series of checkpoints, one model at a time: metric and effective length vs training step."""
     from evalkit.run.track import parse_set, run_track
 
+    checkpoints, tasks = kwargs.pop("checkpoints"), kwargs.pop("task")
+    lengths, trials, set_option = kwargs.pop("lengths"), kwargs.pop("trials"), kwargs.pop("set_option")
     options = {
         **({"lengths": lengths} if lengths else {}),
         **({"trials": trials} if trials is not None else {}),
         **parse_set(set_option),
     }
     outcome = run_track(
-        checkpoints,
-        tasks=task,
-        options=options,
-        attention=attention,
-        ssmax_s=ssmax_s,
-        out=out,
-        resume=resume,
-        device=device,
-        dtype=dtype.value,
-        seed=seed,
-        batch_tokens=batch_tokens,
-        allow_extrapolation=allow_extrapolation,
-        quiet=quiet,
-        console=make_console(stderr=True),
-        log=typer.echo,
+        checkpoints, tasks=tasks, options=options, console=make_console(stderr=True), log=typer.echo, **kwargs
     )
     if outcome.interrupted:
         typer.echo(f"interrupted; continue with:\n  {continue_command()}", err=True)
@@ -502,6 +342,9 @@ def track_command(
     )
     for path in outcome.figures:
         typer.echo(str(path))
+
+
+track_command.__signature__ = inspect.Signature(_track_parameters())
 
 
 def register(app: typer.Typer) -> None:

@@ -201,6 +201,23 @@ def attention_flag_requests(
     return tuple({**request, **fixed} for request in expand(names, values))
 
 
+def refuse_unused_flags(requests: list[VariantRequest]) -> None:
+    """A variant parameter that no requested variant takes (``--attention softmax --ssmax-s 0.43``)
+    would be ignored silently: refuse it. ``auto`` may resolve to any variant, so it takes them all."""
+    from evalkit.attention.variants import PARAMETER_FLAGS, VARIANTS, get_variant
+
+    if any(r.name == "auto" for r in requests):
+        return
+    takes = {p for r in requests for p in get_variant(r.name).parameters}
+    for name, flag in PARAMETER_FLAGS.items():
+        if name not in takes and any(getattr(r.options, name) is not None for r in requests):
+            users = ", ".join(v for v, variant in VARIANTS.items() if name in variant.parameters)
+            raise ConfigError(
+                f"{flag} does nothing for --attention {','.join(r.label or r.name for r in requests)}",
+                f"drop {flag}, or add a variant that takes it ({users})",
+            )
+
+
 def _joined(value):
     """A list of values as the command line writes it: [0.3, 0.4] -> "0.3,0.4"."""
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
@@ -208,7 +225,7 @@ def _joined(value):
 
 def _variant_scalars(attn_scale=None, floor_scale=None, beta=None, original_length=None, attention_layers=None) -> dict:
     """The llama4-temp / mistral-beta flags and --attention-layers as request settings."""
-    from evalkit.attention.spec import canonical_layers
+    from evalkit.core.grid import canonical_layers
     from evalkit.run.calibration import parse_values
 
     return {

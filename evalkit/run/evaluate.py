@@ -14,37 +14,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from evalkit.core import settings
 from evalkit.core.backend import DEFAULT as DEFAULT_BACKEND
 from evalkit.core.errors import ConfigError, DataError
 from evalkit.core.registry import get_task
 from evalkit.core.task import TaskContext
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    task: str
-    model: str
-    task_options: dict[str, Any] = field(default_factory=dict)
-    attention: tuple[dict[str, Any], ...] = ({"name": "auto"},)  # VariantRequest dicts: name, label, s, b, ...
-    rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
-    backend: str = "auto"  # what answers the requests: a name from `evalkit backends`; auto: by the checkpoint
-    backend_options: dict[str, Any] = field(default_factory=dict)  # the backend's own settings (its Options)
-    device_map: str | None = None
-    out: str | None = None
-    resume: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_tokens: int | None = None
-    prefix_cache: bool = True  # score needle prompts that share a prefix on one KV cache
-    seed: int = 1234
-    allow_extrapolation: bool = False
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    quiet: bool = False
-    plots: bool = True  # per-run figures; a caller drawing its own (reference study) skips them
-    calibrate_on: str | None = (
-        None  # sweeps: choose each swept value on these samples (seed:N, dataset:X), not an oracle
-    )
+class _RunConfig:
+    """What one evaluation run is asked to do: the task and its options, the model, the attention
+    variants (``VariantRequest`` dicts: name, label, s, b, ...), RoPE overrides (theta / scaling /
+    factor), the backend's own settings (its Options), and one field per run setting of
+    ``evalkit.core.settings`` (backend, device, dtype, seed, out, ...; made from that table below, so
+    the CLI, the API, track and sweeps cannot drift from it)."""
 
     def identity(self) -> dict[str, Any]:
         """What must match for ``--resume`` to continue a run: every option that changes rows (the
@@ -63,12 +45,29 @@ class RunConfig:
         fixed = {
             "task": self.task,
             "model": self.model,
-            "dtype": self.dtype,
-            "seed": self.seed,
+            **{s.name: getattr(self, s.name) for s in settings.config_fields() if s.identity},
             "attention": attention,
             "rope": {k: v for k, v in self.rope.items() if v is not None},
         }
         return {**fixed, **{(f"task.{k}" if k in fixed else k): v for k, v in options.items()}}
+
+
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig",
+    [
+        ("task", str),
+        ("model", str),
+        ("task_options", dict[str, Any], field(default_factory=dict)),
+        ("attention", tuple[dict[str, Any], ...], field(default=({"name": "auto"},))),
+        ("rope", dict[str, Any], field(default_factory=dict)),
+        ("backend_options", dict[str, Any], field(default_factory=dict)),  # the backend's own settings (its Options)
+        *[(s.name, s.type, field(default=s.default)) for s in settings.config_fields()],
+    ],
+    bases=(_RunConfig,),
+    frozen=True,
+    namespace={"__doc__": _RunConfig.__doc__},
+)
+RunConfig.__module__ = __name__
 
 
 @dataclass
@@ -424,13 +423,13 @@ def _run(config, store, backend, variants, task, samples, manifest, console, wor
 def check_config(config: RunConfig) -> None:
     """Every check of a run config that needs no model and writes nothing: a sweep or several
     models check all their runs this way before the first one loads anything."""
-    from evalkit.run.attention_flags import VariantRequest
+    from evalkit.run.attention_flags import VariantRequest, refuse_unused_flags
     from evalkit.store.results import check_out_folder
 
+    settings.check_settings({s.name: getattr(config, s.name) for s in settings.config_fields()})
     task_cls = get_task(config.task)
     options = build_options(task_cls, config.task_options)
-    for request in config.attention:
-        VariantRequest.from_dict(request)
+    requests = [VariantRequest.from_dict(request) for request in config.attention]
     if config.calibrate_on:
         from evalkit.run.calibration import calibration_config
 
@@ -439,6 +438,69 @@ def check_config(config: RunConfig) -> None:
     refuse_unsupported(config, task_cls, options)
     if config.out:
         check_out_folder(Path(config.out), config.identity(), config.resume)
+    refuse_unused_flags(requests)  # the first check that imports torch (the variant registry lives with it)
+
+
+def check_checkpoint(config: RunConfig) -> None:
+    """Before any weights load: ``--model`` names a checkpoint, and what the run asks of it (layers,
+    context lengths) fits its config.json. Reads local folders and the embedded model once fetched;
+    a GGUF file or a hub id is checked after loading, as before."""
+    from evalkit.core.grid import layer_indices, parse_lengths
+
+    values = _checkpoint_config(config.model)
+    if values is None:
+        return
+    text = values.get("text_config") if isinstance(values.get("text_config"), dict) else {}
+    layers = values.get("num_hidden_layers") or text.get("num_hidden_layers")
+    options = build_options(get_task(config.task), config.task_options)
+    asked = [("--layers", getattr(options, "layers", "all"))] + [
+        ("--attention-layers", request["layers"]) for request in config.attention if request.get("layers")
+    ]
+    for flag, spec in asked if isinstance(layers, int) else []:
+        wrong = [i for i in layer_indices(spec) if i >= layers]
+        if wrong:
+            raise ConfigError(
+                f"{flag} {spec}: {config.model} has {layers} layers (0..{layers - 1}), no layer {wrong[0]}",
+                f"give layer indices below {layers}",
+            )
+    positions = values.get("max_position_embeddings") or text.get("max_position_embeddings")
+    lengths = getattr(options, "lengths", None)
+    stretched = any(v is not None for v in config.rope.values())  # RoPE overrides change what the limit means
+    if lengths and isinstance(positions, int) and not (config.allow_extrapolation or stretched):
+        longest = max(parse_lengths(str(lengths)))
+        if longest > positions:
+            raise ConfigError(
+                f"context length {longest} exceeds the model's max_position_embeddings ({positions})",
+                "use shorter --lengths, or pass --allow-extrapolation to test length generalization",
+            )
+
+
+def _checkpoint_config(spec: str) -> dict | None:
+    """A model spec's config.json as a dict, where it can be read without loading (else None); a spec
+    that names nothing raises the loader's one-line error now."""
+    import json
+
+    from evalkit.models import fetch
+    from evalkit.models.loading import resolve
+
+    if spec in fetch.EMBEDDED:
+        folder = fetch.cached_folder(spec) if fetch.is_cached(spec) else None
+    else:
+        source = resolve(spec)
+        folder = Path(source.location) if source.kind == "hf" else None
+    try:
+        return json.loads((folder / "config.json").read_text()) if folder else None
+    except (OSError, ValueError):
+        return None  # the loader says what is wrong with it
+
+
+def check_task_options(task: str, task_options: dict[str, Any], seed: int = 1234, extrapolation: bool = False):
+    """A task's options and the files they name, checked before the attention flags (whose variant
+    registry imports torch): a mistyped grid is refused in well under a second."""
+    task_cls = get_task(task)
+    options = build_options(task_cls, task_options)
+    check_inputs(task_cls, options, RunConfig(task, "", task_options, seed=seed, allow_extrapolation=extrapolation))
+    return options
 
 
 def check_inputs(task_cls, options, config: RunConfig) -> None:
@@ -522,22 +584,14 @@ def run_evaluator(config, backend, folder: Path, console, log):
             f"stream",
             "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
         )
-    sub = RunConfig(
-        task=config.task,
+    sub = dataclasses.replace(  # the run's settings, on the evaluator's own checkpoint as shipped
+        config,
         model=path,
         task_options={**config.task_options, "evaluator": None},
+        attention=RunConfig.attention,
+        rope={},
         out=str(evaluator_folder(folder)),
-        resume=config.resume,
-        backend=config.backend,
-        backend_options=config.backend_options,
-        device=config.device,
-        dtype=config.dtype,
-        batch_tokens=config.batch_tokens,
-        seed=config.seed,
-        allow_extrapolation=config.allow_extrapolation,
-        allow_pickle=config.allow_pickle,
-        trust_remote_code=config.trust_remote_code,
-        quiet=config.quiet,
+        calibrate_on=None,
         plots=False,
     )
     outcome = evaluate(sub, console=console, backend=other)

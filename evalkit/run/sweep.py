@@ -5,8 +5,8 @@ a comparison reads one folder. A model is loaded once for all its variants and t
 
     out = "results/study"                  # folders: out/<model name>/<task>[-seed<N>]/
     seeds = [1234]                          # optional; default [1234]
-    device = "auto"                         # optional: device, dtype, batch_tokens,
-    dtype = "auto"                          #   allow_extrapolation, rope_theta/scaling/factor
+    device = "auto"                         # optional: any run setting a sweep takes (evalkit.core.settings:
+    dtype = "auto"                          #   backend, device_map, batch_tokens, rope_theta, ...)
     [[model]]
     path = "smollm2-135m"                   # anything --model takes
     name = "smollm2"                        # optional folder name
@@ -29,24 +29,12 @@ from typing import Any
 
 import tomllib
 
+from evalkit.core import settings as schema
 from evalkit.core.errors import ConfigError
 
-_TOP_KEYS = {
-    "out",
-    "seeds",
-    "device",
-    "dtype",
-    "batch_tokens",
-    "allow_extrapolation",
-    "allow_pickle",
-    "trust_remote_code",
-    "rope_theta",
-    "rope_scaling",
-    "rope_factor",
-    "model",
-    "attention",
-    "task",
-}
+# A study's own keys, then every run setting a sweep accepts (evalkit.core.settings): device, dtype, ...
+_STUDY_KEYS = ("out", "seeds", "model", "attention", "task")
+_TOP_KEYS = {*_STUDY_KEYS, *schema.names(schema.SWEEP)}
 
 
 @dataclass(frozen=True)
@@ -102,8 +90,8 @@ def load_study(path: str | Path) -> Study:
             for seed in seeds:
                 suffix = f"-seed{seed}" if len(seeds) > 1 else ""
                 cells.append(Cell(model, task, int(seed), out / model_name / f"{task['name']}{suffix}"))
-    settings = {k: v for k, v in data.items() if k not in ("model", "attention", "task", "seeds", "out")}
-    return Study(settings, attention, tuple(cells))
+    given = {k: v for k, v in data.items() if k not in _STUDY_KEYS}
+    return Study(schema.check_settings(given, schema.SWEEP), attention, tuple(cells))
 
 
 def run_configs(study: Study, resume: bool, quiet: bool):
@@ -119,27 +107,23 @@ def run_configs(study: Study, resume: bool, quiet: bool):
                 model=cell.model["path"],
                 task_options=options,
                 attention=study.attention,
-                rope={"theta": s.get("rope_theta"), "scaling": s.get("rope_scaling"), "factor": s.get("rope_factor")},
+                rope=schema.rope_of(s),
                 out=str(cell.folder),
                 resume=resume,
-                device=s.get("device", "auto"),
-                dtype=s.get("dtype", "auto"),
-                batch_tokens=s.get("batch_tokens"),
                 seed=cell.seed,
-                allow_extrapolation=s.get("allow_extrapolation", False),
-                allow_pickle=s.get("allow_pickle", False),
-                trust_remote_code=s.get("trust_remote_code", False),
                 quiet=quiet,
+                **{f.name: s[f.name] for f in schema.config_fields() if schema.SWEEP in f.where},
             ),
         )
 
 
 def check_study(study: Study, resume: bool) -> None:
     """Every cell's grid, files and folder, before any model loads or any folder is written."""
-    from evalkit.run.evaluate import check_config
+    from evalkit.run.evaluate import check_checkpoint, check_config
 
     for _cell, config in run_configs(study, resume, quiet=True):
         check_config(config)
+        check_checkpoint(config)
 
 
 def run_study(study: Study, resume: bool, quiet: bool, console=None, log=print) -> list:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalkit.core import settings as schema
 from evalkit.core.errors import ConfigError, ResultsError
 
 STATE = "track.json"
@@ -44,29 +45,33 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class TrackSettings:
-    """What every checkpoint is evaluated with: tasks and their options, variants, and the run settings."""
+    """What every checkpoint is evaluated with: tasks and their options, variants, RoPE overrides, and
+    the run settings a track accepts (``evalkit.core.settings``, checked; absent ones take their defaults)."""
 
     tasks: tuple[str, ...]
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> its options
     attention: tuple[dict[str, Any], ...] = ({"name": "auto"},)
-    seed: int = 1234
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_tokens: int | None = None
-    allow_extrapolation: bool = False
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    quiet: bool = False
+    rope: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)  # setting name -> value: device, dtype, seed, quiet, ...
+
+    def value(self, name: str) -> Any:
+        return self.run[name] if name in self.run else schema.BY_NAME[name].default
+
+    def config_values(self) -> dict[str, Any]:
+        """The RunConfig fields a track sets (the others, such as out and resume, are per run)."""
+        return {s.name: self.value(s.name) for s in schema.config_fields() if schema.TRACK in s.where}
 
     def identity(self) -> dict[str, Any]:
         """What a resume must match (the runs check their own identity too; this says it once, up front)."""
+        rope = {k: v for k, v in self.rope.items() if v is not None}
         return {
             "tasks": list(self.tasks),
             "task_options": self.task_options,
             "attention": list(self.attention),
-            "seed": self.seed,
-            "dtype": self.dtype,
-            "allow_extrapolation": self.allow_extrapolation,
+            "seed": self.value("seed"),
+            "dtype": self.value("dtype"),
+            "allow_extrapolation": self.value("allow_extrapolation"),
+            **({"rope": rope} if rope else {}),
         }
 
 
@@ -173,16 +178,10 @@ def run_configs(checkpoint: Checkpoint, settings: TrackSettings, out: Path) -> l
                 model=str(checkpoint.path),
                 task_options=settings.task_options.get(task, {}),
                 attention=settings.attention,
+                rope=settings.rope,
                 out=str(folder),
                 resume=folder.exists(),
-                device=settings.device,
-                dtype=settings.dtype,
-                batch_tokens=settings.batch_tokens,
-                seed=settings.seed,
-                allow_extrapolation=settings.allow_extrapolation,
-                allow_pickle=settings.allow_pickle,
-                trust_remote_code=settings.trust_remote_code,
-                quiet=settings.quiet,
+                **settings.config_values(),
             )
         )
     return configs
@@ -190,7 +189,7 @@ def run_configs(checkpoint: Checkpoint, settings: TrackSettings, out: Path) -> l
 
 def check_track(out: Path, checkpoints: list[Checkpoint], settings: TrackSettings, resume: bool) -> None:
     """Everything checkable before a model loads: the folder, a resume's settings, every run config."""
-    from evalkit.run.evaluate import check_config
+    from evalkit.run.evaluate import check_checkpoint, check_config
     from evalkit.store.results import _differences
 
     out = Path(out)
@@ -214,7 +213,9 @@ def check_track(out: Path, checkpoints: list[Checkpoint], settings: TrackSetting
         raise ResultsError(f"--out {out} is not empty and holds no track", "choose a new or empty folder")
     for checkpoint in checkpoints:
         for config in run_configs(checkpoint, settings, out):
-            check_config(dataclasses.replace(config, resume=True))  # a folder left by an interrupt is resumed
+            config = dataclasses.replace(config, resume=True)  # a folder left by an interrupt is resumed
+            check_config(config)
+            check_checkpoint(config)
 
 
 def track(
@@ -253,7 +254,8 @@ def track(
             log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: done before, skipped")
             continue
         log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: {checkpoint.path}")
-        backend = load_for(todo[0], log=(lambda *a: None) if settings.quiet else log)  # one model in memory at a time
+        quiet = settings.value("quiet")
+        backend = load_for(todo[0], log=(lambda *a: None) if quiet else log)  # one model in memory at a time
         try:
             for config in todo:
                 outcome = evaluate(config, console=console, backend=backend)
@@ -360,34 +362,31 @@ def run_track(
     *,
     tasks: list[str],
     options: dict[str, Any],
-    attention: str = "auto",
-    ssmax_s: str | None = None,
     out: str = "results/track",
     resume: bool = False,
-    device: str = "auto",
-    dtype: str = "auto",
-    seed: int = 1234,
-    batch_tokens: int | None = None,
-    allow_extrapolation: bool = False,
-    quiet: bool = False,
     console=None,
     log: Callable[[str], Any] = print,
+    **run_settings: Any,
 ) -> TrackOutcome:
-    """``evalkit track`` end to end: the CLI's values as settings, then ``track``."""
+    """``evalkit track`` end to end: the CLI's values as settings, then ``track``. ``run_settings``: any
+    run setting a track accepts (``evalkit.core.settings``, where includes track), by name."""
     from evalkit.run.attention_flags import attention_flag_requests
 
     names = tuple(dict.fromkeys(t.strip() for task in tasks for t in task.split(",") if t.strip()))
     if not names:
         raise ConfigError("no --task given", "e.g. --task needle")
-    settings = TrackSettings(
+    values = schema.check_settings(run_settings, schema.TRACK)
+    task_options = coerce_options(names, options)
+    from evalkit.run.evaluate import check_task_options
+
+    for task in names:  # a bad grid fails before torch is imported (the attention flags import it)
+        check_task_options(task, task_options[task], values["seed"], values["allow_extrapolation"])
+    flags = {n: values[n] for n in schema.names(schema.TRACK, "attention") if n != "attention"}
+    track_settings = TrackSettings(
         tasks=names,
-        task_options=coerce_options(names, options),
-        attention=attention_flag_requests(attention, ssmax_s=ssmax_s),
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        batch_tokens=batch_tokens,
-        allow_extrapolation=allow_extrapolation,
-        quiet=quiet,
+        task_options=task_options,
+        attention=attention_flag_requests(values["attention"], **flags),
+        rope=schema.rope_of(values),
+        run={k: v for k, v in values.items() if schema.BY_NAME[k].goes_to == "config"},
     )
-    return track(specs, settings, out, resume=resume, console=console, log=log)
+    return track(specs, track_settings, out, resume=resume, console=console, log=log)
