@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.core.errors import ConfigError, DataError
+from evalkit.core.metrics import records as metric_records
 from evalkit.core.registry import get_task
 from evalkit.core.task import TaskContext
 
@@ -168,8 +169,7 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
         raise ConfigError(f"bad --batch-tokens {config.batch_tokens}", "give a positive number of tokens")
     requests = [VariantRequest.from_dict(a) for a in config.attention]
 
-    model_free = getattr(task_cls, "model_free", None)
-    model_free = bool(model_free and model_free(options))
+    model_free = task_cls.model_free(options)
     world = world or current_world()
     if world.size > 1:  # one GPU per process; rank 0 alone reports progress
         config = dataclasses.replace(
@@ -247,8 +247,8 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     )
     samples = task.samples()
     _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
-    if getattr(options, "evaluator", None):  # LongPPL's key tokens chosen by another checkpoint, in a run of its own
-        task.evaluator_frame = run_evaluator(config, loaded, folder, console, log)
+    for aux in task.auxiliary_runs():  # another model's rows the task needs first (LongPPL's --evaluator)
+        task.auxiliary[aux.name] = run_auxiliary(aux, config, loaded, folder, console, log)
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
@@ -414,6 +414,7 @@ def _finish(
             "timings": timings,
             "rows": len(frame),
             "finished_samples": store.finished,
+            "metrics": metric_records(task.metrics),  # what each metric means: compare, gate and figures read it
         }
     )
     store.write_manifest(manifest)
@@ -442,31 +443,23 @@ def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool
         )
 
 
-def evaluator_folder(folder: Path) -> Path:
-    return folder.with_name(folder.name + "-evaluator")
-
-
-def run_evaluator(config, loaded, folder: Path, console, log):
-    """LongPPL's key tokens chosen by another checkpoint (``--evaluator``), as in the paper: the
-    evaluator's rows (``token_nll`` and ``short_nll``) for the run's windows. It scores the same
-    windows (same corpus, seed, lengths: the same offsets), full and short context, in a perplexity
-    run of its own beside the run's folder (``<run>-evaluator``; resumed with it). Key tokens are
-    positions, so the evaluator must read the same tokens: another tokenizer is refused first."""
+def run_auxiliary(aux, config, loaded, folder: Path, console, log):
+    """A run a task declares it needs first (``Task.auxiliary_runs``): the same task on ``aux.model`` with
+    ``aux.task_options`` changed, beside the run's folder (``<run>-<name>``; resumed with it), keeping the
+    rows of ``aux.metrics``. Where it must read the same tokens, another tokenizer is refused first."""
     from evalkit.data.corpus import tokenizer_fingerprint
 
-    path = config.task_options["evaluator"]
-    other = load_for(dataclasses.replace(config, model=path), log)
-    if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
+    other = load_for(dataclasses.replace(config, model=aux.model), log)
+    if aux.same_tokenizer and tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
         raise ConfigError(
-            f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token "
-            f"stream",
-            "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
+            f"{aux.model} has another tokenizer than {config.model} ({aux.same_tokenizer})",
+            f"give a {aux.name} that shares the model's tokenizer",
         )
     sub = RunConfig(
         task=config.task,
-        model=path,
-        task_options={**config.task_options, "evaluator": None},
-        out=str(evaluator_folder(folder)),
+        model=aux.model,
+        task_options={**config.task_options, **aux.task_options},
+        out=str(folder.with_name(f"{folder.name}-{aux.name}")),
         resume=config.resume,
         device=config.device,
         dtype=config.dtype,
@@ -480,6 +473,6 @@ def run_evaluator(config, loaded, folder: Path, console, log):
     )
     outcome = evaluate(sub, console=console, loaded=other)
     if outcome.interrupted:
-        raise KeyboardInterrupt  # the key tokens need every evaluator window; a resume continues it
+        raise KeyboardInterrupt  # the task needs every auxiliary sample; a resume continues it
     frame = outcome.frame
-    return frame[frame.metric.isin(["token_nll", "short_nll"])]
+    return frame[frame.metric.isin(aux.metrics)]
