@@ -285,3 +285,27 @@ def test_shipped_tasks_declare_their_headline_and_exp_pairs():
         }
     )
     assert headline_metrics(summary, "perplexity") == {"perplexity@1024": pytest.approx(np.exp(2.0))}
+
+
+def test_task_hooks_are_declared_with_defaults():
+    from tasks.perplexity import PerplexityOptions, PerplexityTask
+
+    class Bare(Task):
+        name, description, Options, key_columns = "bare", "", WidgetOptions, ()
+
+    bare = Bare(WidgetOptions(), _context())
+    assert Bare.model_free(WidgetOptions()) is False and bare.export_records() is None
+    assert bare.auxiliary_runs() == [] and bare.auxiliary == {} and Bare.metrics == ()
+    with pytest.raises(NotImplementedError):
+        bare.model_free_rows({})
+    # LongPPL's evaluator is the perplexity task's own declaration: which model, which options, which rows
+    options = PerplexityOptions(lengths="8k", metric="longppl", evaluator="other-ckpt/")
+    (aux,) = PerplexityTask(options, _context()).auxiliary_runs()
+    assert (aux.name, aux.model, aux.task_options, aux.metrics) == (
+        "evaluator",
+        "other-ckpt/",
+        {"evaluator": None},
+        ("token_nll", "short_nll"),
+    )
+    assert aux.same_tokenizer
+    assert PerplexityTask(PerplexityOptions(lengths="8k", metric="longppl"), _context()).auxiliary_runs() == []

@@ -6,10 +6,17 @@ run, seed; repeatable, comma lists allowed) select each side's rows; with one fo
 come from it. Cells are (attention, context_length, metric); when a selector names attention, the
 two sides' variants face each other (``softmax -> ssmax``) and attention leaves the key.
 
+Metrics. What each metric means is its task's declaration (``evalkit.core.metrics``), read from the
+runs' manifests (the task class's for older runs): which metrics get cells, which way is worse (a
+metric without a direction is shown, never judged), the test its kind calls for, its exp row
+(``mean_nll`` -> ``perplexity``), a cell per part where it is declared ``per`` a key (RULER's
+``string_match[vt]`` beside the average), and the curve the effective length comes from.
+
 Pairing. When both sides share prompts (same seed, the same task options outside the grid extents,
 the same tokenizer, and per prompt the same provenance: offset, answer, needle position), each cell
 is compared prompt by prompt with ``stats.paired_difference``: exact McNemar for 0/1 metrics with
-one prompt per unit, a paired t on per-unit mean differences otherwise. Else the sides are
+one prompt per unit, a paired t on per-unit mean differences otherwise (checked by the exact sign
+flip for 0/1 metrics and scores on few units). Else the sides are
 independent samples (``stats.unpaired_difference``). The unit is the task's (``Task.unit_columns``:
 a needle trial under ``--draw trial``, a perplexity window), with the seed on top; heads and
 position bins of one prompt are averaged first. Perplexity is judged on per-window mean NLL; its
@@ -34,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalkit.core.errors import ConfigError
+from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.metrics import BINARY, Metric, base_name, exp_source, of_task
 from evalkit.report import stats
 from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
@@ -363,7 +370,7 @@ def _judged_names(baseline, candidate) -> set[str]:
     for folder in (baseline, candidate):
         try:
             runs = find_runs(folder) if folder is not None else []
-        except Exception:  # reported where the runs are read
+        except EvalkitError:  # reported where the runs are read
             runs = []
         for run in runs:
             names |= {n for n, m in run.metrics.items() if m.direction}
