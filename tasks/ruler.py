@@ -129,6 +129,11 @@ class RulerTask(Task):
         Metric("answer_logprob", HIGHER, LOG_PROB, label="answer log-probability (nats)"),
     )
 
+    @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        # every sample is generated (string_match); single-answer ones are also scored teacher-forced
+        return frozenset({"generate", "answer_score"})
+
     def __init__(self, options: RulerOptions, context):
         super().__init__(options, context)
         self.tasks, self.lengths = options.task_names(), parse_lengths(options.lengths)
