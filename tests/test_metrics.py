@@ -44,6 +44,10 @@ class WidgetTask(Task):
     def model_free(cls, options) -> bool:
         return True
 
+    @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        return frozenset()  # model-free: it asks no backend for anything
+
     def model_free_rows(self, attention):
         out = []
         for label in ("softmax", "ssmax"):

@@ -237,7 +237,8 @@ def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOu
     )
     identity = config.identity()
     check_inputs(task_cls, options, config)
-    refuse_unsupported(config, task_cls, options)
+    if not model_free:  # a model-free run asks no backend for anything
+        refuse_unsupported(config, task_cls, options)
     if world.is_main:
         check_out_folder(folder, identity, config.resume)
     manifest = {
