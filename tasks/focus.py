@@ -15,6 +15,7 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths
+from evalkit.core.metrics import HIGHER, LOWER, Metric
 from evalkit.core.requests import PROBE_METRICS, ProbeRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
@@ -45,11 +46,29 @@ class FocusOptions(NeedleGridOptions):
     gap: float = option(2.0, "Analytic mode: the large logit's margin (onehot) or the logits' std (normal).")
 
 
+FRACTION = (0.0, 1.0)
+
+
 class FocusTask(Task):
     name = "focus"
     description = "Attention mass on the needle, peak weight and entropy per layer and head, vs context length."
     Options = FocusOptions
     key_columns = ("depth", "trial", "layer", "head")
+    # per head; a sample's heads are averaged first, so each is a continuous fraction per sample
+    metrics = (
+        Metric(
+            "needle_mass",
+            HIGHER,
+            bounds=FRACTION,
+            headline=True,
+            label="attention mass on the needle (mean over heads)",
+        ),
+        Metric("entropy_norm", LOWER, bounds=FRACTION, label="attention entropy / log(keys) (mean over heads)"),
+        Metric("top1_in_needle", HIGHER, bounds=FRACTION, label="heads whose top key is in the needle"),
+        Metric("max_weight", HIGHER, bounds=FRACTION, compared=False, label="largest attention weight"),
+        Metric("entropy", LOWER, bounds=(0.0, None), compared=False, label="attention entropy (nats)"),
+        Metric("needle_rank", LOWER, bounds=(0.0, None), compared=False, label="rank of the needle's best key"),
+    )
 
     @classmethod
     def request_kinds(cls, options) -> frozenset[str]:
@@ -61,8 +80,9 @@ class FocusTask(Task):
 
         return needle_unit_columns(options)
 
-    @staticmethod
-    def model_free(options: FocusOptions) -> bool:
+    @classmethod
+    def model_free(cls, options: FocusOptions) -> bool:
+        """``--analytic``: the closed-form peak weight, no model."""
         return options.analytic
 
     def __init__(self, options: FocusOptions, context):

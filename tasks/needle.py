@@ -9,10 +9,10 @@ the answer's log-prob shows retrieval even where a small model's greedy answer f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from evalkit.core.errors import ConfigError
+from evalkit.core.metrics import BINARY, HIGHER, LOG_PROB, LOWER, Metric
 from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.core.scoring import parse_answer
 from evalkit.core.task import Sample, Task, option
@@ -46,11 +46,33 @@ class NeedleOptions(NeedleGridOptions):
         stats.threshold_level(self.threshold, 1.0)  # a bad --threshold fails before the model loads, not after the run
 
 
+ACCURACY = "needle retrieval accuracy"
+
+
 class NeedleTask(Task):
     name = "needle"
     description = "Needle-in-a-haystack retrieval accuracy over context length x depth (passkey, kv, ABCDigits)."
     Options = NeedleOptions
     key_columns = ("depth", "trial", "needle")
+    metrics = (
+        # --scoring logprob: greedy_correct; --scoring generate: contains (the first present is the accuracy)
+        Metric(
+            "greedy_correct",
+            HIGHER,
+            BINARY,
+            headline=True,
+            summary="accuracy",
+            label=ACCURACY,
+            effective_length="pooled",
+        ),
+        Metric(
+            "contains", HIGHER, BINARY, headline=True, summary="accuracy", label=ACCURACY, effective_length="pooled"
+        ),
+        Metric("exact_match", HIGHER, BINARY, label="exact match of the parsed answer", effective_length="pooled"),
+        Metric("answer_logprob", HIGHER, LOG_PROB, headline=True, label="answer log-probability (nats)"),
+        Metric("answer_mean_logprob", HIGHER, LOG_PROB, compared=False, label="answer log-probability per token"),
+        Metric("answer_rank", LOWER, bounds=(0.0, None), compared=False, label="rank of the answer's first token"),
+    )
 
     @classmethod
     def request_kinds(cls, options) -> frozenset[str]:
@@ -164,8 +186,8 @@ class NeedleTask(Task):
                 }
                 if self.options.scoring == "logprob":
                     logprob = group[group.metric == "answer_logprob"]
-                    e = stats.mean(logprob.value, stats.unit_keys(logprob, units))
-                    row.update(stats.columns(stats.clipped(e, -math.inf, 0.0), "answer_logprob"))  # a log-prob is <= 0
+                    e = stats.of_metric(self.metric("answer_logprob"), logprob.value, stats.unit_keys(logprob, units))
+                    row.update(stats.columns(e, "answer_logprob"))  # its kind keeps the interval <= 0
                     row["median_answer_rank"] = group[group.metric == "answer_rank"].value.median()
                 rows.append(row)
             rows[-1].update(

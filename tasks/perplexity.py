@@ -28,8 +28,9 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_length, parse_lengths
+from evalkit.core.metrics import LOWER, REPORTED, Metric
 from evalkit.core.requests import TokenLossRequest
-from evalkit.core.task import Sample, Task, option
+from evalkit.core.task import AuxiliaryRun, Sample, Task, option
 from evalkit.data.corpus import (
     JOINED,
     LM_EVAL,
@@ -44,6 +45,7 @@ from evalkit.data.windows import document_windows, effective_stride, random_offs
 from evalkit.report import longppl, stats
 
 LINEAR_BINS = 32
+NLL_BOUNDS = (0.0, None)  # a loss cannot go below 0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,24 @@ class PerplexityTask(Task):
     description = "Loss vs token position and perplexity at each context length (or classic sliding-window perplexity)."
     Options = PerplexityOptions
     key_columns = ("sample", "position_bin")  # + "position" with --metric longppl (one row per candidate token)
+    metrics = (
+        Metric("mean_nll", LOWER, bounds=NLL_BOUNDS, exp="perplexity", label="mean NLL (nats per token)"),
+        Metric(
+            "perplexity",
+            LOWER,
+            bounds=(1.0, None),
+            compared=False,  # compare shows it as exp of mean_nll's test
+            headline=True,
+            label="perplexity, exp(mean NLL) (lower is better)",
+        ),
+        Metric("nll", LOWER, bounds=NLL_BOUNDS, compared=False, label="NLL per position bin (nats)"),
+        Metric("key_nll", LOWER, bounds=NLL_BOUNDS, exp="longppl", label="NLL on LongPPL's key tokens (nats)"),
+        Metric("longppl", LOWER, bounds=(1.0, None), compared=False, label="LongPPL, exp(key-token NLL)"),
+        Metric("token_nll", LOWER, bounds=NLL_BOUNDS, compared=False),
+        Metric("short_nll", LOWER, bounds=NLL_BOUNDS, compared=False),
+        Metric("sum_nll", REPORTED, compared=False),
+        Metric("scored_tokens", REPORTED, compared=False),
+    )
 
     @classmethod
     def request_kinds(cls, options) -> frozenset[str]:
@@ -169,7 +189,6 @@ class PerplexityTask(Task):
         self.short = self._short_context()
         if self.short:
             self.key_columns = (*type(self).key_columns, "position")
-        self.evaluator_frame = None  # an --evaluator's token rows, set by the run before the rows are derived
 
     def _short_context(self) -> tuple[int, int] | None:
         if self.options.metric != "longppl":
@@ -356,9 +375,25 @@ class PerplexityTask(Task):
             }
         return out
 
+    def auxiliary_runs(self) -> list[AuxiliaryRun]:
+        """``--evaluator``: LongPPL's key tokens chosen by another checkpoint, as in the paper. It scores the
+        same windows (same corpus, seed, lengths: the same offsets), full and short context, in a
+        perplexity run of its own; key tokens are positions, so it must read the same tokens."""
+        if not (self.short and self.options.evaluator):
+            return []
+        return [
+            AuxiliaryRun(
+                "evaluator",
+                self.options.evaluator,
+                {"evaluator": None},  # the evaluator's own run scores its short contexts itself
+                ("token_nll", "short_nll"),
+                same_tokenizer="--evaluator: key tokens are positions of one token stream",
+            )
+        ]
+
     def derive(self, frame):
         """LongPPL's key status and key-token rows (``longppl.derive``), from the evaluator's token rows."""
-        return longppl.derive(frame, self.evaluator_frame, self.options) if self.short else frame
+        return longppl.derive(frame, self.auxiliary.get("evaluator"), self.options) if self.short else frame
 
     def rows(self, sample: Sample, answer: np.ndarray) -> list[dict]:
         keys, meta = sample.keys, {**sample.meta, "seed": self.context.seed}

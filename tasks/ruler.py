@@ -21,6 +21,7 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError, DataError, did_you_mean
 from evalkit.core.grid import parse_lengths
+from evalkit.core.metrics import BINARY, HIGHER, LOG_PROB, SCORE, Metric
 from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import CorpusOptions
@@ -111,6 +112,22 @@ class RulerTask(Task):
     )
     Options = RulerOptions
     key_columns = ("ruler_task", "index")
+    metrics = (
+        # a fraction of the references found per prompt (0/1 where there is one); the effective length
+        # comes from its average over tasks, each task counting once, as in summary.csv
+        Metric(
+            "string_match",
+            HIGHER,
+            SCORE,
+            headline=True,
+            summary="score",
+            label="RULER score (string match)",
+            effective_length="ruler_task",
+            per="ruler_task",
+        ),
+        Metric("greedy_correct", HIGHER, BINARY, label="teacher-forced greedy match (one-span answers)"),
+        Metric("answer_logprob", HIGHER, LOG_PROB, label="answer log-probability (nats)"),
+    )
 
     @classmethod
     def request_kinds(cls, options) -> frozenset[str]:
@@ -396,7 +413,7 @@ class RulerTask(Task):
             )
             for (task, length), group in cells:
                 score = group[group.metric == "string_match"]
-                e = stats.estimate(score.value, stats.unit_keys(score, units))
+                e = stats.of_metric(self.metric("string_match"), score.value, stats.unit_keys(score, units))
                 row = {
                     "attention": attention,
                     "ruler_task": task,
@@ -411,9 +428,8 @@ class RulerTask(Task):
                         stats.columns(stats.proportion(forced.value, stats.unit_keys(forced, units)), "greedy_correct")
                     )
                     logprob = group[group.metric == "answer_logprob"]
-                    row.update(
-                        stats.columns(stats.mean(logprob.value, stats.unit_keys(logprob, units)), "answer_logprob")
-                    )
+                    e = stats.of_metric(self.metric("answer_logprob"), logprob.value, stats.unit_keys(logprob, units))
+                    row.update(stats.columns(e, "answer_logprob"))  # its kind keeps the interval <= 0
                 rows.append(row)
             averages = []
             scores = part[part.metric == "string_match"]

@@ -12,6 +12,7 @@ from scipy.stats import binomtest
 from scipy.stats import t as t_dist
 from test_compare import needle_rows, write_run
 
+from evalkit.core.metrics import of_task
 from evalkit.report import family, runs, stats
 from evalkit.report.compare import Tolerance, _verdicts, compare_cells, compare_runs, to_json, to_junit, to_markdown
 
@@ -137,7 +138,7 @@ def false_alarm_share(cells: int, compares: int, correction="holm", seed=0) -> f
     alarms = 0
     for k in range(compares):  # each compare decides on its own family of `cells` cells
         part = table.iloc[k * cells : (k + 1) * cells]
-        rows, _ = _verdicts(part, Tolerance(absolute=0.0), {}, False, correction)
+        rows, _ = _verdicts(part, Tolerance(absolute=0.0), {}, False, correction, metrics=of_task("needle"))
         alarms += bool(rows.regression.any())
     return alarms / compares
 

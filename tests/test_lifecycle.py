@@ -437,9 +437,9 @@ def test_heartbeat_lines_in_a_log(tmp_path):
     lines = stream.getvalue().splitlines()
     assert len(lines) == 10 and all(line.startswith("progress: ") for line in lines)
     assert (
-        lines[0] == "progress: 10/100 samples (10% of the work), 500 tok/s, elapsed 0m20s, eta 3m00s [softmax L=1000]"
+        lines[0] == "progress: 10/100 requests (10% of the work), 500 tok/s, elapsed 0m20s, eta 3m00s [softmax L=1000]"
     )
-    assert lines[-1].startswith("progress: 100/100 samples (100% of the work)")
+    assert lines[-1].startswith("progress: 100/100 requests (100% of the work)")
     quiet = io.StringIO()
     progress = ProgressReporter(Console(file=quiet, force_terminal=False), quiet=True, clock=clock)
     progress.start(10, 10)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from evalkit.core.metrics import Metric
+
 # Keys that index parts of one sample (a position bin, a head), never independent samples.
 WITHIN_SAMPLE_KEYS = frozenset({"position_bin", "layer", "head"})
 
@@ -52,6 +54,20 @@ class TaskContext:
         return self.training_length or self.max_positions
 
 
+@dataclass(frozen=True)
+class AuxiliaryRun:
+    """A run of the same task on another model whose rows this run needs before deriving its own
+    (LongPPL's ``--evaluator``: another checkpoint's token losses choose the key tokens). The run
+    executes it beside its folder (``<run>-<name>``, resumed with it) and hands the kept rows back
+    through ``Task.auxiliary[name]``."""
+
+    name: str  # the folder suffix and the key in Task.auxiliary
+    model: str  # the checkpoint it runs
+    task_options: dict[str, Any]  # the options that differ from this run's
+    metrics: tuple[str, ...]  # the row metrics kept
+    same_tokenizer: str | None = None  # why it must share the model's tokenizer (refused otherwise); None: any
+
+
 def option(default, help: str, **extra):
     """A task option: a dataclass field whose help text the CLI shows."""
     return dataclasses.field(default=default, metadata={"help": help, **extra})
@@ -62,10 +78,36 @@ class Task:
     description: ClassVar[str]
     Options: ClassVar[type]  # a frozen dataclass of the task's options (fields made with option())
     key_columns: ClassVar[tuple[str, ...]]  # row key columns besides the common ones
+    # what each row metric means (direction, kind, headline...): compare, gate and figures read it
+    metrics: ClassVar[tuple[Metric, ...]] = ()
 
     def __init__(self, options, context: TaskContext):
         self.options = options
         self.context = context
+        self.auxiliary: dict[str, Any] = {}  # rows of the auxiliary runs (``auxiliary_runs``), by name
+
+    @classmethod
+    def metric(cls, name: str) -> Metric | None:
+        """The task's declaration of the row metric ``name``, or None."""
+        return next((m for m in cls.metrics if m.name == name), None)
+
+    @classmethod
+    def model_free(cls, options) -> bool:
+        """Whether these options compute the rows without a model (``model_free_rows``)."""
+        return False
+
+    def model_free_rows(self, attention: dict) -> list[tuple[str, str, list[dict[str, Any]]]]:
+        """(variant label, sample id, rows) computed without a model, when ``model_free`` says so."""
+        raise NotImplementedError(f"task {self.name} has no model-free rows")
+
+    def export_records(self) -> list[dict[str, Any]] | None:
+        """Every prompt as the run's records (``evalkit export``); None: each sample's token sequence
+        as ``store.records.token_records`` writes it."""
+        return None
+
+    def auxiliary_runs(self) -> list[AuxiliaryRun]:
+        """Runs on other models this run needs first (their rows arrive in ``self.auxiliary``)."""
+        return []
 
     @classmethod
     def unit_columns(cls, options) -> tuple[str, ...]:

@@ -6,10 +6,17 @@ run, seed; repeatable, comma lists allowed) select each side's rows; with one fo
 come from it. Cells are (attention, context_length, metric); when a selector names attention, the
 two sides' variants face each other (``softmax -> ssmax``) and attention leaves the key.
 
+Metrics. What each metric means is its task's declaration (``evalkit.core.metrics``), read from the
+runs' manifests (the task class's for older runs): which metrics get cells, which way is worse (a
+metric without a direction is shown, never judged), the test its kind calls for, its exp row
+(``mean_nll`` -> ``perplexity``), a cell per part where it is declared ``per`` a key (RULER's
+``string_match[vt]`` beside the average), and the curve the effective length comes from.
+
 Pairing. When both sides share prompts (same seed, the same task options outside the grid extents,
 the same tokenizer, and per prompt the same provenance: offset, answer, needle position), each cell
 is compared prompt by prompt with ``stats.paired_difference``: exact McNemar for 0/1 metrics with
-one prompt per unit, a paired t on per-unit mean differences otherwise. Else the sides are
+one prompt per unit, a paired t on per-unit mean differences otherwise (checked by the exact sign
+flip for 0/1 metrics and scores on few units). Else the sides are
 independent samples (``stats.unpaired_difference``). The unit is the task's (``Task.unit_columns``:
 a needle trial under ``--draw trial``, a perplexity window), with the seed on top; heads and
 position bins of one prompt are averaged first. Perplexity is judged on per-window mean NLL; its
@@ -34,15 +41,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalkit.core.errors import ConfigError
+from evalkit.core.errors import ConfigError, EvalkitError
+from evalkit.core.metrics import BINARY, Metric, base_name, exp_source, of_task
 from evalkit.report import stats
 from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
 from evalkit.report.runs import (
-    ACCURACY_METRICS,
-    HEADLINE_METRICS,
     Run,
+    compared_metrics,
     describe_selector,
     find_runs,
+    metrics_of,
     option_differences,
     parse_selector,
     samples,
@@ -50,7 +58,7 @@ from evalkit.report.runs import (
     setup_differences,
     unit_columns,
 )
-from evalkit.report.tolerances import FLOAT_TOLERANCE, METRIC_DIRECTIONS, Tolerance, load_tolerances
+from evalkit.report.tolerances import FLOAT_TOLERANCE, Tolerance, load_tolerances
 
 ROW_COLUMNS = [
     "attention",
@@ -165,7 +173,7 @@ def compare_runs(
     default = Tolerance(relative=tolerance or 0.0) if relative else Tolerance(absolute=tolerance or 0.0)
     tolerances = dict(metric_tolerances or {})
     if tolerances_file is not None:
-        tolerances.update(load_tolerances(tolerances_file))
+        tolerances.update(load_tolerances(tolerances_file, _judged_names(baseline, candidate)))
     if nll_tolerance is not None and "mean_nll" in tolerances:
         raise ConfigError("--nll-tolerance and a mean_nll tolerance both set the NLL tolerance", "give it once")
     if nll_tolerance is not None:
@@ -208,8 +216,10 @@ def compare_runs(
     )
 
     units = unit_columns(b_runs[0])
-    headline = HEADLINE_METRICS.get(task)
-    b, c = samples(b_frame, keys, units, headline), samples(c_frame, keys, units, headline)
+    metrics = metrics_of(b_runs + c_runs)  # what each metric means, as the runs declare it
+    compared = compared_metrics(metrics)
+    b, c = samples(b_frame, keys, units, compared), samples(c_frame, keys, units, compared)
+    b, c = _parts(b, metrics), _parts(c, metrics)
     b["variant"], c["variant"] = b.attention, c.attention  # each side's own, for its effective length
     if not by_attention:  # the two variants face each other in one cell
         b["attention"] = c["attention"] = f"{variants[0]} → {variants[1]}"
@@ -249,7 +259,7 @@ def compare_runs(
             else "unpaired: the runs differ (see the failed check)"
         )
 
-    cells, prompt_problems, missing, extra = compare_cells(b, c, pairing_wanted, confidence)
+    cells, prompt_problems, missing, extra = compare_cells(b, c, pairing_wanted, confidence, metrics)
     if pairing_wanted:
         checks.append(
             _check(
@@ -283,10 +293,10 @@ def compare_runs(
             "run the candidate on the baseline's lengths and metrics, or select other rows",
         )
 
-    rows, procedure = _verdicts(cells, default, tolerances, strict, correction, confidence, power, detect)
+    rows, procedure = _verdicts(cells, default, tolerances, strict, correction, confidence, power, detect, metrics)
     weak = rows[rows.direction.ne(0) & rows.power_note.ne("")]
     checks.append(_power_check(weak, len(rows[rows.direction.ne(0)]), require_power, detect))
-    lengths = _effective_lengths(b, c, threshold_kind, threshold_value, confidence)
+    lengths = _effective_lengths(b, c, threshold_kind, threshold_value, confidence, metrics)
     if not lengths.empty:
         checks += _length_checks(lengths, strict)
     failed = [ch for ch in checks if not ch["passed"]]
@@ -359,11 +369,41 @@ def _cells_of(frame: pd.DataFrame) -> str:
     return "; ".join(f"{a}@{','.join(str(n) for n in p.context_length)}" for a, p in parts.groupby("attention"))
 
 
-EXP_OF = {"mean_nll": "perplexity", "key_nll": "longppl"}  # NLL metrics also shown through exp
+def _parts(frame: pd.DataFrame, metrics: dict[str, Metric]) -> pd.DataFrame:
+    """Metrics declared ``per`` a key column (RULER's string match per task) get a cell per value of it,
+    ``metric[value]``, beside the cell of all values together (RULER's average: every task has the same
+    number of samples, so the pooled mean is the mean of the task means)."""
+    extra = []
+    for m in metrics.values():
+        if m.per and m.per in frame.columns:
+            rows = frame[frame.metric == m.name]
+            extra.append(rows.assign(metric=m.name + "[" + rows[m.per].map(str) + "]"))
+    return pd.concat([frame, *extra], ignore_index=True) if extra else frame
 
 
-def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: float):
-    """Per (attention, context_length, metric): both sides' means and the Difference, paired when the prompts match."""
+def _judged_names(baseline, candidate) -> set[str]:
+    """Metrics a tolerances file may name: those with a direction in any installed task's declaration or
+    in the runs' own (one file may serve the compares of several tasks)."""
+    from evalkit.core.registry import task_names
+
+    names = set()
+    for task in task_names():
+        names |= {n for n, m in of_task(task).items() if m.direction}
+    for folder in (baseline, candidate):
+        try:
+            runs = find_runs(folder) if folder is not None else []
+        except EvalkitError:  # reported where the runs are read
+            runs = []
+        for run in runs:
+            names |= {n for n, m in run.metrics.items() if m.direction}
+            names |= {m.exp for m in run.metrics.values() if m.direction and m.exp}
+    return names
+
+
+def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: float, metrics=None):
+    """Per (attention, context_length, metric): both sides' means and the Difference, paired when the
+    prompts match, by the test the metric's declared kind calls for (``metrics``: {name: Metric})."""
+    metrics = metrics or {}
     key = ["attention", "context_length", "metric"]
     b_groups, c_groups = dict(list(b.groupby(key, sort=True))), dict(list(c.groupby(key, sort=True)))
     missing = [f"{a}@{n} {m}" for (a, n, m) in b_groups if (a, n, m) not in c_groups]
@@ -381,8 +421,10 @@ def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: f
                 f"(e.g. sample {differ['sample'].iloc[0]}: {differ.prov_b.iloc[0]} vs {differ.prov_c.iloc[0]})"
             )
         unit_data = None
+        declared = metrics.get(base_name(cell[2]))
+        kind = declared.kind if declared else None
         if len(joined) and not len(differ):
-            diff = stats.paired_difference(joined.value_b, joined.value_c, joined.unit_b, confidence)
+            diff = stats.paired_difference(joined.value_b, joined.value_c, joined.unit_b, confidence, kind)
             left_out = len(bp) + len(cp) - 2 * len(joined)
             test = diff.test + (f"; {left_out} unpaired prompt(s) left out" if left_out else "")
             means = joined.value_b.mean(), joined.value_c.mean()
@@ -399,17 +441,17 @@ def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: f
             one_each = lambda p: None if p.unit.is_unique else p.unit  # noqa: E731 - Newcombe needs no clusters
             diff = stats.unpaired_difference(bp.value, cp.value, one_each(bp), one_each(cp), confidence)
             test, means = diff.test, (bp.value.mean(), cp.value.mean())
-        floor = _p_floor(diff, bp, cp, unit_data is not None)
+        floor = _p_floor(diff, bp, cp, unit_data is not None, kind)
         cells.append(
             _cell_row(
                 cell, means, diff, test, paired=test.startswith(("exact", "paired")), floor=floor, unit_data=unit_data
             )
         )
-        if cell[2] in EXP_OF:  # perplexity / LongPPL: the same test through exp, so the two rows agree by construction
+        if declared and declared.exp and declared.name == cell[2]:  # perplexity / LongPPL: the same test via exp
             scale = math.exp(means[0])
             cells.append(
                 _cell_row(
-                    (cell[0], cell[1], EXP_OF[cell[2]]),
+                    (cell[0], cell[1], declared.exp),
                     (scale, math.exp(means[1])),
                     diff,
                     test,
@@ -438,10 +480,12 @@ def compare_cells(b: pd.DataFrame, c: pd.DataFrame, pairing: bool, confidence: f
     return pd.DataFrame(cells, columns=columns + CELL_EXTRA), problems, missing, extra
 
 
-def _p_floor(diff: stats.Difference, bp: pd.DataFrame, cp: pd.DataFrame, paired: bool) -> float:
-    """The smallest one-sided p the cell's test can reach: exact 0/1 tests have a floor."""
+def _p_floor(diff: stats.Difference, bp: pd.DataFrame, cp: pd.DataFrame, paired: bool, kind=None) -> float:
+    """The smallest one-sided p the cell's test can reach: exact 0/1 tests and the sign flip have a floor."""
+    if kind == "score" and paired:  # t checked by the exact sign flip up to SIGN_FLIP_MAX_UNITS units
+        return 0.5**diff.units if diff.units <= stats.SIGN_FLIP_MAX_UNITS else 0.0
     binary = stats.is_binary(bp.value.dropna()) and stats.is_binary(cp.value.dropna())
-    if not binary:
+    if not binary or kind not in (None, BINARY):
         return 0.0
     if paired:  # McNemar on n pairs or the exact sign flip on k units: 1 / 2^units at best
         return 0.5**diff.units if diff.units <= stats.SIGN_FLIP_MAX_UNITS or diff.units == diff.pairs else 0.0
@@ -495,18 +539,22 @@ def _verdicts(
     confidence: float = stats.CONFIDENCE,
     power: float = 0.8,
     detect: float | None = None,
+    metrics: dict[str, Metric] | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Each cell's verdict: worse than its tolerance AND, one-sided and adjusted over the family of
-    judged cells, beyond noise. The perplexity row shares its mean_nll row's test and verdict."""
+    judged cells, beyond noise. The perplexity row shares its mean_nll row's test and verdict. A
+    metric's direction is its declaration's (``metrics``); an undeclared metric is reported, never judged."""
     from evalkit.report import family
 
+    metrics = metrics or {}
     rows = cells.copy().reset_index(drop=True)
     b, c = rows.baseline.astype(float), rows.candidate.astype(float)
     rows["rel_delta"] = (rows.delta / b.abs()).where(b != 0)
-    rows["direction"] = rows.metric.map(METRIC_DIRECTIONS).fillna(0).astype(int)
+    rows["direction"] = [_direction(metrics, m) for m in rows.metric]
+    binary = np.array([getattr(metrics.get(base_name(m)), "kind", None) == BINARY for m in rows.metric])
     # one tolerance per quantity: a row shown through exp (perplexity, LongPPL) carries the tolerance of the NLL
     # row just before it (mean_nll, key_nll) through exp, unless the file names the derived metric itself
-    own = {k: tolerances.get(m, default).allowed(v) for k, m, v in zip(rows.index, rows.metric, b)}
+    own = {k: tolerances.get(base_name(m), default).allowed(v) for k, m, v in zip(rows.index, rows.metric, b)}
     rows["tolerance"] = [
         (math.exp(math.log(v) + own[k - 1]) - v if d and m not in tolerances else own[k]) + FLOAT_TOLERANCE.allowed(v)
         for k, m, v, d in zip(rows.index, rows.metric, b, rows.derived)
@@ -537,12 +585,18 @@ def _verdicts(
     rows["improvement"] = judged & (-worse > rows.tolerance) & (seen_better | strict)
     m = max(int(family_rows.sum()), 1)
     mdd, notes = [], []
-    for r in rows.itertuples():
-        value, note = _power(r, alpha / m if correction != "none" else alpha, power, detect)
+    for r, is_binary in zip(rows.itertuples(), binary):
+        value, note = _power(r, alpha / m if correction != "none" else alpha, power, detect, is_binary)
         mdd.append(value)
         notes.append(note if r.direction else "")
     rows["minimal_detectable"], rows["power_note"] = mdd, notes
     return rows[ROW_COLUMNS].reset_index(drop=True), procedure
+
+
+def _direction(metrics: dict[str, Metric], name: str) -> int:
+    """+1 higher is better, -1 lower, 0 reported only; a metric shown through exp follows its source."""
+    declared = metrics.get(base_name(name)) or exp_source(metrics, name)
+    return int(declared.direction) if declared else 0
 
 
 def _oriented(unit_data, direction: int):
@@ -553,16 +607,14 @@ def _oriented(unit_data, direction: int):
     return ids, -direction * np.asarray(sums, dtype=float), counts
 
 
-def _power(row, level: float, power: float, detect: float | None) -> tuple[float, str]:
+def _power(row, level: float, power: float, detect: float | None, binary: bool = False) -> tuple[float, str]:
     """(minimal detectable worsening at ``power``, note): the note says why a cell is underpowered."""
     from evalkit.report import family
 
     if row.p_floor >= level:
         return math.nan, f"cannot reach p < {level:.2g} with {row.units} units (exact floor {row.p_floor:.2g})"
     se = row.se
-    if row.metric in ("greedy_correct", "accuracy", "exact_match", "contains") or (
-        0 <= row.baseline <= 1 and row.p_floor > 0
-    ):
+    if binary or (0 <= row.baseline <= 1 and row.p_floor > 0):
         se = max(
             se if math.isfinite(se) else 0.0,
             family.binary_unit_sd(row.baseline, 0.0, row.units) / math.sqrt(max(row.units, 1)),
@@ -618,17 +670,33 @@ def _describe_tolerance(default: Tolerance) -> str:
 # -- effective context length --------------------------------------------------------------------
 
 
-def _effective_lengths(b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float, confidence: float) -> pd.DataFrame:
-    metric = next((m for m in ACCURACY_METRICS if m in set(b.metric) and m in set(c.metric)), None)
-    if metric is None:
+def _effective_lengths(
+    b: pd.DataFrame, c: pd.DataFrame, kind: str, value: float, confidence: float, metrics: dict[str, Metric] | None
+) -> pd.DataFrame:
+    """Each side's effective context length from the first declared metric whose curve gives it (as in
+    summary.csv: RULER's average over tasks, each task once; the needle's accuracy pooled)."""
+    declared = next(
+        (
+            m
+            for m in (metrics or {}).values()
+            if m.effective_length and m.name in set(b.metric) and m.name in set(c.metric)
+        ),
+        None,
+    )
+    if declared is None:
         return pd.DataFrame()
+    metric, groups = declared.name, declared.effective_length
     out = []
     for side, frame in (("baseline", b), ("candidate", c)):
         for (attention, variant), part in frame[frame.metric == metric].groupby(["attention", "variant"], sort=True):
             lengths, est = [], []
             for length, cell in part.groupby("context_length", sort=True):
                 lengths.append(int(length))
-                est.append(stats.proportion(cell.value, cell.unit, confidence))
+                if groups != "pooled" and groups in cell.columns:  # each group (RULER task) counts once
+                    e = stats.mean_of_means(cell.value, cell[groups], cell.unit, confidence)
+                    est.append(stats.clipped(e, *declared.range))
+                else:
+                    est.append(stats.of_metric(declared, cell.value, cell.unit, confidence))
             thr = value if kind == "abs" else value * est[0].value
             low, high = stats.effective_length_interval(lengths, [e.ci_low for e in est], [e.ci_high for e in est], thr)
             out.append(

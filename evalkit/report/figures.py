@@ -23,21 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.core.errors import ConfigError, ResultsError
+from evalkit.core.metrics import BINARY, Metric, by_column, exp_source, of_task
 from evalkit.report import draw, stats
 from evalkit.store.run_folder import Run, load_run, training_length
 
-# The row metric a reader looks for first, per task (it names the figure file).
-HEADLINE = {"perplexity": "perplexity", "needle": "greedy_correct", "focus": "needle_mass"}
-# Row metrics whose summary column has another name.
-SUMMARY_COLUMN = {"greedy_correct": "accuracy", "contains": "accuracy"}
-BINARY = {"greedy_correct", "contains", "exact_match"}
-# Summary columns that are exp of another: across seeds the log is averaged, as within a run.
-EXP_OF = {"perplexity": "mean_nll"}
-AXIS = {
-    "perplexity": ("perplexity, exp(mean NLL) (lower is better)", None),
-    "accuracy": ("needle retrieval accuracy", (-0.03, 1.03)),
-    "needle_mass": ("attention mass on the needle (mean over heads)", (-0.02, 1.02)),
-}
+PROPORTION_LIMITS = (-0.03, 1.03)  # a 0/1 metric's axis: the whole range, its ends visible
 # Settings that do not change what a run measures: runs differing only in these and the seed are seeds of one line.
 NOT_MEASURED = {"seed", "out", "resume", "quiet", "device", "device_map", "batch_tokens", "prefix_cache"}
 POINT_COLUMNS = ["attention", "context_length", "value", "ci_low", "ci_high", "n", "units"]
@@ -67,11 +57,36 @@ def _summary(run: Run) -> pd.DataFrame:
     return run.summary if run.summary is not None else pd.DataFrame()
 
 
+def headline_metric(run: Run) -> str:
+    """The row metric a reader looks for first (it names the figure file): the first the task declares
+    headline that the run has, else the run's first metric."""
+    have = set(run.frame.metric) if len(run.frame) else set()
+    found = [m.name for m in run.metrics.values() if m.headline and m.name in have]
+    return found[0] if found else str(run.frame.metric.iloc[0])
+
+
+def summary_column(metrics: dict[str, Metric], metric: str) -> str:
+    """The summary.csv column that shows a row metric (greedy_correct -> accuracy)."""
+    return metrics[metric].column if metric in metrics else metric
+
+
+def axis(metrics: dict[str, Metric], name: str) -> tuple[str, tuple[float, float] | None]:
+    """(y label, y limits) for a row metric or summary column, from its declaration: a 0/1 metric
+    spans its whole range; anything else is scaled to its data."""
+    declared = metrics.get(name) or by_column(metrics, name)
+    if declared is None:
+        return name.replace("_", " "), None
+    return declared.axis_label, PROPORTION_LIMITS if declared.kind == BINARY else None
+
+
 def points(run: Run, metric: str) -> pd.DataFrame | None:
     """(attention, context_length) -> value with its 95% interval, n and units; None if the run lacks the metric."""
-    column, summary = SUMMARY_COLUMN.get(metric, metric), _summary(run)
+    declared, summary = run.metrics, _summary(run)
+    column = summary_column(declared, metric)
     if f"{column}_ci_low" in summary:
         rows = summary[pd.to_numeric(summary.context_length, errors="coerce").notna()]
+        # one point per variant and length: where parts come first (RULER's tasks), the last row, their average
+        rows = rows.drop_duplicates(["attention", "context_length"], keep="last")
         out = rows.rename(columns={column: "value", f"{column}_ci_low": "ci_low", f"{column}_ci_high": "ci_high"})
         return out.assign(context_length=out.context_length.astype(int)).reindex(columns=POINT_COLUMNS)
     rows = run.rows[run.rows.metric == metric]
@@ -81,18 +96,23 @@ def points(run: Run, metric: str) -> pd.DataFrame | None:
     task = run.task_plugin
     per_sample = [c for c in ("attention", *task.sample_columns(), "seed") if c in rows.columns]
     rows = rows.groupby(per_sample, as_index=False, sort=False, dropna=False)["value"].mean()
-    # a 0/1 metric is a proportion (Wilson); anything else a mean (t), even where its values happen to be 0/1
-    # (ranks all 1)
-    kind = "proportion" if metric in BINARY else "mean"
+    # a declared 0/1 metric is a proportion (Wilson); anything else a mean (t), even where its values happen
+    # to be 0/1 (ranks all 1), cut to the range its kind allows
+    found = declared.get(metric)
+    kind = "proportion" if found is not None and found.kind == BINARY else "mean"
     out = stats.estimates(rows, ["attention", "context_length"], task.unit_columns(task.options), kind=kind)
+    if found is not None:
+        low, high = found.range
+        out = out.assign(ci_low=out.ci_low.clip(low, high), ci_high=out.ci_high.clip(low, high))
     return out.assign(context_length=out.context_length.astype(int))[POINT_COLUMNS]
 
 
 def across_seeds(runs: list[Run], metric: str) -> pd.DataFrame | None:
     """One line from runs that differ only in seed: the mean of the per-seed values, its t interval
     from their spread (each seed one unit)."""
-    column = SUMMARY_COLUMN.get(metric, metric)
-    log = EXP_OF.get(column) if f"{column}_ci_low" in _summary(runs[0]) else None
+    column = summary_column(runs[0].metrics, metric)
+    source = exp_source(runs[0].metrics, column)  # perplexity is exp of mean_nll: the log is averaged, as in a run
+    log = source.name if source is not None and f"{column}_ci_low" in _summary(runs[0]) else None
     per_seed = [p.assign(seed=run.seed) for run in runs if (p := points(run, log or metric)) is not None]
     if not per_seed:
         return None
@@ -171,7 +191,7 @@ def plot_runs(
     written = []
     for task in dict.fromkeys(run.task for run in runs):
         mine = [(run, label) for run, label in zip(runs, labels or [None] * len(runs)) if run.task == task]
-        name = metric or HEADLINE.get(task, str(mine[0][0].rows.metric.iloc[0]))
+        name = metric or headline_metric(mine[0][0])
         series = []
         for label, members in lines(
             [r for r, _ in mine], [l for _, l in mine] if labels else None, aggregate == "seeds"
@@ -180,15 +200,14 @@ def plot_runs(
             if curve is not None and not curve.empty:
                 series.append((label, members, curve))
         if series:
-            written += _figure(task, name, series, out_dir / f"{task}_{name}_vs_length")
+            written += _figure(task, name, series, out_dir / f"{task}_{name}_vs_length", mine[0][0].metrics)
     return written
 
 
-def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
+def _figure(task: str, name: str, series, stem: Path, metrics: dict[str, Metric] | None = None) -> list[Path]:
     from evalkit.store.results import atomic_write
 
-    column = SUMMARY_COLUMN.get(name, name)
-    ylabel, ylim = AXIS.get(column, (name.replace("_", " "), None))
+    ylabel, ylim = axis(metrics if metrics is not None else of_task(task), name)
     fig, ax = draw.figure(7.5, 4.5)
     table = []
     for k, (label, members, curve) in enumerate(series):

@@ -55,6 +55,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.core.errors import ConfigError
+from evalkit.core.metrics import exp_source
 from evalkit.core.registry import task_names
 from evalkit.report import stats
 from evalkit.report.render import dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
@@ -191,16 +192,24 @@ def _samples(folder) -> tuple[Run, pd.DataFrame]:
     return run, samples(run.frame, run.keys, unit_columns(run), None)
 
 
-def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Estimate | None, str | None]:
-    """The gate's value with its interval on these prompts, or why it selects nothing."""
-    metric = "mean_nll" if gate.metric == "perplexity" else gate.metric  # perplexity = exp(mean NLL), as in summary.csv
+def _exp_names(metrics, present) -> set[str]:
+    """Names a gate may use for a metric shown through exp (perplexity for mean_nll), where the run has it."""
+    return {m.exp for m in metrics.values() if m.exp and m.name in present}
+
+
+def _select(table: pd.DataFrame, gate: Gate, attention: str, metrics=None) -> tuple[stats.Estimate | None, str | None]:
+    """The gate's value with its interval on these prompts, or why it selects nothing. ``metrics``: the
+    run's declarations (the interval its kind calls for; perplexity = exp(mean NLL), as in summary.csv)."""
+    metrics = metrics or {}
+    source = exp_source(metrics, gate.metric)
+    metric = source.name if source is not None else gate.metric
     part = table[(table.metric == metric) & (table.attention == attention)]
     if gate.context_length is not None:
         part = part[part.context_length == gate.context_length]
     if part.empty:
         has = table[table.attention == attention]
         where = f"{attention}@{gate.context_length or 'any length'}"
-        names = sorted(set(has.metric) | ({"perplexity"} if "mean_nll" in set(has.metric) else set()))
+        names = sorted(set(has.metric) | _exp_names(metrics, set(has.metric)))
         close = difflib.get_close_matches(gate.metric, names, n=1)
         hint = f" (did you mean {close[0]}?)" if close and close[0] != gate.metric else ""
         return None, (
@@ -209,12 +218,13 @@ def _select(table: pd.DataFrame, gate: Gate, attention: str) -> tuple[stats.Esti
             f"{', '.join(map(str, sorted(has.context_length.unique()))) or 'none'}"
         )
     weights = _scored_tokens(table, part)
+    declared = metrics.get(metric)
     est = (
-        stats.estimate(part.value, part.unit)
+        stats.of_metric(declared, part.value, part.unit)
         if weights is None
         else stats.weighted_mean(part.value, weights, part.unit)
     )
-    est = est.exp() if gate.metric == "perplexity" else est
+    est = est.exp() if source is not None else est
     return est, None if math.isfinite(est.value) else f"{gate.metric} is {est.value}"
 
 
@@ -270,7 +280,7 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
         )
     run, table = _samples(candidate_dir)
     task = run.task
-    known = sorted(set(table.metric) | ({"perplexity"} if "mean_nll" in set(table.metric) else set()))
+    known = sorted(set(table.metric) | _exp_names(run.metrics, set(table.metric)))
     unknown = [g for g in gates if g.task == task and g.metric not in known]
     if unknown:  # a misspelt metric is a bad gate file (exit 2), not a failing row that reads like a regression
         names = ", ".join(sorted({g.metric for g in unknown}))
@@ -315,7 +325,7 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
             )
             continue
         for attention in [gate.attention] if gate.attention else sorted(table.attention.unique()):
-            est, why = _select(table, gate, attention)
+            est, why = _select(table, gate, attention, run.metrics)
             base = math.nan
             if gate.value is not None:
                 threshold = float(gate.value)
@@ -357,7 +367,7 @@ def check_gates(candidate_dir: str | Path, gates: list[Gate], baseline_dir: str 
                                 "reason": f"baseline: {base_run.completeness.problem}",
                             }
                         )
-                base_est, base_why = _select(baselines[folder][1], gate, attention)
+                base_est, base_why = _select(baselines[folder][1], gate, attention, baselines[folder][0].metrics)
                 why = why or (base_why and f"baseline {folder}: {base_why}")
                 base = base_est.value if base_est else math.nan
                 threshold = (

@@ -11,23 +11,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# summary columns (each with _ci_low/_ci_high) a log carries per task; a plugin task's: all of them
-HEADLINE_COLUMNS = {
-    "needle": ("accuracy", "answer_logprob"),
-    "perplexity": ("perplexity",),
-    "focus": ("needle_mass",),
-    "ruler": ("score",),
-}
+from evalkit.core.metrics import Metric, of_task
+
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
 
 
-def headline_metrics(summary: Any, task: str, bounds: bool = False) -> dict[str, float]:
+def headline_metrics(
+    summary: Any, task: str, bounds: bool = False, metrics: dict[str, Metric] | None = None
+) -> dict[str, float]:
     """{"accuracy@1024": 0.9, ..., "effective_length": 2048} from a task's summary DataFrame;
-    ``bounds`` adds ``<metric>_ci_low@<length>`` and ``_ci_high``. Missing values are left out."""
+    ``bounds`` adds ``<metric>_ci_low@<length>`` and ``_ci_high``. Missing values are left out.
+    The columns are the summary columns of the metrics the task declares headline (``metrics``: a
+    run's declaration; default: the installed task's); a task that declares none: every column with
+    an interval."""
     if summary is None or len(summary) == 0:
         return {}
     columns = [c for c in summary.columns if f"{c}_ci_low" in summary.columns]
-    wanted = [c for c in HEADLINE_COLUMNS.get(task, columns) if c in columns]
+    declared = of_task(task) if metrics is None else metrics
+    headline = list(dict.fromkeys(m.column for m in declared.values() if m.headline))
+    wanted = [c for c in headline or columns if c in columns]
     variants = list(dict.fromkeys(summary["attention"]))
     out: dict[str, float] = {}
     for row in summary.itertuples(index=False):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.core.errors import ConfigError
+from evalkit.core.metrics import BINARY
 from evalkit.report import family, stats
 
 DEFAULT_CELLS = 6  # the needle's default grid: 3 lengths x (greedy_correct, answer_logprob)
@@ -116,16 +117,16 @@ def auto_trials(
 
 
 def _baseline_cells(folder) -> pd.DataFrame:
-    from evalkit.report.compare import METRIC_DIRECTIONS
-    from evalkit.report.runs import HEADLINE_METRICS, find_runs, samples, unit_columns
+    from evalkit.report.runs import compared_metrics, find_runs, metrics_of, samples, unit_columns
 
     run_list = find_runs(folder)
     run = run_list[0]
     frame = pd.concat([r.frame for r in run_list], ignore_index=True)
-    table = samples(frame, run.keys, unit_columns(run), HEADLINE_METRICS.get(run.task))
+    metrics = metrics_of(run_list)  # the cells compare would judge: compared, with a direction
+    table = samples(frame, run.keys, unit_columns(run), compared_metrics(metrics))
     rows = []
     for (attention, length, metric), part in table.groupby(["attention", "context_length", "metric"], sort=True):
-        if not METRIC_DIRECTIONS.get(metric):
+        if metric not in metrics or not metrics[metric].direction:
             continue
         per_unit = part.groupby("unit").value.mean()
         rows.append(
@@ -136,7 +137,7 @@ def _baseline_cells(folder) -> pd.DataFrame:
                 "baseline": part.value.mean(),
                 "units": len(per_unit),
                 "unit_sd": float(per_unit.std(ddof=1)) if len(per_unit) > 1 else math.nan,
-                "binary": stats.is_binary(part.value.dropna()),
+                "binary": metrics[metric].kind == BINARY or stats.is_binary(part.value.dropna()),
             }
         )
     if not rows:

@@ -13,15 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.core.errors import ConfigError, ResultsError, did_you_mean
+from evalkit.core.metrics import Metric
 from evalkit.store.run_folder import Run, load_run, run_folders
 
 WITHIN_SAMPLE_KEYS = {"position_bin", "layer", "head"}  # parts of one prompt, averaged first
-HEADLINE_METRICS = {  # what compare judges; a plugin task's metrics are all compared
-    "perplexity": {"mean_nll", "key_nll"},  # key_nll: LongPPL's key tokens (--metric longppl), one row each
-    "needle": {"greedy_correct", "exact_match", "contains", "answer_logprob"},
-    "focus": {"needle_mass", "entropy_norm", "top1_in_needle"},
-}
-ACCURACY_METRICS = ("greedy_correct", "contains", "exact_match")  # the first present is "accuracy" (ECL)
 NOT_PROVENANCE = {"run_id", "run", "seed", "generated", "position_end", "scored_tokens", "step", "series"}
 SELECTOR_KEYS = ("attention", "model", "run", "seed", "step", "series")  # step, series: evalkit track's runs
 
@@ -45,6 +40,19 @@ def with_rows(run: Run) -> Run:
     if not len(run.rows):
         raise ResultsError(f"{run.folder / 'results.parquet'} holds no rows", "pass a folder written by `evalkit run`")
     return run
+
+
+def metrics_of(runs: list[Run]) -> dict[str, Metric]:
+    """The declared metrics of several runs of one task (a later run's declaration of a name wins)."""
+    out: dict[str, Metric] = {}
+    for run in runs:
+        out.update(run.metrics)
+    return out
+
+
+def compared_metrics(metrics: dict[str, Metric]) -> set[str] | None:
+    """The row metrics compare makes cells of; None (every metric) for a task that declares none."""
+    return {m.name for m in metrics.values() if m.compared} or None
 
 
 # -- selections ----------------------------------------------------------------------------------

@@ -309,8 +309,11 @@ def _t_test(centre: float, se: float, df: float, confidence: float) -> tuple[flo
     )
 
 
-def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE) -> Difference:
-    """candidate - baseline over rows scored on the same prompts (aligned arrays)."""
+def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE, kind: str | None = None) -> Difference:
+    """candidate - baseline over rows scored on the same prompts (aligned arrays). ``kind`` is the
+    metric's declared kind (``evalkit.core.metrics``): a bounded score (RULER's string match) gets
+    the t test on per-unit differences checked by the exact sign flip, even where its values happen
+    to be 0/1; None: 0/1 values are treated as binary."""
     base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
     if len(base) != len(cand):
         raise ValueError("paired arrays differ in length")
@@ -323,7 +326,9 @@ def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE)
         return Difference(math.nan, math.nan, math.nan, math.nan, 0, 0, "no pairs", confidence)
     k = int(codes.max()) + 1
     delta = float(cand.mean() - base.mean())
-    if is_binary(base) and is_binary(cand) and k == n:
+    binary = kind in (None, "binary") and is_binary(base) and is_binary(cand)
+    bounded = binary or kind == "score"
+    if binary and k == n:
         low, high = newcombe_paired(base, cand, confidence)
         p_less, p_greater = mcnemar_one_sided(base, cand)
         return Difference(
@@ -343,11 +348,12 @@ def paired_difference(base, cand, clusters=None, confidence: float = CONFIDENCE)
     se = _ratio_se(sums, counts)
     low, high, p, p_less, p_greater = _t_test(delta, se, k - 1, confidence)
     test = "paired t on per-cluster differences"
-    if is_binary(base) and is_binary(cand):
+    if bounded:
         low, high = max(low, -1.0), min(high, 1.0)
         if k <= SIGN_FLIP_MAX_UNITS and math.isfinite(p):
-            # 0/1 outcomes make equal unit differences likely (three trials that each lose one depth:
-            # variance 0, t's p = 0); the exact sign-flip test needs no variance estimate.
+            # 0/1 outcomes and bounded scores make equal unit differences likely (three trials that each
+            # lose one depth: variance 0, t's p = 0); the exact sign-flip test needs no variance estimate.
+            # With one pair per unit and 0/1 values it is the exact McNemar test.
             flip_two, flip_less, flip_greater = sign_flip_ps(sums, counts)
             p, p_less, p_greater = max(p, flip_two), max(p_less, flip_less), max(p_greater, flip_greater)
             test += " with exact sign-flip p"
@@ -615,6 +621,18 @@ def columns(e: Estimate, name: str) -> dict:
     return {name: e.value, f"{name}_ci_low": e.ci_low, f"{name}_ci_high": e.ci_high}
 
 
+def of_metric(metric, values, clusters=None, confidence: float = CONFIDENCE) -> Estimate:
+    """The interval a declared metric (``evalkit.core.metrics.Metric``) calls for: Wilson for a binary
+    one (and for a score whose values are all 0/1, as RULER's one-reference tasks), t otherwise, cut
+    to the range its kind allows (a log-prob's interval never passes 0). None: decided from the
+    values (``estimate``)."""
+    if metric is None:
+        return estimate(values, clusters, confidence)
+    wilson_kind = metric.kind == "binary" or (metric.kind == "score" and is_binary(values))
+    e = (proportion if wilson_kind else mean)(values, clusters, confidence)
+    return clipped(e, *metric.range)
+
+
 def clipped(e: Estimate, low: float = 0.0, high: float = 1.0) -> Estimate:
     """The estimate with its interval cut to the metric's range (a t interval over few units can
     pass 0 for a fraction that cannot)."""
@@ -641,8 +659,10 @@ def compact(summary):
             for v, lo, hi in zip(table[name], table[low], table[f"{name}_ci_high"])
         ]
         table = table.drop(columns=[low, f"{name}_ci_high"])
-    for name in [c for c in table.columns if table[c].dtype.kind == "f" and table[c].isna().any()]:
-        table[name] = table[name].map(_number)  # a value a row does not have (the threshold of one length) reads "-"
+    for name in [c for c in table.columns if table[c].isna().any()]:
+        # a value a row does not have (the threshold of one length, RULER's label on a per-task row) reads "-"
+        number = table[name].dtype.kind == "f"
+        table[name] = table[name].map(lambda v, number=number: _number(v) if number or pd.isna(v) else v)
     return table
 
 

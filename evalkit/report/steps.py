@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.core.errors import ResultsError
+from evalkit.core.metrics import of_task
 from evalkit.report import draw
-from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, points
+from evalkit.report.figures import axis, headline_metric, points, summary_column
 from evalkit.store.run_folder import load_run, run_folders
 
-HEADLINE_COLUMN = {"ruler": "score"}  # tasks whose headline summary column is not HEADLINE's metric renamed
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
 COLUMNS = ["task", "series", "attention", "context_length", "step", "value", "ci_low", "ci_high", "n", "units", "run"]
 
@@ -33,14 +33,14 @@ def step_points(folders: list[str], metric: str | None = None) -> tuple[pd.DataF
         for run_folder in tagged_runs(folder):
             run = load_run(run_folder)
             task = run.task
-            name = metric or HEADLINE_COLUMN.get(task) or HEADLINE.get(task) or str(run.rows.metric.iloc[0])
+            name = metric or headline_metric(run)
             curve = points(run, name)
             base = {
                 "task": task,
                 "series": run.manifest.get("series") or run.model,
                 "step": int(run.manifest["step"]),
                 "run": str(run_folder),
-                "metric": SUMMARY_COLUMN.get(name, name),
+                "metric": summary_column(run.metrics, name),
                 "train_length": (run.manifest.get("model") or {}).get("training_length"),
             }  # recorded, not the position limit
             if curve is not None and not curve.empty:
@@ -116,7 +116,7 @@ def _draw_lines(ax, part: pd.DataFrame, all_series: list[str]) -> None:
 
 def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
     column = part.metric.iloc[0]
-    ylabel, ylim = AXIS.get(column, (column.replace("_", " "), None))
+    ylabel, ylim = axis(of_task(task), column)
     lengths = sorted(int(n) for n in part.context_length.unique())
     all_series = sorted(part.series.unique())
     columns = min(3, len(lengths))

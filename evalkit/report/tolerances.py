@@ -1,6 +1,6 @@
-"""Tolerances: how much worse a metric may get before compare calls it a regression, which way is worse
-for each metric, the float floor always added, and per-metric tolerances from ``--tolerances FILE``
-(one TOML table, checked whole).
+"""Tolerances: how much worse a metric may get before compare calls it a regression, the float floor
+always added, and per-metric tolerances from ``--tolerances FILE`` (one TOML table, checked whole).
+Which way is worse is each metric's own declaration (``evalkit.core.metrics``, written by its task).
 
 Each key is a metric; its value is an absolute tolerance in the metric's units, or a table with
 ``absolute`` and/or ``relative`` (a fraction of |baseline|), as ``Tolerance`` adds them. The
@@ -19,37 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evalkit.core.errors import ConfigError
-
-METRIC_DIRECTIONS: dict[str, int] = {
-    **dict.fromkeys(
-        [
-            "nll",
-            "mean_nll",
-            "perplexity",
-            "key_nll",
-            "longppl",
-            "entropy",
-            "entropy_norm",
-            "needle_rank",
-            "answer_rank",
-        ],
-        -1,
-    ),
-    **dict.fromkeys(
-        [
-            "greedy_correct",
-            "accuracy",
-            "answer_logprob",
-            "answer_mean_logprob",
-            "needle_mass",
-            "max_weight",
-            "top1_in_needle",
-            "exact_match",
-            "contains",
-        ],
-        +1,
-    ),
-}  # +1: higher is better, -1: lower is better; any other metric is reported, never a regression
 
 
 @dataclass(frozen=True)
@@ -70,8 +39,9 @@ class Tolerance:
 FLOAT_TOLERANCE = Tolerance(absolute=1e-9, relative=1e-6)
 
 
-def load_tolerances(path: str | Path):
-    """``{metric: Tolerance}`` from a TOML file; every mistake in it reported at once."""
+def load_tolerances(path: str | Path, judged: set[str] | None = None):
+    """``{metric: Tolerance}`` from a TOML file; every mistake in it reported at once. ``judged``: the
+    metrics it may name (those some task declares with a direction); None: any."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -84,10 +54,10 @@ def load_tolerances(path: str | Path):
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})", "write lines like: mean_nll = 0.01") from None
-    known = sorted(METRIC_DIRECTIONS)
+    known = sorted(judged or ())
     out, errors = {}, []
     for metric, value in data.items():
-        if metric not in METRIC_DIRECTIONS:
+        if judged is not None and metric not in judged:
             close = difflib.get_close_matches(metric, known, n=1)
             errors.append(f"{metric!r} is not a judged metric" + (f" (did you mean {close[0]!r}?)" if close else ""))
             continue
@@ -100,7 +70,8 @@ def load_tolerances(path: str | Path):
             continue
         out[metric] = Tolerance(absolute=parts.get("absolute"), relative=parts.get("relative"))
     if errors:
-        raise ConfigError(f"{path}: {' | '.join(errors)}", f"judged metrics: {', '.join(known)}")
+        hint = f"judged metrics: {', '.join(known)}" if known else "write lines like: mean_nll = 0.01"
+        raise ConfigError(f"{path}: {' | '.join(errors)}", hint)
     return out
 
 

@@ -11,7 +11,7 @@ the data it was made on:
   sibling run folder ``<out>-calibration``), the value is chosen there and applied to the
   evaluation samples; the tables say "seed:7".
 
-The score of a value is its task's headline metric (``SCORE``) over every sample of the grid, a
+The score of a value is its task's declared headline metric (``score_metrics``) over every sample of the grid, a
 sample's rows averaged first, with its interval from ``evalkit.report.stats`` over the task's
 independent units. Ties go to the secondary metric, then to the value listed first.
 """
@@ -31,12 +31,6 @@ from evalkit.core.errors import ConfigError
 # request key -> how the value is written in a label
 SWEEPABLE = ("s", "b", "train_length", "attn_scale", "floor_scale", "beta", "original_length")
 LENGTHS = ("train_length", "original_length")  # integers that accept 1k, 8k
-# task -> ((metric, higher is better), ...): the first decides, the others break ties
-SCORE = {
-    "needle": (("greedy_correct", True), ("answer_logprob", True)),
-    "perplexity": (("mean_nll", False),),
-    "focus": (("needle_mass", True),),
-}
 ORACLE = "evaluation data (oracle)"
 _LABEL = re.compile(r"^(?P<group>[^()]+)\((?P<values>[^()]+)\)$")
 
@@ -138,21 +132,39 @@ def calibration_config(config, task_cls, folder: Path):
     )
 
 
+def score_metrics(task, present=None) -> list[tuple[str, bool]]:
+    """(metric, higher is better) a value is ranked by: the task's declared headline metrics (one shown
+    through exp by its source: perplexity by mean_nll), the first deciding, the others breaking ties;
+    only those in ``present`` (the metrics a run wrote) where given."""
+    from evalkit.core.metrics import exp_source
+
+    declared = {m.name: m for m in type(task).metrics}
+    out = []
+    for m in declared.values():
+        source = exp_source(declared, m.name) or m
+        if m.headline and source.direction and (present is None or source.name in present):
+            out.append((source.name, source.direction > 0))
+    if not out:
+        raise ConfigError(
+            f"no calibration score for task {task.name!r}: it declares no headline metric with a direction",
+            "sweep values on a task that declares one (needle, perplexity, focus, ruler)",
+        )
+    return list(dict.fromkeys(out))
+
+
 def scores(frame, task) -> Any:
     """Per attention label: the score metrics over all samples, with 95% intervals (stats.estimates)."""
     import pandas as pd
 
     from evalkit.report import stats
 
-    criteria = SCORE.get(task.name)
-    if criteria is None:
-        raise ConfigError(f"no calibration score for task {task.name!r}", f"sweep values on {', '.join(SCORE)}")
+    criteria = score_metrics(task, set(frame.metric))
     sample = [c for c in ("attention", *task.sample_columns(), "seed") if c in frame.columns]
     table = None
     for metric, _ in criteria:
         rows = frame[frame.metric == metric]
         rows = rows.groupby(sample, as_index=False, sort=False, dropna=False)["value"].mean()
-        kind = "proportion" if metric == "greedy_correct" else "mean"
+        kind = "proportion" if task.metric(metric).kind == "binary" else "mean"
         e = stats.estimates(rows, ["attention"], task.unit_columns(task.options), kind=kind)
         e = e.rename(columns={"value": metric, "ci_low": f"{metric}_ci_low", "ci_high": f"{metric}_ci_high"})
         e = e.drop(columns=["method"])
@@ -171,8 +183,9 @@ def choose(frame, task, selected_on: str = ORACLE):
     rows = []
     for group, labels in found.items():
         part = table.set_index("attention").reindex(labels).reset_index()
-        key = [(m if up else f"-{m}") for m, up in SCORE[task.name]]
-        ranked = part.assign(**{f"-{m}": -part[m] for m, up in SCORE[task.name] if not up})
+        criteria = score_metrics(task, set(frame.metric))
+        key = [(m if up else f"-{m}") for m, up in criteria]
+        ranked = part.assign(**{f"-{m}": -part[m] for m, up in criteria if not up})
         order = ranked.sort_values(key, ascending=False, kind="stable", na_position="last")
         best = order.attention.iloc[0]
         rows.append(
@@ -242,11 +255,16 @@ def finalize(outcome, task, choice=None, calibration_folder=None):
         "selected_on": str(choice.selected_on.iloc[0]),
         "oracle": bool(choice.selected_on.iloc[0] == ORACLE),
         "calibration_run": str(calibration_folder) if calibration_folder else None,
-        "score": [m for m, _ in SCORE[task.name]],
+        "score": [m for m, _ in score_metrics(task, _scored(choice))],
         "selected": {g: part.attention[part.selected].iloc[0] for g, part in choice.groupby("group", sort=False)},
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
     return dataclasses.replace(outcome, summary=summary, plots=[*outcome.plots, plot])
+
+
+def _scored(choice) -> set[str]:
+    """The metrics a choice table scores (its columns, calibration_ prefix dropped)."""
+    return {str(c).removeprefix("calibration_") for c in choice.columns}
 
 
 def plot_choice(choice, task, path: Path) -> Path:
@@ -254,7 +272,7 @@ def plot_choice(choice, task, path: Path) -> Path:
     title."""
     from evalkit.report import draw
 
-    metric, higher = SCORE[task.name][0]
+    metric, higher = score_metrics(task, _scored(choice))[0]
     prefix = "calibration_" if f"calibration_{metric}" in choice else ""
     found = list(dict.fromkeys(choice.group))
     plt = draw.pyplot()

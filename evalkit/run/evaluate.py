@@ -17,6 +17,7 @@ from typing import Any
 from evalkit.core import settings
 from evalkit.core.backend import DEFAULT as DEFAULT_BACKEND
 from evalkit.core.errors import ConfigError, DataError
+from evalkit.core.metrics import records as metric_records
 from evalkit.core.registry import get_task
 from evalkit.core.task import TaskContext
 
@@ -224,8 +225,7 @@ def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOu
         raise ConfigError(f"bad --batch-tokens {config.batch_tokens}", "give a positive number of tokens")
     requests = [VariantRequest.from_dict(a) for a in config.attention]
 
-    model_free = getattr(task_cls, "model_free", None)
-    model_free = bool(model_free and model_free(options))
+    model_free = task_cls.model_free(options)
     world = world or current_world()
     if world.size > 1:  # one GPU per process; rank 0 alone reports progress
         config = dataclasses.replace(
@@ -236,7 +236,8 @@ def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOu
     )
     identity = config.identity()
     check_inputs(task_cls, options, config)
-    refuse_unsupported(config, task_cls, options)
+    if not model_free:  # a model-free run asks no backend for anything
+        refuse_unsupported(config, task_cls, options)
     if world.is_main:
         check_out_folder(folder, identity, config.resume)
     manifest = {
@@ -305,8 +306,8 @@ def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOu
     )
     samples = task.samples()
     _check_lengths(samples, backend.max_positions, config.allow_extrapolation)
-    if getattr(options, "evaluator", None):  # LongPPL's key tokens chosen by another checkpoint, in a run of its own
-        task.evaluator_frame = run_evaluator(config, backend, folder, console, log)
+    for aux in task.auxiliary_runs():  # another model's rows the task needs first (LongPPL's --evaluator)
+        task.auxiliary[aux.name] = run_auxiliary(aux, config, backend, folder, console, log)
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
@@ -536,6 +537,7 @@ def _finish(
             "timings": timings,
             "rows": len(frame),
             "finished_samples": store.finished,
+            "metrics": metric_records(task.metrics),  # what each metric means: compare, gate and figures read it
         }
     )
     store.write_manifest(manifest)
@@ -564,38 +566,30 @@ def _check_lengths(samples, max_positions: int | None, allow_extrapolation: bool
         )
 
 
-def evaluator_folder(folder: Path) -> Path:
-    return folder.with_name(folder.name + "-evaluator")
-
-
-def run_evaluator(config, backend, folder: Path, console, log):
-    """LongPPL's key tokens chosen by another checkpoint (``--evaluator``), as in the paper: the
-    evaluator's rows (``token_nll`` and ``short_nll``) for the run's windows. It scores the same
-    windows (same corpus, seed, lengths: the same offsets), full and short context, in a perplexity
-    run of its own beside the run's folder (``<run>-evaluator``; resumed with it). Key tokens are
-    positions, so the evaluator must read the same tokens: another tokenizer is refused first."""
+def run_auxiliary(aux, config, backend, folder: Path, console, log):
+    """A run a task declares it needs first (``Task.auxiliary_runs``): the same task on ``aux.model`` with
+    ``aux.task_options`` changed, beside the run's folder (``<run>-<name>``; resumed with it), keeping the
+    rows of ``aux.metrics``. Where it must read the same tokens, another tokenizer is refused first."""
     from evalkit.data.corpus import tokenizer_fingerprint
 
-    path = config.task_options["evaluator"]
-    other = load_for(dataclasses.replace(config, model=path), log)
-    if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(backend.tokenizer):
+    other = load_for(dataclasses.replace(config, model=aux.model), log)
+    if aux.same_tokenizer and tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(backend.tokenizer):
         raise ConfigError(
-            f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token "
-            f"stream",
-            "give an evaluator that shares the model's tokenizer, or drop --evaluator to let the model choose",
+            f"{aux.model} has another tokenizer than {config.model} ({aux.same_tokenizer})",
+            f"give a {aux.name} that shares the model's tokenizer",
         )
-    sub = dataclasses.replace(  # the run's settings, on the evaluator's own checkpoint as shipped
+    sub = dataclasses.replace(  # the run's settings, on the auxiliary checkpoint as shipped
         config,
-        model=path,
-        task_options={**config.task_options, "evaluator": None},
+        model=aux.model,
+        task_options={**config.task_options, **aux.task_options},
         attention=RunConfig.attention,
         rope={},
-        out=str(evaluator_folder(folder)),
+        out=str(folder.with_name(f"{folder.name}-{aux.name}")),
         calibrate_on=None,
         plots=False,
     )
     outcome = evaluate(sub, console=console, backend=other)
     if outcome.interrupted:
-        raise KeyboardInterrupt  # the key tokens need every evaluator window; a resume continues it
+        raise KeyboardInterrupt  # the task needs every auxiliary sample; a resume continues it
     frame = outcome.frame
-    return frame[frame.metric.isin(["token_nll", "short_nll"])]
+    return frame[frame.metric.isin(aux.metrics)]

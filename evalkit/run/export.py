@@ -45,8 +45,7 @@ def rebuild_task(manifest: dict, log=print):
     config = manifest["config"]
     task_cls = get_task(config["task"])
     options = build_options(task_cls, config.get("task_options", {}))
-    model_free = getattr(task_cls, "model_free", None)
-    if model_free and model_free(options):
+    if task_cls.model_free(options):
         raise ConfigError(
             f"run {manifest.get('run_id')} is model-free (analytic): it has no prompts", "export a run on a model"
         )
@@ -73,8 +72,9 @@ def export_prompts(run: str | Path, out: str | Path, log=print) -> int:
     from evalkit.store.results import atomic_write_text
 
     task = rebuild_task(read_manifest(run), log=log)
-    export = getattr(task, "export_records", None)
-    records = export() if export else token_records(task)
+    records = task.export_records()
+    if records is None:  # the task's default: each sample's token sequence
+        records = token_records(task)
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--prompts {out} is a folder", "give a file name, e.g. prompts.jsonl")

@@ -4,6 +4,10 @@ The ETA comes from cost, not sample counts: the runner gives every sample a cost
 token-equivalents (attention makes a long sample cost more than its tokens, and a sample on a
 shared prefix cache less), and the remaining cost is divided by the cost rate measured so far.
 Counting samples overestimated the ETA about 3x, as the longest samples run first.
+
+The counts are requests (the runner's samples, each one model request), not prompts: a RULER prompt
+with a one-span answer is one generation and one teacher-forced score, so the progress counts it
+twice where a summary's ``n`` counts it once.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class ProgressReporter:
     def start(self, total: int, total_cost: float, skipped: int = 0) -> None:
         """``total`` samples to run, costing ``total_cost`` token-equivalents together."""
         if skipped and not self.quiet:
-            self.console.print(f"resuming: {skipped} finished sample(s) kept, {total} to go")
+            self.console.print(f"resuming: {skipped} finished request(s) kept, {total} to go")
         self._total, self._total_cost = total, float(total_cost)
         self._started = self._last_line = self.clock()
         if self.quiet or total == 0 or not self.console.is_terminal:
@@ -68,7 +72,7 @@ class ProgressReporter:
         )
         self._progress.start()
         self._task = self._progress.add_task(
-            "starting", total=max(self._total_cost, 1e-9), samples=f"0/{total}", rate="", eta="eta -"
+            "starting", total=max(self._total_cost, 1e-9), samples=f"0/{total} requests", rate="", eta="eta -"
         )
 
     def advance(self, samples: int, tokens: int, seconds: float, label: str, cost: float | None = None) -> None:
@@ -84,7 +88,7 @@ class ProgressReporter:
                 self._task,
                 completed=min(self._cost, self._total_cost),
                 description=label,
-                samples=f"{self._done}/{self._total}",
+                samples=f"{self._done}/{self._total} requests",
                 rate=f"{self.tokens_per_second:,.0f} tok/s",
                 eta=f"eta {self._eta_text()}",
             )
@@ -113,7 +117,7 @@ class ProgressReporter:
         self._last_line = now
         percent = 100 * self._cost / self._total_cost if self._total_cost else 100.0
         self.console.print(
-            f"progress: {self._done}/{self._total} samples ({percent:.0f}% of the work), "
+            f"progress: {self._done}/{self._total} requests ({percent:.0f}% of the work), "
             f"{self.tokens_per_second:,.0f} tok/s, elapsed {format_seconds(now - self._started)}, "
             f"eta {self._eta_text()} [{self._label}]",
             markup=False,

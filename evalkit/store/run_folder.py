@@ -116,6 +116,14 @@ class Run:
         return self.manifest.get("seed")
 
     @property
+    def metrics(self) -> dict:
+        """What each row metric means (``evalkit.core.metrics.Metric`` by name): the manifest's
+        declaration, else the task class's (runs written before tasks declared their metrics)."""
+        from evalkit.core.metrics import declared
+
+        return declared(self.manifest, self.task)
+
+    @property
     def variants(self) -> list[str]:
         """Attention variant labels in the run's order: the manifest's, else the rows'."""
         recorded = self.manifest.get("attention") or []
