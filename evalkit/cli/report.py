@@ -163,7 +163,7 @@ def plan_command(
 def gate_command(
     candidate: Annotated[str, typer.Argument(help="Run folder to check.")],
     config: Annotated[
-        str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold (format below).")
+        str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold (format shown in this help).")
     ],
     baseline: Annotated[
         Optional[str],
