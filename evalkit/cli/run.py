@@ -338,19 +338,19 @@ def _run(
 
 def add_task_commands() -> None:
     """Add one ``run`` command per installed task plugin (once)."""
-    from evalkit.core.registry import _entry_points
+    from evalkit.core.registry import TASKS
 
     if not run_app.registered_commands:
-        for name, entry in sorted(_entry_points().items()):
-            _make_run_command(name, entry.load())
+        for name in TASKS.names():
+            _make_run_command(name, TASKS.get(name))
 
 
 def tasks_command() -> None:
     """List the installed task plugins."""
-    from evalkit.core.registry import _entry_points
+    from evalkit.core.registry import TASKS
 
-    for name, entry in sorted(_entry_points().items()):
-        typer.echo(f"{name:12s} {entry.load().description}")
+    for name in TASKS.names():
+        typer.echo(f"{name:12s} {TASKS.get(name).description}")
 
 
 def sweep_command(
