@@ -9,9 +9,11 @@
 - ``--aggregate seeds`` makes runs that differ only in their seed one line: the mean of the
   per-seed values with a t interval from their spread (perplexity: over the per-seed mean NLLs,
   then exp). Without it every seed is its own line.
-- Every line draws its 95% band; the training length of each model is marked; colours are the
-  variant's own (evalkit.report.draw); the plotted points with their intervals go beside each figure
-  as CSV (same name, .csv). PNG and SVG.
+- Every line draws its 95% band; the training length of each model is marked; colours, sizes and
+  text follow the one style of evalkit.report.draw, so these figures look like a run's own; the
+  plotted points with their intervals go beside each figure as CSV (same name, .csv). PNG and SVG
+  by default, PDF on request.
+- ``redraw_runs`` draws a run's own figures again from its tables (e.g. as PDF for a paper).
 """
 
 from __future__ import annotations
@@ -189,13 +191,15 @@ def plot_runs(
     metric: str | None = None,
     labels: list[str] | None = None,
     aggregate: str | None = None,
+    formats=("png", "svg"),
 ) -> list[Path]:
     """Figures of each task's headline metric (or ``metric``) against context length, with their points
-    as CSV. Against training step: ``evalkit.report.steps.plot_steps``."""
+    as CSV, in each of ``formats``. Against training step: ``evalkit.report.steps.plot_steps``."""
     if aggregate not in (None, "seeds"):
         raise ConfigError(
             f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run"
         )
+    formats = draw.check_formats(formats)
     runs = [load_run(Path(f)) for f in folders]
     if labels and len(labels) != len(runs):
         raise ConfigError(
@@ -219,18 +223,46 @@ def plot_runs(
             if curve is not None and not curve.empty:
                 series.append((label, members, curve))
         if series:
-            written += _figure(task, name, series, out_dir / f"{task}_{name}_vs_length")
+            with draw.output(formats) as figures:
+                csv = _figure(task, name, series, out_dir / f"{task}_{name}_vs_length")
+            written += figures + [csv]
     return written
 
 
-def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
+def redraw_runs(folders: list[str], out: str, formats=("png",)) -> list[Path]:
+    """Each run's own figures (the ones ``evalkit run`` writes to RUN/plots), drawn again from the run's
+    tables into OUT/<run folder name>/, in each of ``formats``: the same functions, so the same figures."""
+    formats = draw.check_formats(formats)
+    written = []
+    for folder in folders:
+        run = load_run(Path(folder))
+        if not len(run.frame):
+            raise ResultsError(f"{folder} has no rows to draw", "finish the run first (evalkit run ... --resume)")
+        variants = [a.get("label") or a.get("variant") for a in run.manifest.get("attention", [])]
+        title = ", ".join([run.model, *filter(None, variants)])
+        with draw.output(formats) as figures:
+            run.task.plot(run.frame, title, Path(out) / run.folder.name)
+        written += figures
+    return written
+
+
+# Columns drawn on their whole range (an accuracy reads against 0 and 1); other bounded ones (AXIS) zoom to
+# their data: attention mass on a needle lies in 0-0.1, where 0-1 would flatten every difference.
+FIXED_RANGE = {"accuracy"}
+
+
+def _figure(task: str, name: str, series, stem: Path) -> Path:
+    """The figure (its files are collected by ``draw.output``) and its points as CSV; returns the CSV."""
     from evalkit.store.results import atomic_write
 
     column = SUMMARY_COLUMN.get(name, name)
-    ylabel, ylim = AXIS.get(column, (name.replace("_", " "), None))
-    fig, ax = draw.figure(7.5, 4.5)
+    ylabel, bounds = AXIS.get(column, (name.replace("_", " "), None))
+    fig, ax = draw.figure(height=3.3)
     table = []
-    for k, (label, members, curve) in enumerate(series):
+    all_lengths = pd.concat([curve.context_length for _, _, curve in series])
+    count = sum(curve.attention.nunique() for _, _, curve in series)
+    k = 0
+    for j, (label, members, curve) in enumerate(series):
         for attention, line in curve.groupby("attention", sort=False):
             text = label if label == attention else f"{label} · {attention}"  # ckpt/ref/ssmax under ssmax: once
             draw.line_with_band(
@@ -240,10 +272,12 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
                 line.ci_low,
                 line.ci_high,
                 draw.variant_colour(attention),
-                draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)],
-                draw.MARKERS[k % len(draw.MARKERS)],
+                draw.VARIANT_STYLES[j % len(draw.VARIANT_STYLES)],
+                draw.MARKERS[j % len(draw.MARKERS)],
                 text,
+                dodge=draw.dodge(k, count, all_lengths),
             )
+            k += 1
             table.append(
                 line.assign(
                     series=text,
@@ -254,24 +288,29 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
             )
     points_table = pd.concat(table, ignore_index=True).sort_values(["series", "context_length"], kind="stable")
     lengths = sorted(points_table.context_length.unique())
+    draw.length_axis(ax, lengths)
     trains = {}
     for _label, members, _ in series:
         trains.setdefault(training_length(members[0].manifest), []).append(members[0].model)
     for row, (train, models) in enumerate(t for t in trains.items() if t[0]):
         suffix = f" ({', '.join(dict.fromkeys(models))})" if len(trains) > 1 else ""
         draw.mark_training_length(ax, lengths, train, row=row, suffix=suffix)
-    draw.length_axis(ax, lengths, ylim)
+    draw.value_axis(
+        ax,
+        points_table.ci_low.fillna(points_table.value),
+        points_table.ci_high.fillna(points_table.value),
+        bounds,
+        fixed=column in FIXED_RANGE,
+    )
     ax.set_ylabel(ylabel)
-    caption = draw.n_caption(points_table.n, points_table.units)
-    ax.set_title(f"{task}: length generalization (95% bands)" + (f"\n{caption}" if caption else ""), fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    written = []
-    for suffix in ("png", "svg"):
-        path = stem.with_suffix(f".{suffix}")
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix))
-        written.append(path)
-    draw.pyplot().close(fig)
+    draw.legend(fig, title=f"run · attention ({draw.BAND_NOTE})")
+    draw.title(
+        fig,
+        f"{task}: {ylabel.split(' (')[0]} vs context length",
+        "",
+        draw.n_caption(points_table.n, points_table.units),
+    )
+    draw.save(fig, stem.with_suffix(".png"))
     csv = stem.with_suffix(".csv")
     columns = [
         "series",
@@ -287,4 +326,4 @@ def _figure(task: str, name: str, series, stem: Path) -> list[Path]:
         "runs",
     ]
     atomic_write(csv, lambda tmp: points_table[columns].to_csv(tmp, index=False))
-    return written + [csv]
+    return csv

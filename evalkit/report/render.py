@@ -21,6 +21,27 @@ def fmt(value, spec: str = ".5g") -> str:
     )
 
 
+# What an effective context length is called when even the shortest tested length falls below the
+# threshold: the one word every output uses (terminal summary, compare, gate, figure legends).
+NO_LENGTH = "none"
+
+
+def length_text(n, short: bool = False) -> str:
+    """A context length as tables write it (2048), or as axes do (``short``: 2k); NO_LENGTH when missing."""
+    if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)):
+        return NO_LENGTH
+    if short:
+        from evalkit.core.grid import format_length
+
+        return format_length(int(n))
+    return str(int(n))
+
+
+def effective_length_text(value, low, high, short: bool = False) -> str:
+    """'1024 [none, 2048]': an effective length with its 95% interval, 'none' where no length passes."""
+    return f"{length_text(value, short)} [{length_text(low, short)}, {length_text(high, short)}]"
+
+
 def interval(low, high, spec: str = ".3g") -> str:
     return (
         "–" if low is None or (isinstance(low, float) and math.isnan(low)) else f"[{fmt(low, spec)}, {fmt(high, spec)}]"

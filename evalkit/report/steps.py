@@ -18,6 +18,7 @@ import pandas as pd
 from evalkit.core.errors import ResultsError
 from evalkit.report import draw
 from evalkit.report.figures import AXIS, HEADLINE, SUMMARY_COLUMN, load_run, points
+from evalkit.report.render import NO_LENGTH
 
 HEADLINE_COLUMN = {"ruler": "score"}  # tasks whose headline summary column is not HEADLINE's metric renamed
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
@@ -157,7 +158,7 @@ def _effective_figure(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
     if tested:
         ax.set_yscale("symlog", base=2, linthresh=max(1, tested[0]))
         ax.set_yticks([0, *tested])
-        ax.set_yticklabels(["none", *[draw.length_label(n) for n in tested]])
+        ax.set_yticklabels([NO_LENGTH, *[draw.length_label(n) for n in tested]])
     train = part.train_length.dropna()
     if len(train):
         ax.axhline(int(train.iloc[0]), color="grey", linestyle=":", linewidth=1)
