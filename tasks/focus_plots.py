@@ -24,12 +24,13 @@ def mass_vs_length(frame, summary, top_heads, in_heads, title, train, path):
         bounds=(-0.02, 1.02),
     )
     mass = frame[frame.metric == "needle_mass"]
-    values = [summary.needle_mass_ci_low.fillna(summary.needle_mass), summary.needle_mass_ci_high]
+    ends = [summary.needle_mass_ci_low, summary.needle_mass_ci_high]
+    points = [summary.needle_mass]
     lengths = sorted(int(n) for n in mass.context_length.unique())
     for k, (attention, part) in enumerate(mass.groupby("attention", sort=False)):
         heads = top_heads[attention]
         top = part[in_heads(part, heads)].groupby("context_length")["value"].mean()
-        values.append(top)
+        points.append(top)
         names = ", ".join(f"L{int(l)}H{int(h)}" for l, h in zip(heads["layer"], heads["head"]))
         ax.plot(
             top.index.to_numpy(float) * draw.dodge(k, mass.attention.nunique(), lengths),
@@ -39,13 +40,13 @@ def mass_vs_length(frame, summary, top_heads, in_heads, title, train, path):
             marker="x",
             markersize=5,
             linewidth=1.2,
-            label=f"{attention}: top {len(heads)} heads ({names}), {draw.NO_INTERVAL}",
+            label=f"{attention}: its top {len(heads)} heads by mass on these same samples ({names}); "
+            f"optimistic, {draw.NO_INTERVAL}",
         )
         if attention in lines:
             lines[attention].set_label(f"{attention}: all heads")
-    values = pd.concat([pd.Series(v, dtype=float) for v in values])
-    draw.value_axis(ax, values, values, (-0.02, 1.02))
-    draw.add_note(ax, "top heads: picked by their mass on these same samples (optimistic)")
+    series = lambda parts: pd.concat([pd.Series(p, dtype=float) for p in parts])  # noqa: E731
+    draw.value_axis(ax, series(ends), series(ends), (-0.02, 1.02), values=series(points))
     draw.legend(fig, title=f"attention ({draw.BAND_NOTE})")
     return draw.save(fig, path)
 

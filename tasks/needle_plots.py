@@ -105,16 +105,18 @@ def accuracy_vs_length(summary, title, train, path, heading="Needle accuracy vs 
             line.set_label(f"{row.attention}: effective length {text}")
         from matplotlib.lines import Line2D
 
+        ringed = pooled.effective_length.notna().any()
         ax.add_line(
             Line2D(
                 [],
                 [],
                 linestyle="none",
-                marker="o",
+                marker="o" if ringed else "",
                 markersize=8,
                 markerfacecolor="none",
                 markeredgecolor="dimgrey",
-                label="effective length [95% interval]: the longest length at or above the threshold",
+                label=("ring: " if ringed else "")
+                + "effective length [95% interval], the longest length at or above the threshold",
             )
         )
     draw.legend(fig, title=f"attention ({draw.BAND_NOTE})")

@@ -24,12 +24,14 @@ def loss_vs_position(bins, units, title, train, path):
     curve["position"] = np.sqrt(curve.position_bin * np.maximum(curve.position_bin, curve.position_end - 1))
     variants = list(dict.fromkeys(curve.attention))
     lengths = sorted(curve.context_length.unique())
-    colours = {n: draw.SEQUENCE[k % len(draw.SEQUENCE)] for k, n in enumerate(lengths)}
+    groups = {v: _nested(curve[curve.attention == v], lengths) for v in variants}
+    drawn = sorted({longest for found in groups.values() for longest, _ in found})
+    colours = {n: draw.SEQUENCE[k % len(draw.SEQUENCE)] for k, n in enumerate(drawn)}  # a length: one colour
     fig, axes = draw.subplots(1, len(variants), height=3.2 if len(variants) == 1 else 3.0, sharey=True)
     bottom, top = _y_range(curve)
     for ax, variant in zip(axes[0], variants):
         mine = curve[curve.attention == variant]
-        for k, (longest, same) in enumerate(_nested(mine, lengths)):
+        for k, (longest, same) in enumerate(groups[variant]):
             part = mine[mine.context_length == longest]
             line = draw.line_with_band(
                 ax, part.position, part.value, part.ci_low, part.ci_high, colours[longest], label=_label(longest, same)

@@ -188,22 +188,27 @@ def length_axis(ax, lengths, ylim=None) -> None:
     ax.set_xlabel("context length (tokens)")
 
 
-def value_axis(ax, low, high, bounds: tuple[float, float] | None = None, fixed: bool = False) -> None:
-    """The y range from the data (values and interval ends): a log scale where the positive data span
-    decades; a bounded metric (0-1) zoomed to its data, or the whole range when ``fixed`` (accuracy)."""
+def value_axis(ax, low, high, bounds: tuple[float, float] | None = None, fixed: bool = False, values=None) -> None:
+    """The y range from the data (interval ends, and the points ``values``): a log scale where the points
+    are positive and span decades (attention mass from 0.01 to 0.8); a bounded metric (0-1) zoomed to its
+    data, or its whole range when ``fixed`` (an accuracy reads against 0 and 1)."""
     import numpy as np
 
-    values = np.concatenate([np.asarray(low, dtype=float).ravel(), np.asarray(high, dtype=float).ravel()])
-    values = values[np.isfinite(values)]
+    ends = np.concatenate([np.asarray(low, dtype=float).ravel(), np.asarray(high, dtype=float).ravel()])
+    points = ends if values is None else np.asarray(values, dtype=float).ravel()
+    ends, points = ends[np.isfinite(ends)], points[np.isfinite(points)]
     if fixed and bounds:
         ax.set_ylim(*bounds)
         return
-    if not len(values):
+    if not len(ends) and not len(points):
         return
-    lo, hi = float(values.min()), float(values.max())
-    if lo > 0 and np.log10(hi / lo) > DECADES_FOR_LOG:
+    everything = np.concatenate([ends, points])
+    lo, hi = float(everything.min()), float(everything.max())
+    if len(points) and points.min() > 0 and np.log10(points.max() / points.min()) > DECADES_FOR_LOG:
+        positive = everything[everything > 0]  # an interval's end at or below 0 runs off the bottom
+        top = hi * 1.3 if not bounds else min(hi * 1.3, bounds[1])
         ax.set_yscale("log")
-        ax.set_ylim(lo / 1.3, hi * 1.3)
+        ax.set_ylim(max(positive.min(), points.min() / 10) / 1.3, top)
         return
     pad = 0.06 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
     lo, hi = lo - pad, hi + pad
@@ -332,7 +337,7 @@ def mark_training_length(
         return
     what = f"{label} {length_label(train)}{suffix}"
     if train >= max(lengths):
-        add_note(ax, f"{what}: past the last length shown")
+        add_note(ax, f"{what} (beyond this axis)")
         return
     # a heatmap's columns are categories: the line goes between the last column inside and the first outside
     x = sum(1 for n in lengths if n <= train) - 0.5 if as_columns else train
@@ -371,6 +376,19 @@ def legend(fig, axes=None, title: str | None = None, handles=None, labels=None):
                     labels.append(name)
     if not handles:
         return None
+    # a line drawn with a band that has none (one unit per point) says so; a legend without any band claims none
+    missing = [getattr(h, "band", False) is None for h in handles]
+    labels = [
+        f"{name} ({NO_INTERVAL})" if gap and NO_INTERVAL not in name else name for name, gap in zip(labels, missing)
+    ]
+    for h, name, gap in zip(handles, labels, missing):
+        if gap:
+            h.set_label(name)
+    if title and not any(getattr(h, "band", None) is not None for h in handles):
+        title = title.replace(f" ({BAND_NOTE})", "").replace(BAND_NOTE, "") or None
+    if getattr(fig, "_supxlabel", None) is not None:  # the bottom holds the panels' shared label: go right
+        labels = ["\n".join(textwrap.wrap(name, 24)) or name for name in labels]
+        return fig.legend(handles, labels, loc="outside right upper", title="\n".join(textwrap.wrap(title or "", 24)))
     # at 7 pt a character is about 4 pt wide; an entry's key and gaps take about 30 pt
     room = int((fig.get_figwidth() * 72 - 30) / 4.0)
     labels = ["\n".join(textwrap.wrap(name, room)) or name for name in labels]
@@ -423,12 +441,13 @@ def fit_text(fig, rounds: int = 4) -> None:
     share), and give a legend more rows when it is too wide; constrained layout then makes room."""
     fig.canvas.draw()
     for _ in range(rounds):
-        changed = False
+        changed = _tall_enough(fig)
         renderer = fig.canvas.get_renderer()
         canvas = fig.bbox
         for text, room in _wrappable(fig, canvas):
-            width = text.get_window_extent(renderer).width
-            if width > room and _rewrap(text, room / width):
+            box = text.get_window_extent(renderer)
+            length = box.height if text.get_rotation() % 180 == 90 else box.width
+            if length > room and _rewrap(text, room / length):
                 changed = True
         for lg in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:
             width = lg.get_window_extent(renderer).width
@@ -440,6 +459,24 @@ def fit_text(fig, rounds: int = 4) -> None:
         if not changed:
             return
         fig.canvas.draw()
+
+
+MIN_PANEL_HEIGHT = 1.5  # inches: a panel squeezed by its text below this grows the figure instead
+
+
+def _tall_enough(fig) -> bool:
+    """Make the figure taller when its text (title, notes, legend) leaves a panel too short to read; the
+    width, a paper's column, stays. True if it grew."""
+    panels = [a for a in fig.axes if a.get_visible() and a.axison and not hasattr(a, "_colorbar")]
+    if not panels:
+        return False
+    short = MIN_PANEL_HEIGHT - min(a.get_window_extent().height for a in panels) / fig.dpi
+    if short <= 0.02:
+        return False
+    rows = len({round(a.get_position().y0, 3) for a in panels})
+    fig.set_figheight(fig.get_figheight() + short * rows)
+    fig.canvas.draw()
+    return True
 
 
 def _wrappable(fig, canvas):
@@ -461,6 +498,8 @@ def _wrappable(fig, canvas):
         for text in (ax.title, ax.xaxis.label):
             if text.get_text():
                 yield text, room
+        if ax.yaxis.label.get_text():  # turned on its side: it may be as long as the panel is high
+            yield ax.yaxis.label, 1.15 * box.height
 
 
 def _rewrap(text, ratio: float) -> bool:

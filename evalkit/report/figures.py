@@ -262,7 +262,7 @@ def _figure(task: str, name: str, series, stem: Path) -> Path:
     all_lengths = pd.concat([curve.context_length for _, _, curve in series])
     count = sum(curve.attention.nunique() for _, _, curve in series)
     k = 0
-    for j, (label, members, curve) in enumerate(series):
+    for label, members, curve in series:
         for attention, line in curve.groupby("attention", sort=False):
             text = label if label == attention else f"{label} · {attention}"  # ckpt/ref/ssmax under ssmax: once
             draw.line_with_band(
@@ -272,8 +272,8 @@ def _figure(task: str, name: str, series, stem: Path) -> Path:
                 line.ci_low,
                 line.ci_high,
                 draw.variant_colour(attention),
-                draw.VARIANT_STYLES[j % len(draw.VARIANT_STYLES)],
-                draw.MARKERS[j % len(draw.MARKERS)],
+                draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)],  # every line its own dash and marker
+                draw.MARKERS[k % len(draw.MARKERS)],
                 text,
                 dodge=draw.dodge(k, count, all_lengths),
             )
@@ -306,7 +306,7 @@ def _figure(task: str, name: str, series, stem: Path) -> Path:
     draw.legend(fig, title=f"run · attention ({draw.BAND_NOTE})")
     draw.title(
         fig,
-        f"{task}: {ylabel.split(' (')[0]} vs context length",
+        ("" if ylabel.startswith(task) else f"{task}: ") + f"{ylabel.split(' (')[0]} vs length",
         "",
         draw.n_caption(points_table.n, points_table.units),
     )
