@@ -69,7 +69,9 @@ def summary_vs_length(summary, column, ylabel, heading, title, train, bounds=Non
     draw.length_axis(ax, lengths)
     draw.mark_training_length(ax, lengths, train)
     low, high = (per_length.get(f"{column}_ci_{end}", per_length[column]) for end in ("low", "high"))
-    draw.value_axis(ax, low.fillna(per_length[column]), high.fillna(per_length[column]), bounds, fixed)
+    draw.value_axis(
+        ax, low.fillna(per_length[column]), high.fillna(per_length[column]), bounds, fixed, per_length[column]
+    )
     ax.set_ylabel(ylabel)
     draw.title(fig, heading, title, draw.n_caption(per_length.get("n"), per_length.get("units")))
     return fig, ax, lines

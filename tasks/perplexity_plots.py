@@ -31,12 +31,12 @@ def loss_vs_position(bins, units, title, train, path):
     bottom, top = _y_range(curve)
     for ax, variant in zip(axes[0], variants):
         mine = curve[curve.attention == variant]
-        for k, (longest, same) in enumerate(groups[variant]):
+        for longest, same in groups[variant]:
             part = mine[mine.context_length == longest]
             line = draw.line_with_band(
                 ax, part.position, part.value, part.ci_low, part.ci_high, colours[longest], label=_label(longest, same)
             )
-            _mark_above(ax, line, top, row=k)
+            _mark_above(ax, line, top)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_length(int(round(x)))))
         ax.set_xlabel("token position in the window (log scale)")
@@ -44,9 +44,9 @@ def loss_vs_position(bins, units, title, train, path):
         ax.set_title(variant, color=draw.variant_colour(variant))
         ax.set_ylim(bottom, top)
     axes[0][0].set_ylabel("mean NLL (nats / token)")
-    if (curve.value > top).any():
+    if (curve.value > top).any():  # the first positions: the range that matters is drawn, they are marked
         for ax in axes[0]:
-            draw.add_note(ax, "\u25b2 with a value: a point above the top edge")
+            draw.add_note(ax, f"\u25b2: above the top edge (the first positions; up to {curve.value.max():.3g})")
     draw.shared_xlabel(fig, axes[0])
     draw.legend(fig, title=f"context length L ({draw.BAND_NOTE})")
     draw.title(fig, "Loss vs position in the window", title, draw.n_caption(curve.n, curve.units))
@@ -89,22 +89,21 @@ def _y_range(curve):
     return max(0.0, bottom - pad), top + pad
 
 
-def _mark_above(ax, line, top, row: int = 0):
-    """A point above the axis drawn as a caret on the top edge, with its value (one row of values per line)."""
-    xs, ys = line.get_data()
-    for x, y in zip(xs, ys):
-        if np.isfinite(y) and y > top:
-            ax.plot([x], [top], marker=6, color=line.get_color(), markersize=5, clip_on=False, label="_above")
-            ax.annotate(
-                f"{y:.3g}",
-                (x, top),
-                xytext=(4, -2 - 7 * row),
-                textcoords="offset points",
-                va="top",
-                fontsize=6,
-                color=line.get_color(),
-                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
-            )
+def _mark_above(ax, line, top):
+    """Points above the axis drawn as carets on the top edge (the note under the axis gives their values)."""
+    xs, ys = (np.asarray(a, dtype=float) for a in line.get_data())
+    above = np.isfinite(ys) & (ys > top)
+    if above.any():
+        ax.plot(
+            xs[above],
+            [top] * int(above.sum()),
+            linestyle="none",
+            marker=6,
+            color=line.get_color(),
+            markersize=5,
+            clip_on=False,
+            label="_above",
+        )
 
 
 def perplexity_vs_length(summary, mode: str, title, train, path):
@@ -114,7 +113,8 @@ def perplexity_vs_length(summary, mode: str, title, train, path):
     lengths = sorted(summary.context_length.astype(int).unique())
     draw.length_axis(ax, lengths)
     draw.mark_training_length(ax, lengths, train)
-    draw.value_axis(ax, summary.get("perplexity_ci_low", summary.perplexity), summary.get("perplexity_ci_high"))
+    low, high = (summary.get(f"perplexity_ci_{end}", summary.perplexity) for end in ("low", "high"))
+    draw.value_axis(ax, low, high, values=summary.perplexity)
     ax.set_ylabel("perplexity" + (f" ({mode})" if mode else "") + ", exp(mean NLL)")
     draw.legend(fig, title=f"attention ({draw.BAND_NOTE})" if any(l.band for l in lines.values()) else "attention")
     draw.title(fig, "Perplexity vs context length", title, draw.n_caption(summary.n, summary.units))
@@ -148,9 +148,7 @@ def longppl_vs_length(summary, short, title, train, path):
             )
     draw.length_axis(ax, lengths)
     draw.mark_training_length(ax, lengths, train)
-    ax.set_yscale(
-        "log"
-    )  # LongPPL and perplexity differ by a factor, and a factor reads the same anywhere on a log axis
+    draw.log_y(ax)  # the two differ by a factor, and a factor reads the same anywhere on a log axis
     ax.set_ylabel("exp(mean NLL), log scale")
     keys = ", ".join(
         f"{format_length(int(n))}: {int(t)}"

@@ -207,7 +207,7 @@ def value_axis(ax, low, high, bounds: tuple[float, float] | None = None, fixed: 
     if len(points) and points.min() > 0 and np.log10(points.max() / points.min()) > DECADES_FOR_LOG:
         positive = everything[everything > 0]  # an interval's end at or below 0 runs off the bottom
         top = hi * 1.3 if not bounds else min(hi * 1.3, bounds[1])
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_ylim(max(positive.min(), points.min() / 10) / 1.3, top)
         return
     pad = 0.06 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
@@ -215,6 +215,15 @@ def value_axis(ax, low, high, bounds: tuple[float, float] | None = None, fixed: 
     if bounds:  # (low, high) with the margin that keeps markers at the ends whole
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     ax.set_ylim(lo, hi)
+
+
+def log_y(ax) -> None:
+    """A log value axis labelled 0.01, 0.1, 1, 10 (not 10^-2)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def dodge(k: int, count: int, lengths) -> float:

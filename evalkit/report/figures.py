@@ -301,6 +301,7 @@ def _figure(task: str, name: str, series, stem: Path) -> Path:
         points_table.ci_high.fillna(points_table.value),
         bounds,
         fixed=column in FIXED_RANGE,
+        values=points_table.value,
     )
     ax.set_ylabel(ylabel)
     draw.legend(fig, title=f"run · attention ({draw.BAND_NOTE})")
