@@ -180,7 +180,6 @@ def _effective_figure(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, stem, part)
 
 
