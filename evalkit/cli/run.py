@@ -353,6 +353,18 @@ def tasks_command() -> None:
         typer.echo(f"{name:12s} {TASKS.get(name).description}")
 
 
+def backends_command() -> None:
+    """List the installed backends and what each can do."""
+    from evalkit.core.registry import BACKENDS
+
+    for name in BACKENDS.names():
+        backend = BACKENDS.get(name)
+        declared = backend.declared()
+        variants = "all" if declared.variants is None else (", ".join(sorted(declared.variants)) or "auto only")
+        typer.echo(f"{name:13s} {backend.summary}")
+        typer.echo(f"{'':13s} requests: {', '.join(sorted(declared.requests))}; variants: {variants}")
+
+
 def sweep_command(
     config: Annotated[str, typer.Option(help="Study TOML: [[model]], [[attention]], [[task]] tables, seeds, out.")],
     resume: Annotated[bool, typer.Option(help="Skip finished cells and samples; continue interrupted ones.")] = False,
@@ -495,6 +507,7 @@ def track_command(
 def register(app: typer.Typer) -> None:
     app.add_typer(run_app, name="run")
     app.command("tasks")(tasks_command)
+    app.command("backends")(backends_command)
     app.command("sweep")(user_errors(sweep_command))
     app.command("export")(user_errors(export_command))
     app.command("track")(user_errors(track_command))
