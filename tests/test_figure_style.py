@@ -154,6 +154,11 @@ def run(task, checkpoint, out, options, attention=("softmax", "ssmax"), **extra)
 
 @pytest.fixture(scope="module")
 def tiny_runs(tiny_checkpoint, tmp_path_factory):
+    from evalkit.backends.transformers import TransformersBackend
+    from evalkit.core.registry import BACKENDS
+
+    if "transformers" not in BACKENDS.names():  # an install whose entry points predate the backends
+        BACKENDS.register("transformers", TransformersBackend)
     out = tmp_path_factory.mktemp("runs")
     return {
         "perplexity": run("perplexity", tiny_checkpoint, out / "ppl", {"lengths": "64,128", "samples": 2}),
