@@ -11,6 +11,7 @@ import pandas as pd
 
 from evalkit.core.grid import format_length
 from evalkit.report import draw
+from evalkit.report.render import effective_length_text
 
 
 def heatmaps(acc, title, train, path):
@@ -22,13 +23,8 @@ def heatmaps(acc, title, train, path):
     depths = sorted(acc.depth.unique())
     cells = acc.groupby(["attention", "depth", "context_length"])["value"].agg(["mean", "count"])
     constant_n = cells["count"].nunique() == 1
-    fig, axes = plt.subplots(
-        1,
-        len(variants),
-        figsize=(1.2 + 1.1 * len(lengths) * len(variants) + 1.2, 0.5 * len(depths) + 2.2),
-        squeeze=False,
-        layout="constrained",
-    )
+    width = min(draw.TEXT_WIDTH, max(draw.COLUMN_WIDTH, 1.3 + 0.55 * len(lengths) * len(variants)))
+    fig, axes = draw.subplots(1, len(variants), width=width, height=1.9 + 0.24 * len(depths))
     cmap = plt.get_cmap(draw.HEATMAP)
     image = None
     for ax, variant in zip(axes[0], variants):
@@ -40,92 +36,98 @@ def heatmaps(acc, title, train, path):
             if np.isnan(value):
                 continue
             text = f"{value:.2f}" + ("" if constant_n else f"\nn={int(counts[i, j])}")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=draw.text_colour(cmap(value)))
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=8 if constant_n else 7,
+                color=draw.text_colour(cmap(value)),
+            )
         ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:g}%" if d >= 0 else "n/a" for d in depths])
+        ax.grid(False)
         ax.set_xlabel("context length (tokens)")
-        ax.set_title(variant)
+        ax.set_title(variant, color=draw.variant_colour(variant))
         draw.mark_training_length(ax, lengths, train, as_columns=True)
     axes[0][0].set_ylabel("needle depth")
-    fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", fraction=0.04)
-    each = f" (n = {int(cells['count'].iloc[0])} per cell)" if constant_n else ""
-    fig.suptitle(f"Needle retrieval{each} — {title}")
-    return save_untight(fig, path)
+    draw.shared_xlabel(fig, axes[0])
+    fig.colorbar(image, ax=axes[0].tolist(), label="accuracy", fraction=0.05, pad=0.03)
+    each = f"n = {int(cells['count'].iloc[0])} per cell" if constant_n else ""
+    draw.title(fig, "Needle retrieval accuracy by depth and length", title, each)
+    return draw.save(fig, path)
 
 
-def save_untight(fig, path):
-    from evalkit.store.results import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight"))
-    draw.pyplot().close(fig)
-    return path
-
-
-def summary_vs_length(summary, column, ylabel, title, train, ylim=None):
-    """One summary column over length, a line and 95% band per variant, the training length marked."""
-    fig, ax = draw.figure()
-    draw.summary_lines(ax, summary, column)
-    lengths = sorted(int(n) for n in pd.to_numeric(summary.context_length, errors="coerce").dropna().unique())
-    draw.length_axis(ax, lengths, ylim)
-    draw.mark_training_length(ax, lengths, train)
-    ax.set_ylabel(ylabel)
+def summary_vs_length(summary, column, ylabel, heading, title, train, bounds=None, fixed=False):
+    """One summary column over length, a line and 95% band per variant, the training length marked.
+    Returns (fig, ax, lines by variant); the caller adds its own marks, then ``draw.legend`` and saves."""
+    fig, ax = draw.figure(height=3.4)
+    lines = draw.summary_lines(ax, summary, column)
     per_length = summary[pd.to_numeric(summary.context_length, errors="coerce").notna()]
-    caption = draw.n_caption(per_length.get("n"), per_length.get("units"))
-    ax.set_title(title + (f"\n{caption}" if caption else ""), fontsize=10)
-    ax.legend(title="attention (95% band)", fontsize=8)
-    return ax, fig
+    lengths = sorted(int(n) for n in per_length.context_length.unique())
+    draw.length_axis(ax, lengths)
+    draw.mark_training_length(ax, lengths, train)
+    low, high = (per_length.get(f"{column}_ci_{end}", per_length[column]) for end in ("low", "high"))
+    draw.value_axis(
+        ax, low.fillna(per_length[column]), high.fillna(per_length[column]), bounds, fixed, per_length[column]
+    )
+    ax.set_ylabel(ylabel)
+    draw.title(fig, heading, title, draw.n_caption(per_length.get("n"), per_length.get("units")))
+    return fig, ax, lines
 
 
 def accuracy_vs_length(summary, title, train, path, heading="Needle accuracy vs length", ylabel="retrieval accuracy"):
-    """Accuracy with its band, the effective-length threshold, and each variant's effective length."""
-    ax, fig = summary_vs_length(summary, "accuracy", ylabel, f"{heading} — {title}", train, ylim=(-0.03, 1.03))
+    """Accuracy with its band, the effective-length threshold, and each variant's effective length: a
+    ring on that variant's own point, and in words in its legend entry."""
+    fig, ax, lines = summary_vs_length(
+        summary, "accuracy", ylabel, heading, title, train, bounds=(-0.03, 1.03), fixed=True
+    )
     pooled = summary[summary.context_length.astype(str) == "all"]
     if "threshold" in pooled and pooled.threshold.notna().any():
         shared = pooled.threshold.nunique() == 1  # one grey line, else each variant's own (rel:F)
         for k, row in enumerate(pooled.itertuples()):
-            colour = draw.variant_colour(row.attention)
+            line = lines.get(row.attention)
+            if line is None:
+                continue
             if not shared or k == 0:
-                ax.axhline(row.threshold, color="grey" if shared else colour, linestyle=":", linewidth=1.2)
-            if not pd.isna(row.effective_length):  # on the axis, stacked, so equal lengths stay visible
-                ax.annotate(
-                    "▲",
-                    (row.effective_length, 0),
-                    xycoords=("data", "axes fraction"),
-                    xytext=(0, 1 + 10 * k),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    color=colour,
-                    fontsize=11,
+                ax.axhline(
+                    row.threshold,
+                    color="grey" if shared else line.get_color(),
+                    linestyle=":",
+                    linewidth=1.0,
+                    label=f"threshold {row.threshold:.3g}" + ("" if shared else f" ({row.attention})"),
+                    zorder=1.5,
                 )
-        labels = {row.attention: f"{row.attention}: effective {effective_text(row)}" for row in pooled.itertuples()}
-        handles, names = ax.get_legend_handles_labels()
-        ax.legend(
-            handles,
-            [labels.get(n, n) for n in names],
-            title="attention (95% band); ▲ effective length, dotted: threshold",
-            fontsize=8,
-            title_fontsize=8,
-            loc="best",
+            if not pd.isna(row.effective_length):
+                draw.mark_on_line(ax, line, row.effective_length, label=f"_effective {row.attention}")
+            text = effective_length_text(
+                row.effective_length, row.effective_length_ci_low, row.effective_length_ci_high, short=True
+            )
+            line.set_label(f"{row.attention}: effective length {text}")
+        from matplotlib.lines import Line2D
+
+        ringed = pooled.effective_length.notna().any()
+        ax.add_line(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o" if ringed else "",
+                markersize=8,
+                markerfacecolor="none",
+                markeredgecolor="dimgrey",
+                label=("ring: " if ringed else "")
+                + "effective length [95% interval], the longest length at or above the threshold",
+            )
         )
+    draw.legend(fig, title=f"attention ({draw.BAND_NOTE})")
     return draw.save(fig, path)
 
 
-def effective_text(row) -> str:
-    """'2k [1k, 4k]', or '< shortest' where even the shortest length falls below the threshold."""
-
-    def text(n):
-        return "< shortest" if pd.isna(n) else format_length(int(n))
-
-    return f"{text(row.effective_length)} [{text(row.effective_length_ci_low)}, {text(row.effective_length_ci_high)}]"
-
-
 def logprob_vs_length(summary, title, train, path):
-    _, fig = summary_vs_length(
-        summary,
-        "answer_logprob",
-        "answer log-prob (nats, higher is better)",
-        f"Answer log-prob vs length — {title}",
-        train,
+    fig, _, _ = summary_vs_length(
+        summary, "answer_logprob", "answer log-prob (nats, higher is better)", "Answer log-prob vs length", title, train
     )
+    draw.legend(fig, title=f"attention ({draw.BAND_NOTE})")
     return draw.save(fig, path)

@@ -17,36 +17,30 @@ def _per_length(summary):
 
 def score_per_task(summary, title, train, path):
     """One panel per task: its RULER score over length, a line and 95% band per variant."""
-    from tasks.needle_plots import save_untight
-
-    plt = draw.pyplot()
     rows = _per_length(summary)
     tasks = [t for t in dict.fromkeys(rows.ruler_task) if t != AVERAGE]
     columns = min(4, len(tasks))
-    fig, axes = plt.subplots(
-        math.ceil(len(tasks) / columns),
-        columns,
-        figsize=(3.6 * columns, 2.9 * math.ceil(len(tasks) / columns)),
-        squeeze=False,
-        layout="constrained",
-    )
+    height = 1.5 + 1.75 * math.ceil(len(tasks) / columns)
+    fig, axes = draw.subplots(math.ceil(len(tasks) / columns), columns, height=height)
     for ax, task in zip(axes.flat, tasks):
         part = rows[rows.ruler_task == task]
-        ax.grid(True, alpha=0.3)
         draw.summary_lines(ax, part, "score")
         lengths = sorted(part.context_length.astype(int).unique())
         draw.length_axis(ax, lengths, (-0.03, 1.03))
         draw.mark_training_length(ax, lengths, train)
         caption = draw.n_caption(part.n, part.get("units"))
-        ax.set_title(f"{task}\n{caption}" if caption else task, fontsize=9)
+        ax.set_title(f"{task}\n{caption}" if caption else task)
+    for ax in axes[:, 0]:
         ax.set_ylabel("RULER score")
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    axes.flat[0].legend(title="attention (95% band)", fontsize=7, title_fontsize=7)
+    draw.shared_xlabel(fig, list(axes.flat)[: len(tasks)])
+    draw.legend(fig, title=f"attention ({draw.BAND_NOTE})")
     skipped = summary[summary.get("note", pd.Series(dtype=object)).notna()] if "note" in summary else summary.iloc[:0]
-    note = ("; ".join(f"{r.ruler_task} {r.note}" for r in skipped.itertuples())) if len(skipped) else ""
-    fig.suptitle(f"RULER score per task vs length — {title}" + (f"\n{note}" if note else ""), fontsize=10)
-    return save_untight(fig, path)
+    skipped = skipped[skipped.ruler_task != AVERAGE]
+    note = "; ".join(f"{r.ruler_task} {r.note}" for r in skipped.itertuples())
+    draw.title(fig, "RULER score per task vs length", title, note)
+    return draw.save(fig, path)
 
 
 def average_vs_length(summary, title, train, path):
@@ -56,5 +50,8 @@ def average_vs_length(summary, title, train, path):
     average = summary[summary.ruler_task == AVERAGE].rename(columns=lambda c: c.replace("score", "accuracy"))
     tasks = int(average.tasks.max()) if "tasks" in average and average.tasks.notna().any() else 0
     label = next(iter(average.comparable.dropna()), "") if "comparable" in average else ""
+    # the label names "N of 13 tasks" when tasks are missing: the heading says it already
+    reasons = [r for r in label.partition(": ")[2].split(", ") if r and not r.endswith(" of 13 tasks")]
+    label = label.partition(":")[0] + (f": {', '.join(reasons)}" if reasons else "")
     heading = f"RULER average over {tasks} of 13 tasks vs length" + (f" ({label})" if label else "")
     return accuracy_vs_length(average, title, train, path, heading=heading, ylabel="average RULER score")

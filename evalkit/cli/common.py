@@ -125,11 +125,8 @@ def print_continue(console, what: str, out) -> None:
 
 
 def print_frame(console, frame, title: str) -> None:
-    from rich.table import Table
+    from evalkit.report.render import terminal_table
 
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column), justify="right" if frame[column].dtype.kind in "fiu" else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
+    shown = frame.astype(object).map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    numeric = {c for c in frame.columns if frame[c].dtype.kind in "fiu"}
+    console.print(terminal_table(shown, title, left={c for c in frame.columns if c not in numeric}))

@@ -163,7 +163,10 @@ def plan_command(
 def gate_command(
     candidate: Annotated[str, typer.Argument(help="Run folder to check.")],
     config: Annotated[
-        str, typer.Option(help="Gates TOML: [[gate]] tables with task, metric, op and a threshold (format shown in this help).")
+        str,
+        typer.Option(
+            help="Gates TOML: [[gate]] tables with task, metric, op and a threshold (format shown in this help)."
+        ),
     ],
     baseline: Annotated[
         Optional[str],
@@ -213,9 +216,15 @@ class XAxis(str, Enum):
     step = "step"
 
 
+class FigureFormat(str, Enum):
+    svg = "svg"
+    pdf = "pdf"
+    png = "png"
+
+
 def plot_command(
     runs: Annotated[list[str], typer.Argument(help="Run folders written by evalkit run.")],
-    out: Annotated[str, typer.Option(help="Folder for the figures (PNG and SVG).")] = "fig",
+    out: Annotated[str, typer.Option(help="Folder for the figures.")] = "fig",
     metric: Annotated[
         Optional[str],
         typer.Option(help="Plot this metric (e.g. entropy_norm, answer_logprob) instead of each task's headline."),
@@ -241,20 +250,43 @@ def plot_command(
             "evalkit track's (or the training callback's) folder, one panel per length."
         ),
     ] = XAxis.length,
+    format: Annotated[
+        Optional[list[FigureFormat]],
+        typer.Option(
+            help="Vector format written besides PNG, sized for one column of a paper (repeatable: --format pdf "
+            "--format svg). Default: svg."
+        ),
+    ] = None,
+    run_figures: Annotated[
+        bool,
+        typer.Option(
+            help="Draw each run's own figures (those in RUN/plots) again from its tables, into OUT/<run folder>/, "
+            "e.g. with --format pdf for a paper."
+        ),
+    ] = False,
 ) -> None:
     """Length-generalization figures across runs: one line per (run, attention variant) with its 95% band; the points
-    also as CSV."""
+    also as CSV. With --run-figures: each run's own figures, in the formats asked for."""
     from evalkit.core.errors import ConfigError
-    from evalkit.report.figures import plot_runs
+    from evalkit.report.figures import plot_runs, redraw_runs
     from evalkit.report.steps import plot_steps
 
-    if x is XAxis.step and (label or aggregate):
-        raise ConfigError("--label and --aggregate apply to --x length", "leave them out with --x step")
-    paths = (
-        plot_steps(runs, out, metric)
-        if x is XAxis.step
-        else plot_runs(runs, out, metric, label, aggregate.value if aggregate else None)
-    )
+    formats = ["png", *(f.value for f in format or [FigureFormat.svg])]
+    if x is XAxis.step and (label or aggregate or format):
+        raise ConfigError(
+            "--label, --aggregate and --format apply to --x length", "leave them out with --x step (PNG and SVG)"
+        )
+    if run_figures and (label or aggregate or metric or x is XAxis.step):
+        raise ConfigError(
+            "--run-figures draws each run's own figures: --label, --aggregate, --metric and --x do not apply",
+            "leave them out with --run-figures",
+        )
+    if run_figures:
+        paths = redraw_runs(runs, out, formats)
+    elif x is XAxis.step:
+        paths = plot_steps(runs, out, metric)
+    else:
+        paths = plot_runs(runs, out, metric, label, aggregate.value if aggregate else None, formats)
     for path in paths:
         typer.echo(str(path))
 

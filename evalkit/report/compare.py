@@ -44,7 +44,18 @@ import pandas as pd
 from evalkit.core.errors import ConfigError, EvalkitError
 from evalkit.core.metrics import BINARY, Metric, base_name, exp_source, of_task
 from evalkit.report import stats
-from evalkit.report.render import checks_table, dumps, fmt, interval, junit_xml, markdown_table, records, rich_table
+from evalkit.report.render import (
+    checks_table,
+    dumps,
+    effective_length_text,
+    fmt,
+    interval,
+    junit_xml,
+    length_text,
+    markdown_table,
+    records,
+    rich_table,
+)
 from evalkit.report.runs import (
     Run,
     compared_metrics,
@@ -741,8 +752,7 @@ def _length_checks(lengths: pd.DataFrame, strict: bool) -> list[dict]:
 
 
 def _ecl(row) -> str:
-    name = lambda v: "none" if pd.isna(v) else str(int(v))  # noqa: E731
-    return f"{name(row.effective_length)} [{name(row.pessimistic)}, {name(row.optimistic)}]"
+    return effective_length_text(row.effective_length, row.pessimistic, row.optimistic)
 
 
 # -- reports --------------------------------------------------------------------------------------
@@ -790,7 +800,7 @@ def _lengths_display(c: Comparison) -> pd.DataFrame:
         {
             "side": ls.side,
             "attention": ls.variant,
-            "effective length": ls.effective_length.map(lambda v: "none" if pd.isna(v) else str(int(v))),
+            "effective length": ls.effective_length.map(length_text),
             "interval": [_ecl(r).split(" ", 1)[1] for r in ls.itertuples()],
             "threshold": ls.threshold.map(lambda v: fmt(v, ".3g")),
             "lengths tested": ls.lengths,

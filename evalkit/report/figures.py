@@ -10,24 +10,26 @@
 - ``--aggregate seeds`` makes runs that differ only in their seed one line: the mean of the
   per-seed values with a t interval from their spread (perplexity: over the per-seed mean NLLs,
   then exp). Without it every seed is its own line.
-- Every line draws its 95% band; the training length of each model is marked; colours are the
-  variant's own (evalkit.report.draw); the plotted points with their intervals go beside each figure
-  as CSV (same name, .csv). PNG and SVG.
+- Every line draws its 95% band; the training length of each model is marked; colours, sizes and
+  text follow the one style of evalkit.report.draw, so these figures look like a run's own; the
+  plotted points with their intervals go beside each figure as CSV (same name, .csv). PNG and SVG
+  by default, PDF on request.
+- ``redraw_runs`` draws a run's own figures again from its tables (e.g. as PDF for a paper).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from evalkit.core.errors import ConfigError, ResultsError
-from evalkit.core.metrics import BINARY, Metric, by_column, exp_source, of_task
+from evalkit.core.metrics import BINARY, Metric, by_column, exp_source
 from evalkit.report import draw, stats
 from evalkit.store.run_folder import Run, load_run, training_length
 
-PROPORTION_LIMITS = (-0.03, 1.03)  # a 0/1 metric's axis: the whole range, its ends visible
 # Settings that do not change what a run measures: runs differing only in these and the seed are seeds of one line.
 NOT_MEASURED = {"seed", "out", "resume", "quiet", "device", "device_map", "batch_tokens", "prefix_cache"}
 POINT_COLUMNS = ["attention", "context_length", "value", "ci_low", "ci_high", "n", "units"]
@@ -70,13 +72,17 @@ def summary_column(metrics: dict[str, Metric], metric: str) -> str:
     return metrics[metric].column if metric in metrics else metric
 
 
-def axis(metrics: dict[str, Metric], name: str) -> tuple[str, tuple[float, float] | None]:
-    """(y label, y limits) for a row metric or summary column, from its declaration: a 0/1 metric
-    spans its whole range; anything else is scaled to its data."""
+def axis(metrics: dict[str, Metric], name: str) -> tuple[str, tuple[float, float] | None, bool]:
+    """(y label, the values' bounds with a margin that keeps markers at the ends whole, whether to show
+    the whole range) for a row metric or summary column, from its declaration: a 0/1 metric spans its
+    whole range (an accuracy reads against 0 and 1); other bounded ones zoom to their data (attention
+    mass on a needle lies in 0-0.1, where 0-1 would flatten every difference)."""
     declared = metrics.get(name) or by_column(metrics, name)
     if declared is None:
-        return name.replace("_", " "), None
-    return declared.axis_label, PROPORTION_LIMITS if declared.kind == BINARY else None
+        return name.replace("_", " "), None, False
+    low, high = declared.range
+    margin = 0.03 * (high - low) if math.isfinite(high - low) else 0.0
+    return declared.axis_label, (low - margin, high + margin), declared.kind == BINARY
 
 
 def points(run: Run, metric: str) -> pd.DataFrame | None:
@@ -170,13 +176,15 @@ def plot_runs(
     metric: str | None = None,
     labels: list[str] | None = None,
     aggregate: str | None = None,
+    formats=("png", "svg"),
 ) -> list[Path]:
     """Figures of each task's headline metric (or ``metric``) against context length, with their points
-    as CSV. Against training step: ``evalkit.report.steps.plot_steps``."""
+    as CSV, in each of ``formats``. Against training step: ``evalkit.report.steps.plot_steps``."""
     if aggregate not in (None, "seeds"):
         raise ConfigError(
             f"bad --aggregate {aggregate!r}", "use --aggregate seeds, or leave it out for one line per run"
         )
+    formats = draw.check_formats(formats)
     runs = [load_run(Path(f)) for f in folders]
     if labels and len(labels) != len(runs):
         raise ConfigError(
@@ -200,17 +208,40 @@ def plot_runs(
             if curve is not None and not curve.empty:
                 series.append((label, members, curve))
         if series:
-            written += _figure(task, name, series, out_dir / f"{task}_{name}_vs_length", mine[0][0].metrics)
+            with draw.output(formats) as figures:
+                csv = _figure(task, name, series, out_dir / f"{task}_{name}_vs_length", mine[0][0].metrics)
+            written += figures + [csv]
     return written
 
 
-def _figure(task: str, name: str, series, stem: Path, metrics: dict[str, Metric] | None = None) -> list[Path]:
+def redraw_runs(folders: list[str], out: str, formats=("png",)) -> list[Path]:
+    """Each run's own figures (the ones ``evalkit run`` writes to RUN/plots), drawn again from the run's
+    tables into OUT/<run folder name>/, in each of ``formats``: the same functions, so the same figures."""
+    formats = draw.check_formats(formats)
+    written = []
+    for folder in folders:
+        run = load_run(Path(folder))
+        if not len(run.frame):
+            raise ResultsError(f"{folder} has no rows to draw", "finish the run first (evalkit run ... --resume)")
+        variants = [a.get("label") or a.get("variant") for a in run.manifest.get("attention", [])]
+        title = ", ".join([run.model, *filter(None, variants)])
+        with draw.output(formats) as figures:
+            run.task_plugin.plot(run.rows, title, Path(out) / run.folder.name)
+        written += figures
+    return written
+
+
+def _figure(task: str, name: str, series, stem: Path, metrics: dict[str, Metric]) -> Path:
+    """The figure (its files are collected by ``draw.output``) and its points as CSV; returns the CSV."""
     from evalkit.store.results import atomic_write
 
-    ylabel, ylim = axis(metrics if metrics is not None else of_task(task), name)
-    fig, ax = draw.figure(7.5, 4.5)
+    ylabel, bounds, fixed = axis(metrics, name)
+    fig, ax = draw.figure(height=3.3)
     table = []
-    for k, (label, members, curve) in enumerate(series):
+    all_lengths = pd.concat([curve.context_length for _, _, curve in series])
+    count = sum(curve.attention.nunique() for _, _, curve in series)
+    k = 0
+    for label, members, curve in series:
         for attention, line in curve.groupby("attention", sort=False):
             text = label if label == attention else f"{label} · {attention}"  # ckpt/ref/ssmax under ssmax: once
             draw.line_with_band(
@@ -220,10 +251,12 @@ def _figure(task: str, name: str, series, stem: Path, metrics: dict[str, Metric]
                 line.ci_low,
                 line.ci_high,
                 draw.variant_colour(attention),
-                draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)],
+                draw.VARIANT_STYLES[k % len(draw.VARIANT_STYLES)],  # every line its own dash and marker
                 draw.MARKERS[k % len(draw.MARKERS)],
                 text,
+                dodge=draw.dodge(k, count, all_lengths),
             )
+            k += 1
             table.append(
                 line.assign(
                     series=text,
@@ -234,24 +267,30 @@ def _figure(task: str, name: str, series, stem: Path, metrics: dict[str, Metric]
             )
     points_table = pd.concat(table, ignore_index=True).sort_values(["series", "context_length"], kind="stable")
     lengths = sorted(points_table.context_length.unique())
+    draw.length_axis(ax, lengths)
     trains = {}
     for _label, members, _ in series:
         trains.setdefault(training_length(members[0].manifest), []).append(members[0].model)
     for row, (train, models) in enumerate(t for t in trains.items() if t[0]):
         suffix = f" ({', '.join(dict.fromkeys(models))})" if len(trains) > 1 else ""
         draw.mark_training_length(ax, lengths, train, row=row, suffix=suffix)
-    draw.length_axis(ax, lengths, ylim)
+    draw.value_axis(
+        ax,
+        points_table.ci_low.fillna(points_table.value),
+        points_table.ci_high.fillna(points_table.value),
+        bounds,
+        fixed=fixed,
+        values=points_table.value,
+    )
     ax.set_ylabel(ylabel)
-    caption = draw.n_caption(points_table.n, points_table.units)
-    ax.set_title(f"{task}: length generalization (95% bands)" + (f"\n{caption}" if caption else ""), fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    written = []
-    for suffix in ("png", "svg"):
-        path = stem.with_suffix(f".{suffix}")
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format=suffix))
-        written.append(path)
-    draw.pyplot().close(fig)
+    draw.legend(fig, title=f"run · attention ({draw.BAND_NOTE})")
+    draw.title(
+        fig,
+        ("" if ylabel.startswith(task) else f"{task}: ") + f"{ylabel.split(' (')[0]} vs length",
+        "",
+        draw.n_caption(points_table.n, points_table.units),
+    )
+    draw.save(fig, stem.with_suffix(".png"))
     csv = stem.with_suffix(".csv")
     columns = [
         "series",
@@ -267,4 +306,4 @@ def _figure(task: str, name: str, series, stem: Path, metrics: dict[str, Metric]
         "runs",
     ]
     atomic_write(csv, lambda tmp: points_table[columns].to_csv(tmp, index=False))
-    return written + [csv]
+    return csv

@@ -21,6 +21,27 @@ def fmt(value, spec: str = ".5g") -> str:
     )
 
 
+# What an effective context length is called when even the shortest tested length falls below the
+# threshold: the one word every output uses (terminal summary, compare, gate, figure legends).
+NO_LENGTH = "none"
+
+
+def length_text(n, short: bool = False) -> str:
+    """A context length as tables write it (2048), or as axes do (``short``: 2k); NO_LENGTH when missing."""
+    if n is None or n is pd.NA or (isinstance(n, float) and math.isnan(n)):
+        return NO_LENGTH
+    if short:
+        from evalkit.core.grid import format_length
+
+        return format_length(int(n))
+    return str(int(n))
+
+
+def effective_length_text(value, low, high, short: bool = False) -> str:
+    """'1024 [none, 2048]': an effective length with its 95% interval, 'none' where no length passes."""
+    return f"{length_text(value, short)} [{length_text(low, short)}, {length_text(high, short)}]"
+
+
 def interval(low, high, spec: str = ".3g") -> str:
     return (
         "–" if low is None or (isinstance(low, float) and math.isnan(low)) else f"[{fmt(low, spec)}, {fmt(high, spec)}]"
@@ -62,21 +83,99 @@ def junit_xml(suite: str, cases: list[dict]) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
+# Columns of prose, which may wrap at any width; every other column is a name or a number, never cut.
+PROSE = {"reason", "check", "note", "description", "formula", "text", "why"}
+LEFT = {"", "attention", "metric", "keys", "gate", "reason", "check", "test", "variant"}
+
+
+class TerminalTable:
+    """A DataFrame as a rich table fitted to the console's width at print time, that never cuts a column
+    name or a value with an ellipsis: prose columns (a check's reason) wrap first, then the names of
+    columns whose name is longer than their values wrap at spaces ("p (one-sided)" over two lines); a
+    name or a number is never broken. Cells are Text, not markup: "[none, 2048]" prints as it is."""
+
+    def __init__(self, frame: pd.DataFrame, title: str, caption: str | None = None, styles=None, left=LEFT):
+        self.frame, self.title, self.caption, self.left = frame, title, caption, left
+        self.styles = styles if styles is not None else [None] * len(frame)
+
+    def layout(self, room: int) -> tuple[list[int], list[str]]:
+        """Each column's width and heading: name and values on one line if they fit in ``room`` (borders
+        and padding taken off); else, step by step until they fit: prose narrowed (not below 12 or its
+        longest word), names wrapped at spaces, values wrapped at spaces (an interval over two lines), then
+        names wrapped after an underscore ("effective_" over "length"). A word is never broken, nor cut,
+        unless even that does not fit."""
+        from rich.cells import cell_len  # terminal cells: an emoji takes two
+
+        names = [str(c) for c in self.frame.columns]
+        lines = [[line for v in self.frame[c] for line in str(v).split("\n")] for c in self.frame.columns]
+        longest = [max(map(cell_len, values), default=0) for values in lines]
+        word = [max((cell_len(w) for w in name.split()), default=0) for name in names]
+        part = [max((cell_len(p) for p in _name_parts(name)), default=0) for name in names]
+        value_word = [max((cell_len(w) for v in values for w in v.split()), default=0) for values in lines]
+        prose = [name in PROSE for name in names]
+        widths = [max(cell_len(name), n, 1) for name, n in zip(names, longest)]
+        narrow = [max(w, min(12, n)) for w, n in zip(word, longest)]
+        steps = [
+            [narrow[i] if prose[i] else widths[i] for i in range(len(names))],
+            [narrow[i] if prose[i] else max(word[i], longest[i], 1) for i in range(len(names))],
+            [narrow[i] if prose[i] else max(word[i], value_word[i], 1) for i in range(len(names))],
+            [max(part[i], min(12, longest[i]) if prose[i] else value_word[i], 1) for i in range(len(names))],
+        ]
+        room -= 3 * len(names) + 1  # a border and a space either side per column
+        for least in steps:
+            for i in sorted(range(len(names)), key=lambda i: least[i] - widths[i]):  # the most to give first
+                if sum(widths) <= room:
+                    break
+                widths[i] = max(least[i], widths[i] - (sum(widths) - room))
+        headings = [name if word[i] <= widths[i] else _wrap_name(name, widths[i]) for i, name in enumerate(names)]
+        return widths, headings
+
+    def table(self, room: int):
+        from rich.table import Table
+        from rich.text import Text
+
+        out = Table(title=self.title, caption=self.caption)
+        for column, width, heading in zip(self.frame.columns, *self.layout(room)):
+            justify = "left" if column in self.left or str(column) in PROSE else "right"
+            out.add_column(heading, justify=justify, width=width, overflow="fold")
+        for row, style in zip(self.frame.itertuples(index=False), self.styles):
+            out.add_row(*(Text(str(v)) for v in row), style=style)
+        return out
+
+    def __rich_console__(self, console, options):
+        yield self.table(options.max_width)
+
+
+def _name_parts(name: str) -> list[str]:
+    """A column name's pieces where a heading may break: after a space or an underscore."""
+    import re
+
+    return [p for p in re.split(r"(?<=_)|\s+", name) if p]
+
+
+def _wrap_name(name: str, width: int) -> str:
+    """A heading over as many lines as ``width`` needs, broken only after an underscore or at a space."""
+    lines: list[str] = []
+    for piece in _name_parts(name):
+        joined = lines[-1] + ("" if lines[-1].endswith("_") else " ") + piece if lines else piece
+        if lines and len(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(piece)
+    return "\n".join(lines)
+
+
+def terminal_table(frame: pd.DataFrame, title: str, caption: str | None = None, styles=None, left=LEFT):
+    return TerminalTable(frame, title, caption, styles, left)
+
+
 def rich_table(
     table: pd.DataFrame, title: str, bad: pd.Series, good: pd.Series, limit: int = 50, caption: str | None = None
 ):
-    from rich.table import Table
-    from rich.text import Text
-
     omitted = f"{len(table) - limit} more rows omitted" if len(table) > limit else None
-    out = Table(title=title, caption="\n".join(filter(None, [caption, omitted])) or None)
-    left = ("", "attention", "metric", "keys", "gate", "reason", "check", "test", "variant")
-    for column in table.columns:
-        out.add_column(column, justify="left" if column in left else "right")
-    for row, is_bad, is_good in list(zip(table.itertuples(index=False), bad, good))[:limit]:
-        # Text, not markup: a cell such as "[none, 2048]" prints as it is whatever the console's markup setting
-        out.add_row(*(Text(str(v)) for v in row), style="red" if is_bad else "green" if is_good else None)
-    return out
+    shown = table.head(limit)
+    styles = ["red" if is_bad else "green" if is_good else None for is_bad, is_good in zip(bad, good)][:limit]
+    return terminal_table(shown, title, "\n".join(filter(None, [caption, omitted])) or None, styles)
 
 
 def checks_table(checks: list[dict], title: str):

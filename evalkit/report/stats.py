@@ -648,8 +648,17 @@ def compact(summary):
     row has not (the threshold belongs to the "all" row only) shown as "-", never "nan"."""
     import pandas as pd
 
+    from evalkit.report.render import effective_length_text
+
     empty = [c for c in summary.columns if summary[c].isna().all() and not c.startswith("effective_length")]
     table = summary.drop(columns=empty)
+    if set(EFFECTIVE_LENGTH_COLUMNS) <= set(table.columns):  # on the pooled rows: "none" where no length passes
+        pooled = table.context_length.astype(str) == "all" if "context_length" in table else [True] * len(table)
+        table["effective_length"] = [
+            effective_length_text(v, lo, hi) if is_pooled else "-"
+            for v, lo, hi, is_pooled in zip(*(table[c] for c in EFFECTIVE_LENGTH_COLUMNS), pooled)
+        ]
+        table = table.drop(columns=list(EFFECTIVE_LENGTH_COLUMNS[1:]))
     for low in [c for c in summary.columns if c.endswith("_ci_low")]:
         name = low[: -len("_ci_low")]
         if name not in table or f"{name}_ci_high" not in table:

@@ -19,6 +19,7 @@ from evalkit.core.errors import ResultsError
 from evalkit.core.metrics import of_task
 from evalkit.report import draw
 from evalkit.report.figures import axis, headline_metric, points, summary_column
+from evalkit.report.render import NO_LENGTH
 from evalkit.store.run_folder import load_run, run_folders
 
 EFFECTIVE = ("effective_length", "effective_length_ci_low", "effective_length_ci_high")
@@ -116,7 +117,7 @@ def _draw_lines(ax, part: pd.DataFrame, all_series: list[str]) -> None:
 
 def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
     column = part.metric.iloc[0]
-    ylabel, ylim = axis(of_task(task), column)
+    ylabel, bounds, fixed = axis(of_task(task), column)
     lengths = sorted(int(n) for n in part.context_length.unique())
     all_series = sorted(part.series.unique())
     columns = min(3, len(lengths))
@@ -132,8 +133,8 @@ def _length_panels(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
         _draw_lines(ax, part[part.context_length == length], all_series)
         factor = f" ({length / train:g}x training length)" if train else ""
         ax.set_title(f"{draw.length_label(length)} tokens{factor}", fontsize=9)
-        if ylim:
-            ax.set_ylim(*ylim)
+        if fixed:
+            ax.set_ylim(*bounds)
     for ax in list(axes.flat)[len(lengths) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
@@ -158,7 +159,7 @@ def _effective_figure(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
     if tested:
         ax.set_yscale("symlog", base=2, linthresh=max(1, tested[0]))
         ax.set_yticks([0, *tested])
-        ax.set_yticklabels(["none", *[draw.length_label(n) for n in tested]])
+        ax.set_yticklabels([NO_LENGTH, *[draw.length_label(n) for n in tested]])
     train = part.train_length.dropna()
     if len(train):
         ax.axhline(int(train.iloc[0]), color="grey", linestyle=":", linewidth=1)
@@ -180,7 +181,6 @@ def _effective_figure(task: str, part: pd.DataFrame, stem: Path) -> list[Path]:
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, stem, part)
 
 
