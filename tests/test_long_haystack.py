@@ -114,8 +114,9 @@ def test_128k_needle_and_focus_samples_on_a_128k_model(checkpoint_128k, small_st
 @pytest.mark.slow
 def test_128k_needle_run_with_defaults(checkpoint_128k, tmp_path):
     """The whole default path: the standard library tokenized in full (about 8.5M tokens on the tiny
-    tokenizer) and one forward pass of 131,067 tokens. Fast check of the same samples and length
-    rules: test_128k_needle_and_focus_samples_on_a_128k_model."""
+    tokenizer) and one forward pass of 131,067 tokens, about 130 s of one CPU core (measured 0.6 /
+    2.4 / 8.9 s at 8k / 16k / 32k: quadratic). Fast check of the same samples and length rules:
+    test_128k_needle_and_focus_samples_on_a_128k_model."""
     import json
 
     import pandas as pd
