@@ -105,6 +105,10 @@ def test_needle_at_exactly_the_position_limit(short_checkpoint, tmp_path):
     assert manifest["context_lengths"]["prompt_plus_answer_within"] == {
         "128": {"prompt_tokens": [123], "rule": "RULER: prompt + answer <= L"}
     }
+    # export rebuilds the same prompts (the model's limit is in the manifest)
+    assert runner.invoke(APP, ["export", str(tmp_path / "five"), "--prompts", str(tmp_path / "p.jsonl")]).exit_code == 0
+    exported = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert sorted(len(r["prompt_ids"]) for r in exported) == [100, 123]
     # past the limit nothing is fitted: refused in one line unless allowed
     result = needle(short_checkpoint, tmp_path / "over", "--lengths", "129", "--depths", "50", "--trials", "1")
     assert result.exit_code == 2 and "max_position_embeddings (128)" in result.output
