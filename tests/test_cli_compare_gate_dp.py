@@ -125,41 +125,8 @@ def test_gate_exit_codes(needle_run, tmp_path):
     assert runner.invoke(APP, ["gate", str(needle_run), "--config", str(gates)]).exit_code == 2
 
 
-def test_two_ranks_in_turn_equal_one_process(tiny_checkpoint, tmp_path):
-    """The data-parallel bookkeeping without processes: rank 0 and rank 1 of a world of 2 run their
-    shards one after the other (barrier and broadcast need no partner then), each into its own journal
-    of one folder; a resume in one process merges them into the rows of a one-process run."""
-    import dataclasses
-
-    from evalkit.run.distributed import World
-    from evalkit.run.evaluate import RunConfig, evaluate
-
-    class InTurn(World):
-        def barrier(self) -> None:
-            pass
-
-        def broadcast(self, value):
-            return value
-
-    def config(out, **extra):
-        options = {"lengths": "64,96", "samples": 3}
-        return RunConfig("perplexity", str(tiny_checkpoint), options, out=str(out), device="cpu", quiet=True, **extra)
-
-    one = evaluate(config(tmp_path / "one")).frame
-    for rank in (0, 1):
-        evaluate(config(tmp_path / "two"), world=InTurn(rank, 2))
-    assert (tmp_path / "two" / "journal.rank1.jsonl").stat().st_size > 0  # rank 1 really did half the work
-    two = evaluate(dataclasses.replace(config(tmp_path / "two"), resume=True)).frame
-    keys = ["context_length", "sample", "position_bin", "metric"]
-    one, two = (f.drop(columns="run_id").sort_values(keys).reset_index(drop=True) for f in (one, two))
-    pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-6)
-
-
-@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tiny_checkpoint, tmp_path):
-    """2 CPU processes (gloo) shard the samples; rank 0 merges: the same rows as one process. Slow (three
-    interpreters load torch); the fast check of the same sharding and merge:
-    test_two_ranks_in_turn_equal_one_process."""
+    """2 CPU processes (gloo) shard the samples; rank 0 merges: the same rows as one process."""
     args = [
         "run",
         "perplexity",
