@@ -87,6 +87,7 @@ class FocusTask(Task):
 
     def __init__(self, options: FocusOptions, context):
         super().__init__(options, context)
+        self.grid: dict = {}  # the haystack corpus and the lengths' counting, filled as the samples are built
         if options.analytic:
             self.n_values = parse_lengths(options.n)
             return
@@ -104,11 +105,16 @@ class FocusTask(Task):
                 raise ConfigError(f"bad --layers {options.layers!r}", "write all, or indices like 0,6,11") from None
 
     def _numbered(self) -> list[tuple[str, object]]:
-        """(sample id, NeedleSample) for the grid."""
+        """(sample id, NeedleSample) for the grid; at the model's limit, prompts make room for the answer
+        rows probed with ``--query answer`` (the last-token probe runs on the prompt alone)."""
+        room = (lambda answer_tokens: answer_tokens) if self.options.query == "answer" else (lambda _: 0)
         return [
             (f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
-            for s in needle_samples(self.options, self.context, self.lengths, self.depths)
+            for s in needle_samples(self.options, self.context, self.lengths, self.depths, room=room, record=self.grid)
         ]
+
+    def provenance(self) -> dict:
+        return self.grid
 
     def samples(self) -> list[Sample]:
         out = []

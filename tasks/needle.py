@@ -88,6 +88,7 @@ class NeedleTask(Task):
         super().__init__(options, context)
         self.lengths, self.depths = options.validate()
         self.trials, self.trials_rule = self._resolve_trials()
+        self.grid: dict = {}  # the haystack corpus and the lengths' counting, filled as the samples are built
 
     # judged metrics per length in a compare: greedy_correct and answer_logprob, or exact_match and contains
     JUDGED_PER_LENGTH = 2
@@ -112,20 +113,30 @@ class NeedleTask(Task):
         return auto_trials(spec.detect, cells, spec.accuracy, self.options.plan_baseline)
 
     def provenance(self) -> dict:
-        return {"trials": {"spec": self.options.trials, "resolved": self.trials, "rule": self.trials_rule}}
+        return {**self.grid, "trials": {"spec": self.options.trials, "resolved": self.trials, "rule": self.trials_rule}}
+
+    def _room(self, answer_tokens: int) -> int:
+        """Tokens after the prompt: the answer scored, or the generation budget."""
+        if self.options.scoring == "generate":
+            return self.options.max_new_tokens or answer_tokens + 8
+        return answer_tokens
 
     def _numbered(self) -> list[tuple[str, object]]:
         """(sample id, NeedleSample) for the grid, ids stable across runs with the same options."""
         return [
             (f"f{k}" if self.options.samples_file else f"L{s.context_length}-d{s.depth:g}-t{s.trial}", s)
-            for k, s in enumerate(needle_samples(self.options, self.context, self.lengths, self.depths, self.trials))
+            for k, s in enumerate(
+                needle_samples(
+                    self.options, self.context, self.lengths, self.depths, self.trials, self._room, self.grid
+                )
+            )
         ]
 
     def samples(self) -> list[Sample]:
         out = []
         for sample_id, s in self._numbered():
             if self.options.scoring == "generate":
-                request = GenerateRequest(s.prompt_ids, self.options.max_new_tokens or len(s.answer_ids) + 8)
+                request = GenerateRequest(s.prompt_ids, self._room(len(s.answer_ids)))
             else:
                 request = AnswerScoreRequest(s.prompt_ids, s.answer_ids)
             out.append(

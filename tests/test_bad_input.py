@@ -79,14 +79,29 @@ def test_corrupt_gguf(tmp_path):
     assert_user_error(run_ppl(bad, tmp_path / "o"), "cannot load gguf")
 
 
-def test_pickle_checkpoint_refused_unless_allowed(tiny_checkpoint, tmp_path):
+def pickle_checkpoint(tiny_checkpoint, folder):
     from transformers import AutoModelForCausalLM
 
-    ckpt = copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    ckpt = copy_checkpoint(tiny_checkpoint, folder)
     (ckpt / "model.safetensors").unlink()
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     torch.save(model.state_dict(), ckpt / "pytorch_model.bin")
+    return ckpt
+
+
+def test_pickle_checkpoint_refused_unless_allowed(tiny_checkpoint, tmp_path):
+    from evalkit.models.loading import LoadOptions, _check_hf_folder
+
+    ckpt = pickle_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
     assert_user_error(run_ppl(ckpt, tmp_path / "o1"), "pickle", "--allow-pickle")
+    assert _check_hf_folder(ckpt, LoadOptions(allow_pickle=True))["model_type"] == "llama"  # allowed: it loads on
+
+
+@pytest.mark.slow
+def test_pickle_checkpoint_runs_when_allowed(tiny_checkpoint, tmp_path):
+    """A whole run on pickle weights with --allow-pickle (minutes on a loaded CPU). Fast check:
+    test_pickle_checkpoint_refused_unless_allowed (the refusal, and that the flag passes the check)."""
+    ckpt = pickle_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
     assert run_ppl(ckpt, tmp_path / "o2", "--allow-pickle").exit_code == 0
 
 

@@ -483,10 +483,13 @@ def beyond_noise_rate(paired: bool, shift=0.0, units=("trial",), repeats=400, tr
     return float(cells.beyond_noise.mean())
 
 
-@pytest.mark.parametrize("paired", [True, False])
+@pytest.mark.parametrize("paired", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_beyond_noise_rate_is_calibrated(paired):
     """One distribution on both sides: 'beyond noise' about 5% of the time at 95% (400 comparisons:
-    a 99.9% binomial band around 0.05 is [0.022, 0.09]); counting every prompt as independent is not."""
+    a 99.9% binomial band around 0.05 is [0.022, 0.09]); counting every prompt as independent is not.
+
+    The paired case is slow (the most expensive simulation of the fast suite); its fast checks are the
+    unpaired case here and the paired needle cells of test_family.py::test_noise_fails_at_most_alpha_of_compares."""
     rate = beyond_noise_rate(paired)
     assert 0.02 <= rate <= 0.09, rate
     naive = beyond_noise_rate(paired, units=("context_length", "depth", "trial"))

@@ -87,24 +87,37 @@ def short_checkpoint(tokenizer, tmp_path_factory):
 
 
 def test_needle_at_exactly_the_position_limit(short_checkpoint, tmp_path):
-    # a one-digit passkey is one answer token: prompt 128 + answer 1 - 1 = 128 positions, inside the limit
+    """A length the model holds runs: at the limit, prompt + answer fit in it (RULER's convention)."""
+    # a one-digit passkey is one answer token: prompt 127 + answer 1 = 128
     result = needle(
         short_checkpoint, tmp_path / "fits", "--lengths", "128", "--depths", "50", "--trials", "2", "--digits", "1"
     )
     assert result.exit_code == 0, result.output
     rows = pd.read_parquet(tmp_path / "fits" / "results.parquet")
     assert set(rows.context_length) == {128} and len(rows[rows.metric == "greedy_correct"]) == 2
-    # five digits need four positions past the prompt: extrapolation, refused in one line unless allowed
-    result = needle(short_checkpoint, tmp_path / "over", "--lengths", "128", "--depths", "50", "--trials", "1")
-    assert (
-        result.exit_code == 2 and "extrapolation" in result.output and "max_position_embeddings (128)" in result.output
-    )
+    assert set(rows.prompt_tokens) == {127}
+    # five digits: the prompt makes room for them (prompt + answer = 128), where it was refused as extrapolation
+    result = needle(short_checkpoint, tmp_path / "five", "--lengths", "100,128", "--depths", "50", "--trials", "1")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(tmp_path / "five" / "results.parquet").drop_duplicates("context_length")
+    assert dict(zip(rows.context_length, rows.prompt_tokens)) == {100: 100, 128: 123}  # 100 keeps its 100
+    manifest = json.loads((tmp_path / "five" / "manifest.json").read_text())
+    assert manifest["context_lengths"]["prompt_plus_answer_within"] == {
+        "128": {"prompt_tokens": [123], "rule": "RULER: prompt + answer <= L"}
+    }
+    # export rebuilds the same prompts (the model's limit is in the manifest)
+    assert runner.invoke(APP, ["export", str(tmp_path / "five"), "--prompts", str(tmp_path / "p.jsonl")]).exit_code == 0
+    exported = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert sorted(len(r["prompt_ids"]) for r in exported) == [100, 123]
+    # past the limit nothing is fitted: refused in one line unless allowed
+    result = needle(short_checkpoint, tmp_path / "over", "--lengths", "129", "--depths", "50", "--trials", "1")
+    assert result.exit_code == 2 and "max_position_embeddings (128)" in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     result = needle(
         short_checkpoint,
         tmp_path / "allowed",
         "--lengths",
-        "128",
+        "129",
         "--depths",
         "50",
         "--trials",
@@ -112,6 +125,7 @@ def test_needle_at_exactly_the_position_limit(short_checkpoint, tmp_path):
         "--allow-extrapolation",
     )
     assert result.exit_code == 0, result.output
+    assert set(pd.read_parquet(tmp_path / "allowed" / "results.parquet").prompt_tokens) == {129}
 
 
 def test_answer_scoring_runs_prompt_plus_answer_minus_one_positions(tokenizer):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import shlex
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -58,8 +59,9 @@ def user_errors(fn):
             line = Text.assemble(("error:", "bold red"), " ", exc.one_line())
             make_console(stderr=True).print(line, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            make_console(stderr=True).print("interrupted")
+        except KeyboardInterrupt as exc:
+            stage = interrupted_stage(exc)
+            make_console(stderr=True).print("interrupted" + (f" while {stage}" if stage else ""), highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -122,6 +124,50 @@ def continue_command(out=None) -> str:
 
 def print_continue(console, what: str, out) -> None:
     console.print(f"{what}; continue with:\n  {continue_command(out)}", highlight=False, soft_wrap=True)
+
+
+# Where a Ctrl-C that escaped a run landed, read from its traceback (innermost evalkit frame first):
+# (module prefixes, function names, what the user is told was interrupted).
+_STAGES = (
+    (("evalkit.models.loading", "evalkit.models.fetch", "evalkit.backends"), (), "loading the model"),
+    ((), ("load_for",), "loading the model"),
+    (("evalkit.data", "tasks."), ("samples", "_check_lengths"), "building the samples"),
+    (("evalkit.store",), (), "writing the run folder"),
+)
+
+
+def interrupted_stage(exc: BaseException) -> str | None:
+    """What a KeyboardInterrupt stopped ("loading the model", ...), or None when no known step was running."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        module, name = frame.f_globals.get("__name__", ""), frame.f_code.co_name
+        for prefixes, names, stage in _STAGES:
+            if (prefixes and module.startswith(prefixes)) or name in names:
+                return stage
+    return None
+
+
+def finished_rows(folder) -> bool:
+    """Whether a run folder (or a folder of run folders: several models, a sweep) holds finished samples:
+    a non-empty journal (``evalkit.store.results.RunStore`` writes one line per finished sample)."""
+    if folder is None or not Path(folder).is_dir():
+        return False
+    journals = [*Path(folder).glob("journal*.jsonl"), *Path(folder).glob("*/journal*.jsonl")]
+    return any(path.stat().st_size > 0 for path in journals)
+
+
+def print_interrupted(console, exc: KeyboardInterrupt, out) -> None:
+    """A Ctrl-C that stopped a run before or after its samples ran: what it stopped, and a --resume
+    command only where a folder holds finished rows to continue from (else nothing was written)."""
+    stage = f" while {interrupted_stage(exc) or 'preparing the run'}"
+    if finished_rows(out):
+        print_continue(console, f"interrupted{stage}; the finished samples in {out} are kept", out)
+    else:
+        where = f" ({out} was not created)" if out is not None and not Path(out).exists() else ""
+        console.print(f"interrupted{stage}: nothing was written{where}", highlight=False, soft_wrap=True)
 
 
 def print_frame(console, frame, title: str) -> None:

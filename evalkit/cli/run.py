@@ -18,6 +18,7 @@ from evalkit.cli.common import (
     new_group,
     print_continue,
     print_frame,
+    print_interrupted,
     user_errors,
 )
 from evalkit.core import settings
@@ -122,8 +123,8 @@ def _run(task_name: str, task_options: dict, given: dict) -> None:
     for config in configs:
         try:
             outcome = evaluate(config, console=errors)
-        except KeyboardInterrupt:  # between samples (loading, writing tables): resuming loses nothing
-            print_continue(errors, "interrupted", parent or config.out)
+        except KeyboardInterrupt as exc:  # outside the samples (loading, writing tables): resuming loses nothing
+            print_interrupted(errors, exc, parent or config.out)
             raise typer.Exit(130) from None
         if outcome.frame is None:  # a data-parallel worker: rank 0 reports
             continue

@@ -1,5 +1,8 @@
 """Needle-in-a-haystack samples, built token by token so every prompt has exactly L tokens.
 
+(At a model's own limit, where L prompt tokens would leave the answer no positions, ``Fit`` makes
+the prompt L - answer tokens: RULER's convention, prompt + answer within L.)
+
 A prompt is ``head | haystack with needles | suffix | moved whitespace``: the head is the chat
 template's part before the user message (or the BOS token), the suffix is the question, the
 template's part after the message and the answer prefix. Every fixed part is tokenized on its
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -80,14 +84,28 @@ class HaystackOptions:
             raise ConfigError("bad haystack options: " + "; ".join(problems), "fix the needle task options")
 
 
+@dataclass(frozen=True)
+class Fit:
+    """RULER's convention at a model's own limit: a length L the model holds (L <= limit) whose prompt
+    of L tokens would leave no room within the limit for what follows it gets a prompt of L - room
+    tokens instead, so prompt + answer fit in L. Shorter lengths keep prompts of exactly L tokens."""
+
+    limit: int  # the model's max_position_embeddings
+    room: Callable[[int], int]  # answer tokens -> tokens after the prompt (the answer, or a generation budget)
+
+    def prompt_tokens(self, length: int, answer_tokens: int) -> int:
+        room = self.room(answer_tokens)
+        return length - room if length <= self.limit < length + room else length
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: ndarray fields make generated __eq__ ambiguous
 class NeedleSample:
-    prompt_ids: np.ndarray  # (L,) int64
+    prompt_ids: np.ndarray  # (P,) int64: P = L, or L - room where ``Fit`` makes room at the model's limit
     answer_ids: np.ndarray  # (A,) int64, the gold tokens that follow the prompt
     answer_text: str
     needle_spans: tuple[tuple[int, int], ...]  # [start, end) of the target needle(s) in prompt_ids
     distractor_spans: tuple[tuple[int, int], ...]
-    context_length: int
+    context_length: int  # the length asked for (L)
     depth: float  # requested, percent
     actual_depth: float  # percent of the haystack's tokens that precede the first target needle
     trial: int
@@ -270,7 +288,7 @@ class _Builder:
             if len(tokens) < n:
                 raise DataError(
                     f"corpus {self.stream.corpus} has {len(tokens)} tokens, fewer than the {n} a haystack needs",
-                    "give a larger dataset or shorter lengths",
+                    "give a larger --dataset (builtin:python-stdlib holds about 3.3M tokens) or shorter --lengths",
                 )
             offset = int(rng.integers(len(tokens)))
             return np.take(tokens, np.arange(offset, offset + n), mode="wrap"), {
@@ -312,7 +330,7 @@ class _Builder:
             raise ConfigError("this tokenizer has no single newline token to pad ABCDigits lines", "use another needle")
         return np.asarray([self.newline] * left + out, np.int64)
 
-    def sample(self, length: int, depth: float, trial: int, seed: int) -> NeedleSample:
+    def sample(self, length: int, depth: float, trial: int, seed: int, fit: Fit | None = None) -> NeedleSample:
         o, tok = self.options, self.tok
         sample_seed = [seed % 2**63, length, int(round(depth * 100)), trial]
         rng = np.random.default_rng(sample_seed)
@@ -328,8 +346,9 @@ class _Builder:
         answer_ids, moved = _answer_tokens(tok, suffix, suffix_ids, sep + needles.answer)
         needle_ids = [_encode(tok, t) for t in needles.targets + needles.distractors]
         fixed = len(self.head_ids) + sum(map(len, needle_ids)) + len(suffix_ids) + len(moved)
-        n, minimum = length - fixed, fixed + len(needle_ids) - 1  # k needles need k distinct insertion points 0..n
-        if length < minimum:
+        tokens = fit.prompt_tokens(length, len(answer_ids)) if fit else length  # the prompt's own length
+        n, minimum = tokens - fixed, fixed + len(needle_ids) - 1  # k needles need k distinct insertion points 0..n
+        if tokens < minimum:
             raise ConfigError(
                 f"context length {length} is too short for this {o.needle} prompt",
                 f"use at least {minimum} tokens (a few more where random keys or values tokenize longer)",
@@ -344,7 +363,7 @@ class _Builder:
             cursor += len(needle_ids[i])
         pieces += [hay[last:], np.asarray(suffix_ids + moved, np.int64)]
         prompt = np.concatenate(pieces).astype(np.int64)
-        assert len(prompt) == length, (len(prompt), length)  # exact by construction
+        assert len(prompt) == tokens, (len(prompt), tokens)  # exact by construction
         k = len(needles.targets)
         info = {
             **needles.info,
@@ -353,6 +372,7 @@ class _Builder:
             "chat": self.chat is not None,
             "haystack": "abcdigits" if o.needle == "abcdigits" else o.haystack,
             "haystack_tokens": int(n),
+            "prompt_tokens": int(tokens),
             "draw_seed": draw_seed,
             **hay_info,
         }
@@ -386,9 +406,17 @@ def _place(bounds: np.ndarray, n: int, depth: float, targets: int, distractors: 
 
 
 def build_samples(
-    tokenizer, options: HaystackOptions, lengths: list[int], depths: list[float], trials: int, seed: int, stream=None
+    tokenizer,
+    options: HaystackOptions,
+    lengths: list[int],
+    depths: list[float],
+    trials: int,
+    seed: int,
+    stream=None,
+    fit: Fit | None = None,
 ) -> list[NeedleSample]:
-    """One sample per (length, depth, trial), in that nesting order."""
+    """One sample per (length, depth, trial), in that nesting order; prompts of exactly each length,
+    except where ``fit`` makes room for the answer at the model's limit."""
     if trials < 1 or any(not 0 <= d <= 100 for d in depths) or any(length < 1 for length in lengths):
         raise ConfigError(
             f"bad grid: lengths {lengths}, depths {depths}, trials {trials}",
@@ -396,7 +424,10 @@ def build_samples(
         )
     builder = _Builder(tokenizer, options, stream)
     return [
-        builder.sample(length, depth, trial, seed) for length in lengths for depth in depths for trial in range(trials)
+        builder.sample(length, depth, trial, seed, fit)
+        for length in lengths
+        for depth in depths
+        for trial in range(trials)
     ]
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths, parse_percentages
 from evalkit.core.task import option
+from evalkit.data.corpus import PYDOC_TOPICS, PYTHON_STDLIB
+
+# The default needle haystack reads Python's documentation topics (prose, about 113k tokens on SmolLM2's
+# tokenizer; 100k+ on any common one) up to this length and the standard library's source (3.3M tokens,
+# enough for 1M-token haystacks) beyond it. The rule depends on the lengths alone, never on the tokenizer,
+# so the corpus is known before the model loads and every length of a run reads the same text.
+PROSE_HAYSTACK_UP_TO = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -19,19 +27,38 @@ class CorpusOptions:
     text_field: str = option("text", "Field/column holding the text in .jsonl, .parquet and datasets.")
     split: str = option("train", "Dataset split, for Hugging Face datasets.")
 
-    def token_stream(self, tokenizer):
-        """The ``--dataset`` text as one token stream (``evalkit.data.corpus.token_stream``)."""
-        from evalkit.data.corpus import load_corpus, token_stream
+    def resolved_dataset(self) -> str | None:
+        """The corpus read: ``--dataset``, else the task's default (None: ``builtin:pydoc-topics``)."""
+        return self.dataset
 
-        return token_stream(load_corpus(self.dataset, self.text_field, self.split), tokenizer)
+    def corpus(self):
+        from evalkit.data.corpus import load_corpus
+
+        return load_corpus(self.resolved_dataset(), self.text_field, self.split)
+
+    def token_stream(self, tokenizer):
+        """The corpus as one token stream (``evalkit.data.corpus.token_stream``)."""
+        from evalkit.data.corpus import token_stream
+
+        return token_stream(self.corpus(), tokenizer)
 
 
 @dataclass(frozen=True)
 class NeedleGridOptions(CorpusOptions):
     """The needle sample grid, shared by the needle and focus tasks (same samples, same flags)."""
 
+    dataset: str | None = option(
+        None,
+        "Haystack text: builtin:pydoc-topics (Python's documentation topics, prose, about 113k tokens), "
+        "builtin:python-stdlib (the standard library's source, about 3.3M tokens), a .txt/.jsonl/.parquet file or "
+        "folder, or a Hugging Face dataset name. Default: builtin:pydoc-topics when every length is at most 64k, "
+        "else builtin:python-stdlib (enough for 1M-token haystacks).",
+    )
     lengths: str = option(
-        "1k,2k,4k", "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k.", grid=True
+        "1k,2k,4k",
+        "Context lengths (prompt tokens, chat template included): 1k,2k or 1k..16k. At the model's own limit "
+        "prompt + answer fit in the length (RULER's convention; the manifest lists such lengths).",
+        grid=True,
     )
     depths: str = option("0:100:25", "Needle depths in percent: START:STOP:STEP or a list.", grid=True)
     trials: str = option(
@@ -73,6 +100,15 @@ class NeedleGridOptions(CorpusOptions):
     def __post_init__(self):
         # an int from Python or a sweep TOML (trials = 5) is the same option as "5" from the CLI
         object.__setattr__(self, "trials", str(self.trials).strip())
+
+    def resolved_dataset(self) -> str | None:
+        """``--dataset``, else the built-in corpus long enough for the longest corpus haystack."""
+        if self.dataset:
+            return self.dataset
+        reads_stream = self.haystack == "corpus" and self.needle != "abcdigits" and not self.samples_file
+        if reads_stream and max(parse_lengths(self.lengths)) > PROSE_HAYSTACK_UP_TO:
+            return PYTHON_STDLIB
+        return PYDOC_TOPICS
 
     def validate(self) -> tuple[list[int], list[float]]:
         spec = parse_trials(self.trials)
@@ -124,16 +160,32 @@ def parse_trials(text: str) -> int | AutoTrials:
     return spec
 
 
-def needle_samples(options: NeedleGridOptions, context, lengths, depths, trials: int | None = None):
+def needle_samples(
+    options: NeedleGridOptions,
+    context,
+    lengths,
+    depths,
+    trials: int | None = None,
+    room: Callable[[int], int] = lambda answer_tokens: answer_tokens,
+    record: dict | None = None,
+):
     """The grid's ``NeedleSample``s, deterministic from the run's seed; ``trials`` resolved from an
-    ``auto:D`` spec by the task (``--trials`` itself when it is a number)."""
+    ``auto:D`` spec by the task (``--trials`` itself when it is a number).
+
+    ``room``: answer tokens -> the tokens that follow the prompt in the task's request (the answer
+    when scored, the generation budget, none for a probe of the prompt alone): at the model's own
+    limit the prompt makes that room (``haystack.Fit``). ``record``, when given, receives what the
+    manifest says about the haystack corpus and the lengths (``grid_provenance``)."""
     from evalkit.data import haystack
 
     if options.samples_file:
         return haystack.load_samples_file(options.samples_file, context.tokenizer, chat=options.chat)
-    stream = None
+    stream = corpus = None
     if options.haystack in ("corpus", "repeat") and options.needle != "abcdigits":
-        stream = options.token_stream(context.tokenizer)
+        from evalkit.data.corpus import token_stream
+
+        corpus = options.corpus()
+        stream = token_stream(corpus, context.tokenizer)
     settings = haystack.HaystackOptions(
         haystack=options.haystack,
         needle=options.needle,
@@ -148,7 +200,41 @@ def needle_samples(options: NeedleGridOptions, context, lengths, depths, trials:
         trials = parse_trials(options.trials)
         if not isinstance(trials, int):
             raise ConfigError(f"--trials {options.trials} is not resolved here", "give a number of trials")
-    return haystack.build_samples(context.tokenizer, settings, lengths, depths, trials, context.seed, stream=stream)
+    fit = haystack.Fit(context.max_positions, room) if context.max_positions else None
+    samples = haystack.build_samples(
+        context.tokenizer, settings, lengths, depths, trials, context.seed, stream=stream, fit=fit
+    )
+    if record is not None:
+        record.update(grid_provenance(options, corpus, stream, context, samples))
+    return samples
+
+
+def grid_provenance(options: NeedleGridOptions, corpus, stream, context, samples) -> dict:
+    """The manifest's account of a built grid: which corpus the haystacks came from and why, and
+    which lengths hold prompt + answer within L rather than an L-token prompt."""
+    out = {}
+    if corpus is not None:
+        from evalkit.data.corpus import stream_provenance
+
+        why = (
+            "--dataset"
+            if options.dataset
+            else f"default: {PYDOC_TOPICS} for lengths up to {PROSE_HAYSTACK_UP_TO}, {PYTHON_STDLIB} beyond"
+        )
+        out["haystack_corpus"] = {**stream_provenance(corpus, stream, context.tokenizer), "chosen_by": why}
+    fitted: dict[str, list[int]] = {}
+    for s in samples:
+        if len(s.prompt_ids) != s.context_length:
+            fitted.setdefault(str(s.context_length), []).append(len(s.prompt_ids))
+    out["context_lengths"] = {
+        "counting": "prompt tokens, chat template included; at the model's own limit, prompt + answer",
+        "max_position_embeddings": context.max_positions,
+        "prompt_plus_answer_within": {
+            length: {"prompt_tokens": sorted(set(sizes)), "rule": "RULER: prompt + answer <= L"}
+            for length, sizes in fitted.items()
+        },
+    }
+    return out
 
 
 def needle_unit_columns(options: NeedleGridOptions) -> tuple[str, ...]:
@@ -177,5 +263,6 @@ def provenance(sample, seed: int) -> dict:
         "haystack_source": info.get("haystack_source", info.get("source")),
         "haystack_offset": info.get("haystack_offset"),
         "haystack_tokens": info.get("haystack_tokens"),
+        "prompt_tokens": int(len(sample.prompt_ids)),
         "draw_seed": ",".join(map(str, info["draw_seed"])) if "draw_seed" in info else None,
     }

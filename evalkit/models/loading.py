@@ -277,7 +277,7 @@ def load_model(spec: str, options: LoadOptions = LoadOptions(), log=print) -> Lo
 
 
 def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # evalkit draws its own progress; keep logs clean
@@ -290,6 +290,8 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
         common["gguf_file"] = source.gguf_file
     try:
         config = AutoConfig.from_pretrained(source.location, **common)
+        # the tokenizer before the weights: it is cheap, and a folder without one fails before a long load
+        tokenizer = load_tokenizer(source, **common)
         changes = {}
         if any(v is not None for v in options.rope.values()):
             from evalkit.attention.rope import override_rope
@@ -306,7 +308,6 @@ def _from_pretrained(source: ModelSource, dtype, options: LoadOptions):
                 use_safetensors=None if (options.allow_pickle or source.gguf_file) else True,
                 **common,
             )
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
@@ -345,18 +346,52 @@ def _quiet_gguf_conversion():
 
 def load_tokenizer_only(spec: str, log=print):
     """The tokenizer of a model spec (folder, .gguf, alias), without loading its weights."""
+    source = resolve(spec, log=log)
+    return load_tokenizer(source, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
+
+
+def load_tokenizer(source: ModelSource, **kwargs):
+    """``AutoTokenizer.from_pretrained`` of a source; a folder without tokenizer files is told which it lacks."""
     from transformers import AutoTokenizer
 
-    source = resolve(spec, log=log)
     try:
-        return AutoTokenizer.from_pretrained(
-            source.location, **({"gguf_file": source.gguf_file} if source.gguf_file else {})
-        )
-    except (OSError, ValueError, KeyError) as exc:
+        return AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        folder = Path(source.location)
+        missing = None if source.gguf_file or not folder.is_dir() else missing_tokenizer_files(folder)
+        if missing:
+            raise ModelLoadError(
+                missing,
+                "copy the tokenizer files of the model it was trained from into the folder, or save them there: "
+                "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)",
+            ) from None
         raise ModelLoadError(
-            f"cannot load the tokenizer of {spec}: {_first_line(exc)}",
+            f"cannot load the tokenizer of {source.location}: {_first_line(exc)}",
             "point at a model folder that has tokenizer files",
         ) from None
+
+
+# Files a tokenizer's vocabulary comes from; any one group is enough (tokenizer_config.json, beside it, says which
+# class reads them, and special_tokens_map.json / added_tokens.json only add to a vocabulary).
+_VOCABULARIES = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("spiece.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+)
+
+
+def missing_tokenizer_files(folder: Path) -> str | None:
+    """What a checkpoint folder lacks to build its tokenizer, as a problem line; None when it has a vocabulary."""
+    have = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    if any(all(name in have for name in group) for group in _VOCABULARIES):
+        return None
+    half = " (vocab.json without merges.txt)" if "vocab.json" in have else ""
+    return (
+        f"{folder} has no tokenizer{half}: it needs tokenizer.json, or tokenizer.model, or vocab.json and merges.txt, "
+        f"with tokenizer_config.json (tokenizer files there: {', '.join(have) or 'none'})"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
