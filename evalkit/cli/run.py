@@ -38,33 +38,69 @@ def setting_parameter(setting) -> inspect.Parameter:
     )
 
 
-def _option_annotation(f: dataclasses.Field, hint):
+def _option_annotation(f: dataclasses.Field, hint, panel: str = settings.TASK):
     help_text = f.metadata.get("help", "")
     if f.metadata.get("choices"):
         help_text += f" [{'|'.join(f.metadata['choices'])}]"
     args = typing.get_args(hint)
     if type(None) in args:  # X | None -> Optional[X]; typer wants typing.Optional
         hint = Optional[next(a for a in args if a is not type(None))]
-    return Annotated[hint, typer.Option(help=help_text, rich_help_panel=settings.TASK)]
+    return Annotated[hint, typer.Option(help=help_text, rich_help_panel=panel)]
+
+
+def _options_parameters(options_cls, panel: str) -> list[inspect.Parameter]:
+    """Command-line parameters for an options dataclass (a task's, or a backend's own)."""
+    hints = typing.get_type_hints(options_cls)
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=_option_annotation(f, hints[f.name], panel),
+            default=f.default,
+        )
+        for f in dataclasses.fields(options_cls)
+    ]
+
+
+def _backend_parameter(backend: str, f: dataclasses.Field) -> inspect.Parameter:
+    from evalkit.core.registry import BACKENDS
+
+    hint = typing.get_type_hints(BACKENDS.get(backend).Options)[f.name]
+    annotation = _option_annotation(f, hint, f"Backend: {backend} (with --backend {backend})")
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=f.default)
+
+
+def backend_option_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every installed backend's own options by name: (backend, field). Their flags are shared by every
+    `evalkit run TASK` and go to that backend only (``RunConfig.backend_options``)."""
+    from evalkit.core.registry import BACKENDS
+
+    found: dict[str, tuple[str, dataclasses.Field]] = {}
+    for name in BACKENDS.names():
+        options = BACKENDS.get(name).Options
+        for f in dataclasses.fields(options) if options else ():
+            found.setdefault(f.name, (name, f))
+    return found
 
 
 def _make_run_command(task_name: str, task_cls) -> None:
-    hints = typing.get_type_hints(task_cls.Options)
     task_fields = dataclasses.fields(task_cls.Options)
+    backend_fields = {k: v for k, v in backend_option_fields().items() if k not in {f.name for f in task_fields}}
     params = [setting_parameter(s) for s in settings.settings_for(settings.CLI)]
-    params += [
-        inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_option_annotation(f, hints[f.name]), default=f.default
-        )
-        for f in task_fields
-    ]
+    params += _options_parameters(task_cls.Options, settings.TASK)
+    params += [_backend_parameter(backend, f) for backend, f in backend_fields.values()]
     params.sort(key=lambda p: _panel_order(p.annotation))  # typer lists panels in the order it first meets them
 
     @user_errors
     def command(**kwargs):
         given = {f.name: kwargs.pop(f.name) for f in task_fields}
         task_options = {f.name: given[f.name] for f in task_fields if given[f.name] != f.default}
-        _run(task_name, task_options, kwargs)
+        backend_options = {}
+        for name, (backend, f) in backend_fields.items():
+            value = kwargs.pop(name)
+            if value != f.default:
+                backend_options[name] = (backend, value)
+        _run(task_name, task_options, kwargs, backend_options)
 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = task_cls.description
@@ -76,10 +112,22 @@ def _panel_order(annotation) -> int:
     return settings.PANELS.index(panel) if panel in settings.PANELS else len(settings.PANELS)
 
 
-def _run(task_name: str, task_options: dict, given: dict) -> None:
+def _backend_options(backend: str, given: dict[str, tuple[str, object]]) -> dict:
+    """The given backend flags, each checked to belong to the run's backend (one line if not)."""
+    from evalkit.core.errors import ConfigError
+
+    for name, (owner, _value) in given.items():
+        if owner != backend:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is an option of the {owner} backend", f"add --backend {owner}, or drop {flag}")
+    return {name: value for name, (_owner, value) in given.items()}
+
+
+def _run(task_name: str, task_options: dict, given: dict, backend_flags: dict | None = None) -> None:
     """Check everything that needs no model (settings and the task's grid first: no torch is imported
     before a mistake there is reported), then every model's checkpoint, then run the models in turn."""
     values = settings.check_settings(given, settings.CLI)
+    backend_options = _backend_options(values["backend"], backend_flags or {})
     from evalkit.run.evaluate import check_task_options
 
     check_task_options(task_name, task_options, values["seed"], values["allow_extrapolation"])
@@ -110,6 +158,7 @@ def _run(task_name: str, task_options: dict, given: dict) -> None:
             task_options=task_options,
             attention=requests,
             rope=settings.rope_of(values),
+            backend_options=backend_options,
             **{**fields, "out": folder},
         )
         for spec, folder in zip(model, folders)
