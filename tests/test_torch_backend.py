@@ -175,3 +175,16 @@ def test_tokens_shared_with_rows_keep_their_columns(module, tokenizer):
     run = evalkit.evaluate(module, tokenizer, task="needle", lengths="128", depths="50", trials=1, progress=False)
     assert {"context_length", "depth", "trial", "needle", "metric", "value"} <= set(run.rows.columns)
     assert isinstance(run.rows, pd.DataFrame)
+
+
+def test_a_backend_flag_without_its_backend_is_refused_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(
+        cli.register_tasks(), ["run", "perplexity", "--max-positions", "64", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2
+    assert "--max-positions is an option of the torch backend: add --backend torch" in result.output
+    assert not (tmp_path / "x").exists()

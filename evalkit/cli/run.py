@@ -131,6 +131,11 @@ def _run(task_name: str, task_options: dict, given: dict, backend_flags: dict | 
     from evalkit.run.evaluate import check_task_options
 
     check_task_options(task_name, task_options, values["seed"], values["allow_extrapolation"])
+    if values["calibrate_on"]:  # an option's own format, before any checkpoint is read
+        from evalkit.core.registry import get_task
+        from evalkit.run.calibration import parse_calibrate_on
+
+        parse_calibrate_on(values["calibrate_on"], get_task(task_name))
     from evalkit.run.evaluate import RunConfig, check_checkpoint
 
     layers = values["attention_layers"]
