@@ -103,7 +103,8 @@ def test_option_values_print_literally_not_as_emoji(tiny_checkpoint, tmp_path):
 
 def test_help_shows_toml_tables():
     assert "[[gate]]" in invoke("gate", "--help").output
-    assert "[[model]], [[attention]], [[task]]" in " ".join(invoke("sweep", "--help").output.split())
+    sweep_help = runner.invoke(APP, ["sweep", "--help"], env={"COLUMNS": "200"}).output  # help panels unwrapped
+    assert "[[model]], [[attention]], [[task]]" in " ".join(sweep_help.split())
 
 
 # -- 1. the continue command, run as printed -------------------------------------------------

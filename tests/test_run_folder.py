@@ -77,7 +77,7 @@ def test_compare_and_gate_refuse_what_did_not_finish(tmp_path, changes, why):
     c = compare.compare_runs(base, cand)
     assert c.exit_code == 1 and c.regressions.empty  # the numbers are identical: only completeness fails it
     assert any(why in f for f in c.summary["failed_checks"])
-    result = runner.invoke(APP, ["compare", str(base), str(cand)])
+    result = runner.invoke(APP, ["compare", str(base), str(cand), "--format", "markdown"])  # cells unwrapped
     assert result.exit_code == 1 and why.split(" (")[0] in result.output
     _perplexity_gate(tmp_path)
     result = runner.invoke(APP, ["gate", str(cand), "--config", str(tmp_path / "gates.toml")])

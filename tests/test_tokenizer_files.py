@@ -35,7 +35,8 @@ def test_run_names_the_missing_tokenizer_files(tiny_checkpoint, tmp_path, monkey
         raise AssertionError("the weights load after the tokenizer is found missing")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", never)
-    args = ["run", "needle", "--model", str(folder), "--device", "cpu", "--quiet", "--out", str(tmp_path / "o")]
+    args = ["run", "needle", "--model", str(folder), "--lengths", "256", "--device", "cpu", "--quiet"]
+    args += ["--out", str(tmp_path / "o")]
     result = runner.invoke(APP, args)
     assert result.exit_code == 2, result.output
     line = result.output.strip()

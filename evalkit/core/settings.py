@@ -99,7 +99,7 @@ def _writable_place(setting: Setting, value) -> None:
     folder = Path(value).expanduser()
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     if not existing.is_dir():
-        what = "is a file" if existing == folder else f"is inside {existing}, a file"
+        what = "is a file" if existing == folder else f"is inside {existing}, which is a file"
         raise ResultsError(f"{setting.flag} {value} {what}", "give a folder path")
     try:
         Path(tempfile.mkdtemp(prefix=".evalkit-probe-", dir=existing)).rmdir()

@@ -360,11 +360,7 @@ def load_tokenizer(source: ModelSource, **kwargs):
         folder = Path(source.location)
         missing = None if source.gguf_file or not folder.is_dir() else missing_tokenizer_files(folder)
         if missing:
-            raise ModelLoadError(
-                missing,
-                "copy the tokenizer files of the model it was trained from into the folder, or save them there: "
-                "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)",
-            ) from None
+            raise ModelLoadError(missing, TOKENIZER_FIX) from None
         raise ModelLoadError(
             f"cannot load the tokenizer of {source.location}: {_first_line(exc)}",
             "point at a model folder that has tokenizer files",
@@ -379,6 +375,12 @@ _VOCABULARIES = (
     ("spiece.model",),
     ("vocab.json", "merges.txt"),
     ("vocab.txt",),
+)
+
+
+TOKENIZER_FIX = (
+    "copy the tokenizer files of the model it was trained from into the folder, or save them there: "
+    "AutoTokenizer.from_pretrained(BASE).save_pretrained(FOLDER)"
 )
 
 

@@ -448,12 +448,15 @@ def check_checkpoint(config: RunConfig) -> None:
     a GGUF file or a hub id is checked after loading, as before."""
     from evalkit.core.grid import layer_indices, parse_lengths
 
+    task_cls = get_task(config.task)
+    options = build_options(task_cls, config.task_options)
+    if task_cls.model_free(options):
+        return  # computed without a model: --model is not read
     values = _checkpoint_config(config.model)
     if values is None:
         return
     text = values.get("text_config") if isinstance(values.get("text_config"), dict) else {}
     layers = values.get("num_hidden_layers") or text.get("num_hidden_layers")
-    options = build_options(get_task(config.task), config.task_options)
     asked = [("--layers", getattr(options, "layers", "all"))] + [
         ("--attention-layers", request["layers"]) for request in config.attention if request.get("layers")
     ]
@@ -465,7 +468,8 @@ def check_checkpoint(config: RunConfig) -> None:
                 f"give layer indices below {layers}",
             )
     positions = values.get("max_position_embeddings") or text.get("max_position_embeddings")
-    lengths = getattr(options, "lengths", None)
+    # prompts from a samples file have their own lengths, checked once they are tokenized
+    lengths = None if getattr(options, "samples_file", None) else getattr(options, "lengths", None)
     stretched = any(v is not None for v in config.rope.values())  # RoPE overrides change what the limit means
     if lengths and isinstance(positions, int) and not (config.allow_extrapolation or stretched):
         longest = max(parse_lengths(str(lengths)))
