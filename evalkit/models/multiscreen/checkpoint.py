@@ -105,6 +105,8 @@ def load_checkpoint(folder: str | Path, device: Any = "cpu", dtype: Any = None, 
     if config.infinite_tiles is None:
         model.freeze_windows()
     model = model.to(device=torch.device(device) if isinstance(device, str) else device)
+    if model.embed.device.type == "cuda":
+        model.set_score_budget(1 << 27)  # 256 MiB of bf16 scores per chunk: few, large kernels
     if dtype is not None:
         model = model.to(dtype=dtype)
     model.tokenizer = _tokenizer(folder)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from evalkit.models.multiscreen.config import MultiscreenConfig
-from evalkit.models.multiscreen.screen import mipe, screen_banded, screen_full, tanh_norm
+from evalkit.models.multiscreen.screen import SCORE_BUDGET, mipe, screen_banded, screen_full, tanh_norm
 
 
 def window(s_w: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,15 @@ def mipe_rate(w: torch.Tensor, threshold: float) -> torch.Tensor:
     return math.pi * gamma / w
 
 
+SHORT = 64  # up to this length every finite tile runs in one block: a constant, cheaper than many small ops
+
+
 def band_groups(w: torch.Tensor, finite: list[int], length: int) -> list[list[int]]:
     """Finite tiles grouped by the power of two at or above their band min(ceil(w), length), so a
-    group's shared band is at most twice any member's: O(n w) per tile up to a factor 2."""
+    group's shared band is at most twice any member's: O(n w) per tile up to a factor 2. Sequences
+    of at most ``SHORT`` tokens (training batches) take every finite tile in one group."""
+    if length <= SHORT:
+        return [finite] if finite else []
     groups: dict[int, list[int]] = {}
     for tile in finite:
         band = min(math.ceil(float(w[tile])), length)
@@ -60,6 +66,7 @@ class ScreeningLayer(nn.Module):
         super().__init__()
         c = config
         self.tiles, self.key_dim, self.value_dim, self.threshold = c.tiles, c.key_dim, c.value_dim, c.mipe_threshold
+        self.budget = SCORE_BUDGET  # score elements alive at once (Multiscreen.set_score_budget)
         self.q = nn.Linear(c.width, c.tiles * c.key_dim, bias=False)
         self.k = nn.Linear(c.width, c.tiles * c.key_dim, bias=False)
         self.v = nn.Linear(c.width, c.tiles * c.value_dim, bias=False)
@@ -101,12 +108,17 @@ class ScreeningLayer(nn.Module):
         h = q.new_zeros(B, self.tiles, T, self.value_dim)  # (B, H, T, dV)
         finite = [t for t in range(self.tiles) if t not in infinite]
         for group in band_groups(w.detach(), finite, T):
+            if len(group) == self.tiles:  # every tile in one group: no gather, no scatter
+                h = screen_banded(q, k, v, w, r, key_mask, self.budget)  # (B, H, T, dV)
+                continue
             idx = torch.tensor(group, device=x.device)
-            part = screen_banded(q[:, idx], k[:, idx], v[:, idx], w[idx], r[idx], key_mask)  # (B, h, T, dV)
+            part = screen_banded(
+                q[:, idx], k[:, idx], v[:, idx], w[idx], r[idx], key_mask, self.budget
+            )  # (B, h, T, dV)
             h = h.index_copy(1, idx, part)
         if infinite:
             idx = torch.tensor(sorted(infinite), device=x.device)
-            h = h.index_copy(1, idx, screen_full(q[:, idx], k[:, idx], v[:, idx], r[idx], key_mask))
+            h = h.index_copy(1, idx, screen_full(q[:, idx], k[:, idx], v[:, idx], r[idx], key_mask, self.budget))
         u = tanh_norm(h).transpose(1, 2)  # (B, T, H, dV)
         gated = u * torch.tanh(nn.functional.silu(g)) * torch.exp(self.s_o)[:, None]  # (B, T, H, dV)
         return self.o(gated.reshape(B, T, self.tiles * self.value_dim))  # (B, T, E)
@@ -135,6 +147,13 @@ class Multiscreen(nn.Module):
     @property
     def training_length(self) -> int:
         return self.config.training_length
+
+    def set_score_budget(self, elements: int) -> Multiscreen:
+        """Score elements alive at once per tile group (memory, not the result): larger on a GPU,
+        where fewer, bigger chunks keep kernel launches from dominating."""
+        for layer in self.layers:
+            layer.budget = int(elements)
+        return self
 
     def infinite(self, layer: int) -> tuple[int, ...]:
         tiles = self.config.infinite_tiles

@@ -78,7 +78,7 @@ def screen_banded(
     B, H, T, dK = q.shape
     dV = v.shape[-1]
     band = int(min(math.ceil(float(w.detach().max())), T))  # L: keys a query can reach, itself included
-    block = max(band, 16)  # Q: queries per block; the block reads Q + L - 1 keys
+    block = T if T <= 64 else max(band, 16)  # Q: queries per block; the block reads Q + L - 1 keys
     blocks = -(-T // block)  # nb
     span = block + band - 1
     padded = blocks * block
@@ -128,13 +128,19 @@ def screen_full(
     dtype = q.dtype
     r = r.to(dtype)[:, None, None]  # (H, 1, 1)
     chunk = max(1, min(T, budget // max(1, B * H * T)))  # C
+    inplace = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or r.requires_grad))
     out = []
     for start in range(0, T, chunk):
         stop = min(T, start + chunk)
         similarity = q[:, :, start:stop] @ k[:, :, :stop].transpose(-1, -2)  # (B, H, C, stop)
         i = torch.arange(start, stop, device=q.device)[:, None]
-        j = torch.arange(stop, device=q.device)[None, :]
-        weights = relevance(similarity, r) * (j <= i).to(dtype)  # (B, H, C, stop): causal
+        j = torch.arange(start, stop, device=q.device)[None, :]
+        if inplace:  # inference: the same arithmetic without a new tensor per step
+            weights = similarity.sub_(1.0).mul_(r).add_(1.0).clamp_(min=0.0).square_()
+        else:
+            weights = relevance(similarity, r)
+        # causal: only the chunk's own keys [start, stop) can lie after a query
+        weights[..., start:stop].masked_fill_(j > i, 0.0)
         if key_mask is not None:
             weights = weights * key_mask[:, None, None, :stop].to(dtype)
         out.append(weights @ v[:, :, :stop])  # (B, H, C, dV)
