@@ -15,7 +15,7 @@ import numpy as np
 
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths
-from evalkit.core.requests import PROBE_METRICS, ProbeRequest
+from evalkit.core.requests import ProbeRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
 from evalkit.report import stats
@@ -117,7 +117,7 @@ class FocusTask(Task):
 
     def rows(self, sample: Sample, answer) -> list[dict]:
         rows = []
-        for metric in PROBE_METRICS:
+        for metric in answer.metrics:  # PROBE_METRICS for softmax models; screening's own (models/multiscreen/probe.py)
             values = answer.metrics[metric]  # (layers, heads)
             for (i, head), value in np.ndenumerate(values):
                 rows.append(

@@ -245,3 +245,39 @@ def test_refuses_pickled_weights(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match="pickled"):
         load_checkpoint(tmp_path)
+
+
+def test_probe_counts_what_each_tile_accepts():
+    """Layer 0's probe against alpha m computed here from the embedding and the formulas."""
+    from evalkit.core.requests import ProbeRequest
+
+    model = tiny(seed=6).double()
+    ids = torch.randint(0, 37, (1, 30), generator=torch.Generator().manual_seed(2))
+    request = ProbeRequest(ids[0].numpy(), (29, 25), (10, 14), None)
+    result = model.evalkit_probe(ids, request)
+    assert result.layers == (0, 1) and result.metrics["accepted_keys"].shape == (2, 4)
+    p = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    table = p["embed"] / np.linalg.norm(p["embed"], axis=1, keepdims=True)
+    x = table[ids[0].numpy()] * math.exp(p["s_e"])  # (T, E): layer 0's input
+    c = model.config
+    for t in range(4):
+        kd = slice(t * c.key_dim, (t + 1) * c.key_dim)
+        q, k = x @ p["layers.0.q.weight"][kd].T, x @ p["layers.0.k.weight"][kd].T
+        q, k = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (q, k))
+        w, r = math.exp(p["layers.0.s_w"][t]) + 1, math.exp(p["layers.0.s_r"][t]) + 1
+        infinite = t in c.infinite_tiles[0]
+        theta = 0.0 if infinite else math.pi * ((math.cos(math.pi * w / 9.0) + 1) / 2 if w < 9.0 else 0.0) / w
+        counts, shares = [], []
+        for i in (29, 25):
+            weights = []
+            for j in range(i + 1):
+                a = theta * (j - i)  # R(theta i) q . R(theta j) k = q . R(theta (j - i)) k
+                s = q[i, 0] * (math.cos(a) * k[j, 0] - math.sin(a) * k[j, 1])
+                s += q[i, 1] * (math.sin(a) * k[j, 0] + math.cos(a) * k[j, 1]) + q[i, 2:] @ k[j, 2:]
+                m = 1.0 if infinite else ((math.cos(math.pi * (j - i) / w) + 1) / 2 if i - j < w else 0.0)
+                weights.append(max(1 - r * (1 - s), 0.0) ** 2 * m)
+            weights = np.array(weights)
+            counts.append((weights > 0).sum())
+            shares.append(weights[10:14].sum() / weights.sum() if weights.sum() > 0 else 0.0)
+        assert result.metrics["accepted_keys"][0, t] == pytest.approx(np.mean(counts))
+        assert result.metrics["needle_mass"][0, t] == pytest.approx(np.mean(shares), abs=1e-12)

@@ -84,11 +84,11 @@ def screening_model(psi: int, vocab: int, share: float):
     config = MultiscreenConfig.from_psi(psi, vocab_size=vocab, training_length=4096)
     total = config.layers * config.tiles
     count = int(round(share * total))
-    # every (total / count)-th tile, spread over layers, the longest windows of their layers first
-    picked = [int(i * total / count) for i in range(count)] if count else []
-    layers = [[] for _ in range(config.layers)]
-    for index in picked:
-        layers[index % config.layers].append(config.tiles - 1 - index // config.layers)
+    # spread over the layers (at most as many per layer as needed), the longest windows of a layer first
+    layers: list[list[int]] = [[] for _ in range(config.layers)]
+    for i in range(count):
+        layers[(i * config.layers // count) if count <= config.layers else i % config.layers].append(0)
+    layers = [[config.tiles - 1 - k for k in range(len(row))] for row in layers]
     model = Multiscreen(replace(config, infinite_tiles=tuple(tuple(sorted(t)) for t in layers)))
     return model
 

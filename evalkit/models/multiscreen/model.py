@@ -178,6 +178,12 @@ class Multiscreen(nn.Module):
         table = nn.functional.normalize(self.embed, dim=-1)  # (V, E)
         return torch.exp(self.s_f) * (x @ table.T)  # (B, T, V)
 
+    def evalkit_probe(self, input_ids: torch.Tensor, request):
+        """Focus statistics per (layer, tile) for evalkit's focus task (``probe.py``)."""
+        from evalkit.models.multiscreen.probe import probe
+
+        return probe(self, input_ids, request)
+
     # -- the inference rule ---------------------------------------------------------------------
     def learned_windows(self) -> torch.Tensor:
         """w = exp(s_w) + 1 per (layer, tile): (L, H)."""
