@@ -26,15 +26,15 @@ import torch
 from torch import nn
 
 from evalkit.models.multiscreen.config import MultiscreenConfig
-from evalkit.models.multiscreen.screen import SCORE_BUDGET, mipe, screen_banded, screen_full, tanh_norm
-
-
-def window(s_w: torch.Tensor) -> torch.Tensor:
-    return torch.exp(s_w) + 1.0
-
-
-def acceptance(s_r: torch.Tensor) -> torch.Tensor:
-    return torch.exp(s_r) + 1.0
+from evalkit.models.multiscreen.screen import (
+    SCORE_BUDGET,
+    acceptance,
+    mipe,
+    screen_banded,
+    screen_full,
+    tanh_norm,
+    window,
+)
 
 
 def mipe_rate(w: torch.Tensor, threshold: float) -> torch.Tensor:

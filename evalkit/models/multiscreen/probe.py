@@ -31,8 +31,7 @@ def probe(model, input_ids, request):
     import torch
 
     from evalkit.core.requests import ProbeResult
-    from evalkit.models.multiscreen.model import acceptance, window
-    from evalkit.models.multiscreen.screen import relevance, softmask
+    from evalkit.models.multiscreen.screen import acceptance, relevance, softmask, window
 
     wanted = set(range(len(model.layers)) if request.layers is None else request.layers)
     rows = torch.tensor(request.rows, device=input_ids.device)  # (R,)

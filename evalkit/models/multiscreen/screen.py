@@ -28,6 +28,16 @@ import torch
 SCORE_BUDGET = 1 << 22  # score elements alive at once per call (16 MiB in float32)
 
 
+def window(s_w: torch.Tensor) -> torch.Tensor:
+    """The learned window w = exp(s_w) + 1 (at least 1: the query itself)."""
+    return torch.exp(s_w) + 1.0
+
+
+def acceptance(s_r: torch.Tensor) -> torch.Tensor:
+    """The acceptance width r = exp(s_r) + 1: keys with cosine similarity above 1 - 1/r pass."""
+    return torch.exp(s_r) + 1.0
+
+
 def relevance(similarity: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Trim-and-square: ``max(1 - r (1 - s), 0) ** 2``; zero below the threshold s = 1 - 1/r."""
     return torch.clamp(1.0 - r * (1.0 - similarity), min=0.0).square()
