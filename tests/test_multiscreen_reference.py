@@ -54,3 +54,34 @@ def test_arches_and_their_comparisons():
         StudySettings(arches=("softmax", "multiscreen")).check()
     with pytest.raises(ConfigError, match="arch"):
         StudySettings(arches=("mamba",)).check()
+
+
+def test_three_arm_study_end_to_end(tmp_path, monkeypatch):
+    """softmax, SSMax and Multiscreen trained on the same batches, evaluated on the same prompts
+    through their backends, compared pairwise in one report."""
+    import pandas as pd
+
+    from evalkit.reference import train as train_module
+    from evalkit.reference.study import run_study
+    from evalkit.reference.study_layout import run_folder
+
+    tiny = RECIPES["cpu"].replace(
+        name="tiny", layers=2, width=16, heads=2, mlp_ratio=2, train_length=16, batch=4, steps=2, warmup=1,
+        eval_sequences=8, digits=2, threads=1,
+    )  # fmt: skip
+    monkeypatch.setitem(train_module.RECIPES, "tiny", tiny)
+    settings = StudySettings(
+        positions=("irope",), seeds=(0,), recipe="tiny", needle_trials=1, focus_trials=1, perplexity_samples=2,
+        depths="50", factors=(1, 2), arches=("softmax", "ssmax", "multiscreen"),
+    )  # fmt: skip
+    text = run_study(tmp_path, settings, device="cpu", log=lambda *_: None).read_text()
+    for heading in ("## SSMax - softmax, paired", "## Multiscreen - softmax, paired", "## Multiscreen - SSMax, paired"):
+        assert heading in text
+    assert "| irope | 0 | multiscreen |" in text  # its training row, with its parameter count
+    prompts = [
+        pd.read_parquet(run_folder(tmp_path, "irope", 0, arm, "needle") / "results.parquet")[["answer", "needle_start"]]
+        for arm in ("softmax", "multiscreen")
+    ]
+    assert prompts[0].reset_index(drop=True).equals(prompts[1].reset_index(drop=True))  # the same prompts
+    focus = pd.read_parquet(run_folder(tmp_path, "irope", 0, "multiscreen", "focus") / "results.parquet")
+    assert {"needle_mass", "accepted_keys", "needle_only"} <= set(focus.metric)
