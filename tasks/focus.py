@@ -16,7 +16,7 @@ import numpy as np
 from evalkit.core.errors import ConfigError
 from evalkit.core.grid import parse_lengths
 from evalkit.core.metrics import HIGHER, LOWER, Metric
-from evalkit.core.requests import PROBE_METRICS, ProbeRequest
+from evalkit.core.requests import ProbeRequest
 from evalkit.core.task import Sample, Task, option
 from evalkit.data.options import NeedleGridOptions, needle_samples, parse_trials, provenance
 from evalkit.report import stats
@@ -68,6 +68,10 @@ class FocusTask(Task):
         Metric("max_weight", HIGHER, bounds=FRACTION, compared=False, label="largest attention weight"),
         Metric("entropy", LOWER, bounds=(0.0, None), compared=False, label="attention entropy (nats)"),
         Metric("needle_rank", LOWER, bounds=(0.0, None), compared=False, label="rank of the needle's best key"),
+        # screening models (Multiscreen): absolute relevance, per tile (evalkit/models/multiscreen/probe.py)
+        Metric("accepted_keys", bounds=(0.0, None), compared=False, label="keys a query accepts (relevance > 0)"),
+        Metric("needle_accepted", HIGHER, bounds=FRACTION, label="tiles where a needle key passes the threshold"),
+        Metric("needle_only", HIGHER, bounds=FRACTION, label="tiles where the needle passes and no distractor does"),
     )
 
     @classmethod
@@ -149,7 +153,7 @@ class FocusTask(Task):
 
     def rows(self, sample: Sample, answer) -> list[dict]:
         rows = []
-        for metric in PROBE_METRICS:
+        for metric in answer.metrics:  # PROBE_METRICS for softmax models; screening's own (models/multiscreen/probe.py)
             values = answer.metrics[metric]  # (layers, heads)
             for (i, head), value in np.ndenumerate(values):
                 rows.append(

@@ -132,6 +132,7 @@ def test_gpu_preset_plan():
         ("smollm2-135m", "queries"): "8k",
         ("llama-1b", "nested"): "1k..32k",
         ("smollm2-135m", "nested"): "1k..32k",
+        ("llama-1b", "screening"): "4k,16k,32k,64k,100k",  # builds its own models: once per preset
     }
     perplexity = [job for job in plan.jobs if job.bench.name == "perplexity"]
     for job in perplexity:

@@ -21,6 +21,7 @@ from evalkit.bench import timing
 from evalkit.bench.focus import bench_focus
 from evalkit.bench.needle import bench_needle
 from evalkit.bench.perplexity import bench_perplexity
+from evalkit.bench.screening import bench_screening
 from evalkit.core.errors import ConfigError, did_you_mean
 
 SSMAX_S = 0.43  # SmolLM2's s in the design notes; any s costs the same, it is one factor on q
@@ -153,6 +154,16 @@ def _nested(
     )
 
 
+def _screening(lengths: str, device: str, dtype: str, out: str | None, **kwargs):
+    """The screening bench builds its own random models (the paper's shape for psi, and a softmax
+    Transformer of the same width and depth): the preset's model only lends its lengths."""
+    return bench_screening(lengths, device, dtype, out=out, **kwargs)
+
+
+def _screening_summary(frame):
+    return frame.drop(columns=["device"], errors="ignore")
+
+
 REGISTRY: list[SuiteBench] = [
     SuiteBench(
         "perplexity",
@@ -196,6 +207,18 @@ REGISTRY: list[SuiteBench] = [
         },
     ),
     SuiteBench(
+        "screening",
+        _screening,
+        {
+            # psi 8 (the 4M shape): 4k..32k is about 2 CPU minutes on 2 cores; the paper's 100k on a GPU
+            # at its base shape (psi 32, 286M with the paper's vocabulary; 512 tokens here)
+            "cpu": dict(psi=8, rounds=1, budget_s=240.0, first_model_only=True),
+            "gpu": dict(psi=32, rounds=3, budget_s=120.0, first_model_only=True),
+            "smoke": dict(psi=4, rounds=1, budget_s=30.0, first_model_only=True),
+        },
+        _screening_summary,
+    ),
+    SuiteBench(
         "queries",
         _queries,
         {
@@ -226,7 +249,7 @@ PRESETS: dict[str, Preset] = {
         (
             SuiteModel(
                 "smollm2-135m",
-                {"*": "512,2k", "needle": "512,1k", "queries": "4k", "nested": "256..4k"},
+                {"*": "512,2k", "needle": "512,1k", "queries": "4k", "nested": "256..4k", "screening": "4k,8k,16k,32k"},
                 spec="smollm2-135m",
             ),
         ),
@@ -242,7 +265,7 @@ PRESETS: dict[str, Preset] = {
         (
             SuiteModel(
                 "llama-1b shape (random weights)",
-                {"*": "8k,32k", "queries": "8k", "nested": "1k..32k"},
+                {"*": "8k,32k", "queries": "8k", "nested": "1k..32k", "screening": "4k,16k,32k,64k,100k"},
                 shape="llama-1b",
             ),
             SuiteModel("smollm2-135m shape (random weights)", SMOLLM2_GPU_LENGTHS, shape="smollm2-135m"),
@@ -255,7 +278,13 @@ PRESETS: dict[str, Preset] = {
         "cpu",
         "float32",
         90,
-        (SuiteModel("smollm2-135m", {"*": "256", "queries": "1k", "nested": "128..512"}, spec="smollm2-135m"),),
+        (
+            SuiteModel(
+                "smollm2-135m",
+                {"*": "256", "queries": "1k", "nested": "128..512", "screening": "1k"},
+                spec="smollm2-135m",
+            ),
+        ),
         sized_for="2 CPU cores",
         probe_size=1024,
     ),
@@ -290,6 +319,8 @@ def plan_suite(
             if preset.name not in entry.args:
                 continue
             args = dict(entry.args[preset.name])
+            if args.pop("first_model_only", False) and suite_model is not models[0]:
+                continue  # a bench that builds its own models runs once per preset
             if args.get("attention") == "ssmax-pair":
                 args["attention"] = _ssmax_pair()
             args["lengths"] = lengths or suite_model.lengths_for(entry.name)

@@ -177,6 +177,34 @@ def bench_queries_command(
     print_frame(make_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
 
+@bench_app.command("screening")
+@user_errors
+def bench_screening_command(
+    lengths: Annotated[str, typer.Option(help="Context lengths, e.g. 4k,8k,16k,32k,64k.")] = "4k,8k,16k,32k",
+    psi: Annotated[
+        int, typer.Option(help="Multiscreen size: psi layers x psi tiles, width psi^2 (8: the 4M shape).")
+    ] = 8,
+    infinite_share: Annotated[
+        float,
+        typer.Option(help="Share of tiles at w = infinity (the paper: 0.094 base, 0.047 after continued training)."),
+    ] = 0.094,
+    device: DeviceOption = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    rounds: Annotated[int, typer.Option(help="Rounds; both models take a turn in each, the median counts.")] = 1,
+    budget_seconds: Annotated[
+        float, typer.Option(help="Stop before a length that would overrun this wall time.")
+    ] = 300.0,
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_screening.csv into.")] = None,
+) -> None:
+    """One forward pass without KV cache: Multiscreen vs a softmax SDPA Transformer of the same width and depth."""
+    from evalkit.bench.screening import bench_screening
+
+    frame = bench_screening(
+        lengths, device, dtype, psi, infinite_share, rounds=rounds, budget_s=budget_seconds, out=out
+    )
+    print_frame(make_console(), frame, frame.attrs["caption"])
+
+
 @bench_app.command("suite")
 @user_errors
 def bench_suite_command(

@@ -46,23 +46,50 @@ def reference_train(
             "track)."
         ),
     ] = None,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="Arms, comma-separated: softmax,ssmax (the pair, trained together) and/or multiscreen "
+            "(OUT/multiscreen, "
+            "same data, tokens and steps)."
+        ),
+    ] = "softmax,ssmax",
 ) -> None:
-    """Train two tiny models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits."""
+    """Train two tiny models that differ only in attention (Softmax vs learnable SSMax) on ABCDigits, and/or a
+    tiny Multiscreen on the same batches."""
     from evalkit.reference import train_reference_pair
+    from evalkit.reference.study_layout import StudySettings
 
-    summary = train_reference_pair(
-        Path(out),
-        recipe=recipe,
-        steps=steps,
-        seed=seed,
-        device=device,
-        log=typer.echo,
-        positions=positions,
-        window=window,
-        pattern=pattern,
-        save_every=save_every,
-    )
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    arches = _arches(arch)
+    StudySettings(arches=arches).check()  # softmax and ssmax together, known names
+    if "softmax" in arches:
+        summary = train_reference_pair(
+            Path(out),
+            recipe=recipe,
+            steps=steps,
+            seed=seed,
+            device=device,
+            log=typer.echo,
+            positions=positions,
+            window=window,
+            pattern=pattern,
+            save_every=save_every,
+        )
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    if "multiscreen" in arches:
+        from evalkit.reference.screening import train_multiscreen
+        from evalkit.reference.train import get_recipe
+
+        chosen = get_recipe(recipe, positions)
+        changes = {k: v for k, v in (("steps", steps), ("window", window), ("pattern", pattern)) if v is not None}
+        summary = train_multiscreen(
+            Path(out), recipe=chosen.replace(**changes) if changes else chosen, seed=seed, device=device, log=typer.echo
+        )
+        typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _arches(arch: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in arch.split(",") if a.strip())
 
 
 @reference_app.command("study")
@@ -83,12 +110,22 @@ def reference_study(
     needle_trials: Annotated[int, typer.Option(help="Needle trials per (length, depth).")] = 20,
     focus_trials: Annotated[int, typer.Option(help="Focus trials per (length, depth).")] = 4,
     perplexity_samples: Annotated[int, typer.Option(help="Perplexity windows per length.")] = 8,
+    arch: Annotated[
+        str, typer.Option(help="Arms, comma-separated: softmax,ssmax (the pair) and/or multiscreen.")
+    ] = "softmax,ssmax",
+    factors: Annotated[
+        str, typer.Option(help="Evaluation lengths as multiples of the training length, e.g. 1,2,4,8,16,32.")
+    ] = "1,2,4,8,16",
+    depths: Annotated[
+        str, typer.Option(help="Needle depths in percent (the Multiscreen paper: 10:90:20).")
+    ] = "0:100:25",
     device: DeviceOption = "auto",
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted study (finished pairs and runs are always reused).")
     ] = False,
 ) -> None:
-    """Train every Softmax/SSMax pair, run needle, focus and perplexity on each model, write report.md."""
+    """Train every Softmax/SSMax pair (and Multiscreen arm), run needle, focus and perplexity on each model, write
+    report.md."""
     from evalkit.core.errors import ConfigError
     from evalkit.reference.study import run_study
     from evalkit.reference.study_layout import StudySettings
@@ -97,7 +134,14 @@ def reference_study(
         seed_list = tuple(int(s) for s in seeds.split(","))
     except ValueError:
         raise ConfigError(f"bad --seeds {seeds!r}", "give integers, e.g. 0,1,2") from None
+    try:
+        factor_list = tuple(int(f) for f in factors.split(","))
+    except ValueError:
+        raise ConfigError(f"bad --factors {factors!r}", "give integers, e.g. 1,2,4,8,16,32") from None
     settings = StudySettings(
+        arches=_arches(arch),
+        factors=factor_list,
+        depths=depths,
         positions=tuple(p.strip() for p in positions.split(",") if p.strip()),
         seeds=seed_list,
         recipe=recipe,

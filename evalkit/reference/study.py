@@ -33,7 +33,7 @@ import numpy as np
 from evalkit.core.errors import ConfigError, ResultsError
 from evalkit.reference.study_layout import RUN_SEED, TASKS, StudySettings, pair_folder, run_folder
 from evalkit.reference.study_report import write_report
-from evalkit.reference.train import VARIANTS, train_reference_pair
+from evalkit.reference.train import train_reference_pair
 
 
 def run_study(
@@ -52,7 +52,7 @@ def run_study(
     for positions in settings.positions:
         for seed in settings.seeds:
             pair = _train_pair(out, settings, positions, seed, device, log, progress)
-            for variant in VARIANTS:
+            for variant in settings.arches:
                 for task in TASKS:
                     _evaluate(out, settings, positions, seed, variant, task, pair, device, resume, log)
     return write_report(out, settings, log=log)
@@ -63,8 +63,9 @@ def _check_study_file(out: Path, settings: StudySettings) -> None:
     wanted = json.loads(json.dumps(asdict(settings)))
     if path.is_file():
         stored = json.loads(path.read_text())
-        # more position schemes or seeds may join a study; what they are measured with may not change
-        fixed = {k: v for k, v in wanted.items() if k not in ("positions", "seeds")}
+        # more position schemes, seeds or arms may join a study; what they are measured with may not change
+        stored.setdefault("arches", ["softmax", "ssmax"])  # a study from before the screening arm
+        fixed = {k: v for k, v in wanted.items() if k not in ("positions", "seeds", "arches")}
         changed = sorted(k for k, v in fixed.items() if stored.get(k) != v)
         if changed:
             raise ConfigError(
@@ -74,6 +75,7 @@ def _check_study_file(out: Path, settings: StudySettings) -> None:
             )
         wanted["positions"] = list(dict.fromkeys(stored["positions"] + wanted["positions"]))
         wanted["seeds"] = list(dict.fromkeys(stored["seeds"] + wanted["seeds"]))
+        wanted["arches"] = list(dict.fromkeys(stored["arches"] + wanted["arches"]))
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(wanted, indent=2) + "\n")
 
@@ -83,6 +85,13 @@ def _train_pair(
 ) -> Path:
     folder = pair_folder(out, positions, seed)
     recipe = settings.recipe_for(positions)
+    if "multiscreen" in settings.arches and not (folder / "multiscreen_summary.json").is_file():
+        from evalkit.reference.screening import train_multiscreen
+
+        log(f"training the multiscreen arm, {positions} recipe, seed {seed} -> {folder / 'multiscreen'}")
+        train_multiscreen(folder, recipe=recipe, seed=seed, device=device, log=log)
+    if "softmax" not in settings.arches:
+        return folder
     summary_file = folder / "summary.json"
     if summary_file.is_file():
         stored = json.loads(summary_file.read_text())

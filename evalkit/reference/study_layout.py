@@ -16,6 +16,7 @@ from evalkit.reference.positions import POSITIONS
 from evalkit.reference.train import LEARNED_ACCURACY, VARIANTS, get_recipe
 
 TASKS = ("needle", "focus", "perplexity")
+ARCHES = (*VARIANTS, "multiscreen")  # the pair's two variants, and the screening arm (reference/screening.py)
 FACTORS = (1, 2, 4, 8, 16)  # evaluation lengths, as multiples of the training length
 RUN_SEED = 1234  # the prompts' seed: one for every model, so pairs compare prompt by prompt
 UNITS = {"needle": ["train_seed", "trial"], "focus": ["train_seed", "trial"], "perplexity": ["train_seed", "sample"]}
@@ -34,6 +35,7 @@ class StudySettings:
     perplexity_samples: int = 8
     depths: str = "0:100:25"
     factors: tuple[int, ...] = FACTORS
+    arches: tuple[str, ...] = VARIANTS  # add "multiscreen" for the screening arm
 
     def check(self) -> None:
         bad = [p for p in self.positions if p not in POSITIONS]
@@ -43,6 +45,14 @@ class StudySettings:
             )
         if not self.seeds or any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"bad --seeds {self.seeds}", "give distinct seeds >= 0, e.g. 0,1,2")
+        bad = [a for a in self.arches if a not in ARCHES]
+        if bad or not self.arches or ("softmax" in self.arches) != ("ssmax" in self.arches):
+            raise ConfigError(
+                f"bad --arch {','.join(self.arches)}",
+                f"give some of {', '.join(ARCHES)}; softmax and ssmax train together as a pair (both or neither)",
+            )
+        if not self.factors or any(f < 1 for f in self.factors):
+            raise ConfigError(f"bad --factors {self.factors}", "give multiples of the training length >= 1, e.g. 1,2,4")
         for name in ("needle_trials", "focus_trials", "perplexity_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"bad {name} {getattr(self, name)}", "give at least 1")
@@ -72,7 +82,7 @@ def load_frames(out: Path, settings: StudySettings) -> dict[str, Any]:
     frames: dict[str, list] = {t: [] for t in TASKS}
     for positions in settings.positions:
         for seed in settings.seeds:
-            for variant in VARIANTS:
+            for variant in settings.arches:
                 for task in TASKS:
                     path = run_folder(out, positions, seed, variant, task) / "results.parquet"
                     if not path.is_file():
@@ -86,15 +96,22 @@ def load_frames(out: Path, settings: StudySettings) -> dict[str, Any]:
 
 
 def pair_summaries(out: Path, settings: StudySettings) -> dict[tuple[str, int], dict]:
-    return {
-        (p, s): json.loads((pair_folder(out, p, s) / "summary.json").read_text())
-        for p in settings.positions
-        for s in settings.seeds
-    }
+    """Per (positions, seed): the pair's summary.json (when the pair is in the study) with the
+    Multiscreen arm's summary under "multiscreen" (when it is)."""
+    summaries = {}
+    for p in settings.positions:
+        for s in settings.seeds:
+            folder = pair_folder(out, p, s)
+            summary = json.loads((folder / "summary.json").read_text()) if "softmax" in settings.arches else {}
+            if "multiscreen" in settings.arches:
+                summary["multiscreen"] = json.loads((folder / "multiscreen_summary.json").read_text())
+            summaries[(p, s)] = summary
+    return summaries
 
 
 def learned(summary: dict) -> bool:
-    return all(v["heldout_recall_accuracy"] >= LEARNED_ACCURACY for v in summary["variants"].values())
+    arms = list(summary.get("variants", {}).values()) + ([summary["multiscreen"]] if "multiscreen" in summary else [])
+    return all(v["heldout_recall_accuracy"] >= LEARNED_ACCURACY for v in arms)
 
 
 def finite(x: float) -> bool:

@@ -49,24 +49,46 @@ def effective_lengths(accuracy: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired(frame: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
-    """SSMax - softmax per (positions, length), prompt by prompt, pooled over seeds (paired t on
-    per-unit mean differences, or exact McNemar with one prompt per unit)."""
-    rows = frame[frame.metric == metric]
+NAMES = {"softmax": "softmax", "ssmax": "SSMax", "multiscreen": "Multiscreen"}
+
+
+def comparisons(arches) -> list[tuple[str, str]]:
+    """(baseline, candidate) pairs in the study: SSMax vs softmax, Multiscreen vs each of them."""
+    order = [a for a in ("softmax", "ssmax", "multiscreen") if a in arches]
+    return [(b, c) for i, c in enumerate(order) for b in order[:i]]
+
+
+def paired(
+    frame: pd.DataFrame, task: str, metric: str, baseline: str = "softmax", candidate: str = "ssmax"
+) -> pd.DataFrame:
+    """candidate - baseline per (positions, length), prompt by prompt, pooled over seeds (paired t
+    on per-unit mean differences, or exact McNemar with one prompt per unit). Layers and heads pair
+    up within one architecture; against Multiscreen (tiles, not heads) each prompt's mean over its
+    layers and heads is paired instead."""
+    rows = frame[(frame.metric == metric) & frame.variant.isin([baseline, candidate])]
     keys = ["positions", "train_seed", "context_length", "depth", "trial"]
-    keys += [k for k in ("layer", "head", "sample", "position_bin") if k in rows.columns and rows[k].notna().any()]
+    within = "multiscreen" not in (baseline, candidate)
+    per_unit = ("layer", "head", "sample", "position_bin") if within else ("sample", "position_bin")
+    keys += [k for k in per_unit if k in rows.columns and rows[k].notna().any()]
     keys = [k for k in dict.fromkeys(keys) if k in rows.columns]
     wide = rows.pivot_table(index=keys, columns="variant", values="value", aggfunc="mean").reset_index()
     out = []
+    if baseline not in wide.columns or candidate not in wide.columns:
+        return pd.DataFrame(out)
     for (positions, length), part in wide.groupby(["positions", "context_length"]):
+        part = part.dropna(subset=[baseline, candidate])
+        if part.empty:
+            continue
         units = stats.unit_keys(part, UNITS[task])
-        d = stats.paired_difference(part["softmax"], part["ssmax"], units)
+        d = stats.paired_difference(part[baseline], part[candidate], units)
         out.append(
             {
                 "positions": positions,
                 "context_length": int(length),
-                "softmax": part["softmax"].mean(),
-                "ssmax": part["ssmax"].mean(),
+                "baseline": baseline,
+                "candidate": candidate,
+                "baseline_mean": part[baseline].mean(),
+                "candidate_mean": part[candidate].mean(),
                 "delta": d.delta,
                 "ci_low": d.ci_low,
                 "ci_high": d.ci_high,
@@ -80,33 +102,38 @@ def paired(frame: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
 
 
 def per_seed_comparisons(out: Path, settings: StudySettings) -> pd.DataFrame:
-    """compare_runs on each pair's needle runs (softmax baseline, SSMax candidate): greedy accuracy rows."""
+    """compare_runs on each seed's needle runs, per (baseline, candidate) arm pair: greedy accuracy rows."""
     from evalkit.report.compare import compare_runs
 
     rows = []
-    for positions in settings.positions:
-        for seed in settings.seeds:
-            c = compare_runs(
-                run_folder(out, positions, seed, "softmax", "needle"),
-                run_folder(out, positions, seed, "ssmax", "needle"),
-            )
-            part = c.rows[c.rows.metric == "greedy_correct"]
-            for r in part.itertuples():
-                rows.append(
-                    {
-                        "positions": positions,
-                        "seed": seed,
-                        "context_length": int(r.context_length),
-                        "softmax": r.baseline,
-                        "ssmax": r.candidate,
-                        "delta": r.delta,
-                        "ci_low": r.ci_low,
-                        "ci_high": r.ci_high,
-                        "p_value": r.p_value,
-                        "beyond_noise": bool(r.beyond_noise),
-                    }
-                )
+    for baseline, candidate in comparisons(settings.arches):
+        for positions in settings.positions:
+            for seed in settings.seeds:
+                rows += _per_seed(out, positions, seed, baseline, candidate, compare_runs)
     return pd.DataFrame(rows)
+
+
+def _per_seed(out: Path, positions: str, seed: int, baseline: str, candidate: str, compare_runs) -> list[dict]:
+    c = compare_runs(
+        run_folder(out, positions, seed, baseline, "needle"), run_folder(out, positions, seed, candidate, "needle")
+    )
+    return [
+        {
+            "positions": positions,
+            "seed": seed,
+            "context_length": int(r.context_length),
+            "baseline": baseline,
+            "candidate": candidate,
+            "baseline_mean": r.baseline,
+            "candidate_mean": r.candidate,
+            "delta": r.delta,
+            "ci_low": r.ci_low,
+            "ci_high": r.ci_high,
+            "p_value": r.p_value,
+            "beyond_noise": bool(r.beyond_noise),
+        }
+        for r in c.rows[c.rows.metric == "greedy_correct"].itertuples()
+    ]
 
 
 def _figure(
@@ -175,6 +202,89 @@ def _markdown(frame: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _parameters(path: str) -> str:
+    """Parameter count of a saved checkpoint, read from its safetensors header (no weights loaded)."""
+    import json
+    import struct
+
+    try:
+        with open(Path(path) / "model.safetensors", "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    except OSError:
+        return "-"
+    total = 0
+    for name, entry in header.items():
+        if name != "__metadata__":
+            count = 1
+            for size in entry["shape"]:
+                count *= size
+            total += count
+    return f"{total:,}"
+
+
+def _paired_sections(pooled: dict, per_seed: pd.DataFrame, baseline: str, candidate: str, unlearned) -> list[str]:
+    """The report's section for one (baseline, candidate) comparison: pooled tables per metric, the
+    per-seed needle table, and the lengths where accuracy differs beyond noise."""
+    label = f"{NAMES[candidate]} - {NAMES[baseline]}"
+    column = f"{label} [95%]"
+    lines = [f"## {label}, paired prompt by prompt", ""]
+    if "multiscreen" in (baseline, candidate):
+        lines += [
+            "Focus metrics are paired per prompt as the mean over layers and heads (tiles): a tile is not a head.",
+            "",
+        ]
+    for (metric, b, c), table in pooled.items():
+        if (b, c) != (baseline, candidate) or table.empty:
+            continue
+        table = table.assign(
+            **{column: [_interval(d, lo, hi) for d, lo, hi in zip(table.delta, table.ci_low, table.ci_high)]},
+            **{baseline: table.baseline_mean, candidate: table.candidate_mean},
+        )
+        lines += [
+            f"### {metric} (pooled over seeds)",
+            "",
+            _markdown(
+                table,
+                ["positions", "context_length", baseline, candidate, column, "p_value", "beyond_noise", "units"],
+            ),
+            "",
+        ]
+    mine = per_seed[(per_seed.baseline == baseline) & (per_seed.candidate == candidate)] if len(per_seed) else per_seed
+    if len(mine):
+        mine = mine.assign(
+            **{column: [_interval(d, lo, hi) for d, lo, hi in zip(mine.delta, mine.ci_low, mine.ci_high)]},
+            **{baseline: mine.baseline_mean, candidate: mine.candidate_mean},
+        )
+        lines += [
+            f"### Needle accuracy per seed (`evalkit compare`, {baseline} baseline, {candidate} candidate)",
+            "",
+            _markdown(
+                mine, ["positions", "seed", "context_length", baseline, candidate, column, "p_value", "beyond_noise"]
+            ),
+            "",
+        ]
+    beyond = pooled.get(("greedy_correct", baseline, candidate), pd.DataFrame())
+    beyond = beyond[beyond.beyond_noise] if not beyond.empty else beyond
+    lines += [f"### What the intervals support ({label})", ""]
+    if beyond.empty:
+        lines.append(
+            f"No needle-accuracy difference between {NAMES[baseline]} and {NAMES[candidate]} is beyond noise at "
+            "any length."
+        )
+    for r in beyond.itertuples():
+        lines.append(
+            f"- {r.positions}, {r.context_length} tokens: {NAMES[candidate]} "
+            f"{'above' if r.delta > 0 else 'below'} {NAMES[baseline]} by "
+            f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] (p = {r.p_value:.2g})"
+            + (
+                " (a model that did not learn the lookup is pooled in)"
+                if any(p == r.positions for p, _ in unlearned)
+                else ""
+            )
+        )
+    return lines + [""]
+
+
 def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] = print) -> Path:
     out = Path(out)
     frames = load_frames(out, settings)
@@ -195,7 +305,8 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
     )
     lengths = effective_lengths(accuracy)
     pooled = {
-        m: paired(frames[t], t, m)
+        (m, b, c): paired(frames[t], t, m, b, c)
+        for b, c in comparisons(settings.arches)
         for t, m in (
             ("needle", "greedy_correct"),
             ("needle", "answer_logprob"),
@@ -211,7 +322,10 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
         ("loss_by_position", by_position),
         ("effective_length", lengths),
         ("per_seed_needle", per_seed),
-        *((f"paired_{m}", t) for m, t in pooled.items()),
+        *(
+            (f"paired_{m}" + ("" if (b, c) == ("softmax", "ssmax") else f"_{c}_vs_{b}"), t)
+            for (m, b, c), t in pooled.items()
+        ),
     ):
         table.to_csv(tables / f"{name}.csv", index=False)
 
@@ -249,7 +363,7 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
     )
 
     lines = [
-        f"# Reference study: Softmax vs SSMax, {', '.join(settings.positions)}",
+        f"# Reference study: {' vs '.join(NAMES[a] for a in settings.arches)}, {', '.join(settings.positions)}",
         "",
         f"Recipe `{settings.recipe}`; seeds {seeds}; every model evaluated on the same prompts (run seed "
         f"{frames['needle'].seed.iloc[0]}). Intervals are 95%, the independent unit is (training seed, trial) for "
@@ -258,16 +372,24 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
         "",
         "## Training",
         "",
-        "| positions | seed | recipe | softmax recall | SSMax recall | learned s (mean) | minutes |",
-        "|---|---|---|---|---|---|---|",
+        "| positions | seed | arm | recipe | held-out recall | parameters | SSMax s / w = inf tiles | minutes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (positions, seed), s in summaries.items():
-        v = s["variants"]
-        lines.append(
-            f"| {positions} | {seed} | {s['recipe_fields']['name']} ({s['steps']} steps) | "
-            f"{v['softmax']['heldout_recall_accuracy']:.1%} | {v['ssmax']['heldout_recall_accuracy']:.1%} | "
-            f"{s['ssmax_s']['mean']:.3f} | {s['train_seconds'] / 60:.1f} |"
-        )
+        for arm, v in s.get("variants", {}).items():
+            lines.append(
+                f"| {positions} | {seed} | {arm} | {s['recipe_fields']['name']} ({s['steps']} steps) | "
+                f"{v['heldout_recall_accuracy']:.1%} | {_parameters(v['path'])} | "
+                + (f"{s['ssmax_s']['mean']:.3f}" if arm == "ssmax" else "")
+                + f" | {s['train_seconds'] / 60:.1f} (pair) |"
+            )
+        if "multiscreen" in s:
+            m = s["multiscreen"]
+            lines.append(
+                f"| {positions} | {seed} | multiscreen | {m['recipe_fields']['name']} ({m['steps']} steps) | "
+                f"{m['heldout_recall_accuracy']:.1%} | {m['parameters']:,} | {m['infinite_share']:.0%} | "
+                f"{m['train_seconds'] / 60:.1f} |"
+            )
     unlearned = [(p, s) for (p, s), summary in summaries.items() if not learned(summary)]
     lines += [
         "",
@@ -319,78 +441,9 @@ def write_report(out: Path, settings: StudySettings, log: Callable[[str], Any] =
         "",
         _wide(by_position, x="position_end"),
         "",
-        "## SSMax - softmax, paired prompt by prompt",
-        "",
     ]
-    for metric, table in pooled.items():
-        if table.empty:
-            continue
-        table = table.assign(
-            **{
-                "SSMax - softmax [95%]": [
-                    _interval(d, lo, hi) for d, lo, hi in zip(table.delta, table.ci_low, table.ci_high)
-                ]
-            }
-        )
-        lines += [
-            f"### {metric} (pooled over seeds)",
-            "",
-            _markdown(
-                table,
-                [
-                    "positions",
-                    "context_length",
-                    "softmax",
-                    "ssmax",
-                    "SSMax - softmax [95%]",
-                    "p_value",
-                    "beyond_noise",
-                    "units",
-                ],
-            ),
-            "",
-        ]
-    if not per_seed.empty:
-        per_seed = per_seed.assign(
-            **{
-                "SSMax - softmax [95%]": [
-                    _interval(d, lo, hi) for d, lo, hi in zip(per_seed.delta, per_seed.ci_low, per_seed.ci_high)
-                ]
-            }
-        )
-        lines += [
-            "### Needle accuracy per seed (`evalkit compare`, softmax baseline, SSMax candidate)",
-            "",
-            _markdown(
-                per_seed,
-                [
-                    "positions",
-                    "seed",
-                    "context_length",
-                    "softmax",
-                    "ssmax",
-                    "SSMax - softmax [95%]",
-                    "p_value",
-                    "beyond_noise",
-                ],
-            ),
-            "",
-        ]
-    beyond = pooled["greedy_correct"]
-    beyond = beyond[beyond.beyond_noise] if not beyond.empty else beyond
-    lines += ["## What the intervals support", ""]
-    if beyond.empty:
-        lines.append("No needle-accuracy difference between softmax and SSMax is beyond noise at any length.")
-    for r in beyond.itertuples():
-        lines.append(
-            f"- {r.positions}, {r.context_length} tokens: SSMax {'above' if r.delta > 0 else 'below'} softmax by "
-            f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] (p = {r.p_value:.2g})"
-            + (
-                " (a pair that did not learn the lookup is pooled in)"
-                if any(p == r.positions for p, _ in unlearned)
-                else ""
-            )
-        )
+    for baseline, candidate in comparisons(settings.arches):
+        lines += _paired_sections(pooled, per_seed, baseline, candidate, unlearned)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     log(f"wrote {path}")

@@ -322,7 +322,8 @@ def batch_losses(model, batch: AbcBatch, device) -> tuple[Any, StepStats]:
     targets = torch.as_tensor(batch.targets, device=device)  # (B, T)
     mask = torch.as_tensor(batch.target_mask, device=device)  # (B, T) bool
     with _autocast(device):
-        logits = model(input_ids=inputs).logits  # (B, T, V)
+        out = model(input_ids=inputs)
+        logits = getattr(out, "logits", out)  # (B, T, V): a transformers output, or a plain module's logits
     nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)  # (B, T)
     count = mask.sum().clamp(min=1)
     recall = (nll * mask).sum() / count  # the retrieval loss: digits of repeated keys only
