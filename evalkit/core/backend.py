@@ -69,6 +69,20 @@ class Backend:
 
     name: ClassVar[str]
     summary: ClassVar[str]  # one line for `evalkit backends`
+    Options: ClassVar[type | None] = None  # a frozen dataclass of backend-specific settings (fields made with
+    # ``evalkit.core.task.option``); they become `evalkit run` flags in the backend's help panel
+
+    @classmethod
+    def load(cls, model: str, options, backend_options=None, log=print) -> Backend:
+        """Load ``model`` (a checkpoint folder, a GGUF file, the embedded default's name) with
+        ``options`` (``evalkit.models.loading.LoadOptions``: device, dtype, safety flags, rope) and
+        ``backend_options`` (an instance of ``Options``, or None for its defaults)."""
+        raise NotImplementedError
+
+    @classmethod
+    def wrap(cls, model, tokenizer, name: str) -> Backend:
+        """A backend over a model object already in memory (``evalkit.evaluate(model, tokenizer)``)."""
+        raise ConfigError(f"the {cls.name} backend cannot wrap a model object", "pass a checkpoint path")
 
     @classmethod
     def declared(cls) -> Capabilities:
@@ -90,8 +104,15 @@ class Backend:
         of one shape too (the runner buckets them)."""
         raise NotImplementedError
 
+    # The checkpoint's own attention, as loaded: what ``auto`` resolves to and where per-head values
+    # missing from the flags come from (``evalkit.run.attention_flags.resolve_variants``).
+    native_attention: tuple[Any, dict]  # (AttentionSpec as recorded, {name: per-head tensor})
+    native_scaling: Any  # the scaling the modelling code applies itself (``NativeScaling``), or None
+    config: Any  # the checkpoint's config (transformers PretrainedConfig or any object with its attributes)
+
     def activate(self, variant) -> None:
-        """Switch the model to an attention variant (a resolved ``evalkit.attention.Variant``)."""
+        """Switch the model to a resolved variant (``evalkit.attention.spec.Variant``: label, spec,
+        per-head tables) before its samples run; called again to switch back."""
         raise NotImplementedError
 
     def describe(self) -> dict:
