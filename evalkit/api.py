@@ -15,7 +15,6 @@ lives in a temporary folder until ``Run.save(path)`` copies it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -151,8 +150,10 @@ def evaluate(
 ) -> Run:
     """Evaluate a model object (with its tokenizer) or a checkpoint path on one task.
 
-    ``model_or_path``: a transformers causal LM in memory, or anything ``--model`` takes (folder,
-    .gguf, alias). ``attention``: variants as in ``--attention`` ("softmax,ssmax" or a list);
+    ``model_or_path``: a transformers causal LM in memory, any causal LM ``torch.nn.Module`` mapping
+    token ids (B, T) to logits (B, T, V) (answered by the ``torch`` backend; see
+    ``evalkit.backends.torch_module`` for what such a module may declare), or anything ``--model``
+    takes (folder, .gguf, alias). ``attention``: variants as in ``--attention`` ("softmax,ssmax" or a list);
     ``auto`` is the model's own. Every other keyword is a task option (``lengths="1k..8k"`` or
     ``lengths=[1024, 2048]``, ``trials=5``, ``depths=...``), an attention flag (``ssmax_s=0.43``,
     a list sweeps it; ``ssmax_b``, ``train_length``, ``attention_layers``, ...) or a run setting
@@ -227,11 +228,12 @@ def evaluate(
         return _run_from(outcome, scratch)
     with preserved(model_or_path):
         from evalkit.run.distributed import World, current_world
+        from evalkit.run.evaluate import backend_for_object
 
-        loaded = wrap_model(model_or_path, tokenizer, model_name)
+        backend = backend_for_object(config, model_or_path, tokenizer)
         # in a data-parallel job this process runs alone unless asked to share the run across ranks
         world = current_world() if settings_distributed else World()
-        outcome = run_config(config, loaded=loaded, world=world)
+        outcome = run_config(config, backend=backend, world=world)
     return _run_from(outcome, scratch)
 
 
@@ -269,81 +271,50 @@ def _run_from(outcome, scratch) -> Run:
     )
 
 
-# --- the model object as the engine's LoadedModel -----------------------------------------------
-
-
-def wrap_model(model, tokenizer, name: str):
-    """A ``LoadedModel`` for a model in memory: its own device and dtype, its current attention as
-    the 'native' one (``auto``), and a content hash of its weights as they are now."""
-    from evalkit.attention import head_tables, native_scaling, spec_from_model
-    from evalkit.models.loading import LoadedModel, ModelSource
-
-    if not hasattr(model, "config") or not hasattr(model, "parameters"):
-        raise ConfigError(
-            f"evalkit.evaluate got a {type(model).__name__}, not a transformers model",
-            "pass a causal LM (AutoModelForCausalLM...) and its tokenizer, or a checkpoint path",
-        )
-    model = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
-    first = next(model.parameters())
-    native_scaling(model)  # captured before any variant switches it off, as load_model does
-    weights = state_hash(model)
-    return LoadedModel(
-        model,
-        tokenizer,
-        ModelSource("memory", name, name=name),
-        first.device,
-        first.dtype,
-        weights,
-        native_attention=(spec_from_model(model), head_tables(model)),
-        hashes={"weights": weights, "config": _text_hash(model.config.to_json_string()), "tokenizer": None},
-    )
-
-
-def state_hash(model) -> str:
-    """sha256 over the state dict's names, dtypes, shapes and bytes: what a resume checks for "the same weights"."""
-    import torch
-
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
-            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
-    return "memory:sha256:" + digest.hexdigest()[:16]
-
-
-def _text_hash(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @contextmanager
 def preserved(model) -> Iterator[None]:
-    """Run the body, then give the model back as it was: implementation, evalkit's attention record
-    and module attributes, the same per-head tensor objects (Parameters an optimizer holds stay
-    the ones it holds), native scaling, every module's training flag, the RNG state."""
-    import copy
-
+    """Run the body, then give the model back as it was: every module's training flag and the RNG
+    state; for a transformers model also its implementation, evalkit's attention record and module
+    attributes, the same per-head tensor objects (Parameters an optimizer holds stay the ones it
+    holds) and native scaling."""
     import torch
-
-    from evalkit.attention.apply import _MODULE_ATTRS, CONFIG_KEY, TENSOR_NAMES, attention_modules
-    from evalkit.attention.native import native_enabled, set_native
 
     model = getattr(model, "module", model)
     training = {name: m.training for name, m in model.named_modules()}
-    implementation = model.config._attn_implementation
-    base = model.__dict__.get("_evalkit_base_implementation")
-    record = copy.deepcopy(getattr(model.config, CONFIG_KEY, None)) if hasattr(model.config, CONFIG_KEY) else None
-    had_record = hasattr(model.config, CONFIG_KEY)
-    native = native_enabled(model)
-    modules = [m for _, m in attention_modules(model)]
-    tensors = [{attr: _slot(m, attr) for attr in TENSOR_NAMES.values()} for m in modules]
-    attrs = [{a: m.__dict__[a] for a in _MODULE_ATTRS if a in m.__dict__} for m in modules]
     rng = torch.random.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    restore_attention = _attention_state(model) if hasattr(model, "config") else None
     model.eval()
     try:
         with torch.no_grad():
             yield
     finally:
+        if restore_attention:
+            restore_attention()
+        for name, module in model.named_modules():
+            module.training = training.get(name, module.training)
+        torch.random.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _attention_state(model):
+    """What switching variants changes in a transformers model, captured; returns its restorer."""
+    import copy
+
+    from evalkit.attention.apply import _MODULE_ATTRS, CONFIG_KEY, TENSOR_NAMES, attention_modules
+    from evalkit.attention.native import native_enabled, set_native
+
+    implementation = model.config._attn_implementation
+    base = model.__dict__.get("_evalkit_base_implementation")
+    had_record = hasattr(model.config, CONFIG_KEY)
+    record = copy.deepcopy(getattr(model.config, CONFIG_KEY, None)) if had_record else None
+    native = native_enabled(model)
+    modules = [m for _, m in attention_modules(model)]
+    tensors = [{attr: _slot(m, attr) for attr in TENSOR_NAMES.values()} for m in modules]
+    attrs = [{a: m.__dict__[a] for a in _MODULE_ATTRS if a in m.__dict__} for m in modules]
+
+    def restore() -> None:
         for module, slots, values in zip(modules, tensors, attrs):
             for attr, slot in slots.items():
                 _put_slot(module, attr, slot)
@@ -361,11 +332,8 @@ def preserved(model) -> Iterator[None]:
             model.__dict__.pop("_evalkit_base_implementation", None)
         else:
             model._evalkit_base_implementation = base
-        for name, module in model.named_modules():
-            module.training = training.get(name, module.training)
-        torch.random.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+
+    return restore
 
 
 def _slot(module, attr: str) -> tuple[str, Any, bool] | None:

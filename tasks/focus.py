@@ -50,6 +50,10 @@ class FocusTask(Task):
     key_columns = ("depth", "trial", "layer", "head")
 
     @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        return frozenset({"probe"})
+
+    @classmethod
     def unit_columns(cls, options) -> tuple[str, ...]:
         from evalkit.data.options import needle_unit_columns
 

@@ -53,6 +53,10 @@ class NeedleTask(Task):
     key_columns = ("depth", "trial", "needle")
 
     @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        return frozenset({"generate" if options.scoring == "generate" else "answer_score"})
+
+    @classmethod
     def unit_columns(cls, options) -> tuple[str, ...]:
         from evalkit.data.options import needle_unit_columns
 

@@ -140,6 +140,10 @@ class PerplexityTask(Task):
     key_columns = ("sample", "position_bin")  # + "position" with --metric longppl (one row per candidate token)
 
     @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        return frozenset({"token_loss"})
+
+    @classmethod
     def unit_columns(cls, options) -> tuple[str, ...]:
         """A window: its positions (bins, LongPPL's tokens) share text; under --match lm-eval a document,
         whose windows share its text (so compare and gate count the units summary.csv counts)."""

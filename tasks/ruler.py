@@ -112,6 +112,11 @@ class RulerTask(Task):
     Options = RulerOptions
     key_columns = ("ruler_task", "index")
 
+    @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        # every sample is generated (string_match); single-answer ones are also scored teacher-forced
+        return frozenset({"generate", "answer_score"})
+
     def __init__(self, options: RulerOptions, context):
         super().__init__(options, context)
         self.tasks, self.lengths = options.task_names(), parse_lengths(options.lengths)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from evalkit.attention import apply_attention
+from evalkit.backends.transformers import TransformersBackend
 from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.core.task import Sample
-from evalkit.models.adapter import ModelAdapter
 from evalkit.models.branch import packs, trunk_length
 from evalkit.models.loading import LoadedModel, ModelSource
 from tests.conftest import make_llama
@@ -17,7 +17,7 @@ from tests.conftest import make_llama
 VOCAB = 120
 
 
-def _adapter(variant: str, seed: int = 0, **overrides) -> ModelAdapter:
+def _adapter(variant: str, seed: int = 0, **overrides) -> TransformersBackend:
     model = make_llama(VOCAB, seed=seed, max_positions=1024, **overrides).double()
     if variant != "softmax":
         apply_attention(
@@ -29,7 +29,7 @@ def _adapter(variant: str, seed: int = 0, **overrides) -> ModelAdapter:
             beta=0.5 if variant == "mistral-beta" else None,
             original_length=64,
         )
-    return ModelAdapter(
+    return TransformersBackend(
         LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none")
     )
 
@@ -114,8 +114,9 @@ def test_branch_prediction_by_hand():
     ],
 )  # batched calls dear, steps cheap
 def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
+    from evalkit.attention import AttentionSpec, RunVariant
     from evalkit.models import prefix_cost
-    from evalkit.run.runner import Runner, Variant
+    from evalkit.run.runner import Runner
     from tests.test_prefix_cost import ScoreTask, Store
 
     adapter = _adapter("ssmax")
@@ -123,7 +124,7 @@ def test_runner_branches_where_predicted_fastest(monkeypatch, costs, path):
     monkeypatch.setattr(prefix_cost, "costs_for", lambda *args: prefix_cost.PathCosts(*costs))
     store = Store()
     runner = Runner(adapter, store, 512, None)
-    runner.run(ScoreTask(None, None), samples, [Variant("ssmax", lambda m: None)])
+    runner.run(ScoreTask(None, None), samples, [RunVariant("ssmax", AttentionSpec("ssmax", s=0.4))])
     decision = runner.prefix_decision
     assert decision["samples_branched"] == 12 * (path == "branch") and decision["samples_walked"] == 12 * (
         path == "walk"

@@ -9,7 +9,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 import cli
-from evalkit.models.adapter import ModelAdapter
+from evalkit.backends.transformers import TransformersBackend
 from evalkit.run.evaluate import RunConfig, evaluate
 
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_windows_recompute_from_recorded_offsets(tiny_checkpoint, tmp_path, toke
     frame = pd.read_parquet(out / "results.parquet")
     row = frame[(frame.metric == "mean_nll") & (frame.context_length == 128)].iloc[1]
     stream = token_stream(load_corpus("builtin:pydoc-topics"), tokenizer)
-    adapter = ModelAdapter(load_model(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None))
+    adapter = TransformersBackend(load_model(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None))
     window = stream.tokens[row.offset : row.offset + 128]
     assert abs(float(adapter.token_losses([TokenLossRequest(window)])[0].mean()) - row.value) < 1e-5
 
@@ -119,7 +119,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
 
     part = tmp_path / "part"
     calls = {"n": 0}
-    original = ModelAdapter.answer
+    original = TransformersBackend.answer
 
     def flaky(self, requests):
         calls["n"] += 1
@@ -127,7 +127,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
             raise KeyboardInterrupt  # Ctrl-C in the middle of the run
         return original(self, requests)
 
-    monkeypatch.setattr(ModelAdapter, "answer", flaky)
+    monkeypatch.setattr(TransformersBackend, "answer", flaky)
     config = RunConfig(
         task="perplexity",
         model=str(tiny_checkpoint),
@@ -141,7 +141,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
     assert outcome.interrupted
     kept = pd.read_parquet(part / "results.parquet")
     assert 0 < kept.groupby(["context_length", "sample"]).ngroups < 6  # some, not all, samples kept
-    monkeypatch.setattr(ModelAdapter, "answer", original)
+    monkeypatch.setattr(TransformersBackend, "answer", original)
 
     result = run_cli(*base_args(tiny_checkpoint, part), "--resume")
     assert result.exit_code == 0, result.output

@@ -331,12 +331,14 @@ def test_one_colour_per_variant_everywhere():
 
 
 def test_a_logn_train_length_is_not_the_models_training_length(tiny_checkpoint):
-    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.backends.transformers import TransformersBackend
+    from evalkit.models.loading import LoadOptions
     from evalkit.run.attention_flags import VariantRequest, resolve_variants
 
-    loaded = load_model(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None)
-    (variant,) = resolve_variants(loaded, [VariantRequest.from_dict({"name": "logn", "train_length": 64})])
-    variant.activate(loaded.model)
+    backend = TransformersBackend.load(str(tiny_checkpoint), LoadOptions(device="cpu"), log=lambda *a: None)
+    loaded = backend.loaded
+    (variant,) = resolve_variants(backend, [VariantRequest.from_dict({"name": "logn", "train_length": 64})])
+    backend.activate(variant)
     # the evaluation setting is recorded on the variant; the checkpoint states no training length
     assert variant.describe["train_length"] == 64 and loaded.training_length is None
     assert loaded.describe()["training_length"] is None

@@ -394,13 +394,13 @@ def test_attention_scale_of_smollm2_shape():
 
     from transformers import LlamaConfig
 
-    from evalkit.run.runner import attention_scale
+    from evalkit.backends.transformers import TransformersBackend
 
     config = LlamaConfig(
         hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64
     )
     # per layer: q, o 576 x 576; k, v 576 x 192; MLP 3 x 576 x 1536 -> 3,538,944 parameters over 576 attention dims
-    assert attention_scale(SimpleNamespace(model=SimpleNamespace(config=config))) == 3_538_944 / 576 == 6144
+    assert TransformersBackend.attention_scale(SimpleNamespace(model=SimpleNamespace(config=config))) == 6144
 
 
 def test_shared_run_costs_count_each_prefix_once():

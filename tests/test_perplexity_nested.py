@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit.models.adapter import ModelAdapter
+from evalkit.backends.transformers import TransformersBackend
 from evalkit.run.evaluate import RunConfig, evaluate
 
 NO_OVERLAP = "none: random windows share no token"
@@ -113,10 +113,11 @@ def test_position_n_convention_nests(tiny_checkpoint, tmp_path):
 def test_prefix_limits_from_the_model_config():
     from transformers import LlamaConfig, MistralConfig
 
-    from evalkit.run.attention_flags import ResolvedVariant, prefix_limits
+    from evalkit.attention import AttentionSpec, RunVariant
+    from evalkit.run.attention_flags import prefix_limits
 
-    softmax = ResolvedVariant("softmax", lambda m: None, {"variant": "softmax", "n_mode": "position"})
-    by_length = ResolvedVariant("ssmax", lambda m: None, {"variant": "ssmax", "n_mode": "length"})
+    softmax = RunVariant("softmax", AttentionSpec("softmax"), None, {"variant": "softmax", "n_mode": "position"})
+    by_length = RunVariant("ssmax", AttentionSpec("ssmax", s=0.4), None, {"variant": "ssmax", "n_mode": "length"})
     assert prefix_limits(LlamaConfig(), [softmax]) == ()
     assert prefix_limits(LlamaConfig(), [softmax, by_length])[0][0] == 1
     window = prefix_limits(MistralConfig(sliding_window=48), [softmax])
@@ -157,7 +158,7 @@ def test_sliding_window_longer_than_a_length_falls_back(tmp_path, tokenizer):
 def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypatch):
     _, _, full = run(tiny_checkpoint, tmp_path / "full")
     calls = {"n": 0}
-    original = ModelAdapter.answer
+    original = TransformersBackend.answer
 
     def flaky(self, requests):
         calls["n"] += 1
@@ -165,7 +166,7 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
             raise KeyboardInterrupt
         return original(self, requests)
 
-    monkeypatch.setattr(ModelAdapter, "answer", flaky)
+    monkeypatch.setattr(TransformersBackend, "answer", flaky)
     part = tmp_path / "part"
     config = RunConfig(
         task="perplexity",
@@ -180,7 +181,7 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
     journal = [json.loads(line) for line in (part / "journal.jsonl").read_text().splitlines()]
     assert [entry["sample_id"] for entry in journal] == ["nested-L128-w0"]  # one pass: every length of offset 0
     assert sorted({row["context_length"] for row in journal[0]["rows"]}) == [32, 64, 128]
-    monkeypatch.setattr(ModelAdapter, "answer", original)
+    monkeypatch.setattr(TransformersBackend, "answer", original)
 
     outcome = evaluate(dataclasses.replace(config, resume=True))
     assert not outcome.interrupted

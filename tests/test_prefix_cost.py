@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.attention import AttentionSpec, RunVariant
+from evalkit.backends.transformers import TransformersBackend
 from evalkit.bench.timing import forward_flops_per_token
 from evalkit.core.requests import AnswerScoreRequest
 from evalkit.core.task import Sample, Task
 from evalkit.models import prefix_cost
-from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.prefix_cost import PathCosts, body_flops, predicted_seconds
-from evalkit.run.runner import Runner, Variant
+from evalkit.run.runner import Runner
 from tests.conftest import make_llama
 
 
@@ -73,7 +74,7 @@ class Store:
 @pytest.fixture(scope="module")
 def adapter():
     model = make_llama(100, seed=2).double()
-    return ModelAdapter(
+    return TransformersBackend(
         LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none")
     )
 
@@ -89,13 +90,15 @@ def test_default_walks_the_cache_only_where_it_pays(adapter, monkeypatch, costs,
     samples = [Sample(f"s{i}", r, {}) for i, r in enumerate(trial_requests())]
     monkeypatch.setattr(prefix_cost, "costs_for", lambda *args: costs)
     calls = []
-    original = ModelAdapter.answer_shared
+    original = TransformersBackend.answer_shared
     monkeypatch.setattr(
-        ModelAdapter, "answer_shared", lambda self, requests: (calls.append(len(requests)), original(self, requests))[1]
+        TransformersBackend,
+        "answer_shared",
+        lambda self, requests: (calls.append(len(requests)), original(self, requests))[1],
     )
     store = Store()
     runner = Runner(adapter, store, 4096, None)  # the default, as `evalkit run` builds it
-    runner.run(ScoreTask(None, None), samples, [Variant("softmax", lambda m: None)])
+    runner.run(ScoreTask(None, None), samples, [RunVariant("softmax", AttentionSpec("softmax"))])
     assert (sum(calls) == 5) == walked and (sum(calls) == 0) == (not walked)
     assert (
         runner.prefix_decision["groups_walked"] == int(walked)

@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 import cli
 from evalkit.attention import apply_attention
+from evalkit.backends.transformers import TransformersBackend
 from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
 from evalkit.data.corpus import load_corpus, token_stream
 from evalkit.data.haystack import HaystackOptions, build_samples
 from evalkit.models import prefix_cost
-from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from evalkit.models.prefix import common_prefix, lexicographic_order, shared_runs, tokens_to_compute
 from tests.conftest import make_llama
@@ -78,7 +78,7 @@ def test_shared_cache_scores_equal_independent_passes(tokenizer, samples, varian
     model = make_llama(len(tokenizer), seed=1, max_positions=1024).double()
     if variant != "softmax":
         apply_attention(model, variant, s=0.4, train_length=256)
-    adapter = ModelAdapter(
+    adapter = TransformersBackend(
         LoadedModel(model, tokenizer, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none")
     )
     requests = [AnswerScoreRequest(s.prompt_ids, s.answer_ids) for s in samples]
@@ -102,7 +102,7 @@ def test_shared_cache_scores_equal_independent_passes(tokenizer, samples, varian
 def test_generation_on_the_shared_cache_equals_plain_generation(tokenizer, samples):
     model = make_llama(len(tokenizer), seed=2, max_positions=1024).double()
     apply_attention(model, "ssmax", s=0.4)
-    adapter = ModelAdapter(
+    adapter = TransformersBackend(
         LoadedModel(model, tokenizer, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float64, "none")
     )
     requests = [GenerateRequest(s.prompt_ids, 8) for s in samples[::2]]
@@ -115,7 +115,7 @@ def test_generation_on_the_shared_cache_equals_plain_generation(tokenizer, sampl
 
 def test_no_sharing_where_the_prefix_depends_on_the_row_length(tokenizer):
     model = make_llama(len(tokenizer))
-    adapter = ModelAdapter(
+    adapter = TransformersBackend(
         LoadedModel(model, tokenizer, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float32, "none")
     )
     assert adapter.can_share_prefixes()
@@ -134,7 +134,7 @@ def test_no_sharing_where_the_prefix_depends_on_the_row_length(tokenizer):
             sliding_window=64,
         )
     )
-    assert not ModelAdapter(
+    assert not TransformersBackend(
         LoadedModel(
             windowed, tokenizer, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float32, "none"
         )
@@ -144,12 +144,12 @@ def test_no_sharing_where_the_prefix_depends_on_the_row_length(tokenizer):
 def test_cli_rows_do_not_depend_on_the_prefix_cache(tiny_checkpoint, tmp_path, monkeypatch):
     app = cli.register_tasks()
     frames, walked = [], []
-    original = ModelAdapter.answer_shared
+    original = TransformersBackend.answer_shared
     monkeypatch.setattr(
         prefix_cost, "choose_path", lambda predicted: "walk"
     )  # the walk itself is under test, not when it pays
     monkeypatch.setattr(
-        ModelAdapter,
+        TransformersBackend,
         "answer_shared",
         lambda self, requests: (walked.append(len(requests)), original(self, requests))[1],
     )

@@ -8,16 +8,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from evalkit.attention import AttentionSpec, RunVariant
+from evalkit.core.backend import Backend, Capabilities
 from evalkit.core.errors import DataError, EvalkitError
 from evalkit.core.requests import TokenLossRequest
 from evalkit.core.task import Sample, Task
 from evalkit.data.corpus import load_corpus, token_stream
-from evalkit.run.runner import Runner, Variant
+from evalkit.run.runner import Runner
 from evalkit.store.results import RunStore
 
 
-class FakeAdapter:
+class FakeAdapter(Backend):
     """Answers like a model whose memory holds ``fits`` sequences at once."""
+
+    name = "fake"
+
+    @classmethod
+    def declared(cls):
+        return Capabilities(requests=frozenset({"token_loss"}))
+
+    def activate(self, variant):
+        pass
 
     def __init__(self, fits: int):
         self.fits, self.batches, self.model, self.device = fits, [], None, "cpu"
@@ -27,6 +38,9 @@ class FakeAdapter:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.batches.append(len(requests))
         return [r.tokens[1:].astype(float) for r in requests]
+
+
+SOFTMAX = RunVariant("softmax", AttentionSpec("softmax"))
 
 
 class EchoTask(Task):
@@ -43,9 +57,7 @@ def samples(count, length):
 def test_out_of_memory_halves_the_batch_and_finishes(tmp_path):
     adapter = FakeAdapter(fits=3)
     store = RunStore(tmp_path / "run", {}, resume=False)
-    Runner(adapter, store, batch_tokens=16 * 8, progress=None).run(
-        EchoTask(None, None), samples(10, 8), [Variant("softmax", lambda m: None)]
-    )
+    Runner(adapter, store, batch_tokens=16 * 8, progress=None).run(EchoTask(None, None), samples(10, 8), [SOFTMAX])
     assert adapter.batches == [2, 2, 2, 2, 2]  # 16 -> 8 -> 4 -> 2, which fits; then the same size on
     assert store.finished == 10
 
@@ -53,16 +65,14 @@ def test_out_of_memory_halves_the_batch_and_finishes(tmp_path):
 def test_a_single_sequence_that_does_not_fit_is_a_clear_error(tmp_path):
     store = RunStore(tmp_path / "run", {}, resume=False)
     with pytest.raises(EvalkitError, match="does not fit.*--lengths"):
-        Runner(FakeAdapter(fits=0), store, 64, None).run(
-            EchoTask(None, None), samples(2, 8), [Variant("softmax", lambda m: None)]
-        )
+        Runner(FakeAdapter(fits=0), store, 64, None).run(EchoTask(None, None), samples(2, 8), [SOFTMAX])
 
 
 def test_buckets_group_equal_lengths_longest_first(tmp_path):
     adapter = FakeAdapter(fits=100)
     store = RunStore(tmp_path / "run", {}, resume=False)
     mixed = samples(3, 8) + [Sample(f"t{k}", TokenLossRequest(np.arange(16)), {"context_length": 16}) for k in range(2)]
-    Runner(adapter, store, 1000, None).run(EchoTask(None, None), mixed, [Variant("softmax", lambda m: None)])
+    Runner(adapter, store, 1000, None).run(EchoTask(None, None), mixed, [SOFTMAX])
     assert adapter.batches == [2, 3]
 
 

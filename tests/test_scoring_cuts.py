@@ -115,8 +115,8 @@ def test_needle_at_exactly_the_position_limit(short_checkpoint, tmp_path):
 
 
 def test_answer_scoring_runs_prompt_plus_answer_minus_one_positions(tokenizer):
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.core.requests import AnswerScoreRequest
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadedModel, ModelSource
 
     model = make_llama(len(tokenizer))
@@ -124,7 +124,7 @@ def test_answer_scoring_runs_prompt_plus_answer_minus_one_positions(tokenizer):
     model.model.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
     )
-    adapter = ModelAdapter(
+    adapter = TransformersBackend(
         LoadedModel(model, tokenizer, ModelSource("hf", "mem"), torch.device("cpu"), torch.float32, "none")
     )
     rng = np.random.default_rng(0)

@@ -25,10 +25,10 @@ def test_gguf_nll_matches_naive_transformers_forward(gguf_path):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.core.requests import TokenLossRequest
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.data.windows import random_offsets
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
 
     loaded = load_model(str(gguf_path), LoadOptions(device="cpu"), log=print)
@@ -37,7 +37,7 @@ def test_gguf_nll_matches_naive_transformers_forward(gguf_path):
     assert 100_000 < len(stream.tokens) < 130_000  # the built-in corpus is ~113k SmolLM2 tokens
     offset = random_offsets(stream, 512, 1, seed=0)[0]
     window = stream.tokens[offset : offset + 512]
-    ours = float(ModelAdapter(loaded).token_losses([TokenLossRequest(window)])[0].mean())
+    ours = float(TransformersBackend(loaded).token_losses([TokenLossRequest(window)])[0].mean())
 
     naive_model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, attn_implementation="eager"

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from evalkit.models.adapter import ModelAdapter
+from evalkit.backends.transformers import TransformersBackend
 from tests.conftest import make_llama
 
 runner = CliRunner()
@@ -47,7 +47,7 @@ def tables(out):
 
 def test_sweep_grid_resume_and_plot(two_checkpoints, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = ModelAdapter.answer
+    original = TransformersBackend.answer
 
     def counted(self, requests):
         calls["n"] += 1
@@ -55,7 +55,7 @@ def test_sweep_grid_resume_and_plot(two_checkpoints, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C inside the third cell
         return original(self, requests)
 
-    monkeypatch.setattr(ModelAdapter, "answer", counted)
+    monkeypatch.setattr(TransformersBackend, "answer", counted)
     interrupt_at = None
     full = tmp_path / "full"
     result = runner.invoke(APP, ["sweep", "--config", str(study_file(tmp_path, two_checkpoints, full)), "--quiet"])

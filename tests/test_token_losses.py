@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.backends.transformers import TransformersBackend
 from evalkit.core.requests import TokenLossRequest
-from evalkit.models.adapter import ModelAdapter
 from evalkit.models.loading import LoadedModel, ModelSource
 from tests.conftest import make_llama
 
 
-def adapter_for(model, budget_tokens: int) -> ModelAdapter:
+def adapter_for(model, budget_tokens: int) -> TransformersBackend:
     loaded = LoadedModel(model, None, ModelSource("hf", "mem", name="tiny"), torch.device("cpu"), torch.float32, "none")
     vocab = model.config.vocab_size
-    return ModelAdapter(loaded, logits_budget_bytes=budget_tokens * vocab * 4)
+    return TransformersBackend(loaded, logits_budget_bytes=budget_tokens * vocab * 4)
 
 
 def naive_nll(model, ids: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from evalkit.attention.modules import attention_modules
 from evalkit.attention.native import NativeScaling, native_enabled, native_scaling, set_native
 from evalkit.attention.reference import reference_attention_forward, reference_weights
 from evalkit.attention.rope import override_rope
-from evalkit.attention.spec import AttentionSpec, parse_attention_list
+from evalkit.attention.spec import AttentionSpec, RunVariant, parse_attention_list
 from evalkit.attention.variants import VARIANTS, Variant, describe_variants, get_variant, register_variant
 
 
@@ -56,6 +56,7 @@ __all__ = [
     "NativeScaling",
     "ProbeInputs",
     "Variant",
+    "RunVariant",
     "apply_attention",
     "attention_modules",
     "check_model",

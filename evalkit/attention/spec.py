@@ -8,7 +8,7 @@ The spec is what a manifest stores and what the CLI builds from its flags. Per-h
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from evalkit.attention.variants import PARAMETER_FLAGS, get_variant
@@ -151,3 +151,15 @@ def canonical_layers(layers: Any) -> str:
             "use all, nope, rope or layer indices like 0,2,5",
         )
     return ",".join(map(str, indices))
+
+
+@dataclass(frozen=True)
+class RunVariant:
+    """An attention variant as one run uses it: the label its rows carry, its spec, the per-head tables
+    it applies (the checkpoint's own, snapshotted at load) and what the manifest records about it.
+    A backend switches to it with ``Backend.activate``."""
+
+    label: str
+    spec: AttentionSpec
+    tables: dict | None = None  # {parameter: per-head tensor}; None: the spec's scalars (or params_file)
+    describe: dict = field(default_factory=dict)

@@ -53,7 +53,7 @@ def bench_longppl(
             **({"dataset": dataset} if dataset else {}),
         },
     )
-    loaded = load_for(base, log=lambda *a: None)
+    backend = load_for(base, log=lambda *a: None)
     scratch = Path(tempfile.mkdtemp(prefix="evalkit-bench-longppl-"))
     runs = itertools.count()
     extra = short_context_tokens(longest, parse_length(short_context), parse_length(short_stride))
@@ -63,12 +63,12 @@ def bench_longppl(
             config = replace(
                 base, task_options={**base.task_options, "metric": metric}, out=str(scratch / f"{metric}-{next(runs)}")
             )
-            evaluate(config, loaded=loaded)
+            evaluate(config, backend=backend)
 
         return Mode(metric, call, 1, computed * samples, (longest - 1) * samples)
 
     modes = [mode("perplexity", longest), mode("longppl", longest + extra)]
-    per_call = run_rounds(modes, loaded.device, seconds, rounds)
+    per_call = run_rounds(modes, backend.device, seconds, rounds)
     rows = [
         {
             "model": model,

@@ -33,22 +33,23 @@ def bench_needle(
     """
     import torch
 
+    from evalkit.attention import AttentionSpec, RunVariant
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.core.task import TaskContext
     from evalkit.models import prefix_cost
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.prefix import shared_sequence, tokens_to_compute
-    from evalkit.run.runner import Runner, Variant, default_batch_tokens
+    from evalkit.run.runner import Runner
     from tasks.needle import NeedleOptions, NeedleTask
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
-    adapter = ModelAdapter(loaded)
-    budget = batch_tokens or default_batch_tokens(loaded)
+    adapter = TransformersBackend(loaded)
+    budget = batch_tokens or adapter.batch_tokens()
     task = NeedleTask(
         NeedleOptions(lengths=lengths, depths=depths, trials=trials, **(needle_options or {})),
         TaskContext(loaded.tokenizer, loaded.max_positions, True, 1234),
     )
-    variant = Variant("softmax", lambda m: None)
+    variant = RunVariant("softmax", AttentionSpec("softmax"))
 
     def runner_verdicts(samples, share) -> tuple[list[bool], float, dict]:
         store = _VerdictStore()

@@ -47,7 +47,7 @@ def bench_nested(
         plots=False,
         task_options={"lengths": lengths, "samples": samples},
     )
-    loaded = load_for(base, log=lambda *a: None)
+    backend = load_for(base, log=lambda *a: None)
     scratch = Path(tempfile.mkdtemp(prefix="evalkit-bench-nested-"))
     runs = itertools.count()
     used = {}
@@ -59,7 +59,7 @@ def bench_nested(
                 task_options={**base.task_options, "windows": windows},
                 out=str(scratch / f"{windows}-{next(runs)}"),
             )
-            outcome = evaluate(config, loaded=loaded)
+            outcome = evaluate(config, backend=backend)
             used[windows] = (
                 read_manifest(outcome.folder).get("windows", {}).get("used", windows)
             )  # nested may fall back
@@ -67,7 +67,7 @@ def bench_nested(
         return Mode(windows, call, 1, computed * samples, sum(sizes) * samples)
 
     modes = [mode("nested", max(sizes)), mode("independent", sum(sizes))]
-    per_call = run_rounds(modes, loaded.device, seconds, rounds)
+    per_call = run_rounds(modes, backend.device, seconds, rounds)
     rows = [
         {
             "model": model,

@@ -35,21 +35,20 @@ def bench_perplexity(
     ``peak`` TFLOP/s, or else against a matmul probe measured on the device."""
     import torch
 
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.core.grid import parse_lengths
     from evalkit.core.requests import TokenLossRequest
     from evalkit.data.corpus import load_corpus, token_stream
     from evalkit.data.windows import random_offsets
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.run.attention_flags import VariantRequest, resolve_variants
-    from evalkit.run.runner import default_batch_tokens
     from evalkit.store.manifest import device_description
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
-    variants = resolve_variants(loaded, attention or [VariantRequest("softmax")])
-    adapter = ModelAdapter(loaded)
+    adapter = TransformersBackend(loaded)
+    variants = resolve_variants(adapter, attention or [VariantRequest("softmax")])
     stream = token_stream(load_corpus(), loaded.tokenizer)
-    budget = batch_tokens or default_batch_tokens(loaded)
+    budget = batch_tokens or adapter.batch_tokens()
     dtype_name = str(loaded.dtype).removeprefix("torch.")
     if peak:
         peak_source = "given (--peak-tflops)"
@@ -76,7 +75,7 @@ def bench_perplexity(
                 batch,
                 batch * length,
                 batch * (length - 1),
-                setup=lambda v=v: v.activate(loaded.model),
+                setup=lambda v=v: adapter.activate(v),
             )
             for v in variants
         ]
@@ -87,7 +86,7 @@ def bench_perplexity(
                 1,
                 length,
                 length - 1,
-                setup=lambda: first.activate(loaded.model),
+                setup=lambda: adapter.activate(first),
             )
         )
         peer = lm_eval_mode(loaded, windows[0], length, dtype_name)
@@ -117,7 +116,7 @@ def bench_perplexity(
                 }
             )
         del peer, modes  # lm-eval's copy of the model
-    first.activate(loaded.model)
+    adapter.activate(first)
     frame = write_table(rows, loaded, out, "bench.csv")
     frame.attrs["caption"] = (
         f"evalkit bench perplexity: median of {ROUNDS} rounds, every row (peers too) taking turns in "

@@ -5,7 +5,7 @@ contenders take turns in every round (``evalkit.bench.perplexity.run_rounds``, m
 drifting load):
 
 - branch score: the 26 answers teacher-forced, the haystack's cache computed once, the 26 suffixes
-  in one packed call (``ModelAdapter.answer_branched``);
+  in one packed call (``TransformersBackend.answer_branched``);
 - independent score: one query per call, each a whole forward pass (``score_answers``), as a
   harness without a shared cache runs them;
 - branch generate: greedy decoding of the 26 answers, batched on the trunk cache with per-row stop;
@@ -39,18 +39,17 @@ def bench_queries(
     speedup over the one-pass-per-query baseline of its kind, and the greedy verdicts' agreement."""
     import torch
 
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.core.requests import AnswerScoreRequest, GenerateRequest
     from evalkit.data.haystack import abcdigits_all_keys
     from evalkit.models import prefix_cost
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.models.branch import trunk_length
     from evalkit.models.loading import LoadOptions, load_model
     from evalkit.models.prefix import shared_sequence
-    from evalkit.run.runner import default_batch_tokens
 
     loaded = load_model(model, LoadOptions(device=device, dtype=dtype), log=print)
-    adapter = ModelAdapter(loaded)
-    budget = batch_tokens or default_batch_tokens(loaded)
+    adapter = TransformersBackend(loaded)
+    budget = batch_tokens or adapter.batch_tokens()
     samples = abcdigits_all_keys(loaded.tokenizer, length, trial=0, seed=seed)
     scores = [AnswerScoreRequest(s.prompt_ids, s.answer_ids) for s in samples]
     generations = [GenerateRequest(s.prompt_ids, len(s.answer_ids)) for s in samples]

@@ -63,12 +63,13 @@ def attention_check(
     import torch
 
     from evalkit.attention import check_model
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.core.grid import parse_length
     from evalkit.data.corpus import load_corpus, token_stream
-    from evalkit.models.loading import LoadOptions, load_model
+    from evalkit.models.loading import LoadOptions
     from evalkit.run.attention_flags import VariantRequest, attention_flag_requests, resolve_variants
 
-    loaded = load_model(model, LoadOptions(device=device, dtype=dtype.value), log=typer.echo)
+    backend = TransformersBackend.load(model, LoadOptions(device=device, dtype=dtype.value), log=typer.echo)
     requests = attention_flag_requests(
         attention,
         ssmax_s,
@@ -82,13 +83,13 @@ def attention_check(
         original_length=original_length,
         attention_layers=attention_layers,
     )
-    variants = resolve_variants(loaded, [VariantRequest.from_dict(r) for r in requests])
-    tokens = token_stream(load_corpus(), loaded.tokenizer).tokens[: parse_length(length)]
-    ids = torch.from_numpy(tokens)[None].to(loaded.device)
+    variants = resolve_variants(backend, [VariantRequest.from_dict(r) for r in requests])
+    tokens = token_stream(load_corpus(), backend.tokenizer).tokens[: parse_length(length)]
+    ids = torch.from_numpy(tokens)[None].to(backend.device)
     rows = []
     for variant in variants:
-        variant.activate(loaded.model)
-        rows.append(check_model(loaded.model, ids))
+        backend.activate(variant)
+        rows.append(check_model(backend.model, ids))
     print_frame(make_console(), pd.DataFrame(rows), f"fused vs float64 reference, {len(tokens)} tokens")
 
 

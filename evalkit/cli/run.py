@@ -338,19 +338,31 @@ def _run(
 
 def add_task_commands() -> None:
     """Add one ``run`` command per installed task plugin (once)."""
-    from evalkit.core.registry import _entry_points
+    from evalkit.core.registry import TASKS
 
     if not run_app.registered_commands:
-        for name, entry in sorted(_entry_points().items()):
-            _make_run_command(name, entry.load())
+        for name in TASKS.names():
+            _make_run_command(name, TASKS.get(name))
 
 
 def tasks_command() -> None:
     """List the installed task plugins."""
-    from evalkit.core.registry import _entry_points
+    from evalkit.core.registry import TASKS
 
-    for name, entry in sorted(_entry_points().items()):
-        typer.echo(f"{name:12s} {entry.load().description}")
+    for name in TASKS.names():
+        typer.echo(f"{name:12s} {TASKS.get(name).description}")
+
+
+def backends_command() -> None:
+    """List the installed backends and what each can do."""
+    from evalkit.core.registry import BACKENDS
+
+    for name in BACKENDS.names():
+        backend = BACKENDS.get(name)
+        declared = backend.declared()
+        variants = "all" if declared.variants is None else (", ".join(sorted(declared.variants)) or "auto only")
+        typer.echo(f"{name:13s} {backend.summary}")
+        typer.echo(f"{'':13s} requests: {', '.join(sorted(declared.requests))}; variants: {variants}")
 
 
 def sweep_command(
@@ -495,6 +507,7 @@ def track_command(
 def register(app: typer.Typer) -> None:
     app.add_typer(run_app, name="run")
     app.command("tasks")(tasks_command)
+    app.command("backends")(backends_command)
     app.command("sweep")(user_errors(sweep_command))
     app.command("export")(user_errors(export_command))
     app.command("track")(user_errors(track_command))

@@ -11,6 +11,7 @@ as tasks are; evalkit's own register themselves in pyproject.toml the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -80,7 +81,7 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
-    def wrap(cls, model, tokenizer, name: str) -> Backend:
+    def wrap(cls, model, tokenizer, name: str, backend_options=None) -> Backend:
         """A backend over a model object already in memory (``evalkit.evaluate(model, tokenizer)``)."""
         raise ConfigError(f"the {cls.name} backend cannot wrap a model object", "pass a checkpoint path")
 
@@ -111,7 +112,7 @@ class Backend:
     config: Any  # the checkpoint's config (transformers PretrainedConfig or any object with its attributes)
 
     def activate(self, variant) -> None:
-        """Switch the model to a resolved variant (``evalkit.attention.spec.Variant``: label, spec,
+        """Switch the model to a resolved variant (``evalkit.attention.RunVariant``: label, spec,
         per-head tables) before its samples run; called again to switch back."""
         raise NotImplementedError
 
@@ -122,6 +123,11 @@ class Backend:
     def batch_tokens(self) -> int:
         """A first guess at the tokens one batch may hold; out-of-memory backoff corrects it."""
         return 2048
+
+    def attention_scale(self) -> float:
+        """The context length at which attention costs as much as the rest of a layer (the runner's
+        progress cost model); infinite: cost = tokens."""
+        return math.inf
 
 
 def backend_names() -> list[str]:

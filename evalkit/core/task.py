@@ -82,6 +82,13 @@ class Task:
         into one number before a sample counts as a value."""
         return ("context_length",) + tuple(k for k in cls.key_columns if k not in WITHIN_SAMPLE_KEYS)
 
+    @classmethod
+    def request_kinds(cls, options) -> frozenset[str]:
+        """The request kinds the task sends with these options ("token_loss", "answer_score", "generate",
+        "probe": ``evalkit.core.backend.REQUEST_KINDS``): a backend that cannot answer one is refused
+        before anything loads."""
+        raise NotImplementedError
+
     def samples(self) -> list[Sample]:
         raise NotImplementedError
 

@@ -110,6 +110,25 @@ def tokenizer_identity(tokenizer) -> dict:
     }
 
 
+# Model types evalkit implements itself as plain torch modules, answered by the ``torch`` backend:
+# model_type in config.json -> "module:function" that loads the folder (safetensors only).
+NATIVE_MODEL_TYPES = {"multiscreen": "evalkit.models.multiscreen:load_checkpoint"}
+
+
+def folder_model_type(spec: str) -> str | None:
+    """``model_type`` of a local checkpoint folder's config.json, read without loading anything."""
+    config = Path(spec).expanduser() / "config.json"
+    try:
+        return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None  # the loader reports the corrupt file with its fix
+
+
+def native_backend(spec: str) -> str | None:
+    """ "torch" for a checkpoint of a model type evalkit implements itself, else None (transformers)."""
+    return "torch" if folder_model_type(spec) in NATIVE_MODEL_TYPES else None
+
+
 def resolve(spec: str, log=print) -> ModelSource:
     if spec in fetch.EMBEDDED:
         folder = fetch_embedded(spec, log=log)
@@ -431,3 +450,45 @@ def files_hash(files: list[Path]) -> str:
     value = "sha256:" + digest.hexdigest()[:16]
     memo.write_text(value)
     return value
+
+
+def wrap_model(model, tokenizer, name: str):
+    """A ``LoadedModel`` for a model in memory: its own device and dtype, its current attention as
+    the 'native' one (``auto``), and a content hash of its weights as they are now."""
+    from evalkit.attention import head_tables, native_scaling, spec_from_model
+
+    if not hasattr(model, "config") or not hasattr(model, "parameters"):
+        raise ConfigError(
+            f"the transformers backend got a {type(model).__name__}, not a transformers model",
+            "pass a causal LM (AutoModelForCausalLM...), or backend='torch' for a module mapping ids to logits",
+        )
+    model = getattr(model, "module", model)  # DistributedDataParallel wraps the model it trains
+    first = next(model.parameters())
+    native_scaling(model)  # captured before any variant switches it off, as load_model does
+    weights = state_hash(model)
+    return LoadedModel(
+        model,
+        tokenizer,
+        ModelSource("memory", name, name=name),
+        first.device,
+        first.dtype,
+        weights,
+        native_attention=(spec_from_model(model), head_tables(model)),
+        hashes={"weights": weights, "config": _text_hash(model.config.to_json_string()), "tokenizer": None},
+    )
+
+
+def state_hash(model) -> str:
+    """sha256 over the state dict's names, dtypes, shapes and bytes: what a resume checks for "the same weights"."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return "memory:sha256:" + digest.hexdigest()[:16]
+
+
+def _text_hash(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -8,7 +8,7 @@ sequence has in common with the current one and extended from there, computes ev
 prefix exactly once: the work is the size of the token trie of the requests, not their sum.
 
 Answer scoring shares prompt + answer; greedy generation shares the prompt, and decodes on the
-cache too. This module only plans (numpy, no torch); ``ModelAdapter.answer_shared`` runs the plan.
+cache too. This module only plans (numpy, no torch); ``TransformersBackend.answer_shared`` runs the plan.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 def walk_plan(requests: list) -> list[tuple[object, int, int]]:
     """(request, tokens it shares in, tokens it keeps from the one before) for requests in walk
-    order: what ``ModelAdapter.answer_shared`` computes for each (at least the last prompt token
+    order: what ``TransformersBackend.answer_shared`` computes for each (at least the last prompt token
     runs, as its hidden state predicts what follows)."""
     plan, previous = [], None
     for request in requests:

@@ -7,11 +7,11 @@ softmax and back does not lose them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from evalkit.attention.spec import RunVariant
 from evalkit.core.errors import ConfigError
-from evalkit.run.runner import Variant
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,6 @@ class AttentionOptions:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass(frozen=True)
-class ResolvedVariant(Variant):
-    describe: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,31 +57,38 @@ class VariantRequest:
         return {"name": self.name, **({"label": self.label} if self.label else {}), **self.options.to_dict()}
 
 
-def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVariant]:
-    """Specs for each request; ``auto`` and missing per-head values come from the checkpoint as loaded."""
-    from evalkit.attention import AttentionSpec, apply_attention, native_scaling
+def resolve_variants(backend, requests: list[VariantRequest]) -> list[RunVariant]:
+    """Specs for each request; ``auto`` and missing per-head values come from the checkpoint as loaded
+    (``backend.native_attention``). Each variant is switched on once here, so a missing or malformed
+    parameter fails now, not after an hour; the backend refuses what it cannot apply."""
+    from evalkit.attention import AttentionSpec
 
-    model = loaded.model
-    stored, snapshot = loaded.native_attention
-    native = native_scaling(model)  # the checkpoint's own scaling, as shipped
-    variants: list[ResolvedVariant] = []
+    stored, snapshot = backend.native_attention
+    native = backend.native_scaling  # the checkpoint's own scaling, as shipped
+    capabilities = backend.capabilities()
+    variants: list[RunVariant] = []
     for request in requests:
         name, options = request.name, request.options
         base = _base_spec(name, stored, native)
+        if not capabilities.can_apply(base.variant):
+            raise ConfigError(
+                f"the {backend.name} backend cannot apply attention variant {name!r} to this model",
+                capabilities.notes.get("variants", "use --attention auto, or --backend transformers"),
+            )
         if base.variant in ("softmax", "native"):
             spec = AttentionSpec(variant=base.variant)
         else:
             needs = _needs(base.variant)
             train_length = options.train_length or stored.train_length or base.train_length
             if base.variant == "logn" and train_length is None:
-                train_length = loaded.max_positions  # the training length, for models that state it
+                train_length = backend.max_positions  # the training length, for models that state it
             scalars = {
                 name: _first(getattr(options, name), getattr(base, name))
                 for name in ("attn_scale", "floor_scale", "beta", "original_length")
                 if name in needs
             }
             if "original_length" in needs and scalars["original_length"] is None:
-                scalars["original_length"] = loaded.max_positions
+                scalars["original_length"] = backend.max_positions
             spec = AttentionSpec(
                 variant=base.variant,
                 s=(options.s if options.s is not None else base.s) if "s" in needs else None,
@@ -96,7 +98,7 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
                 params_file=options.params_file,
                 layers=options.layers or base.layers,
                 **scalars,
-            ).with_defaults(model.config)
+            ).with_defaults(backend.config)
         label = request.label or spec.variant
         if any(v.label == label for v in variants):
             raise ConfigError(
@@ -104,10 +106,6 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
                 "list each variant once (auto is the checkpoint's own), or give each its own label",
             )
         tables = None if spec.params_file else {k: v for k, v in snapshot.items() if k in _needs(spec.variant)}
-
-        def activate(m, spec=spec, tables=tables):
-            apply_attention(m, spec, params=tables or None)
-
         described = {
             **spec.to_dict(),
             "label": label,
@@ -117,9 +115,9 @@ def resolve_variants(loaded, requests: list[VariantRequest]) -> list[ResolvedVar
             described["native_scaling"] = {**native.to_dict(), "active": spec.variant == "native"}
         if snapshot and spec.variant not in ("softmax", "native") and not spec.params_file and spec.s is None:
             described["per_head_tensors"] = sorted(tables)
-        variants.append(ResolvedVariant(label, activate, described))
+        variants.append(RunVariant(label, spec, tables or None, described))
     for variant in variants:  # fail on a missing or malformed parameter now, not after an hour
-        variant.activate(model)
+        backend.activate(variant)
     return variants
 
 
@@ -152,7 +150,7 @@ def _needs(variant: str) -> tuple[str, ...]:
 _LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
 
-def prefix_limits(config, variants: list[ResolvedVariant]) -> tuple[tuple[int, str], ...]:
+def prefix_limits(config, variants: list[RunVariant]) -> tuple[tuple[int, str], ...]:
     """(longest exact row length, why) for each reason a position's loss may depend on more than
     the tokens before it; rows up to every limit score their first L positions as a row of L does."""
     limits = []

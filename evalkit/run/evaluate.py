@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from evalkit.core.backend import DEFAULT as DEFAULT_BACKEND
 from evalkit.core.errors import ConfigError, DataError
 from evalkit.core.registry import get_task
 from evalkit.core.task import TaskContext
@@ -26,6 +27,8 @@ class RunConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     attention: tuple[dict[str, Any], ...] = ({"name": "auto"},)  # VariantRequest dicts: name, label, s, b, ...
     rope: dict[str, Any] = field(default_factory=dict)  # theta / scaling / factor overrides
+    backend: str = "auto"  # what answers the requests: a name from `evalkit backends`; auto: by the checkpoint
+    backend_options: dict[str, Any] = field(default_factory=dict)  # the backend's own settings (its Options)
     device_map: str | None = None
     out: str | None = None
     resume: bool = False
@@ -127,11 +130,64 @@ def default_out(task: str, model: str) -> Path:
     return Path("results") / f"{task}-{model_slug(model)}-{_stamp()}"
 
 
-def load_for(config: RunConfig, log=print):
-    """The model a run config asks for, loaded once (a sweep reuses it across tasks)."""
-    from evalkit.models.loading import LoadOptions, load_model
+def backend_class(config: RunConfig):
+    """The backend class a run uses: the one named, or for ``auto`` the one the checkpoint needs
+    (read from its config.json, before anything loads)."""
+    from evalkit.core.backend import get_backend
+    from evalkit.models.loading import native_backend
 
-    return load_model(
+    name = config.backend if config.backend != "auto" else native_backend(config.model) or DEFAULT_BACKEND
+    return get_backend(name)
+
+
+def backend_options(config: RunConfig, backend_cls):
+    """The backend's own settings as its Options dataclass (unknown keys refused with the valid ones)."""
+    fields = {f.name for f in dataclasses.fields(backend_cls.Options)} if backend_cls.Options else set()
+    unknown = sorted(set(config.backend_options) - fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for the {backend_cls.name} backend: {', '.join(unknown)}",
+            f"valid: {', '.join(sorted(fields)) or 'none'}",
+        )
+    return backend_cls.Options(**config.backend_options) if backend_cls.Options else None
+
+
+def backend_for_object(config: RunConfig, model, tokenizer):
+    """A backend over a model object in memory: for ``auto``, transformers for a transformers model,
+    the torch backend for any other module that maps ids to logits."""
+    from evalkit.core.backend import get_backend
+
+    name = config.backend
+    if name == "auto":
+        name = DEFAULT_BACKEND if hasattr(model, "config") and hasattr(model, "get_output_embeddings") else "torch"
+    backend_cls = get_backend(name)
+    options = backend_options(config, backend_cls)
+    return backend_cls.wrap(model, tokenizer, config.model, options)
+
+
+def refuse_unsupported(config: RunConfig, task_cls, options, backend=None) -> None:
+    """What the run asks that its backend cannot do, refused in one line: before loading from what the
+    backend declares, after loading (``backend``) from what the loaded model can do."""
+    from evalkit.core.backend import refuse_unsupported as refuse
+
+    kinds = set(task_cls.request_kinds(options))
+    if backend is None:
+        refuse(backend_class(config), kinds, [a["name"] for a in config.attention])
+        return
+    capabilities = backend.capabilities()
+    for kind in sorted(kinds - capabilities.requests):
+        raise ConfigError(
+            f"the {backend.name} backend cannot answer {kind} requests for this model",
+            capabilities.notes.get(kind, f"use --backend {DEFAULT_BACKEND}"),
+        )
+
+
+def load_for(config: RunConfig, log=print):
+    """The backend a run config asks for, with its model loaded once (a sweep reuses it across tasks)."""
+    from evalkit.models.loading import LoadOptions
+
+    backend_cls = backend_class(config)
+    return backend_cls.load(
         config.model,
         LoadOptions(
             config.device,
@@ -141,15 +197,16 @@ def load_for(config: RunConfig, log=print):
             rope=config.rope,
             device_map=config.device_map,
         ),
+        backend_options(config, backend_cls),
         log=log,
     )
 
 
-def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOutcome:
+def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOutcome:
     """Validate, then touch disk, then load: every check that needs no model runs before the run
     folder is created or the model loaded, and the folder is created only once the run can start.
 
-    ``loaded``: a model already loaded (a sweep's, or a model object from ``evalkit.api``);
+    ``backend``: a backend with its model already loaded (a sweep's, or a model object from ``evalkit.api``);
     ``world``: the ranks sharing the run (default: the launcher's; ``World()`` runs this process
     alone, as a rank-0-only evaluation inside a data-parallel training job must)."""
     from rich.console import Console
@@ -180,6 +237,7 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
     )
     identity = config.identity()
     check_inputs(task_cls, options, config)
+    refuse_unsupported(config, task_cls, options)
     if world.is_main:
         check_out_folder(folder, identity, config.resume)
     manifest = {
@@ -215,40 +273,41 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
             store.close()
 
     load_started = time.perf_counter()
-    loaded = loaded or load_for(config, log)
+    backend = backend or load_for(config, log)
+    refuse_unsupported(config, task_cls, options, backend)
     load_seconds = time.perf_counter() - load_started
     stored = read_manifest(folder) if config.resume and world.is_main else {}
     stored_hash = stored.get("model", {}).get("content_hash")
-    if stored_hash and stored_hash != loaded.content_hash:
+    if stored_hash and stored_hash != backend.content_hash:
         raise ConfigError(
             f"the weights of {config.model} changed since the run in {folder} started ({stored_hash} -> "
-            f"{loaded.content_hash})",
+            f"{backend.content_hash})",
             "resume with the same checkpoint, or choose another --out",
         )
     stored_tokenizer = (stored.get("model", {}).get("tokenizer") or {}).get("content_hash")
-    if stored_tokenizer and stored_tokenizer != loaded.describe()["tokenizer"]["content_hash"]:
+    if stored_tokenizer and stored_tokenizer != backend.describe()["tokenizer"]["content_hash"]:
         raise ConfigError(
             f"the tokenizer of {config.model} changed since the run in {folder} started",
             "resume with the same tokenizer files, or choose another --out",
         )
-    variants = resolve_variants(loaded, requests)
-    calibrated = _calibrate(config, task_cls, loaded, console, folder)
+    variants = resolve_variants(backend, requests)
+    calibrated = _calibrate(config, task_cls, backend, console, folder)
 
     task = task_cls(
         options,
         TaskContext(
-            loaded.tokenizer,
-            loaded.max_positions,
+            backend.tokenizer,
+            backend.max_positions,
             config.allow_extrapolation,
             config.seed,
-            loaded.training_length,
-            prefix_limits(loaded.model.config, variants),
+            backend.training_length,
+            prefix_limits(backend.config, variants),
         ),
     )
     samples = task.samples()
-    _check_lengths(samples, loaded.max_positions, config.allow_extrapolation)
+    _check_lengths(samples, backend.max_positions, config.allow_extrapolation)
     if getattr(options, "evaluator", None):  # LongPPL's key tokens chosen by another checkpoint, in a run of its own
-        task.evaluator_frame = run_evaluator(config, loaded, folder, console, log)
+        task.evaluator_frame = run_evaluator(config, backend, folder, console, log)
     created = not folder.exists()
     store = _open_store(world, folder, identity, config.resume)
     try:
@@ -257,7 +316,7 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
         outcome = _run(
             config,
             store,
-            loaded,
+            backend,
             variants,
             task,
             samples,
@@ -278,7 +337,7 @@ def evaluate(config: RunConfig, console=None, loaded=None, world=None) -> RunOut
         store.close()
 
 
-def _calibrate(config: RunConfig, task_cls, loaded, console, folder: Path) -> tuple:
+def _calibrate(config: RunConfig, task_cls, backend, console, folder: Path) -> tuple:
     """With --calibrate-on and a sweep: run the grid on the calibration samples first (a folder
     beside the run's) and choose there; (choice, folder), or (None, None) to choose on the run itself."""
     from evalkit.run.calibration import calibration_config, choose, groups
@@ -287,7 +346,7 @@ def _calibrate(config: RunConfig, task_cls, loaded, console, folder: Path) -> tu
     if not config.calibrate_on or not groups(labels):
         return None, None
     calibration = calibration_config(config, task_cls, folder)
-    outcome = evaluate(calibration, console=console, loaded=loaded)
+    outcome = evaluate(calibration, console=console, backend=backend)
     if outcome.interrupted:
         raise KeyboardInterrupt  # the choice needs every calibration sample; a resume continues it
     if outcome.frame is None:  # a data-parallel worker: rank 0 chooses and reports
@@ -305,23 +364,22 @@ def _open_store(world, folder: Path, identity: dict, resume: bool):
     return store or RunStore(folder, identity, resume, rank=world.rank)
 
 
-def _run(config, store, loaded, variants, task, samples, manifest, console, world, timings) -> RunOutcome:
+def _run(config, store, backend, variants, task, samples, manifest, console, world, timings) -> RunOutcome:
     from evalkit.core.task import runs_under
-    from evalkit.models.adapter import ModelAdapter
     from evalkit.run.progress import ProgressReporter, quiet_library_warnings
-    from evalkit.run.runner import Runner, default_batch_tokens
+    from evalkit.run.runner import Runner
     from evalkit.store.manifest import dataset_hash, device_description
 
-    adapter = ModelAdapter(loaded)
-    batch_tokens = config.batch_tokens or default_batch_tokens(loaded)
+    batch_tokens = config.batch_tokens or backend.batch_tokens()
     progress = ProgressReporter(console, quiet=config.quiet)
     manifest.update(
         {
             "run_id": store.run_id,
-            "model": loaded.describe(),
-            "hashes": {**loaded.hashes, "dataset": dataset_hash(task.options)},
+            "model": backend.describe(),
+            "backend": backend.name,
+            "hashes": {**backend.hashes, "dataset": dataset_hash(task.options)},
             "attention": [v.describe for v in variants],
-            "device": device_description(loaded.device),
+            "device": device_description(backend.device),
             "batch_tokens": batch_tokens,
             "samples": len(samples),
             "planned_answers": sum(runs_under(s, k) for k in range(len(variants)) for s in samples),
@@ -333,7 +391,7 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
 
     interrupted = False
     run_started = time.perf_counter()
-    runner = Runner(adapter, store, batch_tokens, progress, share_prefixes=config.prefix_cache)
+    runner = Runner(backend, store, batch_tokens, progress, share_prefixes=config.prefix_cache)
     try:
         with quiet_library_warnings(console):  # printed once after the run, not through the progress bar
             runner.run(task, world.shard(samples), variants)
@@ -343,8 +401,9 @@ def _run(config, store, loaded, variants, task, samples, manifest, console, worl
         progress.stop()
         store.close_journal()
 
-    common = {"run_id": store.run_id, "task": task.name, "model": loaded.source.name}
-    title = f"{loaded.source.name}, {', '.join(v.label for v in variants)}"
+    name = backend.describe()["name"]
+    common = {"run_id": store.run_id, "task": task.name, "model": name}
+    title = f"{name}, {', '.join(v.label for v in variants)}"
     timings = {
         **timings,
         "run_seconds": round(time.perf_counter() - run_started, 2),
@@ -377,6 +436,7 @@ def check_config(config: RunConfig) -> None:
 
         calibration_config(config, task_cls, Path(config.out or "run"))  # a bad spec fails before any load
     check_inputs(task_cls, options, config)
+    refuse_unsupported(config, task_cls, options)
     if config.out:
         check_out_folder(Path(config.out), config.identity(), config.resume)
 
@@ -446,7 +506,7 @@ def evaluator_folder(folder: Path) -> Path:
     return folder.with_name(folder.name + "-evaluator")
 
 
-def run_evaluator(config, loaded, folder: Path, console, log):
+def run_evaluator(config, backend, folder: Path, console, log):
     """LongPPL's key tokens chosen by another checkpoint (``--evaluator``), as in the paper: the
     evaluator's rows (``token_nll`` and ``short_nll``) for the run's windows. It scores the same
     windows (same corpus, seed, lengths: the same offsets), full and short context, in a perplexity
@@ -456,7 +516,7 @@ def run_evaluator(config, loaded, folder: Path, console, log):
 
     path = config.task_options["evaluator"]
     other = load_for(dataclasses.replace(config, model=path), log)
-    if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
+    if tokenizer_fingerprint(other.tokenizer) != tokenizer_fingerprint(backend.tokenizer):
         raise ConfigError(
             f"--evaluator {path} has another tokenizer than {config.model}: key tokens are positions of one token "
             f"stream",
@@ -468,6 +528,8 @@ def run_evaluator(config, loaded, folder: Path, console, log):
         task_options={**config.task_options, "evaluator": None},
         out=str(evaluator_folder(folder)),
         resume=config.resume,
+        backend=config.backend,
+        backend_options=config.backend_options,
         device=config.device,
         dtype=config.dtype,
         batch_tokens=config.batch_tokens,
@@ -478,7 +540,7 @@ def run_evaluator(config, loaded, folder: Path, console, log):
         quiet=config.quiet,
         plots=False,
     )
-    outcome = evaluate(sub, console=console, loaded=other)
+    outcome = evaluate(sub, console=console, backend=other)
     if outcome.interrupted:
         raise KeyboardInterrupt  # the key tokens need every evaluator window; a resume continues it
     frame = outcome.frame

@@ -14,58 +14,23 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from evalkit.core.errors import EvalkitError
 from evalkit.core.task import Sample, Task, runs_under
 from evalkit.run.progress import length_label
 from evalkit.store.results import RunStore
 
-
-@dataclass(frozen=True)
-class Variant:
-    """An attention variant as the runner sees it: a label for rows, and how to switch to it."""
-
-    label: str
-    activate: Callable[[object], None]  # called with the model before its samples run
+LISTED_CHUNK = 256  # requests handed at once to a backend that batches by itself
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
+    import sys
 
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # a backend that runs without torch cannot raise torch's errors
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def default_batch_tokens(loaded) -> int:
-    """A first guess at the token budget of one batch; OOM backoff corrects it if too high."""
-    import torch
-
-    config = loaded.model.config
-    if loaded.device.type != "cuda":
-        return 2048  # on CPU a batch buys nothing over one sequence (measured: 306 vs 279 tok/s at 2k)
-    free, _total = torch.cuda.mem_get_info(loaded.device)
-    width = getattr(config, "hidden_size", 2048)
-    inner = getattr(config, "intermediate_size", 4 * width)
-    per_token = (6 * width + 3 * inner) * torch.finfo(loaded.dtype).bits // 8 * 2  # peak layer, x2 margin
-    return max(1024, int(free * 0.6 // per_token))
-
-
-def attention_scale(adapter) -> float:
-    """C in the cost model below: the context length at which attention costs as much as the
-    rest of a layer. Per token per layer, the weights cost 2 P FLOPs (P = the layer's parameters)
-    and attention over i keys 4 i d (d = heads x head dim), so C = P / d; for SmolLM2-135M,
-    C = 6144 (measured on CPU from tokens/s at 2k and 8k: about 6700)."""
-    from evalkit.models.prefix_cost import layer_shape
-
-    config = getattr(getattr(adapter, "model", None), "config", None)
-    if not getattr(config, "hidden_size", None):
-        return math.inf  # cost = tokens
-    linear, attention_width = layer_shape(config)
-    return linear / attention_width
 
 
 def span_cost(start: int, end: int, scale: float) -> float:
@@ -82,8 +47,11 @@ def shared_costs(run: list[Sample], scale: float) -> list[float]:
 
 
 class Runner:
-    def __init__(self, adapter, store: RunStore, batch_tokens: int, progress=None, share_prefixes: bool | str = True):
-        self.adapter = adapter
+    """Runs a task's samples on a backend, through the protocol only (``evalkit.core.backend``)."""
+
+    def __init__(self, backend, store: RunStore, batch_tokens: int, progress=None, share_prefixes: bool | str = True):
+        self.backend = backend
+        self.capabilities = backend.capabilities()
         self.store = store
         self.batch_tokens = batch_tokens
         self.progress = progress  # a ProgressReporter, or None
@@ -95,7 +63,8 @@ class Runner:
         self.prefix_decision: dict = {"mode": self.share_prefixes or "off"}  # what was chosen and why, for the manifest
         self.branched: set[int] = set()  # ids of the groups answered by branching off their trunk
 
-    def run(self, task: Task, samples: list[Sample], variants: list[Variant]) -> None:
+    def run(self, task: Task, samples: list[Sample], variants: list) -> None:
+        """Answer every pending sample under each variant (``evalkit.attention.RunVariant``), in order."""
         pending = {
             v.label: [s for s in samples if runs_under(s, k) and not self.store.is_done(v.label, s.id)]
             for k, v in enumerate(variants)
@@ -103,10 +72,10 @@ class Runner:
         plans = {}
         for variant in variants:  # planned under the variant itself: its n convention decides whether prefixes share
             if pending[variant.label]:
-                variant.activate(self.adapter.model)
+                self.backend.activate(variant)
                 plans[variant.label] = self._shared_runs(pending[variant.label])
         total = sum(len(p) for p in pending.values())
-        scale = attention_scale(self.adapter)
+        scale = self.backend.attention_scale()
         total_cost = sum(
             sum(sum(self._group_costs(run, scale)) for run in runs)
             + sum(span_cost(0, s.request.length, scale) for s in alone)
@@ -118,13 +87,17 @@ class Runner:
         for variant in variants:
             if not pending[variant.label]:
                 continue
-            variant.activate(self.adapter.model)
+            self.backend.activate(variant)
             runs, alone = plans[variant.label]
             for run in runs:
                 if id(run) in self.branched:
                     self._run_branched(task, variant, run, scale)
                 else:
                     self._run_shared(task, variant, run, scale)
+            if self.capabilities.batches_itself:
+                for chunk in self._chunks(alone):
+                    self._run_listed(task, variant, chunk, scale)
+                continue
             for bucket in self._buckets(alone):
                 self._run_bucket(task, variant, bucket[0].request.length, bucket, scale)
 
@@ -136,7 +109,7 @@ class Runner:
         for sample in samples:
             if shared_sequence(sample.request) is not None:
                 by_kind[type(sample.request)].append(sample)
-        if not self.share_prefixes or not by_kind or not self.adapter.can_share_prefixes():
+        if not self.share_prefixes or not by_kind or not self.capabilities.shares_prefixes:
             return [], samples
         runs = []
         for kind_samples in by_kind.values():
@@ -144,7 +117,7 @@ class Runner:
             runs += [[kind_samples[i] for i in run] for run in kind_runs]
         if self.share_prefixes == "auto" and runs:
             runs = self._runs_that_pay(runs)
-        elif self.share_prefixes == "branch" and self.adapter.can_branch():
+        elif self.share_prefixes == "branch" and self.capabilities.branches:
             self.branched |= {id(run) for run in runs}
         in_runs = {id(s) for run in runs for s in run}
         return runs, [s for s in samples if id(s) not in in_runs]
@@ -156,9 +129,9 @@ class Runner:
 
         if self.prefix_costs is None:
             longest = max((s.request for run in runs for s in run), key=lambda r: r.length)
-            self.prefix_costs = prefix_cost.costs_for(self.adapter, shared_sequence(longest), self.batch_tokens)
-        config = self.adapter.model.config
-        can_branch = self.adapter.can_branch()
+            self.prefix_costs = self.backend.prefix_costs(shared_sequence(longest), self.batch_tokens)
+        config = self.backend.config
+        can_branch = self.capabilities.branches
         kept, totals, chosen = [], {"auto": 0.0, "batched_only": 0.0}, {p: [] for p in prefix_cost.PATHS}
         for run in runs:
             requests = [s.request for s in run]
@@ -207,10 +180,10 @@ class Runner:
             for i, s in enumerate(run)
         ]
 
-    def _run_branched(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
+    def _run_branched(self, task: Task, variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()
         try:
-            answers = self.adapter.answer_branched([s.request for s in run], self.batch_tokens)
+            answers = self.backend.answer_branched([s.request for s in run], self.batch_tokens)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not is_out_of_memory(exc):
                 raise
@@ -226,9 +199,9 @@ class Runner:
                 sum(self._group_costs(run, scale)),
             )
 
-    def _run_shared(self, task: Task, variant: Variant, run: list[Sample], scale: float) -> None:
+    def _run_shared(self, task: Task, variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()
-        answers = self.adapter.answer_shared([s.request for s in run])
+        answers = self.backend.answer_shared([s.request for s in run])
         for sample, cost in zip(run, shared_costs(run, scale)):
             try:
                 answer = next(answers)
@@ -256,16 +229,14 @@ class Runner:
         # Longest first: an out-of-memory problem shows at once, not at the end of a long run.
         return sorted(by_shape.values(), key=lambda bucket: -bucket[0].request.length)
 
-    def _run_bucket(
-        self, task: Task, variant: Variant, length: int, bucket: list[Sample], scale: float = math.inf
-    ) -> None:
+    def _run_bucket(self, task: Task, variant, length: int, bucket: list[Sample], scale: float = math.inf) -> None:
         batch_size = max(1, self.batch_tokens // length)
         index = 0
         while index < len(bucket):
             batch = bucket[index : index + batch_size]
             started = time.perf_counter()
             try:
-                answers = self.adapter.answer([s.request for s in batch])
+                answers = self.backend.answer([s.request for s in batch])
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise
@@ -286,9 +257,32 @@ class Runner:
                 )
             index += len(batch)
 
+    def _chunks(self, samples: list[Sample]) -> list[list[Sample]]:
+        """Whole lists for a backend that batches by itself (continuous batching), in chunks of
+        ``LISTED_CHUNK`` requests of one kind, so progress moves and an interrupt loses one chunk at most."""
+        by_kind: dict[str, list[Sample]] = defaultdict(list)
+        for sample in samples:
+            by_kind[type(sample.request).__name__].append(sample)
+        ordered = [sorted(kind, key=lambda s: -s.request.length) for kind in by_kind.values()]
+        return [kind[i : i + LISTED_CHUNK] for kind in ordered for i in range(0, len(kind), LISTED_CHUNK)]
+
+    def _run_listed(self, task: Task, variant, chunk: list[Sample], scale: float) -> None:
+        started = time.perf_counter()
+        answers = self.backend.answer([s.request for s in chunk])
+        for sample, answer in zip(chunk, answers):
+            self.store.append(variant.label, sample.id, task.rows(sample, answer))
+        if self.progress:
+            self.progress.advance(
+                len(chunk),
+                sum(s.request.length for s in chunk),
+                time.perf_counter() - started,
+                f"{variant.label} {length_label(chunk)}",
+                sum(span_cost(0, s.request.length, scale) for s in chunk),
+            )
+
     def _does_not_fit(self, length: int) -> EvalkitError:
         return EvalkitError(
-            f"one sequence of {length} tokens does not fit in {self.adapter.device} memory",
+            f"one sequence of {length} tokens does not fit in {self.backend.device} memory",
             "use shorter --lengths, --dtype bfloat16, or a larger device",
         )
 

@@ -147,14 +147,14 @@ def run_study(study: Study, resume: bool, quiet: bool, console=None, log=print) 
     from evalkit.run.evaluate import evaluate, load_for
 
     check_study(study, resume)
-    outcomes, loaded, loaded_key = [], None, None
+    outcomes, backend, loaded_key = [], None, None
     for cell, config in run_configs(study, resume, quiet):
         key = (config.model, config.device, config.dtype, tuple(sorted(config.rope.items())))
         if key != loaded_key:
-            loaded, loaded_key = None, key  # free the previous model before loading the next
-            loaded = load_for(config, log)
+            backend, loaded_key = None, key  # free the previous model before loading the next
+            backend = load_for(config, log)
         log(f"[{len(outcomes) + 1}/{len(study.cells)}] {cell.task['name']} on {cell.model['path']} -> {cell.folder}")
-        outcome = evaluate(config, console=console, loaded=loaded)
+        outcome = evaluate(config, console=console, backend=backend)
         outcomes.append(outcome)
         if outcome.interrupted:
             break

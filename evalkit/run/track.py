@@ -259,16 +259,16 @@ def track(
             log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: done before, skipped")
             continue
         log(f"[{k + 1}/{len(checkpoints)}] {checkpoint.series} step {checkpoint.step}: {checkpoint.path}")
-        loaded = load_for(todo[0], log=(lambda *a: None) if settings.quiet else log)  # one model in memory at a time
+        backend = load_for(todo[0], log=(lambda *a: None) if settings.quiet else log)  # one model in memory at a time
         try:
             for config in todo:
-                outcome = evaluate(config, console=console, loaded=loaded)
+                outcome = evaluate(config, console=console, backend=backend)
                 if outcome.interrupted:
                     return TrackOutcome(out, evaluated, skipped, True)
                 tag_run(outcome.folder, checkpoint.step, checkpoint.series, str(checkpoint.path))
                 evaluated.append(outcome.folder)
         finally:
-            del loaded
+            del backend
     rows, summary = write_tables(out)
     drawn = []
     if figures:

@@ -1,14 +1,19 @@
-"""The model adapter: batched primitives on a loaded causal LM.
+"""The transformers backend: the exact path, batched primitives on a loaded transformers causal LM.
 
-It knows nothing of tasks. Each primitive takes a list of typed requests of equal length (the
-runner buckets them) and returns one numpy result per request.
+It answers every request kind (token losses, answer scoring, generation, attention probes), applies
+every attention variant through transformers' ``AttentionInterface``, walks shared prefixes on one
+KV cache and branches queries off a shared trunk. It knows nothing of tasks. Each primitive takes a
+list of typed requests of equal length (the runner buckets them) and returns one numpy result per
+request.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from evalkit.core.backend import REQUEST_KINDS, Backend, Capabilities
 from evalkit.core.requests import AnswerScore, AnswerScoreRequest, GenerateRequest, ProbeRequest, TokenLossRequest
+from evalkit.models.answers import answer_scores, until_eos
 from evalkit.models.body import decoder_body
 from evalkit.models.loading import LoadedModel
 
@@ -17,14 +22,100 @@ from evalkit.models.loading import LoadedModel
 DEFAULT_LOGITS_BUDGET = {"cpu": 256 << 20, "cuda": 1 << 30}
 
 
-class ModelAdapter:
+class TransformersBackend(Backend):
+    name = "transformers"
+    summary = "the exact path: every request kind and variant, attention probes, shared prefixes (transformers)"
+
+    @classmethod
+    def declared(cls) -> Capabilities:
+        return Capabilities(
+            requests=frozenset(REQUEST_KINDS),
+            variants=None,
+            native=True,
+            shares_prefixes=True,
+            branches=True,
+        )
+
+    @classmethod
+    def load(cls, model: str, options, backend_options=None, log=print) -> TransformersBackend:
+        from evalkit.models.loading import load_model
+
+        return cls(load_model(model, options, log=log))
+
+    @classmethod
+    def wrap(cls, model, tokenizer, name: str, backend_options=None) -> TransformersBackend:
+        from evalkit.models.loading import wrap_model
+
+        return cls(wrap_model(model, tokenizer, name))
+
     def __init__(self, loaded: LoadedModel, logits_budget_bytes: int | None = None):
         self.loaded = loaded
-        self.model = loaded.model
+        self.model = loaded.model  # this backend's own; the runner never reaches it
         self.device = loaded.device
         vocab = self.model.get_output_embeddings().weight.shape[0]
         budget = logits_budget_bytes or DEFAULT_LOGITS_BUDGET.get(self.device.type, 1 << 30)
         self.head_chunk_tokens = max(1, budget // (vocab * 4))
+
+    # -- what the protocol reads ------------------------------------------------------------
+    tokenizer = property(lambda self: self.loaded.tokenizer)
+    max_positions = property(lambda self: self.loaded.max_positions)
+    training_length = property(lambda self: self.loaded.training_length)
+    native_attention = property(lambda self: self.loaded.native_attention)
+    native_scaling = property(lambda self: self.loaded.native_scaling)
+    config = property(lambda self: self.model.config)
+    content_hash = property(lambda self: self.loaded.content_hash)
+    hashes = property(lambda self: self.loaded.hashes)
+    dtype = property(lambda self: self.loaded.dtype)
+
+    def describe(self) -> dict:
+        return {**self.loaded.describe(), "backend": self.name}
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            requests=frozenset(REQUEST_KINDS),
+            variants=None,
+            native=True,
+            shares_prefixes=self.can_share_prefixes(),
+            branches=self.can_branch(),
+        )
+
+    def activate(self, variant) -> None:
+        from evalkit.attention import apply_attention
+
+        apply_attention(self.model, variant.spec, params=variant.tables or None)
+
+    def batch_tokens(self) -> int:
+        """A first guess at the token budget of one batch; OOM backoff corrects it if too high."""
+        import torch
+
+        config = self.model.config
+        if self.device.type != "cuda":
+            return 2048  # on CPU a batch buys nothing over one sequence (measured: 306 vs 279 tok/s at 2k)
+        free, _total = torch.cuda.mem_get_info(self.device)
+        width = getattr(config, "hidden_size", 2048)
+        inner = getattr(config, "intermediate_size", 4 * width)
+        per_token = (6 * width + 3 * inner) * torch.finfo(self.loaded.dtype).bits // 8 * 2  # peak layer, x2 margin
+        return max(1024, int(free * 0.6 // per_token))
+
+    def attention_scale(self) -> float:
+        """C in the runner's cost model: the context length at which attention costs as much as the
+        rest of a layer. Per token per layer, the weights cost 2 P FLOPs (P = the layer's parameters)
+        and attention over i keys 4 i d (d = heads x head dim), so C = P / d; for SmolLM2-135M,
+        C = 6144 (measured on CPU from tokens/s at 2k and 8k: about 6700)."""
+        import math
+
+        from evalkit.models.prefix_cost import layer_shape
+
+        if not getattr(self.model.config, "hidden_size", None):
+            return math.inf  # cost = tokens
+        linear, attention_width = layer_shape(self.model.config)
+        return linear / attention_width
+
+    def prefix_costs(self, longest, batch_tokens: int):
+        """The measured costs of the three paths a group of prefix-sharing requests can take."""
+        from evalkit.models import prefix_cost
+
+        return prefix_cost.costs_for(self, longest, batch_tokens)
 
     # -- dispatch -------------------------------------------------------------------------
     def answer(self, requests: list) -> list:
@@ -168,16 +259,7 @@ class ModelAdapter:
 
     def _answer_scores(self, hidden, gold) -> list[AnswerScore]:
         """Scores from the hidden states that predict each answer token: hidden (B, A, D), gold (B, A)."""
-        import torch
-
-        logits = self.logits(hidden)  # (B, A, V)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, gold[..., None]).squeeze(-1)  # (B, A)
-        gold_logit = logits.gather(-1, gold[..., None])  # (B, A, 1)
-        greedy = (logits.argmax(-1) == gold).all(-1)  # (B,)
-        # strictly greater logits count against the gold token: ties do not lower its rank
-        rank = (logits[:, 0] > gold_logit[:, 0]).sum(-1) + 1  # (B,)
-        logprobs, greedy, rank = logprobs.cpu().numpy(), greedy.cpu().numpy(), rank.cpu().numpy()
-        return [AnswerScore(logprobs[i], bool(greedy[i]), int(rank[i])) for i in range(len(gold))]
+        return answer_scores(self.logits(hidden), gold)  # logits (B, A, V)
 
     # -- attention probes -----------------------------------------------------------------
     def probe(self, requests: list[ProbeRequest]):
@@ -207,8 +289,7 @@ class ModelAdapter:
         return {"do_sample": False, "pad_token_id": pad, "temperature": None, "top_p": None, "top_k": None}
 
     def _until_eos(self, new: np.ndarray) -> np.ndarray:
-        stop = np.flatnonzero(np.isin(new, list(self.eos_ids())))
-        return new[: stop[0]] if len(stop) else new
+        return until_eos(new, self.eos_ids())
 
     def eos_ids(self) -> set[int]:
         """End-of-sequence ids: the generation config's (may be a list), else the tokenizer's."""
