@@ -38,24 +38,9 @@ def _variant(name: str, tables=None, **spec):
 
 def _reference(path):
     """The transformers backend on ``path`` in float32 (the exact path)."""
+    from evalkit.backends.transformers import TransformersBackend
     from evalkit.models.loading import LoadOptions
 
-    try:
-        from evalkit.backends.transformers import TransformersBackend
-    except ImportError:  # before the transformers adapter moved behind the protocol
-        from evalkit.models.adapter import ModelAdapter
-        from evalkit.models.loading import load_model
-
-        adapter = ModelAdapter(load_model(str(path), LoadOptions(device="cpu", dtype="float32"), log=lambda *_: None))
-
-        def activate(variant):
-            from evalkit.attention import apply_attention
-
-            apply_attention(adapter.model, variant.spec, params=variant.tables or None)
-
-        adapter.activate = activate
-        adapter.tokenizer, adapter.config = adapter.loaded.tokenizer, adapter.model.config
-        return adapter
     return TransformersBackend.load(str(path), LoadOptions(device="cpu", dtype="float32"), log=lambda *_: None)
 
 
@@ -142,7 +127,7 @@ def test_per_head_checkpoint_loads_with_its_table(smollm2, tmp_path):
     reference = _reference(smollm2)
     layers, heads = reference.config.num_hidden_layers, reference.config.num_attention_heads
     table = 0.3 + 0.3 * torch.rand(layers, heads, generator=torch.Generator().manual_seed(0))
-    model = reference.loaded.model if hasattr(reference, "loaded") else reference.model
+    model = reference.model
     apply_attention(model, "ssmax", s=table)
     folder = tmp_path / "ssmax-per-head"
     model.save_pretrained(folder, safe_serialization=True)
@@ -187,3 +172,44 @@ def test_refusals_before_the_engine_starts(smollm2, tmp_path):
         gguf = tmp_path / "m.gguf"
         gguf.write_bytes(b"GGUF")
         VllmBackend.load(str(gguf), LoadOptions(dtype="float32"))
+
+
+def test_ruler_same_string_match_and_compare_names_the_backend(smollm2, tmp_path):
+    """A small RULER run end to end through the runner on both backends: every sample's string_match
+    is the same, and compare between the two runs passes, naming each side's backend."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    import cli
+    from evalkit.run.evaluate import RunConfig, evaluate
+
+    common = dict(
+        task="ruler",
+        model=MODEL,
+        task_options={"tasks": "niah_single_1,vt,fwe", "lengths": "1k", "samples": 2},
+        device="cpu",
+        dtype="float32",
+        quiet=True,
+        plots=False,
+    )
+    engine = {"max_model_len": 2048, "kv_cache_gb": 1, "enforce_eager": True}
+    evaluate(RunConfig(**common, out=str(tmp_path / "transformers")))
+    evaluate(RunConfig(**common, out=str(tmp_path / "vllm"), backend="vllm", backend_options=engine))
+
+    def string_match(name):
+        frame = pd.read_parquet(tmp_path / name / "results.parquet")
+        rows = frame[frame.metric == "string_match"]
+        return rows.set_index(["ruler_task", "context_length", "index"]).value.sort_index()
+
+    got, want = string_match("vllm"), string_match("transformers")
+    assert len(want) == 6
+    pd.testing.assert_series_equal(got, want)
+    manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
+    assert manifest["model"]["backend"] == "vllm" and manifest["model"]["engine"]["vllm"] == vllm.__version__
+
+    result = CliRunner().invoke(
+        cli.register_tasks(),
+        ["compare", str(tmp_path / "transformers"), str(tmp_path / "vllm"), "--format", "markdown"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "backend: baseline transformers, candidate vllm" in result.output

@@ -216,6 +216,7 @@ def compare_runs(
         b["attention"] = c["attention"] = f"{variants[0]} → {variants[1]}"
 
     checks, notes = _run_checks(b_runs, c_runs)
+    notes += _backend_note(b_runs, c_runs)
     same_runs = {r.folder for r in b_runs} == {r.folder for r in c_runs}
     differences = [] if same_runs else option_differences(b_runs, c_runs)
     b_seeds, c_seeds = sorted(map(str, b.seed.unique())), sorted(map(str, c.seed.unique()))
@@ -330,6 +331,18 @@ def _run_checks(b_runs: list[Run], c_runs: list[Run]) -> tuple[list[dict], list[
             _check(f"{side} complete", "; ".join(problems) or None, f"{len(runs)} run(s) finished every planned sample")
         )
     return checks, []
+
+
+def _backend_note(b_runs: list[Run], c_runs: list[Run]) -> list[str]:
+    """Which backend answered each side (the manifest's model record): runs of one model on two
+    backends pair prompt by prompt, and the report says which engine produced which numbers."""
+
+    def named(runs: list[Run]) -> str:
+        found = {(r.manifest.get("model") or {}).get("backend") for r in runs}
+        return ", ".join(sorted(b for b in found if b)) or "transformers"
+
+    base, cand = named(b_runs), named(c_runs)
+    return [f"backend: baseline {base}, candidate {cand}"] if base != cand else [f"backend: {base}"]
 
 
 def _cells_of(frame: pd.DataFrame) -> str:
