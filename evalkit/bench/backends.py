@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-# What each workload's per-sample verdict is: RULER's string match, needle's greedy correctness.
-VERDICT = {"ruler": "string_match", "needle": "greedy_correct"}
+# What each workload's per-sample verdict is: RULER's string match, needle's exact match of the parsed answer.
+VERDICT = {"ruler": "string_match", "needle": "exact_match"}
 
 
 def bench_backends(
@@ -32,14 +32,15 @@ def bench_backends(
     out: str | None = None,
     log=print,
 ):
-    """One row per (workload, length, backend): samples, prompt and generated tokens, wall seconds,
-    tokens/s, the mean verdict, and the samples whose verdict differs from the first backend's.
+    """One row per (workload, length, backend): requests, tokens fed and generated, wall seconds,
+    tokens/s, the mean verdict, and the samples whose verdict, and whose generated token ids,
+    differ from the first backend's.
     ``engine``: the vLLM backend's options (``VllmOptions`` fields), e.g. ``load_format="dummy"``."""
     from pathlib import Path
 
     import pandas as pd
 
-    rows, verdicts = [], {}
+    rows, verdicts, outputs = [], {}, {}
     for name in backends:
         backend, load_s = _load(name, model, device, dtype, engine, log)
         try:
@@ -56,18 +57,21 @@ def bench_backends(
                     wall = time.perf_counter() - started
                     found = _verdicts(task, built, answers, VERDICT[workload])
                     verdicts.setdefault((name, workload), {}).update(found)
+                    outputs.setdefault((name, workload), {}).update(
+                        {(length, s.id): tuple(a.tolist()) for s, a in zip(built, answers) if hasattr(a, "tolist")}
+                    )
                     rows.append(_row(name, workload, length, built, answers, wall, load_s, found))
         finally:
             if hasattr(backend, "shutdown"):
                 backend.shutdown()
     frame = pd.DataFrame(rows)
     first = backends[0]
-    differing = []
-    for row in rows:
-        mine, theirs = verdicts[row["backend"], row["workload"]], verdicts[first, row["workload"]]
-        ids = [k for k in mine if k[0] == row["context_length"]]
-        differing.append(sum(mine[k] != theirs.get(k) for k in ids))
-    frame[f"samples differing from {first}"] = differing
+    for column, table in (("verdicts", verdicts), ("generations", outputs)):
+        differing = []
+        for row in rows:
+            mine, theirs = table[row["backend"], row["workload"]], table[first, row["workload"]]
+            differing.append(sum(v != theirs.get(k) for k, v in mine.items() if k[0] == row["context_length"]))
+        frame[f"{column} differing from {first}"] = differing
     for _cell, group in frame.groupby(["workload", "context_length"], sort=False):
         base = group[group.backend == first].wall_s.iloc[0]
         frame.loc[group.index, f"speedup vs {first}"] = (base / group.wall_s).round(2)
@@ -109,17 +113,16 @@ def _workloads(backend, lengths, samples, tasks, needle_lengths, needle_depths, 
 
 
 def _answer(backend, requests: list) -> list:
-    """As the runner hands requests over: whole lists to a backend that batches itself, else
-    equal-shape buckets of at most its batch budget in tokens."""
-    if backend.capabilities().batches_itself:
-        return backend.answer(requests)
+    """As the runner hands requests over: whole lists of one kind to a backend that batches by itself,
+    else equal-shape buckets of one kind of at most its batch budget in tokens."""
+    listed = backend.capabilities().batches_itself
     budget = backend.batch_tokens()
     buckets = defaultdict(list)
     for index, request in enumerate(requests):
-        buckets[request.shape].append(index)
+        buckets[type(request).__name__ if listed else (type(request).__name__, request.shape)].append(index)
     answers = [None] * len(requests)
     for indices in buckets.values():
-        per_batch = max(1, budget // max(1, requests[indices[0]].positions))
+        per_batch = len(indices) if listed else max(1, budget // max(1, requests[indices[0]].positions))
         for start in range(0, len(indices), per_batch):
             chunk = indices[start : start + per_batch]
             for index, answer in zip(chunk, backend.answer([requests[i] for i in chunk])):
@@ -138,15 +141,17 @@ def _verdicts(task, samples, answers, metric: str) -> dict:
 
 
 def _row(name, workload, length, samples, answers, wall, load_s, verdicts) -> dict:
-    prompt = sum(len(s.request.prompt) for s in samples)
-    generated = sum(len(a) for a in answers)
+    import numpy as np
+
+    prompt = sum(s.request.length for s in samples)  # prompt (+ answer) tokens fed
+    generated = sum(len(a) for a in answers if isinstance(a, np.ndarray))
     scores = list(verdicts.values())
     return {
         "workload": workload,
         "context_length": length,
         "backend": name,
-        "samples": len(samples),
-        "prompt_tokens": prompt,
+        "requests": len(samples),
+        "tokens_fed": prompt,
         "generated_tokens": generated,
         "wall_s": round(wall, 2),
         "tokens_per_s": round((prompt + generated) / wall, 1),
