@@ -114,6 +114,11 @@ class VllmBackend(Backend):
         folder = source.location
         self.source, self.family, self.engine_options = source, family, engine
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if options.device != "auto" and torch.device(options.device).type != self.device.type:
+            raise ConfigError(
+                f"this vLLM build runs on {self.device.type}, not --device {options.device}",
+                "drop --device (vLLM places the model itself), or use --backend transformers",
+            )
         self.dtype = pick_dtype(options.dtype, self.device)
         if self.dtype == torch.float64:
             raise ConfigError("the vllm backend runs float32, bfloat16 or float16", "pass --dtype float32")
