@@ -132,6 +132,13 @@ class VllmBackend(Backend):
         from vllm import LLM
 
         kwargs = _engine_kwargs(engine, self.device)
+        # vLLM counts the one token it must produce after a prompt: a sequence of exactly the limit
+        # (a token-loss window, an answer fed whole) needs two positions more than evalkit uses
+        text = self.config.get_text_config()
+        limit = engine.max_model_len or getattr(text, "max_position_embeddings", None)
+        if limit:
+            kwargs["max_model_len"] = limit + 2
+            os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")  # the 2 extra positions only
         if family.scaled:
             kwargs["hf_overrides"] = {"architectures": [family.scaled]}
         log(f"starting vLLM on {folder} ({family.architecture}, {str(self.dtype).removeprefix('torch.')})")
@@ -143,7 +150,7 @@ class VllmBackend(Backend):
             seed=0,
             **kwargs,
         )
-        self.max_positions = self.llm.llm_engine.model_config.max_model_len
+        self.max_positions = limit or self.llm.llm_engine.model_config.max_model_len
         record = getattr(self.config, "evalkit_reference", None) or {}
         length = record.get("train_length") or getattr(self.native_attention[0], "train_length", None)
         self.training_length = int(length) if length else None
@@ -191,7 +198,7 @@ class VllmBackend(Backend):
             "native_scaling": native.to_dict() if native else None,
             "tokenizer": tokenizer_identity(self.tokenizer),
             "backend": self.name,
-            "engine": {"vllm": vllm.__version__, "max_model_len": self.max_positions, **asdict(self.engine_options)},
+            "engine": {"vllm": vllm.__version__, **asdict(self.engine_options)},
         }
 
     def capabilities(self) -> Capabilities:
@@ -498,8 +505,6 @@ def _engine_kwargs(engine: VllmOptions, device) -> dict:
     }
     if single:
         kwargs["distributed_executor_backend"] = "uni"
-    if engine.max_model_len:
-        kwargs["max_model_len"] = engine.max_model_len
     if engine.max_num_seqs:
         kwargs["max_num_seqs"] = engine.max_num_seqs
     if engine.max_num_batched_tokens:
