@@ -118,7 +118,7 @@ def test_needle_and_focus_tables(suite_run):
 def test_gpu_preset_plan():
     """The grid the lead runs on an H100, planned here: models, lengths, dtype, variants, budget."""
     preset = PRESETS["gpu"]
-    assert (preset.device, preset.dtype, preset.budget_s) == ("cuda", "bfloat16", 480)
+    assert (preset.device, preset.dtype, preset.budget_s) == ("cuda", "bfloat16", 720)
     plan = plan_suite(preset)
     grid = {(job.model.shape, job.bench.name): job.kwargs["lengths"] for job in plan.jobs}
     assert grid == {
@@ -133,7 +133,10 @@ def test_gpu_preset_plan():
         ("llama-1b", "nested"): "1k..32k",
         ("smollm2-135m", "nested"): "1k..32k",
         ("llama-1b", "screening"): "4k,16k,32k,64k,100k",  # builds its own models: once per preset
+        ("llama-1b", "backends"): "32k,64k,128k",  # vLLM on the same shape, RULER + needle generation
     }
+    (vllm,) = [job for job in plan.jobs if job.bench.name == "backends"]
+    assert vllm.kwargs["backends"] == ("vllm",) and vllm.kwargs["engine"]["load_format"] == "dummy"
     perplexity = [job for job in plan.jobs if job.bench.name == "perplexity"]
     for job in perplexity:
         assert [(v.name, v.options.s) for v in job.kwargs["attention"]] == [

@@ -71,7 +71,7 @@ class TorchModuleBackend(Backend):
         dtype = pick_dtype(options.dtype, device)
         log(f"loading {kind} checkpoint {folder}")
         module = getattr(importlib.import_module(module_name), function)(folder, device, dtype)
-        tokenizer = _folder_tokenizer(folder)
+        tokenizer = getattr(module, "tokenizer", None) or _folder_tokenizer(folder)
         return cls(module, tokenizer, folder.resolve().name, backend_options, location=str(folder), kind=kind)
 
     @classmethod
@@ -218,6 +218,6 @@ def _folder_tokenizer(folder: Path):
             f"{folder} has no tokenizer.json beside its weights",
             "save the model's tokenizer into the folder (tokenizer.save_pretrained(folder))",
         )
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast  # not AutoTokenizer: it reads config.json's model type
 
-    return AutoTokenizer.from_pretrained(str(folder))
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))

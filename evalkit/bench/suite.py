@@ -42,6 +42,7 @@ class SuiteModel:
     spec: str | None = None
     shape: str | None = None
     layers: int | None = None  # fewer layers than the shape (tests only: a preset keeps the real depth)
+    benches: tuple[str, ...] | None = None  # only these benches (None: every bench that is not opt-in)
 
     def lengths_for(self, bench_name: str) -> str:
         return self.lengths.get(bench_name, self.lengths["*"])
@@ -67,6 +68,7 @@ class SuiteBench:
     run: Callable
     args: dict[str, dict]  # preset name -> keyword arguments; a preset without an entry skips the bench
     summary: Callable | None = None
+    opt_in: bool = False  # runs only for the models that name it in ``SuiteModel.benches``
 
 
 def _perplexity_summary(frame):
@@ -164,6 +166,19 @@ def _screening_summary(frame):
     return frame.drop(columns=["device"], errors="ignore")
 
 
+def _backends(model: str, lengths: str, device: str, dtype: str, out: str | None, **args):
+    """RULER and needle generation on the vLLM backend (random weights read as ``load_format="dummy"``)."""
+    import importlib.util
+
+    import pandas as pd
+
+    from evalkit.bench.backends import bench_backends
+
+    if importlib.util.find_spec("vllm") is None:  # the rest of the suite still runs
+        return pd.DataFrame([{"note": "vLLM is not installed here: pip install -e '.[vllm]' (docs/commands.md)"}])
+    return bench_backends(model, lengths, device=device, dtype=dtype, out=out, **args)
+
+
 REGISTRY: list[SuiteBench] = [
     SuiteBench(
         "perplexity",
@@ -227,6 +242,22 @@ REGISTRY: list[SuiteBench] = [
             "smoke": dict(rounds=1),
         },
     ),
+    SuiteBench(
+        "backends",
+        _backends,
+        {
+            # how long RULER at 32k-128k takes on one card: 11 offline tasks x 2 samples, greedy to the budget
+            # (random weights rarely stop early), one needle trial per depth; vLLM only
+            "gpu": dict(
+                samples=2,
+                needle_trials=1,
+                needle_depths="0:100:50",
+                backends=("vllm",),
+                engine=dict(load_format="dummy", max_model_len=131072, gpu_memory_utilization=0.85),
+            ),
+        },
+        opt_in=True,
+    ),
 ]
 
 
@@ -256,12 +287,13 @@ PRESETS: dict[str, Preset] = {
         sized_for="2 CPU cores",
     ),
     # random weights: the Llama-3.2-1B shape at 8k and 32k, the SmolLM2 shape from 2k to 64k; bf16,
-    # batched, softmax vs SSMax; about 7 minutes by the estimate in NOTES-bench17.md
+    # batched, softmax vs SSMax; about 7 minutes by the estimate in NOTES-bench17.md; then RULER and
+    # needle generation on vLLM (when installed) on the Llama-3.2-1B shape at 32k-128k, a few minutes more
     "gpu": Preset(
         "gpu",
         "cuda",
         "bfloat16",
-        480,
+        720,
         (
             SuiteModel(
                 "llama-1b shape (random weights)",
@@ -269,6 +301,12 @@ PRESETS: dict[str, Preset] = {
                 shape="llama-1b",
             ),
             SuiteModel("smollm2-135m shape (random weights)", SMOLLM2_GPU_LENGTHS, shape="smollm2-135m"),
+            SuiteModel(
+                "llama-1b shape (random weights), vLLM",
+                {"*": "32k,64k,128k"},
+                shape="llama-1b",
+                benches=("backends",),
+            ),
         ),
         sized_for="one H100",
     ),
@@ -317,6 +355,10 @@ def plan_suite(
     for suite_model in models:
         for entry in benches or REGISTRY:
             if preset.name not in entry.args:
+                continue
+            if (suite_model.benches is not None and entry.name not in suite_model.benches) or (
+                entry.opt_in and entry.name not in (suite_model.benches or ())
+            ):
                 continue
             args = dict(entry.args[preset.name])
             if args.pop("first_model_only", False) and suite_model is not models[0]:
@@ -416,7 +458,12 @@ def environment(preset: Preset, peak: float) -> dict[str, str]:
     env["peak"] = f"{peak:.3g} TFLOP/s measured (dense {preset.dtype} matmul probe)" + (
         f"; data sheet {sheet:g}" if sheet else ""
     )
-    for package, name in (("torch", "torch"), ("transformers", "transformers"), ("lm_eval", "lm-eval")):
+    for package, name in (
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("lm_eval", "lm-eval"),
+        ("vllm", "vllm"),
+    ):
         try:
             env[name] = timing.version_of(package)
         except Exception:

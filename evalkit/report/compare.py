@@ -236,6 +236,7 @@ def compare_runs(
         b["attention"] = c["attention"] = f"{variants[0]} → {variants[1]}"
 
     checks, notes = _run_checks(b_runs, c_runs)
+    notes += _backend_note(b_runs, c_runs)
     same_runs = {r.folder.resolve() for r in b_runs} == {r.folder.resolve() for r in c_runs}
     itself = b_sel == c_sel and (same_runs or _same_rows(b_frame, c_frame))
     if itself:  # no regression by construction: say so wherever the verdict is shown
@@ -373,6 +374,18 @@ def _self_check(runs: list[Run], same_folder: bool) -> dict:
         "reason": f"both sides are {how}: {what}; a run compared with itself shows no regression by construction "
         "(give two runs, or select different rows with --baseline/--candidate)",
     }
+
+
+def _backend_note(b_runs: list[Run], c_runs: list[Run]) -> list[str]:
+    """Which backend answered each side (the manifest's model record): runs of one model on two
+    backends pair prompt by prompt, and the report says which engine produced which numbers."""
+
+    def named(runs: list[Run]) -> str:
+        found = {(r.manifest.get("model") or {}).get("backend") for r in runs}
+        return ", ".join(sorted(b for b in found if b)) or "transformers"
+
+    base, cand = named(b_runs), named(c_runs)
+    return [f"backend: baseline {base}, candidate {cand}"] if base != cand else [f"backend: {base}"]
 
 
 def _cells_of(frame: pd.DataFrame) -> str:
