@@ -173,7 +173,7 @@ def test_refusals_before_the_engine_starts(smollm2, tmp_path):
         refuse_unsupported(VllmBackend, {"probe"}, [])
     with pytest.raises(ConfigError, match="llama4-temp"):
         refuse_unsupported(VllmBackend, set(), ["llama4-temp"])
-    # a family that scales q itself (Llama 4's temperature) runs native only: refused in load
+    # a family that scales q itself (Llama 4's temperature) runs native only: refused before the engine starts
     llama4 = tmp_path / "llama4"
     llama4.mkdir()
     config = json.loads((smollm2 / "config.json").read_text())
@@ -181,7 +181,7 @@ def test_refusals_before_the_engine_starts(smollm2, tmp_path):
     (llama4 / "config.json").write_text(json.dumps(config))
     (llama4 / "model.safetensors").symlink_to(smollm2 / "model.safetensors")
     with pytest.raises(ConfigError, match="scales q itself"):
-        VllmBackend.load(str(llama4), LoadOptions(dtype="float32"), variants=["ssmax"])
+        VllmBackend.check_model(str(llama4), ["ssmax"], LoadOptions(dtype="float32"))
     with pytest.raises(ModelLoadError, match="Hugging Face model folders"):
         gguf = tmp_path / "m.gguf"
         gguf.write_bytes(b"GGUF")

@@ -83,10 +83,21 @@ class VllmBackend(Backend):
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, model: str, options, backend_options=None, log=print, variants=None) -> VllmBackend:
-        """Start a vLLM engine on ``model``. ``variants`` (names, optional): refused here, before
-        the engine starts, when this model's family cannot run them."""
-        from evalkit.models.loading import _check_hf_folder, resolve
+    def check_model(cls, model: str, variants: list[str], options) -> None:
+        """Before the engine starts: a Hugging Face folder whose model family can run ``variants``."""
+        from evalkit.models.loading import resolve
+
+        source = resolve(model, log=lambda *a: None)
+        if source.kind != "hf":
+            return  # load says why in one line
+        family = Family.of(_folder_config(source, options))
+        for variant in variants:
+            family.refuse(variant)
+
+    @classmethod
+    def load(cls, model: str, options, backend_options=None, log=print) -> VllmBackend:
+        """Start a vLLM engine on ``model``."""
+        from evalkit.models.loading import resolve
 
         engine = backend_options or VllmOptions()
         _refuse_load_options(options, engine)
@@ -96,10 +107,8 @@ class VllmBackend(Backend):
                 f"the vllm backend loads Hugging Face model folders, not {source.kind} ({model})",
                 "convert it to a safetensors folder, or use --backend transformers",
             )
-        config = _check_hf_folder(Path(source.location), options)
+        config = _folder_config(source, options)
         family = Family.of(config)
-        for variant in variants or ():
-            family.refuse(variant)
         backend = cls()
         backend._start(source, config, family, options, engine, log)
         return backend
@@ -542,3 +551,10 @@ class _Setter:
 
     def __call__(self, model) -> int:
         return self.set_factors(model, self.s, self.b, self.floor)
+
+
+def _folder_config(source, options) -> dict:
+    """config.json of a checkpoint folder, after the loader's safety checks (safetensors, no remote code)."""
+    from evalkit.models.loading import _check_hf_folder
+
+    return _check_hf_folder(Path(source.location), options)

@@ -81,6 +81,11 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def check_model(cls, model: str, variants: list[str], options) -> None:
+        """Refuse, before anything loads, what this backend cannot do for this checkpoint (read from its
+        files, e.g. a variant its model family cannot run); by default nothing beyond ``declared``."""
+
+    @classmethod
     def wrap(cls, model, tokenizer, name: str, backend_options=None) -> Backend:
         """A backend over a model object already in memory (``evalkit.evaluate(model, tokenizer)``)."""
         raise ConfigError(f"the {cls.name} backend cannot wrap a model object", "pass a checkpoint path")
@@ -140,7 +145,8 @@ def get_backend(name: str) -> type[Backend]:
 
 
 def refuse_unsupported(backend: type[Backend], kinds: set[str], variants: list[str]) -> None:
-    """One line naming the backend and what to use instead, for a request kind or variant it cannot answer."""
+    """One line naming the backend and what to use instead, for a request kind or variant it cannot
+    answer whatever the model (``declared``); the model's own limits are ``Backend.check_model``'s."""
     declared = backend.declared()
     for kind in sorted(kinds - declared.requests):
         instead = declared.notes.get(kind, f"use --backend {DEFAULT}")

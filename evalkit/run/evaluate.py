@@ -172,7 +172,9 @@ def refuse_unsupported(config: RunConfig, task_cls, options, backend=None) -> No
 
     kinds = set(task_cls.request_kinds(options))
     if backend is None:
-        refuse(backend_class(config), kinds, [a["name"] for a in config.attention])
+        backend_cls, variants = backend_class(config), [a["name"] for a in config.attention]
+        refuse(backend_cls, kinds, variants)
+        backend_cls.check_model(config.model, variants, load_options(config))
         return
     capabilities = backend.capabilities()
     for kind in sorted(kinds - capabilities.requests):
@@ -182,24 +184,23 @@ def refuse_unsupported(config: RunConfig, task_cls, options, backend=None) -> No
         )
 
 
-def load_for(config: RunConfig, log=print):
-    """The backend a run config asks for, with its model loaded once (a sweep reuses it across tasks)."""
+def load_options(config: RunConfig):
     from evalkit.models.loading import LoadOptions
 
-    backend_cls = backend_class(config)
-    return backend_cls.load(
-        config.model,
-        LoadOptions(
-            config.device,
-            config.dtype,
-            config.allow_pickle,
-            config.trust_remote_code,
-            rope=config.rope,
-            device_map=config.device_map,
-        ),
-        backend_options(config, backend_cls),
-        log=log,
+    return LoadOptions(
+        config.device,
+        config.dtype,
+        config.allow_pickle,
+        config.trust_remote_code,
+        rope=config.rope,
+        device_map=config.device_map,
     )
+
+
+def load_for(config: RunConfig, log=print):
+    """The backend a run config asks for, with its model loaded once (a sweep reuses it across tasks)."""
+    backend_cls = backend_class(config)
+    return backend_cls.load(config.model, load_options(config), backend_options(config, backend_cls), log=log)
 
 
 def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOutcome:
