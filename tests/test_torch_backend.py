@@ -188,3 +188,82 @@ def test_a_backend_flag_without_its_backend_is_refused_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "--max-positions is an option of the torch backend: add --backend torch" in result.output
     assert not (tmp_path / "x").exists()
+
+
+class UniformBackend:
+    """A backend defined only here: every next token has probability 1/V, so every token's loss is log V."""
+
+    name = "uniform-test"
+    summary = "test-only: a model that knows nothing"
+    Options = None
+
+    @classmethod
+    def declared(cls):
+        from evalkit.core.backend import Capabilities
+
+        return Capabilities(requests=frozenset({"token_loss"}), variants=frozenset())
+
+    @classmethod
+    def load(cls, model, options, backend_options=None, log=print):
+        from tests.conftest import make_tokenizer
+
+        return cls(make_tokenizer())
+
+    @classmethod
+    def check_model(cls, model, variants, options):
+        pass
+
+    def __init__(self, tokenizer):
+        from evalkit.attention import AttentionSpec
+
+        self.tokenizer, self.max_positions, self.training_length = tokenizer, None, None
+        self.device, self.config, self.native_scaling = "cpu", None, None
+        self.native_attention = (AttentionSpec(variant="native"), {})
+        self.hashes = {"weights": "uniform", "config": None, "tokenizer": None}
+        self.content_hash = "uniform"
+
+    def capabilities(self):
+        return self.declared()
+
+    def activate(self, variant):
+        pass
+
+    def batch_tokens(self):
+        return 4096
+
+    def attention_scale(self):
+        return float("inf")
+
+    def describe(self):
+        return {"name": "uniform", "backend": self.name, "content_hash": self.content_hash}
+
+    def answer(self, requests):
+        return [np.full(r.length - 1, np.log(len(self.tokenizer)), dtype=np.float32) for r in requests]
+
+
+def test_a_backend_registered_at_run_time_runs_end_to_end(corpus, tmp_path):
+    """The backend seam: a backend class evalkit has never seen, registered at run time, answers a
+    perplexity run through the same evaluate the CLI calls; its numbers are the hand-computed log V."""
+    from evalkit.core.registry import BACKENDS
+    from evalkit.run.evaluate import RunConfig, evaluate
+
+    BACKENDS.register("uniform-test", UniformBackend)
+    try:
+        config = RunConfig(
+            "perplexity",
+            "anything",
+            {"dataset": str(corpus), "lengths": "64", "samples": 2},
+            backend="uniform-test",
+            out=str(tmp_path / "run"),
+            quiet=True,
+            plots=False,
+        )
+        outcome = evaluate(config)
+        windows = outcome.frame[outcome.frame.metric == "mean_nll"]
+        assert len(windows) == 2 and np.allclose(windows.value, np.log(300), rtol=1e-6)
+        manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+        assert manifest["backend"] == "uniform-test" and manifest["model"]["name"] == "uniform"
+        with pytest.raises(ConfigError, match="uniform-test backend does not answer probe requests"):
+            evaluate(RunConfig("focus", "anything", {"lengths": "64"}, backend="uniform-test"))
+    finally:
+        BACKENDS.unregister("uniform-test")

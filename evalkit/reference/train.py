@@ -313,6 +313,12 @@ class StepStats:
     recall_accuracy: float  # share of recall lines whose digits are all argmax-correct
 
 
+def accuracy_text(values: list[float]) -> str:
+    """The share of recall lines right in a log line; 'n/a' for steps whose batches held no recall line."""
+    finite = [v for v in values if not math.isnan(v)]
+    return f"{np.mean(finite):.0%}" if finite else "n/a"
+
+
 def batch_losses(model, batch: AbcBatch, device) -> tuple[Any, StepStats]:
     """(recall loss tensor with grad, StepStats) for one batch."""
     import torch
@@ -537,7 +543,7 @@ def train_reference_pair(
                         f"step {step + 1}/{recipe.steps}, lr {lr:.2e}, recall loss / accuracy: "
                         + ", ".join(
                             f"{v} {np.mean([r[3] for r in recent if r[1] == v]):.4f} / "
-                            f"{np.nanmean([r[5] for r in recent if r[1] == v]):.0%}"
+                            f"{accuracy_text([r[5] for r in recent if r[1] == v])}"
                             for v in VARIANTS
                         )
                     )
@@ -669,10 +675,11 @@ def plot_training(frame, path: Path, title: str) -> Path:
             values = part[column]
             ax.plot(part.step, values, color=colour, alpha=0.2, linewidth=0.8)
             ax.plot(part.step, values.ewm(span=span).mean(), color=colour, linewidth=1.8, label=variant)
-    axes[0].set_yscale("log")
-    axes[0].yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    axes[0].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 0.5, 1, 2: not 10^0
-    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if (frame.recall_loss > 0).any():  # losses span decades over training; a log axis needs a positive one
+        axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes[0].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))  # 0.5, 1, 2: not 10^0
+        axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_ylabel("recall loss (nats per digit)")
     axes[1].set_ylabel("recall lines fully correct (argmax)")
     axes[1].set_ylim(-0.02, 1.02)

@@ -21,8 +21,10 @@ def library_versions() -> dict[str, str]:
 
 
 def device_description(device) -> str:
+    """The device class a manifest records (what compare's pairing checks): a torch.device or its name."""
     import torch
 
+    device = torch.device(device) if isinstance(device, str) else device
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
