@@ -147,17 +147,20 @@ class TorchModuleBackend(Backend):
     def answer(self, requests: list) -> list:
         import torch
 
-        kind = type(requests[0])
         with torch.inference_mode():
-            if kind is TokenLossRequest:
-                return self._token_losses(requests)
-            if kind is AnswerScoreRequest:
-                return self._score_answers(requests)
-            if kind is GenerateRequest:
-                return self._generate(requests)
-            if kind is ProbeRequest and hasattr(self.module, "evalkit_probe"):
-                return [self.module.evalkit_probe(self._ids([r.tokens]), r) for r in requests]
-        raise TypeError(f"the torch backend does not answer {kind.__name__}")
+            return super().answer(requests)
+
+    def handlers(self) -> dict:
+        answers = {
+            TokenLossRequest: self._token_losses,
+            AnswerScoreRequest: self._score_answers,
+            GenerateRequest: self._generate,
+        }
+        if hasattr(self.module, "evalkit_probe"):
+            answers[ProbeRequest] = lambda requests: [
+                self.module.evalkit_probe(self._ids([r.tokens]), r) for r in requests
+            ]
+        return answers
 
     def _ids(self, rows: list[np.ndarray]):
         import torch

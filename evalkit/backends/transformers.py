@@ -118,17 +118,13 @@ class TransformersBackend(Backend):
         return prefix_cost.costs_for(self, longest, batch_tokens)
 
     # -- dispatch -------------------------------------------------------------------------
-    def answer(self, requests: list) -> list:
-        kinds = {type(r) for r in requests}
-        handlers = {
+    def handlers(self) -> dict:
+        return {
             TokenLossRequest: self.token_losses,
             AnswerScoreRequest: self.score_answers,
             GenerateRequest: self.generate,
             ProbeRequest: self.probe,
         }
-        if len(kinds) == 1 and next(iter(kinds)) in handlers:
-            return handlers[next(iter(kinds))](requests)
-        raise TypeError(f"unsupported request mix: {sorted(k.__name__ for k in kinds)}")
 
     # -- token losses ---------------------------------------------------------------------
     def token_losses(self, requests: list[TokenLossRequest]) -> list[np.ndarray]:

@@ -238,16 +238,12 @@ class VllmBackend(Backend):
         self.llm.reset_prefix_cache()
 
     # -- requests ---------------------------------------------------------------------------
-    def answer(self, requests: list) -> list:
-        kinds = {type(r) for r in requests}
-        handlers = {
+    def handlers(self) -> dict:
+        return {
             TokenLossRequest: self.token_losses,
             AnswerScoreRequest: self.score_answers,
             GenerateRequest: self.generate,
         }
-        if len(kinds) == 1 and next(iter(kinds)) in handlers:
-            return handlers[next(iter(kinds))](requests)
-        raise TypeError(f"the vllm backend does not answer {sorted(k.__name__ for k in kinds)}")
 
     def generate(self, requests: list[GenerateRequest]) -> list[np.ndarray]:
         """Greedy continuations of prompts of any lengths, handed to the engine at once."""

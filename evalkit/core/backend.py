@@ -64,7 +64,7 @@ class Capabilities:
 class Backend:
     """A loaded model behind the protocol.
 
-    Subclasses set ``name`` and ``declared`` and implement ``load``, ``answer``, ``activate`` and
+    Subclasses set ``name`` and ``declared`` and implement ``load``, ``handlers``, ``activate`` and
     ``describe``. ``answer_shared`` / ``answer_branched`` exist only where ``capabilities()`` says so.
     """
 
@@ -108,6 +108,14 @@ class Backend:
     def answer(self, requests: list) -> list:
         """One result per request, in order. Requests are of one kind; unless ``batches_itself``,
         of one shape too (the runner buckets them)."""
+        kinds = {type(r) for r in requests}
+        handler = self.handlers().get(next(iter(kinds))) if len(kinds) == 1 else None
+        if handler is None:
+            raise TypeError(f"the {self.name} backend does not answer {sorted(k.__name__ for k in kinds)}")
+        return handler(requests)
+
+    def handlers(self) -> dict[type, Any]:
+        """The method that answers each request class (``TokenLossRequest``: ``self.token_losses``, ...)."""
         raise NotImplementedError
 
     # The checkpoint's own attention, as loaded: what ``auto`` resolves to and where per-head values

@@ -188,16 +188,8 @@ class Runner:
             if not is_out_of_memory(exc):
                 raise
             raise self._does_not_fit(max(s.request.length for s in run)) from None
-        for sample, answer in zip(run, answers):
-            self.store.append(variant.label, sample.id, task.rows(sample, answer))
-        if self.progress:
-            self.progress.advance(
-                len(run),
-                sum(s.request.length for s in run),
-                time.perf_counter() - started,
-                f"{variant.label} {len(run)} queries (branched off one trunk)",
-                sum(self._group_costs(run, scale)),
-            )
+        note = f"{variant.label} {len(run)} queries (branched off one trunk)"
+        self._record(task, variant, run, answers, started, note, sum(self._group_costs(run, scale)))
 
     def _run_shared(self, task: Task, variant, run: list[Sample], scale: float) -> None:
         started = time.perf_counter()
@@ -209,17 +201,9 @@ class Runner:
                 if not is_out_of_memory(exc):
                     raise
                 raise self._does_not_fit(sample.request.length) from None
-            self.store.append(variant.label, sample.id, task.rows(sample, answer))
-            if self.progress:
-                now = time.perf_counter()
-                self.progress.advance(
-                    1,
-                    sample.request.length,
-                    now - started,
-                    f"{variant.label} {length_label([sample])} (shared prefix)",
-                    cost,
-                )
-                started = now
+            note = f"{variant.label} {length_label([sample])} (shared prefix)"
+            self._record(task, variant, [sample], [answer], started, note, cost)
+            started = time.perf_counter()
 
     @staticmethod
     def _buckets(samples: list[Sample]) -> list[list[Sample]]:
@@ -245,16 +229,8 @@ class Runner:
                     raise self._does_not_fit(length) from None
                 batch_size //= 2
                 continue
-            for sample, answer in zip(batch, answers):
-                self.store.append(variant.label, sample.id, task.rows(sample, answer))
-            if self.progress:
-                self.progress.advance(
-                    len(batch),
-                    len(batch) * length,
-                    time.perf_counter() - started,
-                    f"{variant.label} {length_label(batch)}",
-                    len(batch) * span_cost(0, length, scale),
-                )
+            cost = len(batch) * span_cost(0, length, scale)
+            self._record(task, variant, batch, answers, started, f"{variant.label} {length_label(batch)}", cost)
             index += len(batch)
 
     def _chunks(self, samples: list[Sample]) -> list[list[Sample]]:
@@ -269,16 +245,16 @@ class Runner:
     def _run_listed(self, task: Task, variant, chunk: list[Sample], scale: float) -> None:
         started = time.perf_counter()
         answers = self.backend.answer([s.request for s in chunk])
-        for sample, answer in zip(chunk, answers):
+        cost = sum(span_cost(0, s.request.length, scale) for s in chunk)
+        self._record(task, variant, chunk, answers, started, f"{variant.label} {length_label(chunk)}", cost)
+
+    def _record(self, task: Task, variant, samples: list[Sample], answers, started: float, note: str, cost: float):
+        """Store the rows of answered samples, then move the progress bar by them."""
+        for sample, answer in zip(samples, answers):
             self.store.append(variant.label, sample.id, task.rows(sample, answer))
         if self.progress:
-            self.progress.advance(
-                len(chunk),
-                sum(s.request.length for s in chunk),
-                time.perf_counter() - started,
-                f"{variant.label} {length_label(chunk)}",
-                sum(span_cost(0, s.request.length, scale) for s in chunk),
-            )
+            tokens = sum(s.request.length for s in samples)
+            self.progress.advance(len(samples), tokens, time.perf_counter() - started, note, cost)
 
     def _does_not_fit(self, length: int) -> EvalkitError:
         return EvalkitError(
