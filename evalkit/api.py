@@ -1,7 +1,7 @@
 """The Python API: ``evalkit.evaluate(model, tokenizer, task=...)`` on the model object a training
 loop or a notebook holds, and ``evalkit.load_run(folder)``.
 
-Why a second entry point next to ``evaluate(RunConfig)``: a training loop holds the model in
+Why a second entry point next to ``evalkit.run.evaluate.execute(RunConfig)``: a training loop holds the model in
 memory, and saving it to reload it costs a checkpoint write per evaluation (517 MB for SmolLM2).
 This module wraps the object as the ``LoadedModel`` the engine runs on, so the rows are the ones
 ``evalkit run`` writes for the same weights, and hands the model back as it found it: attention
@@ -107,7 +107,7 @@ def evaluate(model_or_path: Any, tokenizer: Any = None, *, task: str = "needle",
 
     from evalkit.run.attention_flags import attention_flag_requests
     from evalkit.run.evaluate import RunConfig, check_checkpoint, check_config
-    from evalkit.run.evaluate import evaluate as run_config
+    from evalkit.run.evaluate import execute as run_config
 
     model_name = values["name"] or (_memory_name(model_or_path) if in_memory else str(model_or_path))
     out, scratch = values["out"], None

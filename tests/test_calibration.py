@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from evalkit.core.errors import ConfigError
 from evalkit.run.calibration import ORACLE, choose, expand, parse_values
-from evalkit.run.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, execute
 
 PPL = {"lengths": "64,128", "samples": 3}
 
@@ -59,7 +59,7 @@ def _run(checkpoint, out, attention, **kw):
         quiet=True,
         **kw,
     )
-    return evaluate(config)
+    return execute(config)
 
 
 def test_oracle_sweep_is_marked_and_scores_match_the_rows(tiny_checkpoint, tmp_path):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import cli
 from evalkit.backends.transformers import TransformersBackend
-from evalkit.run.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, execute
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -137,7 +137,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_checkpoint, tmp_path, 
         batch_tokens=128,
         task_options={"lengths": "64,128", "samples": 3, "dataset": "builtin:pydoc-topics"},
     )
-    outcome = evaluate(config)
+    outcome = execute(config)
     assert outcome.interrupted
     kept = pd.read_parquet(part / "results.parquet")
     assert 0 < kept.groupby(["context_length", "sample"]).ngroups < 6  # some, not all, samples kept

@@ -14,7 +14,7 @@ import cli
 from evalkit.core.task import TaskContext
 from evalkit.report import draw
 from evalkit.report.figures import redraw_runs
-from evalkit.run.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, execute
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -149,7 +149,7 @@ def run(task, checkpoint, out, options, attention=("softmax", "ssmax"), **extra)
     config = RunConfig(
         task, str(checkpoint), options, variants, out=str(out), device="cpu", quiet=True, plots=False, **extra
     )
-    return evaluate(config).folder
+    return execute(config).folder
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import cli
 from evalkit.core.errors import ConfigError
 from evalkit.core.task import TaskContext
 from evalkit.report import draw, stats
-from evalkit.run.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, execute
 
 runner = CliRunner()
 APP = cli.register_tasks()
@@ -180,7 +180,7 @@ def perplexity_run(checkpoint, out, seed=1234, attention=({"name": "softmax"},))
         seed=seed,
         quiet=True,
     )
-    return evaluate(config).folder
+    return execute(config).folder
 
 
 def plot(*args):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evalkit.report import longppl
-from evalkit.run.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, execute
 
 SHORT, STRIDE = 32, 16
 # a random model's losses barely depend on context: thresholds that make some of its tokens key
@@ -119,7 +119,7 @@ def run(checkpoint, out, text_file, attention=({"name": "softmax"},), **extra):
         dtype="float32",
         quiet=True,
     )
-    return evaluate(config)
+    return execute(config)
 
 
 def naive(checkpoint, tokens: np.ndarray):

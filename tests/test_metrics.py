@@ -71,9 +71,9 @@ def widgets():
 
 
 def widget_run(folder):
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
 
-    evaluate(RunConfig("widgets", "none", {}, out=str(folder), quiet=True, plots=False))
+    execute(RunConfig("widgets", "none", {}, out=str(folder), quiet=True, plots=False))
     return folder
 
 

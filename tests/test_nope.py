@@ -104,7 +104,7 @@ def test_the_variant_on_nope_layers_only_changes_only_those(ids):
 
 
 def test_a_nope_checkpoint_loads_and_runs_every_variant(tmp_path, tokenizer):
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
 
     folder = tmp_path / "smollm3-nope"
     model = _smollm3(MIXED, dtype=torch.float32)
@@ -112,7 +112,7 @@ def test_a_nope_checkpoint_loads_and_runs_every_variant(tmp_path, tokenizer):
     tokenizer.save_pretrained(folder)
     names = [v for v in VARIANTS if v != "ssmax-bias"]
     attention = tuple({"name": v, **_params(v), "layers": "nope"} for v in names)
-    outcome = evaluate(
+    outcome = execute(
         RunConfig(
             "perplexity",
             str(folder),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from evalkit.backends.transformers import TransformersBackend
-from evalkit.run.evaluate import RunConfig, evaluate
+from evalkit.run.evaluate import RunConfig, execute
 
 NO_OVERLAP = "none: random windows share no token"
 KEYS = ["context_length", "sample", "position_bin", "metric"]
@@ -31,7 +31,7 @@ def run(checkpoint, out, quiet=True, **options):
         attention=attention,
         task_options=settings,
     )
-    outcome = evaluate(config)
+    outcome = execute(config)
     manifest = json.loads((out / "manifest.json").read_text())
     frame = pd.read_parquet(out / "results.parquet").sort_values(KEYS).reset_index(drop=True)
     return outcome, manifest, frame
@@ -177,13 +177,13 @@ def test_resume_of_an_interrupted_nested_run(tiny_checkpoint, tmp_path, monkeypa
         batch_tokens=128,
         task_options={"lengths": "32,64,128", "samples": 3, "dataset": "builtin:pydoc-topics"},
     )
-    assert evaluate(config).interrupted
+    assert execute(config).interrupted
     journal = [json.loads(line) for line in (part / "journal.jsonl").read_text().splitlines()]
     assert [entry["sample_id"] for entry in journal] == ["nested-L128-w0"]  # one pass: every length of offset 0
     assert sorted({row["context_length"] for row in journal[0]["rows"]}) == [32, 64, 128]
     monkeypatch.setattr(TransformersBackend, "answer", original)
 
-    outcome = evaluate(dataclasses.replace(config, resume=True))
+    outcome = execute(dataclasses.replace(config, resume=True))
     assert not outcome.interrupted
     got = pd.read_parquet(part / "results.parquet").drop(columns="run_id").sort_values(KEYS).reset_index(drop=True)
     want = full.drop(columns="run_id")

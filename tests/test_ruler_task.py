@@ -68,7 +68,7 @@ def _match_all(text: str, answers: list[str]) -> float:
 
 
 def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
 
     out = tmp_path / "ruler"
     config = RunConfig(
@@ -85,7 +85,7 @@ def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
         device="cpu",
         quiet=True,
     )
-    outcome = evaluate(config)
+    outcome = execute(config)
     frame = pd.read_parquet(out / "results.parquet")
     assert list(frame.columns[:8]) == [
         "run_id",
@@ -133,7 +133,7 @@ def test_ruler_end_to_end(tiny_checkpoint, tmp_path, ruler_registered):
 
 def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path, ruler_registered):
     """--fill nvidia (the default): prompts + budget within the length, the 3-of-13 label everywhere, export."""
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
     from evalkit.run.export import export_prompts
 
     out = tmp_path / "ruler-nvidia"
@@ -146,7 +146,7 @@ def test_nvidia_protocol_end_to_end_labels_and_export(tiny_checkpoint, tmp_path,
         quiet=True,
         allow_extrapolation=True,
     )
-    evaluate(config)
+    execute(config)
     summary = pd.read_csv(out / "summary.csv")
     average = summary[summary.ruler_task == "average"]
     assert set(average.comparable) == {"not RULER-comparable: 3 of 13 tasks"}

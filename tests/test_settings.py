@@ -137,7 +137,7 @@ def test_a_bad_second_model_is_refused_before_the_first_runs(config_only, tmp_pa
     import evalkit.run.evaluate as run_evaluate
 
     started = []
-    monkeypatch.setattr(run_evaluate, "evaluate", lambda config, **kw: started.append(config))
+    monkeypatch.setattr(run_evaluate, "execute", lambda config, **kw: started.append(config))
     out = tmp_path / "runs"
     one_line_error(
         invoke("run", "needle", "--model", config_only, "--model", tmp_path / "missing", "--out", out),
@@ -162,7 +162,7 @@ def test_resume_of_a_folder_that_does_not_exist_says_so(config_only, tmp_path, m
     def stop(config, **kw):
         raise ConfigError("stopped by the test")
 
-    monkeypatch.setattr(run_evaluate, "evaluate", stop)
+    monkeypatch.setattr(run_evaluate, "execute", stop)
     result = invoke("run", "needle", "--model", config_only, "--out", tmp_path / "new", "--resume")
     assert f"--resume: {tmp_path / 'new'} does not exist yet; starting a new run there" in result.output
 

@@ -156,11 +156,11 @@ def test_focus_and_variants_are_refused_in_one_line(module, tokenizer):
 
 
 def test_a_checkpoint_asking_for_what_its_backend_cannot_do_stops_before_loading(tiny_checkpoint, tmp_path):
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
 
     config = RunConfig("focus", str(tiny_checkpoint), {"lengths": "128"}, backend="torch", out=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="torch backend cannot apply attention variant|not a checkpoint the torch"):
-        evaluate(dataclass_replace(config, attention=({"name": "ssmax", "s": 0.4},)))
+        execute(dataclass_replace(config, attention=({"name": "ssmax", "s": 0.4},)))
     assert not (tmp_path / "x").exists()
 
 
@@ -245,7 +245,7 @@ def test_a_backend_registered_at_run_time_runs_end_to_end(corpus, tmp_path):
     """The backend seam: a backend class evalkit has never seen, registered at run time, answers a
     perplexity run through the same evaluate the CLI calls; its numbers are the hand-computed log V."""
     from evalkit.core.registry import BACKENDS
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
 
     BACKENDS.register("uniform-test", UniformBackend)
     try:
@@ -258,12 +258,12 @@ def test_a_backend_registered_at_run_time_runs_end_to_end(corpus, tmp_path):
             quiet=True,
             plots=False,
         )
-        outcome = evaluate(config)
+        outcome = execute(config)
         windows = outcome.frame[outcome.frame.metric == "mean_nll"]
         assert len(windows) == 2 and np.allclose(windows.value, np.log(300), rtol=1e-6)
         manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
         assert manifest["backend"] == "uniform-test" and manifest["model"]["name"] == "uniform"
         with pytest.raises(ConfigError, match="uniform-test backend does not answer probe requests"):
-            evaluate(RunConfig("focus", "anything", {"lengths": "64"}, backend="uniform-test"))
+            execute(RunConfig("focus", "anything", {"lengths": "64"}, backend="uniform-test"))
     finally:
         BACKENDS.unregister("uniform-test")

@@ -195,7 +195,7 @@ def test_ruler_same_string_match_and_compare_names_the_backend(smollm2, tmp_path
     from typer.testing import CliRunner
 
     import cli
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
 
     common = dict(
         task="ruler",
@@ -207,8 +207,8 @@ def test_ruler_same_string_match_and_compare_names_the_backend(smollm2, tmp_path
         plots=False,
     )
     engine = {"max_model_len": 2048, "kv_cache_gb": 1, "enforce_eager": True}
-    evaluate(RunConfig(**common, out=str(tmp_path / "transformers")))
-    evaluate(RunConfig(**common, out=str(tmp_path / "vllm"), backend="vllm", backend_options=engine))
+    execute(RunConfig(**common, out=str(tmp_path / "transformers")))
+    execute(RunConfig(**common, out=str(tmp_path / "vllm"), backend="vllm", backend_options=engine))
 
     def string_match(name):
         frame = pd.read_parquet(tmp_path / name / "results.parquet")

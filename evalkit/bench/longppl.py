@@ -34,7 +34,7 @@ def bench_longppl(
 
     from evalkit.core.grid import parse_length, parse_lengths
     from evalkit.report.longppl import short_context_tokens
-    from evalkit.run.evaluate import RunConfig, evaluate, load_for
+    from evalkit.run.evaluate import RunConfig, execute, load_for
 
     longest = max(parse_lengths(lengths))
     base = RunConfig(
@@ -63,7 +63,7 @@ def bench_longppl(
             config = replace(
                 base, task_options={**base.task_options, "metric": metric}, out=str(scratch / f"{metric}-{next(runs)}")
             )
-            evaluate(config, backend=backend)
+            execute(config, backend=backend)
 
         return Mode(metric, call, 1, computed * samples, (longest - 1) * samples)
 

@@ -32,7 +32,7 @@ def bench_nested(
     import pandas as pd
 
     from evalkit.core.grid import parse_lengths
-    from evalkit.run.evaluate import RunConfig, evaluate, load_for
+    from evalkit.run.evaluate import RunConfig, execute, load_for
     from evalkit.store.results import read_manifest
 
     sizes = parse_lengths(lengths)
@@ -59,7 +59,7 @@ def bench_nested(
                 task_options={**base.task_options, "windows": windows},
                 out=str(scratch / f"{windows}-{next(runs)}"),
             )
-            outcome = evaluate(config, backend=backend)
+            outcome = execute(config, backend=backend)
             used[windows] = (
                 read_manifest(outcome.folder).get("windows", {}).get("used", windows)
             )  # nested may fall back

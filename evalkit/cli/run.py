@@ -145,7 +145,7 @@ def _run(task_name: str, task_options: dict, given: dict, backend_flags: dict | 
         check_checkpoint(RunConfig(task_name, spec, task_options, attention, **limits))
 
     from evalkit.run.attention_flags import attention_flag_requests
-    from evalkit.run.evaluate import check_config, default_parent, evaluate, model_folders
+    from evalkit.run.evaluate import check_config, default_parent, execute, model_folders
 
     console, errors = make_console(), make_console(stderr=True)
     model, out, quiet = values["model"], values["out"], values["quiet"]
@@ -176,7 +176,7 @@ def _run(task_name: str, task_options: dict, given: dict, backend_flags: dict | 
         errors.print(f"{len(model)} models, one run folder each under {parent}", highlight=False, soft_wrap=True)
     for config in configs:
         try:
-            outcome = evaluate(config, console=errors)
+            outcome = execute(config, console=errors)
         except KeyboardInterrupt as exc:  # outside the samples (loading, writing tables): resuming loses nothing
             print_interrupted(errors, exc, parent or config.out)
             raise typer.Exit(130) from None

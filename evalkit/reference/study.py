@@ -172,7 +172,7 @@ def _evaluate(
     resume: bool,
     log,
 ) -> Path:
-    from evalkit.run.evaluate import RunConfig, evaluate
+    from evalkit.run.evaluate import RunConfig, execute
     from evalkit.store.run_folder import load_run
 
     folder = run_folder(out, positions, seed, variant, task)
@@ -196,7 +196,7 @@ def _evaluate(
         quiet=True,
         plots=False,
     )  # the report draws the study's figures
-    outcome = evaluate(config)
+    outcome = execute(config)
     if outcome.interrupted:
         raise ResultsError(f"the {task} run in {folder} was interrupted", "continue the study with --resume")
     return folder

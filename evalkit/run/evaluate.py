@@ -1,6 +1,6 @@
 """One evaluation run, end to end: load, build samples, run, write tables, manifest and plots.
 
-The CLI is a thin layer over ``evaluate(RunConfig)``; tests and notebooks call it directly.
+The CLI is a thin layer over ``execute(RunConfig)``; tests and notebooks call it directly.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def load_for(config: RunConfig, log=print):
     return backend_cls.load(config.model, load_options(config), backend_options(config, backend_cls), log=log)
 
 
-def evaluate(config: RunConfig, console=None, backend=None, world=None) -> RunOutcome:
+def execute(config: RunConfig, console=None, backend=None, world=None) -> RunOutcome:
     """Validate, then touch disk, then load: every check that needs no model runs before the run
     folder is created or the model loaded, and the folder is created only once the run can start.
 
@@ -347,7 +347,7 @@ def _calibrate(config: RunConfig, task_cls, backend, console, folder: Path) -> t
     if not config.calibrate_on or not groups(labels):
         return None, None
     calibration = calibration_config(config, task_cls, folder)
-    outcome = evaluate(calibration, console=console, backend=backend)
+    outcome = execute(calibration, console=console, backend=backend)
     if outcome.interrupted:
         raise KeyboardInterrupt  # the choice needs every calibration sample; a resume continues it
     if outcome.frame is None:  # a data-parallel worker: rank 0 chooses and reports
@@ -593,7 +593,7 @@ def run_auxiliary(aux, config, backend, folder: Path, console, log):
         calibrate_on=None,
         plots=False,
     )
-    outcome = evaluate(sub, console=console, backend=other)
+    outcome = execute(sub, console=console, backend=other)
     if outcome.interrupted:
         raise KeyboardInterrupt  # the task needs every auxiliary sample; a resume continues it
     frame = outcome.frame

@@ -128,7 +128,7 @@ def check_study(study: Study, resume: bool) -> None:
 
 def run_study(study: Study, resume: bool, quiet: bool, console=None, log=print) -> list:
     """Run every cell; each model is loaded once and reused for all its tasks and variants."""
-    from evalkit.run.evaluate import evaluate, load_for
+    from evalkit.run.evaluate import execute, load_for
 
     check_study(study, resume)
     outcomes, backend, loaded_key = [], None, None
@@ -138,7 +138,7 @@ def run_study(study: Study, resume: bool, quiet: bool, console=None, log=print) 
             backend, loaded_key = None, key  # free the previous model before loading the next
             backend = load_for(config, log)
         log(f"[{len(outcomes) + 1}/{len(study.cells)}] {cell.task['name']} on {cell.model['path']} -> {cell.folder}")
-        outcome = evaluate(config, console=console, backend=backend)
+        outcome = execute(config, console=console, backend=backend)
         outcomes.append(outcome)
         if outcome.interrupted:
             break

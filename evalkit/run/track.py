@@ -229,7 +229,7 @@ def track(
 ) -> TrackOutcome:
     """Evaluate every checkpoint that ``specs`` name on every task, one model loaded at a time;
     finished runs are skipped on ``resume``. Then write the combined tables and the step figures."""
-    from evalkit.run.evaluate import evaluate, load_for
+    from evalkit.run.evaluate import execute, load_for
     from evalkit.store.results import atomic_write_text
 
     out = Path(out)
@@ -258,7 +258,7 @@ def track(
         backend = load_for(todo[0], log=(lambda *a: None) if quiet else log)  # one model in memory at a time
         try:
             for config in todo:
-                outcome = evaluate(config, console=console, backend=backend)
+                outcome = execute(config, console=console, backend=backend)
                 if outcome.interrupted:
                     return TrackOutcome(out, evaluated, skipped, True)
                 tag_run(outcome.folder, checkpoint.step, checkpoint.series, str(checkpoint.path))
