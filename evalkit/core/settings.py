@@ -105,7 +105,7 @@ def _writable_place(setting: Setting, value) -> None:
         Path(tempfile.mkdtemp(prefix=".evalkit-probe-", dir=existing)).rmdir()
     except OSError as exc:
         raise ResultsError(
-            f"cannot write {setting.flag} {value} ({existing}: {exc.strerror or exc})",
+            f"cannot write {setting.flag} {value}: making a folder in {existing} failed ({exc.strerror or exc})",
             "choose a writable folder on a disk, e.g. --out results/my-run",
         ) from None
 
