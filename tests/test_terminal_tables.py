@@ -121,3 +121,17 @@ def test_run_summary_columns_print_whole(capsys):
     assert "niah_multivalue" in text and "RULER-comparable:" in text
     assert "none [none," in text and "1024]" in text  # the one wording for no effective length
     assert compact(summary).effective_length.tolist() == ["-", "-", "none [none, 1024]"]
+
+
+def test_a_table_too_wide_for_padding_drops_it_before_breaking_a_word():
+    """RULER's compare at 160 columns: a 27-character per-task metric left no room for padded cells, and
+    rich broke "attentio|n" and "regressio|n"; cells lose their padding first."""
+    frame = compare_like()
+    frame["attention"] = "softmax → ssmax"
+    frame["metric"] = "string_match[niah_single_1]"
+    frame[""] = "❌ regression"
+    text = printed(rich_table(frame, "cells", frame.delta == "", frame.delta == ""), 160)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 160
+    words = set(" ".join(text.replace("┃", " ").replace("│", " ").split()).split())
+    for word in ("attention", "baseline", "candidate", "detectable", "regression", "string_match[niah_single_1]"):
+        assert word in words

@@ -98,12 +98,13 @@ class TerminalTable:
         self.frame, self.title, self.caption, self.left = frame, title, caption, left
         self.styles = styles if styles is not None else [None] * len(frame)
 
-    def layout(self, room: int) -> tuple[list[int], list[str]]:
+    def layout(self, room: int) -> tuple[list[int], list[str], int]:
         """Each column's width and heading: name and values on one line if they fit in ``room`` (borders
         and padding taken off); else, step by step until they fit: prose narrowed (not below 12 or its
         longest word), names wrapped at spaces, values wrapped at spaces (an interval over two lines), then
         names wrapped after an underscore ("effective_" over "length"). A word is never broken, nor cut,
-        unless even that does not fit."""
+        unless even that does not fit. Cells lose their one-space padding (the third value returned) before
+        a word would be broken."""
         from rich.cells import cell_len  # terminal cells: an emoji takes two
 
         names = [str(c) for c in self.frame.columns]
@@ -121,21 +122,27 @@ class TerminalTable:
             [narrow[i] if prose[i] else max(word[i], value_word[i], 1) for i in range(len(names))],
             [max(part[i], min(12, longest[i]) if prose[i] else value_word[i], 1) for i in range(len(names))],
         ]
-        room -= 3 * len(names) + 1  # a border and a space either side per column
-        for least in steps:
-            for i in sorted(range(len(names)), key=lambda i: least[i] - widths[i]):  # the most to give first
-                if sum(widths) <= room:
-                    break
-                widths[i] = max(least[i], widths[i] - (sum(widths) - room))
+        natural = list(widths)
+        for padding in (1, 0):
+            widths = list(natural)
+            inner = room - (1 + 2 * padding) * len(names) - 1  # a border per column, padding either side
+            for least in steps:
+                for i in sorted(range(len(names)), key=lambda i: least[i] - widths[i]):  # the most to give first
+                    if sum(widths) <= inner:
+                        break
+                    widths[i] = max(least[i], widths[i] - (sum(widths) - inner))
+            if sum(widths) <= inner:
+                break
         headings = [name if word[i] <= widths[i] else _wrap_name(name, widths[i]) for i, name in enumerate(names)]
-        return widths, headings
+        return widths, headings, padding
 
     def table(self, room: int):
         from rich.table import Table
         from rich.text import Text
 
-        out = Table(title=self.title, caption=self.caption)
-        for column, width, heading in zip(self.frame.columns, *self.layout(room)):
+        widths, headings, padding = self.layout(room)
+        out = Table(title=self.title, caption=self.caption, padding=(0, padding))
+        for column, width, heading in zip(self.frame.columns, widths, headings):
             justify = "left" if column in self.left or str(column) in PROSE else "right"
             out.add_column(heading, justify=justify, width=width, overflow="fold")
         for row, style in zip(self.frame.itertuples(index=False), self.styles):
