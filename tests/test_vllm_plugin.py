@@ -108,3 +108,21 @@ def test_family_check_and_refusals():
     refuse_unsupported(VllmBackend, {"generate", "answer_score", "token_loss"}, ["auto", "softmax", "ssmax", "logn"])
     assert VllmBackend.declared().batches_itself
     assert math.isinf(Family.of(LLAMA).factors(AttentionSpec("softmax"), {}, SimpleNamespace(**LLAMA))[2])
+
+
+@pytest.mark.parametrize(("given", "user_env", "expected"), [(None, None, "4"), (1.0, None, "1"), (None, "8", "8")])
+def test_the_cpu_kv_cache_is_bounded_unless_asked(monkeypatch, given, user_env, expected):
+    """vLLM's CPU engine sizes its KV cache by --gpu-memory-utilization when VLLM_CPU_KVCACHE_SPACE is
+    unset: 90% of the machine's RAM. evalkit sets 4 GiB by default, --kv-cache-gb otherwise; a value the
+    user exported wins."""
+    import os
+
+    from evalkit.backends.vllm import VllmOptions, _set_engine_environment
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    if user_env is not None:
+        monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", user_env)
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CONFIGURE_LOGGING"):
+        monkeypatch.setenv(name, "")  # restored after the test: _set_engine_environment only sets defaults
+    _set_engine_environment(VllmOptions(kv_cache_gb=given))
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == expected
