@@ -103,3 +103,21 @@ def test_builtin_corpus_and_bad_sources(tmp_path):
         load_corpus(str(bad))
     with pytest.raises(DataError, match="cannot load dataset"):
         load_corpus("no-such-org/no-such-dataset")
+
+
+def test_a_backend_that_batches_itself_gets_lists_of_one_kind_longest_first():
+    """Continuous batching gets whole lists, in chunks small enough that progress moves and an
+    interrupt loses one chunk at most (LISTED_CHUNK), each of one request kind, longest first."""
+    from evalkit.core.requests import GenerateRequest
+    from evalkit.run.runner import LISTED_CHUNK
+
+    rng = np.random.default_rng(0)
+    samples = [
+        Sample(f"l{i}", TokenLossRequest(np.zeros(int(n), dtype=np.int64)), {})
+        for i, n in enumerate(rng.integers(2, 500, 150))
+    ] + [Sample(f"g{i}", GenerateRequest(np.zeros(int(n), dtype=np.int64), 4), {}) for i, n in enumerate([9, 30, 7])]
+    chunks = Runner._chunks(None, samples)
+    assert sorted(s.id for chunk in chunks for s in chunk) == sorted(s.id for s in samples)
+    assert all(0 < len(chunk) <= LISTED_CHUNK and len({type(s.request) for s in chunk}) == 1 for chunk in chunks)
+    losses = [s.request.length for chunk in chunks for s in chunk if isinstance(s.request, TokenLossRequest)]
+    assert losses == sorted(losses, reverse=True) and len(chunks) == 4  # 150 losses in 3 chunks, one generation
