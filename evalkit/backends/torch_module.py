@@ -157,10 +157,11 @@ class TorchModuleBackend(Backend):
             GenerateRequest: self._generate,
         }
         if hasattr(self.module, "evalkit_probe"):
-            answers[ProbeRequest] = lambda requests: [
-                self.module.evalkit_probe(self._ids([r.tokens]), r) for r in requests
-            ]
+            answers[ProbeRequest] = self._probe
         return answers
+
+    def _probe(self, requests: list[ProbeRequest]) -> list:
+        return [self.module.evalkit_probe(self._ids([r.tokens]), r) for r in requests]
 
     def _ids(self, rows: list[np.ndarray]):
         import torch
